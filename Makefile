@@ -1,0 +1,26 @@
+# The two commands of the README:
+#   make run   set up, then train/evaluate/impute on the embedded data set and write reports/uci_mfeat/
+#   make test  set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .[test]
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pyro-mfm run models/uci_mfeat.toml --out reports/uci_mfeat
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

@@ -1,0 +1,8 @@
+"""Data layer: the data set type, the native HDF5 format, importers, the embedded default data set, synthetic data."""
+
+from .dataset import Batch, MultimodalData, MultimodalDataset, from_arrays
+from .schema import DataError, LabelSpec, ModalitySpec, Schema
+
+__all__ = [
+    "Batch", "DataError", "LabelSpec", "ModalitySpec", "MultimodalData", "MultimodalDataset", "Schema", "from_arrays",
+]
