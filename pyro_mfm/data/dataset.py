@@ -8,6 +8,7 @@ Storage conventions (the same in memory and in the native HDF5 file):
 * ``steps[m]`` (sequences only): ``(N, T)`` bool, which steps are real; padding steps are zero and ``False``.
 * ``labels``: ``(N, k)`` float32 (regression, multilabel) or ``(N,)`` int64 (categorical); zero where missing.
 * ``label_present``: ``(N,)`` bool.
+* ``ids`` (optional): ``(N,)`` sample ids (strings), e.g. ``"video[3]"`` for segment 3 of a video.
 
 Arrays may be numpy arrays or any array-like with numpy-style indexing by a sorted index array (``h5py.Dataset``),
 so a file larger than memory is read batch by batch.
@@ -94,6 +95,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         source: str = "<memory>",
         split: str = "",
         validate: bool = True,
+        ids=None,
     ):
         self.schema = schema
         self.source = source
@@ -127,6 +129,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             self.label_present = (
                 np.ones(self.n, dtype=bool) if label_present is None else np.asarray(label_present, dtype=bool)
             )
+        self.ids = None if ids is None else np.asarray(ids, dtype=str)
         if validate:
             self.validate_shapes()
 
@@ -162,6 +165,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 raise DataError(f"{self._where(key='labels')}: shape {tuple(self.labels.shape)}, expected {expected}")
             if self.label_present.shape != (self.n,):
                 raise DataError(f"{self._where(key='label_present')}: shape {self.label_present.shape}, expected ({self.n},)")
+        if self.ids is not None and self.ids.shape != (self.n,):
+            raise DataError(f"{self._where(key='ids')}: shape {self.ids.shape}, expected ({self.n},)")
 
     def validate_values(self, nan_as_missing: bool = False) -> "MultimodalDataset":
         """Check features are finite and labels are in range (reads everything once).
@@ -169,6 +174,10 @@ class MultimodalDataset(torch.utils.data.Dataset):
         With ``nan_as_missing``, a sample whose modality holds any NaN is marked missing for that modality
         (its features zeroed) instead of raising; infinities always raise.
         """
+        self._validate_features(nan_as_missing)
+        return self.validate_labels()
+
+    def _validate_features(self, nan_as_missing: bool) -> None:
         for spec in self.schema.modalities:
             m = spec.name
             x = np.asarray(self.features[m])
@@ -187,6 +196,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
                     f"sample {rows[0]}; expected finite features"
                     + ("" if kind == "inf" else " (pass nan_as_missing=True / --nan-as-missing to mark those samples missing)")
                 )
+
+    def validate_labels(self) -> "MultimodalDataset":
+        """Check observed labels are in the declared range (labels only; cheap for a lazily loaded file)."""
         lab = self.schema.label
         if lab is not None:
             y = np.asarray(self.labels)
@@ -261,7 +273,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             {m: s.copy() for m, s in self.steps.items()},
             None if self.labels is None else np.asarray(self.labels),
             None if self.label_present is None else self.label_present.copy(),
-            source=self.source, split=self.split,
+            source=self.source, split=self.split, ids=None if self.ids is None else self.ids.copy(),
         )
 
     def subset(self, index) -> "MultimodalDataset":
@@ -273,7 +285,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             {m: s[idx] for m, s in self.steps.items()},
             None if self.labels is None else _sorted_read(self.labels, idx),
             None if self.label_present is None else self.label_present[idx],
-            source=self.source, split=self.split,
+            source=self.source, split=self.split, ids=None if self.ids is None else self.ids[idx],
         )
 
     def __repr__(self) -> str:
@@ -288,6 +300,20 @@ class MultimodalData:
     schema: Schema
     splits: dict[str, MultimodalDataset] = field(default_factory=dict)
     source: str = "<memory>"
+    handle: object = field(default=None, repr=False, compare=False)
+    """An open file the splits read from (a lazily loaded native file), closed by :meth:`close`."""
+
+    def close(self) -> None:
+        """Close the file behind a lazily loaded data set (no-op for data in memory)."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> "MultimodalData":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __getitem__(self, split: str) -> MultimodalDataset:
         try:
@@ -324,6 +350,7 @@ def from_arrays(
     name: str = "",
     attribution: str = "",
     nan_as_missing: bool = False,
+    ids: np.ndarray | None = None,
 ) -> MultimodalData:
     """Build a data set from numpy arrays (bring your own data).
 
@@ -335,6 +362,7 @@ def from_arrays(
         present, steps, label_present: optional masks (see the module docstring); NaN labels count as missing.
         split: per-sample split names (array of str), or split name -> index array; default: all in ``"train"``.
         nan_as_missing: mark samples with NaN features missing for that modality instead of raising.
+        ids: optional ``(N,)`` sample ids (strings).
     """
     features = {m: np.asarray(v) for m, v in features.items()}
     if not features:
@@ -375,7 +403,7 @@ def from_arrays(
     else:
         split = np.asarray(split).astype(str)
         assignment = {s: np.nonzero(split == s)[0] for s in dict.fromkeys(split.tolist())}
-    full = MultimodalDataset(schema, feats, present, steps, y, label_present)
+    full = MultimodalDataset(schema, feats, present, steps, y, label_present, ids=ids)
     data = MultimodalData(schema, {s: full.subset(idx) for s, idx in assignment.items()})
     for s, ds in data.splits.items():
         ds.split = s
