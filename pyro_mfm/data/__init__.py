@@ -2,7 +2,9 @@
 
 from .dataset import Batch, MultimodalData, MultimodalDataset, from_arrays
 from .schema import DataError, LabelSpec, ModalitySpec, Schema
+from .synthetic import LinearGaussianMFM, LinearGaussianModality, SyntheticLatents
 
 __all__ = [
     "Batch", "DataError", "LabelSpec", "ModalitySpec", "MultimodalData", "MultimodalDataset", "Schema", "from_arrays",
+    "LinearGaussianMFM", "LinearGaussianModality", "SyntheticLatents",
 ]
