@@ -1,0 +1,36 @@
+"""Plots for reports and notebooks.
+
+Every function takes plain numpy arrays, lists and dicts (never model objects), draws on the ``ax`` it is
+given or on a new standalone :class:`matplotlib.figure.Figure` (no pyplot state, works headless), and returns
+the figure. :func:`save` writes a PNG atomically and closes the figure.
+"""
+
+from ._base import save
+from .calibration import (
+    binomial_interval,
+    calibration_bins,
+    expected_calibration_error,
+    interval_coverage,
+    interval_plot,
+    pit_histogram,
+    reliability_diagram,
+)
+from .diagnostics import confusion_matrix, latent_projection, sequence_imputation, training_curves
+from .robustness import imputation_error, metric_by_observed
+
+__all__ = [
+    "binomial_interval",
+    "calibration_bins",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "imputation_error",
+    "interval_coverage",
+    "interval_plot",
+    "latent_projection",
+    "metric_by_observed",
+    "pit_histogram",
+    "reliability_diagram",
+    "save",
+    "sequence_imputation",
+    "training_curves",
+]

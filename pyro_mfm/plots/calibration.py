@@ -1,0 +1,187 @@
+"""Probabilistic quality: calibration of class probabilities, PIT histograms, predictive intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ._base import as_float_array, new_axes
+
+
+def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and whether the top label is right.
+
+    ``probs`` is ``(N, C)`` class probabilities, or ``(N,)`` probabilities of class 1 of a binary problem.
+    """
+    p = as_float_array(probs, "probs")
+    y = np.asarray(labels).astype(int).reshape(-1)
+    if p.ndim == 1:
+        p = np.stack([1.0 - p, p], axis=1)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"probs shape {np.shape(probs)} does not match {y.shape[0]} labels")
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    return conf, correct
+
+
+def calibration_bins(probs, labels, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per-bin statistics of top-label confidence on ``n_bins`` equal-width bins of [0, 1].
+
+    Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]`` (the first bin also holds 0).
+    Returns ``edges`` (n_bins+1), ``count``, ``accuracy`` and ``confidence`` (mean per bin; NaN where empty).
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf, correct = _confidence_and_correct(probs, labels)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count, "accuracy": acc, "confidence": mean_conf}
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
+    """Expected calibration error: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over equal-width bins.
+
+    ``probs``: ``(N, C)`` class probabilities or ``(N,)`` probabilities of class 1; ``labels``: ``(N,)`` ints.
+    Returns NaN for no examples.
+    """
+    bins = calibration_bins(probs, labels, n_bins)
+    n = bins["count"].sum()
+    if n == 0:
+        return math.nan
+    nz = bins["count"] > 0
+    gap = np.abs(bins["accuracy"][nz] - bins["confidence"][nz])
+    return float(np.sum(bins["count"][nz] / n * gap))
+
+
+def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
+    """Accuracy against mean confidence per confidence bin, with the per-bin example count over each bar
+    and the expected calibration error in the title."""
+    fig, ax = new_axes(ax, figsize=(5.6, 5.2))
+    b = calibration_bins(probs, labels, n_bins)
+    ece = expected_calibration_error(probs, labels, n_bins)
+    left, width = b["edges"][:-1], 1.0 / n_bins
+    nz = b["count"] > 0
+    ax.bar(left[nz], b["accuracy"][nz], width, align="edge", color="C0", edgecolor="white",
+           label="accuracy in bin")
+    # Gap between confidence and accuracy, hatched.
+    lo = np.minimum(b["accuracy"], b["confidence"])[nz]
+    ax.bar(left[nz], np.abs(b["accuracy"] - b["confidence"])[nz], width, bottom=lo, align="edge",
+           facecolor="none", edgecolor="C3", hatch="///", lw=0.6, label="gap to mean confidence")
+    ax.plot(b["confidence"][nz], b["accuracy"][nz], "o", color="C3", ms=4, label="(mean confidence, accuracy)")
+    ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
+    for x0, c, a in zip(left[nz], b["count"][nz], b["accuracy"][nz]):
+        ax.text(x0 + width / 2, min(a, 1.0) + 0.015, f"{int(c)}", ha="center", va="bottom", fontsize=7,
+                color="0.25", rotation=90 if n_bins > 12 else 0)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("confidence of predicted class (probability)")
+    ax.set_ylabel("accuracy (fraction correct)")
+    ax.set_title(f"Reliability diagram: ECE = {ece:.3f} ({n_bins} bins, n = {int(b['count'].sum())})\n"
+                 "numbers: examples per bin", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def binomial_interval(n: int, p: float, level: float = 0.95) -> tuple[int, int]:
+    """Central interval of Binomial(n, p): the ``(1-level)/2`` and ``(1+level)/2`` quantiles
+    (the smallest k whose CDF reaches each level)."""
+    if n <= 0:
+        return 0, 0
+    k = np.arange(n + 1)
+    lg = np.vectorize(math.lgamma)
+    if p <= 0.0:
+        return 0, 0
+    if p >= 1.0:
+        return n, n
+    logpmf = lg(n + 1.0) - lg(k + 1.0) - lg(n - k + 1.0) + k * math.log(p) + (n - k) * math.log1p(-p)
+    cdf = np.cumsum(np.exp(logpmf - logpmf.max()))
+    cdf /= cdf[-1]
+    a = (1.0 - level) / 2.0
+    lo = int(np.searchsorted(cdf, a - 1e-12))
+    hi = int(np.searchsorted(cdf, 1.0 - a - 1e-12))
+    return lo, min(hi, n)
+
+
+def pit_histogram(pit, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
+    """Histogram of probability integral transform values with the band a uniform PIT would fall in.
+
+    For a calibrated predictive distribution the PIT is Uniform(0, 1), so each bin count is
+    Binomial(n, 1/n_bins); the shaded band is that distribution's central 95% interval (per bin).
+    Non-finite values are dropped (and counted in the title).
+    """
+    fig, ax = new_axes(ax, figsize=(6.0, 4.2))
+    u = as_float_array(pit, "pit").reshape(-1)
+    bad = int((~np.isfinite(u)).sum())
+    u = np.clip(u[np.isfinite(u)], 0.0, 1.0)
+    n = len(u)
+    counts, edges = np.histogram(u, bins=n_bins, range=(0.0, 1.0))
+    lo, hi = binomial_interval(n, 1.0 / n_bins, 0.95)
+    ax.axhspan(lo, hi, color="C2", alpha=0.2, label="95% band if uniform (per bin)")
+    ax.axhline(n / n_bins, color="C2", lw=1.2, label=f"uniform expectation ({n / n_bins:.1f})")
+    outside = (counts < lo) | (counts > hi)
+    colors = np.where(outside, "C3", "C0")
+    ax.bar(edges[:-1], counts, 1.0 / n_bins, align="edge", color=colors, edgecolor="white", alpha=0.85,
+           label="PIT count (red: outside band)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(hi, counts.max() if n else 1) * 1.2 + 1)
+    ax.set_xlabel("PIT value = predictive CDF at the held-out label (probability)")
+    ax.set_ylabel("examples per bin (count)")
+    extra = f"; {bad} non-finite dropped" if bad else ""
+    ax.set_title(f"PIT histogram (n = {n}, {int(outside.sum())}/{n_bins} bins outside band{extra})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def interval_coverage(y_true, lower, upper) -> float:
+    """Fraction of labels inside ``[lower, upper]`` (pairs with any NaN are ignored)."""
+    y, lo, hi = (as_float_array(a, n).reshape(-1) for a, n in ((y_true, "y_true"), (lower, "lower"),
+                                                                (upper, "upper")))
+    ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return math.nan
+    return float(np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])))
+
+
+def interval_plot(y_true, mean, lower, upper, max_points: int = 200, *, level: float | None = None,
+                  ax: Axes | None = None) -> Figure:
+    """Predictive intervals and held-out labels, examples sorted by predicted mean.
+
+    Coverage (over all examples, not only those drawn) and mean width are in the title; with ``level`` the
+    nominal coverage is shown too. At most ``max_points`` examples, evenly spaced in the sorted order, are drawn.
+    """
+    fig, ax = new_axes(ax, figsize=(7.5, 4.4))
+    y, m, lo, hi = (as_float_array(a, n).reshape(-1) for a, n in
+                    ((y_true, "y_true"), (mean, "mean"), (lower, "lower"), (upper, "upper")))
+    if not (len(y) == len(m) == len(lo) == len(hi)):
+        raise ValueError(f"lengths differ: y_true {len(y)}, mean {len(m)}, lower {len(lo)}, upper {len(hi)}")
+    cov = interval_coverage(y, lo, hi)
+    ok = np.isfinite(y) & np.isfinite(m) & np.isfinite(lo) & np.isfinite(hi)
+    width = float(np.mean(hi[ok] - lo[ok])) if ok.any() else math.nan
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(m[idx], kind="stable")]
+    if len(idx) > max_points:
+        idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_points).round().astype(int))]
+    r = np.arange(len(idx))
+    inside = (y[idx] >= lo[idx]) & (y[idx] <= hi[idx])
+    ax.fill_between(r, lo[idx], hi[idx], step="mid", color="C0", alpha=0.25, label="predictive interval")
+    ax.plot(r, m[idx], color="C0", lw=1.5, label="predictive mean")
+    ax.scatter(r[inside], y[idx][inside], s=10, color="k", label="held-out label (inside)", zorder=3)
+    ax.scatter(r[~inside], y[idx][~inside], s=16, color="C3", marker="x", label="held-out label (outside)",
+               zorder=3)
+    nominal = f" (nominal {level:.0%})" if level is not None else ""
+    shown = f", {len(idx)} of {int(ok.sum())} shown" if len(idx) < ok.sum() else ""
+    ax.set_title(f"Predictive intervals: coverage {cov:.1%}{nominal}, mean width {width:.3g}{shown}",
+                 fontsize=10)
+    ax.set_xlabel("examples sorted by predicted mean (rank)")
+    ax.set_ylabel("label (label units)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig

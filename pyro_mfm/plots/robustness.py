@@ -1,0 +1,148 @@
+"""Robustness to missing modalities and imputation quality."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+
+from ._base import lower_is_better, metric_label, new_axes
+
+
+def _value(entry: Mapping, metric: str) -> float:
+    v = entry.get(metric, math.nan)
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def metric_by_observed(
+    results: Sequence[Mapping],
+    metric: str = "accuracy",
+    baseline: float | Mapping[str, float] | None = None,
+    *,
+    baseline_label: str = "baseline",
+    higher_is_better: bool | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Metric against the number of observed modalities, one point per observed subset.
+
+    Args:
+        results: one dict per subset of observed modalities, ``{"observed": ["fou", "kar"], metric: value, ...}``.
+            A missing or NaN value is drawn as a grey cross on the x axis (counted as missing), not as a point.
+        metric: the key to plot.
+        baseline: a number (horizontal line, e.g. chance or a single-view model) or ``{modality: value}``
+            (one marker per single view at x = 1, e.g. a unimodal model trained on that view alone).
+        baseline_label: legend text of the baseline.
+        higher_is_better: which single view is "best"; inferred from the metric's name when None.
+        ax: axes to draw on; a new figure otherwise.
+    """
+    fig, ax = new_axes(ax, figsize=(7.0, 4.6))
+    if higher_is_better is None:
+        higher_is_better = not lower_is_better(metric)
+    counts = np.array([len(r.get("observed", ())) for r in results], dtype=int)
+    values = np.array([_value(r, metric) for r in results], dtype=float)
+    names = ["+".join(map(str, r.get("observed", ()))) for r in results]
+    rng = np.random.default_rng(0)
+    x = counts + rng.uniform(-0.16, 0.16, size=len(counts))
+    ok = np.isfinite(values)
+
+    ax.scatter(x[ok], values[ok], s=22, alpha=0.65, color="C0", edgecolor="none", label="one observed subset")
+    levels = np.unique(counts)
+    means = np.array([np.nanmean(values[counts == k]) if np.any(ok & (counts == k)) else np.nan for k in levels])
+    if np.any(np.isfinite(means)):
+        ax.plot(levels, means, "-o", color="C1", lw=2, ms=6, label="mean over subsets", zorder=3)
+    if np.any(~ok):
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(x[~ok], np.full((~ok).sum(), 0.03), marker="x", color="0.45", transform=trans,
+                   clip_on=False, label=f"missing value (NaN), n = {(~ok).sum()}", zorder=4)
+
+    if isinstance(baseline, Mapping):
+        bnames = list(baseline)
+        bvals = np.array([_value(baseline, k) for k in bnames])
+        bx = 1 + np.linspace(-0.16, 0.16, len(bnames)) if len(bnames) > 1 else np.ones(1)
+        ax.scatter(bx, bvals, marker="D", s=30, facecolor="none", edgecolor="C3", lw=1.3,
+                   label=f"{baseline_label} (per single view)", zorder=4)
+        for xi, yi, n in zip(bx, bvals, bnames):
+            if np.isfinite(yi):
+                ax.annotate(n, (xi, yi), xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+                            fontsize=7, color="C3")
+    elif baseline is not None and np.isfinite(float(baseline)):
+        ax.axhline(float(baseline), color="C3", ls="--", lw=1.2, label=f"{baseline_label} = {float(baseline):.3g}")
+
+    single = np.flatnonzero((counts == 1) & ok)
+    if len(single) >= 1:
+        order = single[np.argsort(values[single])]
+        best, worst = (order[-1], order[0]) if higher_is_better else (order[0], order[-1])
+        marks = [(best, "best single view", (8, 10))]
+        if worst != best:
+            marks.append((worst, "worst single view", (8, -14)))
+        for i, what, off in marks:
+            ax.annotate(f"{what}: {names[i]} ({values[i]:.3g})", (x[i], values[i]), xytext=off,
+                        textcoords="offset points", fontsize=8,
+                        arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8))
+
+    ax.set_xticks(levels if len(levels) else [1])
+    ax.set_xlim((levels.min() if len(levels) else 1) - 0.6, (levels.max() if len(levels) else 1) + 0.6)
+    ax.set_xlabel("observed modalities at test time (count)")
+    ax.set_ylabel(metric_label(metric))
+    arrow = "higher is better" if higher_is_better else "lower is better"
+    ax.set_title(f"{metric.replace('_', ' ')} by observed modalities ({len(results)} subsets; {arrow})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def imputation_error(
+    errors: Mapping[str, Mapping[str, float]],
+    *,
+    log_scale: bool | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Grouped bars of imputation MSE per modality: model vs baseline (e.g. training-mean imputation).
+
+    Args:
+        errors: ``{modality: {"mse": float, "baseline_mse": float, "corr": float}}``; ``baseline_mse`` and
+            ``corr`` are optional. The correlation of imputed with held-out values is printed above the bar.
+        log_scale: force a log y axis; by default used when the positive values span more than 30x.
+        ax: axes to draw on; a new figure otherwise.
+    """
+    mods = list(errors)
+    fig, ax = new_axes(ax, figsize=(max(5.0, 1.0 + 1.1 * len(mods)), 4.4))
+    mse = np.array([_value(errors[m], "mse") for m in mods])
+    base = np.array([_value(errors[m], "baseline_mse") for m in mods])
+    corr = np.array([_value(errors[m], "corr") for m in mods])
+    pos = np.concatenate([mse, base])
+    pos = pos[np.isfinite(pos) & (pos > 0)]
+    if log_scale is None:
+        log_scale = len(pos) > 1 and pos.max() / pos.min() > 30
+    xs = np.arange(len(mods))
+    w = 0.38
+    has_base = np.any(np.isfinite(base))
+    off = w / 2 if has_base else 0.0
+    bars = ax.bar(xs - off, np.nan_to_num(mse, nan=0.0), w, color="C0", label="model imputation")
+    if has_base:
+        ax.bar(xs + off, np.nan_to_num(base, nan=0.0), w, color="0.7", label="baseline (e.g. training mean)")
+    for b, v, r in zip(bars, mse, corr):
+        text = "n/a" if not np.isfinite(v) else (f"r = {r:.2f}" if np.isfinite(r) else "")
+        if text:
+            top = b.get_height() if np.isfinite(v) and b.get_height() > 0 else (pos.min() if len(pos) else 0)
+            ax.annotate(text, (b.get_x() + b.get_width() / 2, top), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8)
+    if log_scale and len(pos):
+        ax.set_yscale("log")
+        ax.set_ylim(pos.min() / 2, pos.max() * 3)
+    elif len(pos):
+        ax.set_ylim(0, pos.max() * 1.15)
+    ax.set_xticks(xs, mods, rotation=30 if max((len(m) for m in mods), default=0) > 6 else 0)
+    ax.set_xlabel("imputed modality")
+    ax.set_ylabel("MSE vs held-out values (squared feature units)" + (", log scale" if log_scale else ""))
+    ax.set_title("Imputation error per modality (lower is better; r = correlation)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
