@@ -62,6 +62,7 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
+        os.chmod(tmp, _mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,6 +70,15 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
         raise
     _fsync_folder(folder)
     return path
+
+
+def _mode(path: Path) -> int:
+    """Permissions for the new file: those of the file it replaces, else the usual ones (0o666 less the umask)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_folder(folder: Path) -> None:

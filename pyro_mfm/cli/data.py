@@ -1,0 +1,151 @@
+"""``pyro-mfm data``: inspect and convert data sets.
+
+    pyro-mfm data info FILE
+    pyro-mfm data convert --from {uci-mfeat,mfn,csd,pickle,native} SRC... --out FILE [--overwrite]
+                          [--trust-pickle] [--nan-as-missing] [--steps T] [--folds NAME] [--label-range LOW HIGH]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..data import native
+from ..data.builtin import EMBEDDED, embedded_path
+from ..data.dataset import MultimodalData
+from ..data.importers import align_csd, convert_uci_mfeat, load_mfn, load_pickle
+from ..data.schema import DataError
+
+SOURCES = ("uci-mfeat", "mfn", "csd", "pickle", "native")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="inspect and convert data sets", description="Inspect and convert data sets.")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    info = sub.add_parser(
+        "info", help="describe a native data file",
+        description="Schema, splits, sample counts, presence rate per modality, label summary and attribution of a "
+                    f"native .h5 file (or of an embedded data set: {', '.join(EMBEDDED)}).",
+    )
+    info.add_argument("file", metavar="FILE", help="native .h5 file, or the name of an embedded data set")
+    info.set_defaults(func=run_info)
+
+    conv = sub.add_parser(
+        "convert", help="convert other formats to the native format",
+        description="Convert a data set to the native HDF5 format. SRC: uci-mfeat: the folder of mfeat-*.csv; "
+                    "mfn: the folder of {modality}_{split}.h5 and y_{split}.h5; csd: the labels .csd, then feature "
+                    ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file.",
+    )
+    conv.add_argument("--from", dest="source", choices=SOURCES, required=True, help="format of SRC")
+    conv.add_argument("src", nargs="+", metavar="SRC", help="input file(s) or folder")
+    conv.add_argument("--out", required=True, metavar="FILE", help="native .h5 file to write")
+    conv.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    conv.add_argument("--trust-pickle", action="store_true",
+                      help="allow unpickling SRC (a pickle can run arbitrary code: only for files you trust)")
+    conv.add_argument("--nan-as-missing", action="store_true",
+                      help="mark samples (csd: steps) with NaN features missing instead of failing")
+    conv.add_argument("--steps", type=int, default=20, metavar="T",
+                      help="csd: steps per sequence (front-padded/truncated); 0 averages each segment (default 20)")
+    conv.add_argument("--folds", default="cmu_mosi", metavar="NAME",
+                      help="csd: standard folds to split by ('cmu_mosi'), or 'none' for one 'train' split")
+    conv.add_argument("--label-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                      help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment)")
+    conv.add_argument("--seed", type=int, default=None, help="uci-mfeat: seed of the stratified split")
+    conv.add_argument("--name", default=None, help="data set name stored in the schema")
+    conv.set_defaults(func=run_convert)
+
+
+# ------------------------------------------------------------------------------------------------------------ info
+def run_info(args) -> int:
+    path = Path(args.file)
+    if not path.exists() and args.file in EMBEDDED:
+        path = embedded_path(args.file)
+    with native.load(path, lazy=True) as data:
+        print(describe(data))
+    return 0
+
+
+def describe(data: MultimodalData) -> str:
+    """A plain-text summary of a data set: schema, splits, presence rates, labels, attribution."""
+    s = data.schema
+    lines = [f"data set: {s.name or '(unnamed)'}   file: {data.source}", "modalities:"]
+    for m in s.modalities:
+        lines.append(f"  {m.name:<12} {m.kind:<8} shape {list(m.shape)}")
+    if s.label is None:
+        lines.append("label: none")
+    else:
+        lab = s.label
+        rng = "" if lab.low is None and lab.high is None else f", range [{lab.low}, {lab.high}]"
+        names = "" if lab.names is None else f", names {', '.join(lab.names[:10])}{' ...' if lab.dim > 10 else ''}"
+        lines.append(f"label: {lab.kind}, dim {lab.dim}{rng}{names}")
+    lines.append("splits:")
+    for split, ds in data.splits.items():
+        pres = ", ".join(f"{m} {ds.present[m].mean():.1%}" if ds.n else f"{m} -" for m in s.names)
+        lines.append(f"  {split:<8} N={ds.n:<7} present: {pres}")
+        if s.label is not None and ds.n:
+            lines.append(f"  {'':<8} labels: {_label_summary(ds)}")
+    if s.attribution:
+        lines.append("attribution:")
+        lines.extend(f"  {line}" for line in s.attribution.splitlines())
+    return "\n".join(lines)
+
+
+def _label_summary(ds) -> str:
+    lab = ds.schema.label
+    obs = ds.label_present
+    y = np.asarray(ds.labels)[obs]
+    head = f"{obs.mean():.1%} observed"
+    if not len(y):
+        return head
+    if lab.kind == "categorical":
+        counts = np.bincount(y, minlength=lab.dim)
+        names = lab.names or tuple(str(c) for c in range(lab.dim))
+        return head + "; counts " + " ".join(f"{n}:{c}" for n, c in zip(names, counts))
+    if lab.kind == "multilabel":
+        return head + "; positive rate " + " ".join(f"{r:.2f}" for r in y.mean(axis=0))
+    stats = [f"mean {y.mean():.3g}", f"sd {y.std():.3g}", f"min {y.min():.3g}", f"max {y.max():.3g}"]
+    return head + "; " + ", ".join(stats) + (f" (over all {lab.dim} outputs)" if lab.dim > 1 else "")
+
+
+# --------------------------------------------------------------------------------------------------------- convert
+def run_convert(args) -> int:
+    data = convert(args)
+    out = native.save(data, args.out, overwrite=args.overwrite)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    print(f"wrote {out}: {len(data.schema.modalities)} modalities ({', '.join(data.schema.names)}); {sizes}")
+    return 0
+
+
+def _one(args) -> str:
+    if len(args.src) != 1:
+        raise DataError(f"--from {args.source}: expected one SRC, got {len(args.src)}: {args.src}")
+    return args.src[0]
+
+
+def convert(args) -> MultimodalData:
+    """The data set that ``data convert`` writes, from the parsed arguments."""
+    rng = tuple(args.label_range) if args.label_range else None
+    if args.source == "uci-mfeat":
+        kwargs = {} if args.seed is None else {"seed": args.seed}
+        data = convert_uci_mfeat(_one(args), **kwargs)
+        return data.validate_values(args.nan_as_missing)
+    if args.source == "mfn":
+        return load_mfn(_one(args), label_range=rng, name=args.name, nan_as_missing=args.nan_as_missing)
+    if args.source == "pickle":
+        return load_pickle(_one(args), trust=args.trust_pickle, label_range=rng, name=args.name,
+                           nan_as_missing=args.nan_as_missing)
+    if args.source == "native":
+        return native.load(_one(args), nan_as_missing=args.nan_as_missing)
+    if len(args.src) < 2:
+        raise DataError("--from csd: expected the labels .csd then at least one feature .csd (PATH or NAME=PATH)")
+    features = {}
+    for item in args.src[1:]:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).stem, item)
+        features[name] = path
+    folds = None if args.folds.lower() == "none" else args.folds
+    return align_csd(args.src[0], features, steps=args.steps or None, folds=folds, label_range=rng,
+                     nan_as_missing=args.nan_as_missing, name=args.name)
