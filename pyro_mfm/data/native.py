@@ -182,10 +182,10 @@ def read_schema(f: h5py.File, path) -> Schema:
         if len(f.keys()) == 1 and "data" in f[next(iter(f.keys()))]:
             hint = " (this looks like a CMU-MultimodalSDK .csd file: convert it with `pyro-mfm data convert --from csd`)"
         raise DataError(f"file {path}: root attribute 'format' is {fmt!r}, expected {FORMAT!r}{hint}")
-    version = f.attrs.get("format_version")
-    if version is None or int(version) != FORMAT_VERSION:
+    version = _attr_str(f.attrs.get("format_version"))
+    if version != str(FORMAT_VERSION):
         raise DataError(
-            f"file {path}: root attribute 'format_version' is {version!r}; this version of pyro-mfm reads "
+            f"file {path}: root attribute 'format_version' is {version}; this version of pyro-mfm reads "
             f"format_version {FORMAT_VERSION}"
         )
     try:
