@@ -230,7 +230,7 @@ def test_interval_plot(tmp_path):
     assert plots.interval_coverage([0, 1, 2], [0, 2, 0], [1, 3, 1]) == pytest.approx(1 / 3)
 
 
-# ----------------------------------------------------------------------------------------------- classification, sequences
+# ----------------------------------------------------------------------------------- classification, sequences
 
 
 def test_confusion_matrix(tmp_path):

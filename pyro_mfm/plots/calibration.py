@@ -75,8 +75,9 @@ def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = No
            facecolor="none", edgecolor="C3", hatch="///", lw=0.6, label="gap to mean confidence")
     ax.plot(b["confidence"][nz], b["accuracy"][nz], "o", color="C3", ms=4, label="(mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
-    for x0, c, a in zip(left[nz], b["count"][nz], b["accuracy"][nz]):
-        ax.text(x0 + width / 2, min(a, 1.0) + 0.015, f"{int(c)}", ha="center", va="bottom", fontsize=7,
+    top = np.maximum(b["accuracy"], b["confidence"])[nz]
+    for x0, c, a in zip(left[nz], b["count"][nz], top):
+        ax.text(x0 + width / 2, min(a, 1.0) + 0.012, f"{int(c)}", ha="center", va="bottom", fontsize=7,
                 color="0.25", rotation=90 if n_bins > 12 else 0)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.1)
@@ -123,14 +124,16 @@ def pit_histogram(pit, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
     n = len(u)
     counts, edges = np.histogram(u, bins=n_bins, range=(0.0, 1.0))
     lo, hi = binomial_interval(n, 1.0 / n_bins, 0.95)
-    ax.axhspan(lo, hi, color="C2", alpha=0.2, label="95% band if uniform (per bin)")
-    ax.axhline(n / n_bins, color="C2", lw=1.2, label=f"uniform expectation ({n / n_bins:.1f})")
     outside = (counts < lo) | (counts > hi)
     colors = np.where(outside, "C3", "C0")
-    ax.bar(edges[:-1], counts, 1.0 / n_bins, align="edge", color=colors, edgecolor="white", alpha=0.85,
+    ax.bar(edges[:-1], counts, 1.0 / n_bins, align="edge", color=colors, edgecolor="white", alpha=0.75,
            label="PIT count (red: outside band)")
+    ax.axhspan(lo, hi, color="C2", alpha=0.18, zorder=3, label=f"95% band if uniform, per bin [{lo}, {hi}]")
+    for level in (lo, hi):
+        ax.axhline(level, color="C2", ls="--", lw=1.0, zorder=3)
+    ax.axhline(n / n_bins, color="C2", lw=1.4, zorder=3, label=f"uniform expectation ({n / n_bins:.1f})")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(hi, counts.max() if n else 1) * 1.2 + 1)
+    ax.set_ylim(0, max(hi, counts.max() if n else 1) * 1.35 + 1)
     ax.set_xlabel("PIT value = predictive CDF at the held-out label (probability)")
     ax.set_ylabel("examples per bin (count)")
     extra = f"; {bad} non-finite dropped" if bad else ""

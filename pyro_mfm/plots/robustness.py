@@ -79,12 +79,12 @@ def metric_by_observed(
     if len(single) >= 1:
         order = single[np.argsort(values[single])]
         best, worst = (order[-1], order[0]) if higher_is_better else (order[0], order[-1])
-        marks = [(best, "best single view", (8, 10))]
-        if worst != best:
-            marks.append((worst, "worst single view", (8, -14)))
-        for i, what, off in marks:
-            ax.annotate(f"{what}: {names[i]} ({values[i]:.3g})", (x[i], values[i]), xytext=off,
-                        textcoords="offset points", fontsize=8,
+        marks = [(best, "best single view")] + ([(worst, "worst single view")] if worst != best else [])
+        for i, what in marks:
+            above = values[i] >= values[order[-1]]  # the larger value is labelled above, the smaller below
+            ax.annotate(f"{what}: {names[i]} ({values[i]:.3g})", (x[i], values[i]),
+                        xytext=(14, 14 if above else -18), textcoords="offset points", fontsize=8,
+                        va="center", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
                         arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8))
 
     ax.set_xticks(levels if len(levels) else [1])
@@ -113,7 +113,7 @@ def imputation_error(
         ax: axes to draw on; a new figure otherwise.
     """
     mods = list(errors)
-    fig, ax = new_axes(ax, figsize=(max(5.0, 1.0 + 1.1 * len(mods)), 4.4))
+    fig, ax = new_axes(ax, figsize=(max(6.0, 1.0 + 1.1 * len(mods)), 4.4))
     mse = np.array([_value(errors[m], "mse") for m in mods])
     base = np.array([_value(errors[m], "baseline_mse") for m in mods])
     corr = np.array([_value(errors[m], "corr") for m in mods])
@@ -141,8 +141,9 @@ def imputation_error(
         ax.set_ylim(0, pos.max() * 1.15)
     ax.set_xticks(xs, mods, rotation=30 if max((len(m) for m in mods), default=0) > 6 else 0)
     ax.set_xlabel("imputed modality")
-    ax.set_ylabel("MSE vs held-out values (squared feature units)" + (", log scale" if log_scale else ""))
-    ax.set_title("Imputation error per modality (lower is better; r = correlation)")
+    ax.set_ylabel("MSE (squared feature units)" + (", log scale" if log_scale else ""))
+    ax.set_title("Imputation MSE vs held-out values per modality (lower is better)\n"
+                 "r = correlation of imputed with held-out values", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
