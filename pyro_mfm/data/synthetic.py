@@ -11,7 +11,7 @@ Generative process of one sample (modalities m = 1..M, every noise term independ
                   t < T_m - L hold zeros and have step mask False
     label score:  s = A z_y + b + e_y,                               e_y ~ N(0, sigma_y^2 I_k)
     regression:   y = s  (k outputs)
-    categorical:  y = #{j : tau_j < s}  for thresholds tau_1 < ... < tau_{K-1} (k = 1; an ordinal probit; K = 2 is binary)
+    categorical:  y = #{j : tau_j < s},  thresholds tau_1 < ... < tau_{K-1}  (k = 1: an ordinal probit; K = 2: binary)
     missingness:  present_m ~ Bernoulli(1 - p_m) independently of everything (MCAR), the whole pattern redrawn while
                   fewer than min_observed modalities are present; label_present ~ Bernoulli(1 - p_y).
 
@@ -19,7 +19,7 @@ Integrating z_a,m out, x_m | z_y ~ N(W_m z_y + c_m, C_m) with C_m = V_m V_m^T + 
 real steps: W_m is then (L d_m, k_y)), and the modalities are independent given z_y. So the posterior of z_y given
 the observed set O is a product of Gaussian experts (information form)::
 
-    Lambda = I + sum_{m in O} W_m^T C_m^{-1} W_m,    Sigma = Lambda^{-1},    mu = Sigma sum_{m in O} W_m^T C_m^{-1} (x_m - c_m)
+    Lambda = I + sum_{m in O} W_m^T C_m^-1 W_m,   Sigma = Lambda^-1,   mu = Sigma sum_{m in O} W_m^T C_m^-1 (x_m - c_m)
 
 and every oracle answer follows in closed form: s | x_O ~ N(A mu + b, A Sigma A^T + sigma_y^2 I) (the regression
 predictive; P(y = k | x_O) = Phi((tau_{k+1} - m) / r) - Phi((tau_k - m) / r) with m, r^2 its mean and variance), and
@@ -98,7 +98,7 @@ class LinearGaussianModality:
         return np.einsum("...dk,nk->n...d", self.W, z_y) + np.einsum("...dk,nk->n...d", self.V, z_a) + self.c
 
     def expert(self, steps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(W^T C^-1 W, C^-1 W)`` over the real ``steps`` (sequences; ``None`` for a vector); ``C^-1 W`` is (L d, k_y)."""
+        """``(W^T C^-1 W, C^-1 W)`` stacked over the real ``steps`` (``None``: a vector); ``C^-1 W`` is (L d, k_y)."""
         W, V = (self.W, self.V) if steps is None else (self.W[steps], self.V[steps])
         rows = int(np.prod(W.shape[:-1]))
         W, V = W.reshape(rows, W.shape[-1]), V.reshape(rows, V.shape[-1])
@@ -156,14 +156,15 @@ class LinearGaussianMFM:
         object.__setattr__(self, "b", np.asarray(self.b, dtype=np.float64).reshape(-1))
         ky = self.z_y_dim
         if any(m.W.shape[-1] != ky for m in self.modalities) or self.b.shape != (self.A.shape[0],):
-            raise DataError(f"z_y dimension: A is {self.A.shape}, b {self.b.shape}, W's {[m.W.shape for m in self.modalities]}")
+            shapes = [m.W.shape for m in self.modalities]
+            raise DataError(f"z_y dimension: A is {self.A.shape}, b {self.b.shape}, the W's {shapes}")
         if not self.sigma_y > 0:
             raise DataError(f"sigma_y {self.sigma_y}, expected > 0")
         if self.thresholds is not None:
             t = np.asarray(self.thresholds, dtype=np.float64).reshape(-1)
             object.__setattr__(self, "thresholds", t)
             if self.A.shape[0] != 1 or len(t) < 1 or np.any(np.diff(t) <= 0):
-                raise DataError(f"categorical label: needs A of one row and increasing thresholds, got {self.A.shape}, {t}")
+                raise DataError(f"categorical label: needs a one-row A and increasing thresholds: {self.A.shape}, {t}")
         self.schema  # validates the names and shapes
 
     # ------------------------------------------------------------------ construction
@@ -214,7 +215,7 @@ class LinearGaussianMFM:
             A = rng.standard_normal((label_dim, z_y_dim)) / np.sqrt(z_y_dim)
             return cls(tuple(mods), A, rng.standard_normal(label_dim), float(label_noise))
         if label != "categorical" or num_classes < 2:
-            raise DataError(f"label {label!r} with {num_classes} classes: expected 'regression' or 'categorical' (K >= 2)")
+            raise DataError(f"label {label!r}, {num_classes} classes: expected 'regression' or 'categorical' (K >= 2)")
         A = rng.standard_normal((1, z_y_dim)) / np.sqrt(z_y_dim)
         sd = np.sqrt(np.sum(A ** 2) + label_noise ** 2)
         q = torch.special.ndtri(torch.arange(1, num_classes, dtype=torch.float64) / num_classes).numpy()
