@@ -191,14 +191,14 @@ class LinearGaussianMFM:
         ``shared_scale^2`` (``specific_scale^2``) to each feature on average; ``noise`` is sigma_m; c ~ N(0, I).
         Regression: A ~ N(0, 1/k_y) entries, b ~ N(0, I). Categorical: b = 0 and the thresholds are the quantiles
         k/K of the score's marginal N(0, |a|^2 + sigma_y^2), so the K classes are equally likely a priori.
-        ``min_steps`` defaults to ``ceil(T / 2)``.
+        ``min_steps`` defaults to ``ceil(T / 2)``; a mapping's absent names get the defaults (k_m 2, sigma_m 0.5).
         """
         rng = np.random.default_rng(seed)
-        pick = lambda v, name: v[name] if isinstance(v, Mapping) else v  # noqa: E731
+        pick = lambda v, name, default: v.get(name, default) if isinstance(v, Mapping) else v  # noqa: E731
         mods = []
         for name, shape in modalities.items():
             shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
-            ka, d = int(pick(z_a_dims, name)), shape[-1]
+            ka, d = int(pick(z_a_dims, name, 2)), shape[-1]
             th = (np.pi / 2) * np.arange(shape[0]) / max(shape[0] - 1, 1) if len(shape) == 2 else None
 
             def loadings(k, scale):
@@ -208,9 +208,9 @@ class LinearGaussianMFM:
                 return np.cos(th)[:, None, None] * draw() + np.sin(th)[:, None, None] * draw()
 
             W, V = loadings(z_y_dim, shared_scale), loadings(ka, specific_scale)
-            ms = pick(min_steps, name) if min_steps is not None else None
+            ms = pick(min_steps, name, None)
             ms = 1 if th is None else int(ms if ms is not None else (shape[0] + 1) // 2)
-            mods.append(LinearGaussianModality(name, W, V, rng.standard_normal(d), float(pick(noise, name)), ms))
+            mods.append(LinearGaussianModality(name, W, V, rng.standard_normal(d), float(pick(noise, name, 0.5)), ms))
         if label == "regression":
             A = rng.standard_normal((label_dim, z_y_dim)) / np.sqrt(z_y_dim)
             return cls(tuple(mods), A, rng.standard_normal(label_dim), float(label_noise))
