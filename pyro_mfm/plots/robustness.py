@@ -92,7 +92,9 @@ def metric_by_observed(
     ax.set_xlabel("observed modalities at test time (count)")
     ax.set_ylabel(metric_label(metric))
     arrow = "higher is better" if higher_is_better else "lower is better"
-    ax.set_title(f"{metric.replace('_', ' ')} by observed modalities ({len(results)} subsets; {arrow})")
+    subsets = f"{len(results)} subset" + ("" if len(results) == 1 else "s")
+    ax.set_title(f"{metric.replace('_', ' ')} by observed modalities ({subsets}; {arrow})")
+    ax.margins(y=0.12)  # room for the annotations
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
