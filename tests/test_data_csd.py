@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pyro_mfm.data import DataError
+from pyro_mfm.data import DataError, native
 from pyro_mfm.data.importers import CMU_MOSI_FOLDS, align_csd, read_csd, write_csd
 
 
@@ -21,6 +21,9 @@ def test_read_real_labels_csd(mosi_labels):
     y = np.concatenate([x for x, _ in seq.data.values()])
     assert y.min() >= -3 and y.max() <= 3
     assert seq.metadata["dataset name"] == "CMU-MOSI" and seq.metadata["dimension names"] == ["sentiment score"]
+    with pytest.raises(DataError, match=r"CMU_MOSI_Opinion_Labels\.csd: root attribute 'format' is None, expected "
+                                        r"'pyro-mfm' \(this looks like a CMU-MultimodalSDK \.csd file"):
+        native.load(mosi_labels)
 
 
 def test_standard_folds_split_the_real_labels_1284_229_686(mosi_labels, tmp_path):

@@ -57,7 +57,7 @@ def test_round_trip_native_memory_native_is_exact(tmp_path, label_kind):
     native.save(loaded, tmp_path / "b.h5")
     assert_same(loaded, native.load(tmp_path / "b.h5"))
     assert loaded["train"].n == 40 and loaded["valid"].n == 10 and loaded["test"].n == 10
-    assert not loaded["train"].present["vec"].all() and not loaded["train"].label_present.all() or label_kind != "regression"
+    assert not loaded["train"].present["vec"].all() and not loaded["train"].steps["seq"].all()
 
 
 def test_file_layout_matches_the_documented_schema(tmp_path):

@@ -179,7 +179,8 @@ def read_schema(f: h5py.File, path) -> Schema:
     fmt = _attr_str(f.attrs.get("format"))
     if fmt != FORMAT:
         hint = ""
-        if len(f.keys()) == 1 and "data" in f[next(iter(f.keys()))]:
+        roots = [f[k] for k in f.keys()]
+        if len(roots) == 1 and isinstance(roots[0], h5py.Group) and "data" in roots[0]:
             hint = " (this looks like a CMU-MultimodalSDK .csd file: convert it with `pyro-mfm data convert --from csd`)"
         raise DataError(f"file {path}: root attribute 'format' is {fmt!r}, expected {FORMAT!r}{hint}")
     version = _attr_str(f.attrs.get("format_version"))
@@ -205,7 +206,10 @@ def _attr_str(v) -> str | None:
 def _read(f: h5py.File, path: Path, lazy: bool, validate: bool) -> MultimodalData:
     schema = read_schema(f, path)
     if "splits" in f.attrs:
-        splits = json.loads(_attr_str(f.attrs["splits"]))
+        try:
+            splits = [str(s) for s in json.loads(_attr_str(f.attrs["splits"]))]
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"file {path}: root attribute 'splits' is not a JSON list of split names: {e}") from None
     else:
         splits = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
     data = MultimodalData(schema, {}, source=str(path))
