@@ -10,10 +10,16 @@ import argparse
 import importlib
 import sys
 
+from ..config import ConfigError
 from ..data.schema import DataError
+from ..infer.checkpoint import CheckpointError
 
 COMMANDS = (
     "data",
+    "train",
+    "evaluate",
+    "impute",
+    "run",
 )
 
 
@@ -32,6 +38,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DataError as e:
+    except (DataError, ConfigError, CheckpointError) as e:
         print(f"pyro-mfm: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,28 @@
+"""Options shared by the model commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import Config
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="model configuration file (TOML), e.g. models/uci_mfeat.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one configuration field, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--data", help="data source overriding data.source (a native HDF5 file or embedded:NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args) -> Config:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source={args.data!r}")
+    if args.quiet:
+        overrides.append("train.progress=False")
+    return Config.load(args.config, overrides)
+
+
+def parse_observed(text: str | None):
+    return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]

@@ -1,0 +1,208 @@
+"""Typed configurations. TOML files under ``models/`` map onto these dataclasses one to one.
+
+A file has the tables ``[data]``, ``[model]``, ``[train]`` and ``[evaluate]``; unknown keys are errors, so a typo
+never silently falls back to a default. Command lines override single fields with ``--set train.epochs=5``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration file or override; the message names the file, table and key."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    Attributes:
+        source: ``"embedded:uci_mfeat"`` for a data set shipped with the package, or a path to a native HDF5 file
+            (relative paths are resolved against the configuration file's folder, then the working directory).
+        train_split, valid_split, test_split: split names in the file.
+        nan_as_missing: treat samples with NaN features as missing for that modality instead of raising.
+    """
+
+    source: str = "embedded:uci_mfeat"
+    train_split: str = "train"
+    valid_split: str = "valid"
+    test_split: str = "test"
+    nan_as_missing: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The generative model and its guide (see ``pyro_mfm.model``).
+
+    Attributes:
+        z_y_dim: size of the shared multimodal discriminative factor z_y.
+        z_a_dim: size of each modality-specific generative factor z_a,m (one int, or a table modality -> int).
+        f_y_dim, f_a_dim: sizes of the factor features f_y = G_y(z_y), f_a,m = G_m(z_a,m) (int or table).
+        hidden: hidden width of every MLP (encoders, G, decoders F_m, label head D).
+        dropout: dropout rate inside the MLPs (the paper's Linear-ReLU-Dropout-Linear-ReLU).
+        label_likelihood: ``"auto"`` (Normal for regression, Categorical for classes, Bernoulli for multilabel),
+            or one of ``"normal"``, ``"laplace"`` (the paper's L1 loss), ``"categorical"``, ``"bernoulli"``.
+        x_scale: ``"learned"`` (a Normal scale per feature) or ``"fixed"`` (scale ``x_fixed_scale`` in
+            standardised units).
+        x_fixed_scale: the fixed scale, in units of each feature's training standard deviation.
+        lambda_x: weight of each modality's likelihood (the paper's lambda_x; a float or a table modality -> float),
+            applied with ``poutine.scale``.
+        lambda_y: weight of the label likelihood.
+        alpha: weight of the discriminative term (label likelihood of the guide's mean code, as the ss-VAE's
+            auxiliary loss); 0 turns it off.
+        objective: ``"elbo"``.
+        analytic_kl: use TraceMeanField_ELBO (analytic KL of the Gaussian factors) instead of Trace_ELBO.
+        num_particles: ELBO particles per step.
+    """
+
+    z_y_dim: int = 16
+    z_a_dim: Any = 8
+    f_y_dim: int = 32
+    f_a_dim: Any = 16
+    hidden: int = 128
+    dropout: float = 0.0
+    label_likelihood: str = "auto"
+    x_scale: str = "learned"
+    x_fixed_scale: float = 1.0
+    lambda_x: Any = 1.0
+    lambda_y: float = 1.0
+    alpha: float = 1.0
+    objective: str = "elbo"
+    analytic_kl: bool = True
+    num_particles: int = 1
+
+    def per_modality(self, key: str, names) -> dict:
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            missing = [m for m in names if m not in value]
+            if missing:
+                raise ConfigError(f"model.{key}: no value for modalities {missing} (table has {sorted(value)})")
+            return {m: value[m] for m in names}
+        return {m: value for m in names}
+
+    def validate(self) -> "ModelConfig":
+        choices = {
+            "label_likelihood": ("auto", "normal", "laplace", "categorical", "bernoulli"),
+            "x_scale": ("learned", "fixed"),
+            "objective": ("elbo",),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """Stochastic variational inference.
+
+    Attributes:
+        epochs: maximum number of passes over the training split.
+        batch_size: samples per step.
+        lr: Adam learning rate.
+        clip_norm: gradient norm clipping (0 turns it off).
+        seed: seeds parameters, minibatch order and sampling.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (CUDA when available).
+        modality_dropout: probability of hiding each observed modality of a training sample for a step
+            (at least one stays), so that q(z_y | observed) learns every subset.
+        select_metric: validation metric for model selection and early stopping (``"auto"``: accuracy for classes,
+            MAE for regression, the ELBO loss otherwise); a ``-`` prefix is not needed: the direction is known.
+        patience: epochs without improvement before stopping (0: never stop early).
+        valid_samples: posterior samples per validation prediction.
+        progress: show a tqdm progress bar.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    clip_norm: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+    modality_dropout: float = 0.25
+    select_metric: str = "auto"
+    patience: int = 20
+    valid_samples: int = 20
+    progress: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation and imputation.
+
+    Attributes:
+        num_samples: posterior samples per prediction or imputation.
+        interval: mass of the central credible interval reported (and whose coverage is measured).
+        batch_size: samples per forward pass.
+    """
+
+    num_samples: int = 100
+    interval: float = 0.9
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    path: str | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "<dict>") -> "Config":
+        cfg = cls()
+        for table, value in d.items():
+            sub = getattr(cfg, table, None)
+            if table == "path" or not dataclasses.is_dataclass(sub):
+                raise ConfigError(f"{where}: unknown table [{table}]; expected data, model, train, evaluate")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{table}] must be a table")
+            names = {f.name for f in dataclasses.fields(sub)}
+            for key, v in value.items():
+                if key not in names:
+                    raise ConfigError(f"{where}: unknown key {table}.{key}; expected one of {sorted(names)}")
+                setattr(sub, key, v)
+        cfg.model.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path, overrides=()) -> "Config":
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"configuration file {path}: not valid TOML ({e})") from None
+        cfg = cls.from_dict(raw, where=str(path))
+        cfg.path = str(path)
+        return cfg.override(overrides)
+
+    def override(self, overrides) -> "Config":
+        """Apply ``table.key=value`` strings (values parsed as Python/TOML literals, else kept as strings)."""
+        d = self.to_dict()
+        for item in overrides:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise ConfigError(f"override {item!r}: expected table.key=value, e.g. train.epochs=5")
+            lhs, rhs = item.split("=", 1)
+            table, key = lhs.strip().split(".", 1)
+            try:
+                value = ast.literal_eval(rhs.strip())
+            except (ValueError, SyntaxError):
+                value = {"true": True, "false": False}.get(rhs.strip().lower(), rhs.strip())
+            d.setdefault(table, {})[key] = value
+        cfg = Config.from_dict(d, where=f"{self.path or '<config>'} with overrides")
+        cfg.path = self.path
+        return cfg

@@ -1,0 +1,159 @@
+"""The main job: train, evaluate on every subset of observed modalities, impute, and write a report folder.
+
+``<out>/`` receives ``checkpoint/`` (the training run), ``metrics.json`` (every metric for every observed subset,
+baselines, the training log), ``report.md`` (readable tables), ``imputed_<modality>.h5`` (the test split with that
+modality imputed from all others, in the native format) and ``plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import plots
+from ..config import Config
+from ..data import native
+from ..data.builtin import load_embedded
+from ..data.dataset import MultimodalData, MultimodalDataset
+from ..data.schema import DataError
+from ..model import MFM
+from .checkpoint import atomic_write, write_json
+from .evaluate import evaluate, mean_imputation_baseline, table
+from .predict import impute, predict
+from .train import fit
+
+
+def load_data(config: Config) -> MultimodalData:
+    """The data set named by ``config.data.source`` (``embedded:NAME`` or a native HDF5 path)."""
+    src = config.data.source
+    if src.startswith("embedded:"):
+        return load_embedded(src.split(":", 1)[1])
+    path = Path(src)
+    if not path.is_absolute() and config.path is not None and (Path(config.path).parent / path).exists():
+        path = Path(config.path).parent / path
+    return native.load(path, nan_as_missing=config.data.nan_as_missing)
+
+
+def imputed_dataset(ds: MultimodalDataset, mean: dict, hidden: str) -> MultimodalData:
+    """A copy of ``ds`` whose modality ``hidden`` holds its imputation (marked present)."""
+    features = {m: np.asarray(ds.features[m]) for m in ds.schema.names}
+    features[hidden] = mean[hidden].astype(np.float32)
+    present = dict(ds.present)
+    present[hidden] = np.ones(len(ds), bool)
+    out = MultimodalDataset(ds.schema, features, present, ds.steps, ds.labels, ds.label_present,
+                            ids=ds.ids, split=ds.split)
+    return MultimodalData(ds.schema, {ds.split: out})
+
+
+def single_view_baselines(data: MultimodalData, config: Config) -> dict:
+    """Per modality: a logistic (classes) or ridge (regression) model trained on that modality alone."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = data[config.data.train_split], data[config.data.test_split]
+    lab = data.schema.label
+    out = {}
+    for s in data.schema.modalities:
+        m = s.name
+        tr = train.present[m] & train.label_present
+        te = test.present[m] & test.label_present
+        flat = lambda ds, idx: np.asarray(ds.features[m])[idx].reshape(idx.sum(), -1)  # noqa: E731
+        if lab.kind == "categorical":
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            clf.fit(flat(train, tr), np.asarray(train.labels)[tr])
+            out[m] = {"accuracy": float(clf.score(flat(test, te), np.asarray(test.labels)[te]))}
+        elif lab.kind == "regression":
+            reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+            reg.fit(flat(train, tr), np.asarray(train.labels)[tr])
+            out[m] = {"mae": float(np.abs(reg.predict(flat(test, te)) - np.asarray(test.labels)[te]).mean())}
+    return out
+
+
+def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
+                mean_baseline: dict, metric: str) -> list[str]:
+    pdir = out / "plots"
+    written = []
+    flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
+    if any("label" in r for r in records):
+        single = {m: v[metric] for m, v in baselines.items() if metric in v}
+        written.append(plots.save(plots.metric_by_observed(flat, metric, baseline=single or None,
+                                                           baseline_label="linear model on one view"),
+                                  pdir / f"{metric}_by_observed.png"))
+    # imputation error of each modality when it alone is hidden (imputed from all others)
+    errors = {}
+    for r in records:
+        hidden = [m for m in mfm.schema.names if m not in r["observed"]]
+        if len(hidden) == 1 and hidden[0] in r.get("imputation", {}):
+            m = hidden[0]
+            errors[m] = {**r["imputation"][m], "baseline_mse": mean_baseline[m]["mse"]}
+    if errors:
+        written.append(plots.save(plots.imputation_error(errors), pdir / "imputation_error.png"))
+    if mfm.D is not None:
+        pred = predict(mfm, test, num_samples=50, keep_samples=False)
+        keep = test.label_present
+        names = list(mfm.schema.label.names) if mfm.schema.label.names else None
+        y = np.asarray(test.labels)
+        written.append(plots.save(plots.latent_projection(pred.z_y[keep], y[keep] if y.ndim == 1 else y[keep, 0],
+                                                          class_names=names if mfm.D.kind == "categorical" else None),
+                                  pdir / "z_y_projection.png"))
+        if mfm.D.kind == "categorical":
+            written.append(plots.save(plots.reliability_diagram(pred.point[keep], y[keep]), pdir / "reliability.png"))
+            written.append(plots.save(plots.confusion_matrix(y[keep], pred.label[keep], names), pdir / "confusion.png"))
+        elif mfm.D.kind in ("normal", "laplace"):
+            written.append(plots.save(plots.interval_plot(y[keep][:, 0], pred.point[keep][:, 0],
+                                                          pred.lower[keep][:, 0], pred.upper[keep][:, 0],
+                                                          level=pred.interval),
+                                      pdir / "intervals.png"))
+    if history:
+        written.append(plots.save(plots.training_curves(history), pdir / "training_curves.png"))
+    return [str(p) for p in written]
+
+
+def run(config: Config, out_dir, resume: bool = False) -> dict:
+    """Train, evaluate every observed subset on the test split, impute, write the report. Returns the metrics."""
+    out = Path(out_dir)
+    t0 = time.time()
+    data = load_data(config)
+    if config.data.test_split not in data:
+        raise DataError(f"{data.source}: no test split {config.data.test_split!r}; the data set has {list(data)}")
+    result = fit(config, data, out / "checkpoint", resume=resume)
+    t_train = time.time() - t0
+    mfm, test = result.mfm, data[config.data.test_split]
+    ev = config.evaluate
+    records = evaluate(mfm, test, num_samples=ev.num_samples, interval=ev.interval, batch_size=ev.batch_size,
+                       progress=config.train.progress)
+    baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
+    mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
+    for m in mfm.schema.names:  # each modality imputed from all the others, written in the native format
+        others = [n for n in mfm.schema.names if n != m]
+        if others:
+            imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size)
+            native.save(imputed_dataset(test, imp.mean, m), out / f"imputed_{m}.h5", overwrite=True)
+    metric = next(k for k in result.best if k != "epoch")
+    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric)
+    report = {
+        "data": data.schema.name or data.source, "attribution": data.schema.attribution,
+        "test_samples": len(test), "best": result.best, "train_seconds": t_train,
+        "total_seconds": time.time() - t0, "subsets": records, "single_view_baselines": baselines,
+        "mean_imputation_baseline": mean_baseline, "history": result.history, "plots": written,
+        "config": config.to_dict(),
+    }
+    write_json(out / "metrics.json", report)
+    md = [f"# MFM report: {report['data']}\n", f"Test samples: {len(test)}. Best epoch {result.best}.",
+          f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
+          "## Every subset of observed modalities (test split)\n", table(records)]
+    if baselines:
+        md += ["\n## Linear model trained on one modality alone (test split)\n",
+               "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
+               "|---|" + "---|" * len(next(iter(baselines.values())))]
+        md += [f"| {m} | " + " | ".join(f"{x:.4g}" for x in v.values()) + " |" for m, v in baselines.items()]
+    md += ["\n## Training-mean imputation baseline (MSE)\n",
+           ", ".join(f"{m} {v['mse']:.4g}" for m, v in mean_baseline.items()),
+           "\n## Plots\n"] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
+    if data.schema.attribution:
+        md += ["\n## Data attribution\n", data.schema.attribution]
+    atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
+    return report

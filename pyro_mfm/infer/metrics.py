@@ -1,0 +1,124 @@
+"""Metrics of the field (see MFM_SPEC.md): sentiment regression, classification, imputation, probabilistic quality."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+# Direction of each metric for model selection: True when larger is better.
+HIGHER_IS_BETTER = {
+    "accuracy": True, "macro_f1": True, "weighted_f1": True, "corr": True, "acc2_has0": True, "acc2_non0": True,
+    "f1_has0": True, "f1_non0": True, "acc5": True, "acc7": True,
+    "mae": False, "mse": False, "nlpd": False, "ece": False, "loss": False,
+}
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """MAE, MSE and Pearson correlation (averaged over outputs for multi-output labels)."""
+    y_true = np.asarray(y_true, float).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, float).reshape(len(y_pred), -1)
+    corr = [pearson(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]
+    return {
+        "mae": float(np.abs(y_true - y_pred).mean()),
+        "mse": float(((y_true - y_pred) ** 2).mean()),
+        "corr": float(np.nanmean(corr)) if not np.all(np.isnan(corr)) else float("nan"),
+    }
+
+
+def sentiment_metrics(y_true, y_pred) -> dict:
+    """CMU-MOSI/MOSEI conventions for a score in [-3, 3].
+
+    Acc-2 and weighted F1 in both conventions: ``has0`` (negative < 0 vs non-negative >= 0, all samples) and
+    ``non0`` (samples whose true score is 0 are excluded; positive > 0 vs negative < 0). Acc-5 and Acc-7 round the
+    scores after clipping to [-2, 2] and [-3, 3] (the public code's Acc-7 forgets to clip; we do not).
+    """
+    t = np.asarray(y_true, float).ravel()
+    p = np.asarray(y_pred, float).ravel()
+    out = regression_metrics(t, p)
+    out["acc2_has0"] = float(accuracy_score(t >= 0, p >= 0))
+    out["f1_has0"] = float(f1_score(t >= 0, p >= 0, average="weighted"))
+    nz = t != 0
+    out["acc2_non0"] = float(accuracy_score(t[nz] > 0, p[nz] > 0)) if nz.any() else float("nan")
+    out["f1_non0"] = float(f1_score(t[nz] > 0, p[nz] > 0, average="weighted")) if nz.any() else float("nan")
+    out["acc5"] = float(np.mean(np.round(np.clip(t, -2, 2)) == np.round(np.clip(p, -2, 2))))
+    out["acc7"] = float(np.mean(np.round(np.clip(t, -3, 3)) == np.round(np.clip(p, -3, 3))))
+    return out
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
+    """ECE of the top-class confidence: sum over equal-width bins of |accuracy - confidence| weighted by mass."""
+    probs = np.asarray(probs, float)
+    labels = np.asarray(labels)
+    conf = probs.max(-1)
+    correct = probs.argmax(-1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(y_true, probs) -> dict:
+    """Accuracy, macro and weighted F1, and expected calibration error from class probabilities ``(N, K)``."""
+    y_true = np.asarray(y_true)
+    pred = np.asarray(probs).argmax(-1)
+    return {
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "macro_f1": float(f1_score(y_true, pred, average="macro")),
+        "weighted_f1": float(f1_score(y_true, pred, average="weighted")),
+        "ece": expected_calibration_error(probs, y_true),
+    }
+
+
+def multilabel_metrics(y_true, probs) -> dict:
+    y_true = np.asarray(y_true).astype(int)
+    pred = (np.asarray(probs) > 0.5).astype(int)
+    return {
+        "accuracy": float((y_true == pred).mean()),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
+    }
+
+
+def interval_coverage(y_true, lower, upper) -> float:
+    y_true = np.asarray(y_true, float).reshape(np.shape(lower))
+    return float(np.mean((y_true >= lower) & (y_true <= upper)))
+
+
+def imputation_metrics(x_true, x_imputed, weight) -> dict:
+    """MSE and Pearson correlation over the entries with ``weight`` True (held-out, real steps)."""
+    x_true = np.asarray(x_true, float)
+    x_imputed = np.asarray(x_imputed, float)
+    w = np.broadcast_to(np.asarray(weight, bool).reshape(weight.shape + (1,) * (x_true.ndim - np.ndim(weight))),
+                        x_true.shape)
+    if not w.any():
+        return {"mse": float("nan"), "corr": float("nan"), "n": 0}
+    a, b = x_true[w], x_imputed[w]
+    return {"mse": float(np.mean((a - b) ** 2)), "corr": pearson(a, b), "n": int(w.reshape(len(x_true), -1).any(1).sum())}
+
+
+def label_metrics(prediction, y_true, y_present, label_spec) -> dict:
+    """Every label metric that applies to the label's kind, on the labelled samples."""
+    keep = np.asarray(y_present, bool)
+    yt = np.asarray(y_true)[keep]
+    point = prediction.point[keep]
+    if prediction.kind == "categorical":
+        out = classification_metrics(yt, point)
+    elif prediction.kind == "bernoulli":
+        out = multilabel_metrics(yt, point)
+    else:
+        sentiment = label_spec.dim == 1 and label_spec.low == -3 and label_spec.high == 3
+        out = sentiment_metrics(yt, point) if sentiment else regression_metrics(yt, point)
+        out["coverage"] = interval_coverage(yt, prediction.lower[keep], prediction.upper[keep])
+    out["nlpd"] = float(-np.mean(prediction.log_density[keep]))
+    out["n"] = int(keep.sum())
+    return out

@@ -1,0 +1,163 @@
+"""Posterior prediction of the label and imputation of modalities, given any subset of observed modalities.
+
+Both draw the factors from the guide on the observed modalities with Pyro's ``Predictive``. Imputation runs the
+model unconditioned (``poutine.uncondition``), so every modality is drawn from the posterior predictive;
+prediction only needs the label's likelihood p(y | D(G_y(z_y))) at the drawn z_y.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+
+from ..data.dataset import MultimodalDataset
+from ..data.schema import DataError
+from ..model import MFM
+
+
+@dataclass
+class Prediction:
+    """Posterior predictive of the label for each sample.
+
+    Attributes:
+        point: class probabilities ``(N, K)`` (categorical), label probabilities ``(N, k)`` (multilabel), or the
+            predictive mean ``(N, k)`` (regression), each averaged over posterior draws of z_y.
+        lower, upper: the central credible interval of mass ``interval`` (regression; ``None`` otherwise).
+        samples: ``(S, N, ...)`` draws of y from the posterior predictive.
+        log_density: ``(N,)`` log p(y_true | observed modalities) where the label is known (NaN elsewhere).
+        z_y: ``(N, k)`` posterior mean of the shared factor.
+        observed: the modalities the prediction conditioned on.
+        kind: the label likelihood (``normal``, ``laplace``, ``categorical``, ``bernoulli``).
+    """
+
+    point: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    samples: np.ndarray
+    log_density: np.ndarray
+    z_y: np.ndarray
+    observed: tuple[str, ...]
+    interval: float
+    kind: str
+
+    @property
+    def label(self) -> np.ndarray:
+        """Predicted class (categorical), 0/1 labels (bernoulli), or the predictive mean (normal, laplace)."""
+        if self.kind == "categorical":
+            return self.point.argmax(-1)
+        if self.kind == "bernoulli":
+            return (self.point > 0.5).astype(np.int64)
+        return self.point
+
+
+@dataclass
+class Imputation:
+    """Imputed modalities: for each modality, the posterior predictive mean, standard deviation and draws.
+
+    Observed entries pass through unchanged (mean = the data, std = 0, draws = the data).
+    """
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray] | None
+    observed: tuple[str, ...]
+
+
+def _observed(mfm: MFM, observed) -> tuple[str, ...]:
+    return mfm.schema.names if observed is None else mfm.schema.check_modalities(observed)
+
+
+def _device(mfm: MFM):
+    return next(mfm.parameters()).device
+
+
+def _check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
+    if dataset.schema.modalities != mfm.schema.modalities:
+        raise DataError(
+            f"{dataset._where()}: modalities {[(m.name, m.shape) for m in dataset.schema.modalities]} do not match "
+            f"the model's {[(m.name, m.shape) for m in mfm.schema.modalities]}"
+        )
+
+
+@torch.no_grad()
+def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, interval: float = 0.9,
+            batch_size: int = 512, keep_samples: bool = True) -> Prediction:
+    """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
+
+    A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample.
+    """
+    if mfm.D is None:
+        raise DataError(f"{dataset._where()}: the model has no label to predict")
+    _check_schema(mfm, dataset)
+    observed = _observed(mfm, observed)
+    mfm.eval()
+    # Posterior draws of z_y come from the guide; the label depends on nothing else (y sees only f_y), so the
+    # posterior predictive p(y | x_obs) = E_q(z_y | x_obs)[p(y | D(G_y(z_y)))] needs no decoder pass.
+    posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=["z_y"], parallel=True)
+    points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
+    regression = mfm.D.kind in ("normal", "laplace")
+    q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
+    for batch in dataset.loader(batch_size, device=_device(mfm)):
+        truth, y_present = batch.y, batch.y_present
+        batch = batch.observe_only(observed).without_labels()
+        z_y = posterior(batch)["z_y"]
+        p_y = mfm.label_distribution(z_y)
+        points.append(mfm.D.point(p_y).mean(0).cpu())
+        y = p_y.sample()
+        if regression:
+            lo, hi = torch.quantile(y, q, dim=0)
+            lowers.append(lo.cpu())
+            uppers.append(hi.cpu())
+        if keep_samples:
+            samples.append(y.cpu())
+        z_means.append(mfm.posterior_z_y(batch)[0].cpu())
+        if truth is not None:
+            lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
+            log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
+        else:
+            log_dens.append(torch.full((len(batch),), float("nan")))
+    cat = lambda xs, dim=0: torch.cat(xs, dim).numpy() if xs else None  # noqa: E731
+    return Prediction(
+        point=cat(points), lower=cat(lowers), upper=cat(uppers),
+        samples=cat(samples, 1) if keep_samples else np.empty(0), log_density=cat(log_dens), z_y=cat(z_means),
+        observed=observed, interval=interval, kind=mfm.D.kind,
+    )
+
+
+@torch.no_grad()
+def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, batch_size: int = 512,
+           keep_samples: bool = False) -> Imputation:
+    """Posterior predictive of every modality given the modalities in ``observed``.
+
+    Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
+    all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior.
+    """
+    _check_schema(mfm, dataset)
+    observed = _observed(mfm, observed)
+    mfm.eval()
+    names = mfm.schema.names
+    sites = [f"x_{m}" for m in names] + [f"x_{m}_mean" for m in names]
+    predictive = Predictive(poutine.uncondition(mfm.model), guide=mfm.guide, num_samples=num_samples,
+                            return_sites=sites, parallel=True)
+    means = {m: [] for m in names}
+    stds = {m: [] for m in names}
+    draws = {m: [] for m in names}
+    for batch in dataset.loader(batch_size, device=_device(mfm)):
+        batch = batch.observe_only(observed).without_labels()
+        out = predictive(batch)
+        for m in names:
+            keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
+            x = batch.x[m]
+            x_draws = torch.where(keep, x, out[f"x_{m}"])
+            # E[x] averages the decoder means; Var[x] = E[Var] + Var[E] is estimated from the draws.
+            means[m].append(torch.where(keep, x, out[f"x_{m}_mean"].mean(0)).cpu())
+            stds[m].append(x_draws.std(0).cpu() if num_samples > 1 else torch.zeros_like(x).cpu())
+            if keep_samples:
+                draws[m].append(x_draws.cpu())
+    join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
+    return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)

@@ -1,0 +1,101 @@
+"""Likelihoods of the MFM: p(x_m | F_m(f_y, f_a,m)) for each modality and p(y | D(f_y)) for the label.
+
+Networks work in standardised units; these modules map their outputs back to the data's own units, so every
+sample site, log density and prediction is in the units of the data.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from .data.schema import LabelSpec, ModalitySpec
+from .nets.mlp import mlp
+
+
+def _inverse_softplus(x: float) -> float:
+    return float(torch.log(torch.expm1(torch.tensor(x))))
+
+
+class FeatureLikelihood(nn.Module):
+    """Normal likelihood of one modality with a learned (per feature) or fixed scale.
+
+    ``distribution(loc_std, mask)`` takes the decoder's mean in standardised units and returns a distribution with
+    event shape ``(d,)`` or ``(T, d)`` whose batch entries are masked by ``present`` (and padding steps by
+    ``steps``), so a missing modality or a padded step contributes nothing.
+    """
+
+    def __init__(self, spec: ModalitySpec, mean, std, learned_scale: bool, fixed_scale: float = 1.0):
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.learned_scale = learned_scale
+        if learned_scale:
+            self.raw_scale = nn.Parameter(torch.full((spec.dim,), _inverse_softplus(fixed_scale)))
+        else:
+            self.register_buffer("fixed_scale", torch.full((spec.dim,), float(fixed_scale)))
+
+    def scale(self):
+        return softplus(self.raw_scale) + 1e-3 if self.learned_scale else self.fixed_scale
+
+    def standardise(self, x):
+        return (x - self.mean) / self.std
+
+    def distribution(self, loc_std, present=None, steps=None):
+        loc = self.mean + self.std * loc_std
+        scale = (self.std * self.scale()).expand_as(loc)
+        d = dist.Normal(loc, scale)
+        if self.spec.is_sequence:
+            if steps is not None:
+                d = d.mask(steps.unsqueeze(-1))
+            d = d.to_event(2)
+        else:
+            d = d.to_event(1)
+        return d if present is None else d.mask(present)
+
+
+class LabelLikelihood(nn.Module):
+    """D: f_y -> p(y | f_y): Normal or Laplace regression, Categorical, or independent Bernoulli labels."""
+
+    def __init__(self, label: LabelSpec, kind: str, f_dim: int, hidden: int, mean, std, dropout: float = 0.0):
+        super().__init__()
+        if kind == "auto":
+            kind = {"regression": "normal", "categorical": "categorical", "multilabel": "bernoulli"}[label.kind]
+        allowed = {"regression": ("normal", "laplace"), "categorical": ("categorical",), "multilabel": ("bernoulli",)}
+        if kind not in allowed[label.kind]:
+            raise ValueError(
+                f"label likelihood {kind!r} does not fit a {label.kind} label: expected one of {allowed[label.kind]}"
+            )
+        self.kind = kind
+        self.label = label
+        self.head = mlp([f_dim, hidden, label.dim], dropout)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        if kind in ("normal", "laplace"):
+            self.raw_scale = nn.Parameter(torch.full((label.dim,), _inverse_softplus(0.5)))
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.kind in ("categorical", "bernoulli")
+
+    def distribution(self, f_y):
+        out = self.head(f_y)
+        if self.kind == "categorical":
+            return dist.Categorical(logits=out)
+        if self.kind == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        loc = self.mean + self.std * out
+        scale = (self.std * (softplus(self.raw_scale) + 1e-3)).expand_as(loc)
+        base = dist.Normal(loc, scale) if self.kind == "normal" else dist.Laplace(loc, scale)
+        return base.to_event(1)
+
+    @staticmethod
+    def point(d):
+        """The predictive point summary of one label distribution: class probabilities, or the mean."""
+        if isinstance(d, dist.Categorical):
+            return d.probs
+        base = d.base_dist if isinstance(d, dist.Independent) else d
+        return base.probs if isinstance(base, dist.Bernoulli) else base.mean
