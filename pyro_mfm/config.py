@@ -107,6 +107,8 @@ class TrainConfig:
         batch_size: samples per step.
         lr: Adam learning rate.
         clip_norm: gradient norm clipping (0 turns it off).
+        kl_warmup: epochs over which the weight of the KL terms rises linearly from 0 to 1 (0: no warm-up);
+            model selection and early stopping only start once it is over.
         seed: seeds parameters, minibatch order and sampling.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (CUDA when available).
         modality_dropout: probability of hiding each observed modality of a training sample for a step
@@ -122,6 +124,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     clip_norm: float = 10.0
+    kl_warmup: int = 10
     seed: int = 0
     device: str = "auto"
     modality_dropout: float = 0.25

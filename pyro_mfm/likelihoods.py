@@ -78,6 +78,18 @@ class LabelLikelihood(nn.Module):
             self.raw_scale = nn.Parameter(torch.full((label.dim,), _inverse_softplus(0.5)))
 
     @property
+    def encoded_dim(self) -> int:
+        return self.label.dim
+
+    def encode(self, y):
+        """The label as an input to an encoder: standardised values, one-hot classes, or 0/1 labels."""
+        if self.kind == "categorical":
+            return torch.nn.functional.one_hot(y, self.label.dim).to(self.mean.dtype)
+        if self.kind == "bernoulli":
+            return y.to(self.mean.dtype)
+        return (y - self.mean) / self.std
+
+    @property
     def is_discrete(self) -> bool:
         return self.kind in ("categorical", "bernoulli")
 

@@ -12,12 +12,16 @@ A missing modality or label is an unobserved leaf of this graph: masking its lik
 integrates it out exactly, in training and at test time. Imputation and prediction sample those sites from the
 model (``poutine.uncondition`` + ``Predictive``).
 
-Guide (amortized, mean-field over the factors)::
+Guide (amortized)::
 
-    q(z_y | x_obs) = N(0, I) * prod_{m observed} N(mu_m(x_m), sigma_m(x_m))   normalised product of experts
-    q(z_a,m | x_m) = N(mu_a,m(x_m), sigma_a,m(x_m))   if x_m is observed,  N(0, I)  (the prior) otherwise
+    q(z_y | x_obs)      = N(0, I) * prod_{m observed} N(mu_m(x_m), Lambda_m(x_m)^-1)  normalised product of experts
+    q(z_a,m | x_m, z_y) = N(mu_a,m(x_m, z_y), sigma_a,m(x_m, z_y))   if x_m is observed,  N(0, I) otherwise
 
-The product of experts takes any subset of observed modalities by construction.
+The product of experts takes any subset of observed modalities by construction. In training, an observed label
+is one more expert (q(z_y | x_obs, y)): a guide blind to y would make the label's scale absorb the posterior
+spread of z_y, which prediction then counts a second time (too-wide predictive intervals). The modality factor's encoder
+also reads the drawn z_y, as the true posterior does: given x_m, what z_a,m must explain is what f_y does not
+(a guide blind to z_y would pull the model towards explaining x_m with z_a,m alone).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
 from .likelihoods import FeatureLikelihood, LabelLikelihood
-from .nets import ExpertEncoder, FactorNet, ModalityDecoder, ModalityEncoder, product_of_experts
+from .nets import ExpertEncoder, FactorNet, InformationExpert, ModalityDecoder, ModalityEncoder, product_of_experts
 
 
 class MFM(nn.Module):
@@ -70,14 +74,16 @@ class MFM(nn.Module):
                                      stats.label_mean, stats.label_std, p)
         # inference networks
         self.trunk = nn.ModuleDict({s.name: ModalityEncoder(s, h, p) for s in schema.modalities})
-        self.q_y = nn.ModuleDict({m: ExpertEncoder(h, config.z_y_dim, h, p) for m in self.names})
-        self.q_a = nn.ModuleDict({m: ExpertEncoder(h, z_a[m], h, p) for m in self.names})
+        self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, p) for m in self.names})
+        self.q_a = nn.ModuleDict({m: ExpertEncoder(h + config.z_y_dim, z_a[m], h, p) for m in self.names})
+        if self.D is not None:
+            self.q_label = InformationExpert(self.D.encoded_dim, config.z_y_dim, h, p)
 
     # ------------------------------------------------------------------ the generative story
     def model(self, batch: Batch):
         """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y). Absent ``batch.x[m]``/``batch.y`` are sampled."""
         with pyro.plate("data", len(batch)):
-            z_y = pyro.sample("z_y", dist.Normal(0.0, 1.0).expand([self.config.z_y_dim]).to_event(1))
+            z_y = pyro.sample("z_y", self.prior_z_y())
             f_y = self.G_y(z_y)
             for m in self.names:
                 z_a = pyro.sample(f"z_a_{m}", dist.Normal(0.0, 1.0).expand([self.z_a_dim[m]]).to_event(1))
@@ -96,6 +102,12 @@ class MFM(nn.Module):
                 with poutine.scale(scale=self.config.lambda_y):
                     pyro.sample("y", p_y, obs=batch.y)
 
+    def prior_z_y(self):
+        """N(0, I), written as a full-covariance Normal so that its KL to the guide's is analytic."""
+        k = self.config.z_y_dim
+        zero = self.G_y.net[0].weight.new_zeros(k)
+        return dist.MultivariateNormal(zero, scale_tril=torch.eye(k, dtype=zero.dtype, device=zero.device))
+
     # ------------------------------------------------------------------ the guide
     def encode(self, batch: Batch):
         """Encoder features h_m of every modality (zero input where missing)."""
@@ -110,21 +122,29 @@ class MFM(nn.Module):
             return (batch.steps[m] & present[:, None]).unsqueeze(-1).to(batch.x[m].dtype)
         return present.unsqueeze(-1).to(batch.x[m].dtype)
 
-    def posterior_z_y(self, batch: Batch, h=None):
-        """(loc, scale) of q(z_y | observed modalities): the product of the prior and the observed experts."""
+    def posterior_z_y(self, batch: Batch, h=None) -> dist.MultivariateNormal:
+        """q(z_y | observed modalities [, y]): the product of the prior and the experts of what is observed.
+
+        Where the batch carries labels, the label is an expert too (the posterior of z_y given x and y); prediction
+        passes batches without labels, so it uses q(z_y | x_obs) alone.
+        """
         h = self.encode(batch) if h is None else h
         experts = [self.q_y[m](h[m]) for m in self.names]
-        return product_of_experts([e[0] for e in experts], [e[1] for e in experts],
-                                  [batch.present[m] for m in self.names])
+        masks = [batch.present[m] for m in self.names]
+        if self.D is not None and batch.y is not None:
+            experts.append(self.q_label(self.D.encode(batch.y)))
+            masks.append(batch.y_present)
+        return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
 
     def guide(self, batch: Batch):
-        """q(z_y | x_obs) prod_m q(z_a,m | x_m)."""
+        """q(z_y | x_obs) prod_m q(z_a,m | x_m, z_y)."""
         h = self.encode(batch)
-        loc, scale = self.posterior_z_y(batch, h)
+        q_z_y = self.posterior_z_y(batch, h)
         with pyro.plate("data", len(batch)):
-            pyro.sample("z_y", dist.Normal(loc, scale).to_event(1))
+            z_y = pyro.sample("z_y", q_z_y)
             for m in self.names:
-                loc_a, scale_a = self.q_a[m](h[m])
+                h_m = h[m].expand(z_y.shape[:-1] + h[m].shape[-1:])
+                loc_a, scale_a = self.q_a[m](torch.cat([h_m, z_y], dim=-1))
                 present = batch.present[m].unsqueeze(-1)
                 loc_a = torch.where(present, loc_a, torch.zeros_like(loc_a))
                 scale_a = torch.where(present, scale_a, torch.ones_like(scale_a))
@@ -135,7 +155,7 @@ class MFM(nn.Module):
         """-sum log p(y | D(G_y(E_q[z_y | x_obs]))) over labelled samples: the ss-VAE's auxiliary loss."""
         if self.D is None or batch.y is None:
             return torch.zeros(())
-        loc, _ = self.posterior_z_y(batch)
+        loc = self.posterior_z_y(batch.without_labels()).mean
         log_p = self.D.distribution(self.G_y(loc)).log_prob(batch.y)
         return -(log_p * batch.y_present.to(log_p.dtype)).sum()
 

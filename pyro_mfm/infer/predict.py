@@ -115,7 +115,7 @@ def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: in
             uppers.append(hi.cpu())
         if keep_samples:
             samples.append(y.cpu())
-        z_means.append(mfm.posterior_z_y(batch)[0].cpu())
+        z_means.append(mfm.posterior_z_y(batch).mean.cpu())
         if truth is not None:
             lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
             log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())

@@ -136,7 +136,9 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
         order_seed = tc.seed * 100003 + epoch  # minibatch order depends only on (seed, epoch): resumable
         bar = tqdm(train.loader(tc.batch_size, shuffle=True, seed=order_seed, device=device), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress, leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            if tc.kl_warmup:
+                objective.beta = min(1.0, (epoch + step / steps_per_epoch) / tc.kl_warmup)
             batch = drop_modalities(batch, tc.modality_dropout, dropper)
             loss = objective(batch)
             optimizer.zero_grad()
@@ -144,7 +146,7 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
             if tc.clip_norm:
                 torch.nn.utils.clip_grad_norm_(mfm.parameters(), tc.clip_norm)
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             count += len(batch)
             bar.set_postfix(loss=f"{total / count:.3f}")
         record = {"epoch": epoch, "train_loss": total / count}
@@ -152,11 +154,12 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
             scores = validation_score(mfm, data, config, metric, objective)
             record.update({f"valid_{k}": v for k, v in scores.items()})
         score = record.get(f"valid_{metric}", record["train_loss"])
-        improved = score > best[metric] if higher else score < best[metric]
+        warm = epoch + 1 >= tc.kl_warmup  # scores during the KL warm-up are not those of the final objective
+        improved = warm and (score > best[metric] if higher else score < best[metric])
         if improved:
             best = {"epoch": epoch, metric: score}
             bad_epochs = 0
-        else:
+        elif warm:
             bad_epochs += 1
         history.append(record)
         if tc.progress:

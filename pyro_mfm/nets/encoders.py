@@ -1,7 +1,17 @@
-"""Gaussian encoders and the product of experts that lets q(z_y | observed) take any subset of modalities."""
+"""Gaussian encoders, and the product of experts that lets q(z_y | observed) take any subset of modalities.
+
+Experts are Gaussians in information form: modality m contributes a precision matrix Lambda_m = L_m L_m^T
+(positive semi-definite) and an information vector eta_m = Lambda_m mu_m. The product with the prior N(0, I) is
+
+    Lambda = I + sum_{m observed} Lambda_m,     q(z_y | x_obs) = N(Lambda^{-1} sum_{m observed} eta_m, Lambda^{-1}),
+
+which is exact for linear-Gaussian modalities (their likelihoods of z_y are such terms), whichever subset is
+observed. Diagonal experts could not represent that: their product has a diagonal covariance whatever the subset.
+"""
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn.functional import softplus
@@ -21,19 +31,38 @@ class ExpertEncoder(nn.Module):
         return loc, softplus(raw) + 1e-4
 
 
-def product_of_experts(locs, scales, masks):
-    """Precision-weighted product of the prior N(0, I) and the Gaussian experts whose mask is True.
+class InformationExpert(nn.Module):
+    """h -> (eta, Lambda): the information vector and precision matrix of one modality's Gaussian expert."""
+
+    def __init__(self, in_dim: int, z_dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.z_dim = z_dim
+        self.net = mlp([in_dim, hidden, hidden, z_dim + z_dim * z_dim], dropout)
+
+    def forward(self, h):
+        out = self.net(h)
+        k = self.z_dim
+        eta = out[..., :k]
+        factor = out[..., k:].unflatten(-1, (k, k)) / k**0.5
+        return eta, factor @ factor.transpose(-1, -2)
+
+
+def product_of_experts(etas, precisions, masks) -> dist.MultivariateNormal:
+    """The normalised product of the prior N(0, I) and the experts whose mask is True.
 
     Args:
-        locs, scales: lists of ``(..., B, k)`` tensors, one per modality.
-        masks: list of ``(..., B)`` bool tensors, whether each modality's expert is present for a sample.
+        etas: list of ``(..., B, k)`` information vectors, one per modality.
+        precisions: list of ``(..., B, k, k)`` positive semi-definite precision matrices.
+        masks: list of ``(..., B)`` bool tensors, whether each modality is observed for a sample.
     Returns:
-        ``(loc, scale)`` of the product, ``(..., B, k)``. A sample with no observed modality gets the prior.
+        a ``MultivariateNormal`` with batch shape ``(..., B)``; a sample with no observed modality gets the prior.
     """
-    precision = torch.ones_like(locs[0])
-    weighted = torch.zeros_like(locs[0])
-    for loc, scale, mask in zip(locs, scales, masks):
-        p = scale.pow(-2) * mask.unsqueeze(-1).to(loc.dtype)
-        precision = precision + p
-        weighted = weighted + p * loc
-    return weighted / precision, precision.rsqrt()
+    k = etas[0].shape[-1]
+    precision = torch.eye(k, dtype=etas[0].dtype, device=etas[0].device).expand(precisions[0].shape).clone()
+    eta = torch.zeros_like(etas[0])
+    for e, p, mask in zip(etas, precisions, masks):
+        w = mask.to(e.dtype)
+        precision = precision + w[..., None, None] * p
+        eta = eta + w[..., None] * e
+    loc = torch.cholesky_solve(eta.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
+    return dist.MultivariateNormal(loc, precision_matrix=precision)
