@@ -1,0 +1,199 @@
+"""Unit tests of the model/guide pair, the product of experts, likelihoods, prediction and imputation APIs."""
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_mfm.config import Config, ConfigError, ModelConfig
+from pyro_mfm.data import DataError, LinearGaussianMFM, from_arrays
+from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.infer import Objective, impute, predict
+from pyro_mfm.model import MFM
+from pyro_mfm.nets import product_of_experts
+
+
+def small_config(**model):
+    return ModelConfig(z_y_dim=3, z_a_dim=2, f_y_dim=8, f_a_dim=4, hidden=16, **model)
+
+
+def small_data(label="regression", n=64, seed=0, **kw):
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4, "s": (5, 2)}, z_y_dim=2, label=label, num_classes=3, seed=seed)
+    return gen.sample({"train": n, "test": n}, missing=0.3, seed=seed, **kw)
+
+
+def build(data, **model):
+    return MFM(data.schema, small_config(**model), feature_statistics(data["train"]))
+
+
+def test_model_and_guide_have_the_generative_story_sites():
+    data = small_data()
+    mfm = build(data)
+    batch = data["train"].batch(np.arange(10))
+    guide_tr = poutine.trace(mfm.guide).get_trace(batch)
+    model_tr = poutine.trace(poutine.replay(mfm.model, trace=guide_tr)).get_trace(batch)
+    latents = {"z_y", "z_a_a", "z_a_b", "z_a_s"}
+    assert set(guide_tr.stochastic_nodes) - {"data"} == latents  # "data" is the plate
+    observed = {n for n in model_tr.observation_nodes if not n.endswith(("_mean", "_point"))}
+    assert observed == {"x_a", "x_b", "x_s", "y"}
+    assert model_tr.nodes["z_y"]["value"].shape == (10, 3)
+    assert model_tr.nodes["x_s"]["fn"].event_shape == (5, 2)
+
+
+def test_missing_modality_and_label_contribute_nothing():
+    """A masked site's log density is exactly zero for missing rows, whatever values they hold."""
+    data = small_data()
+    mfm = build(data)
+    batch = data["train"].batch(np.arange(32))
+    batch.present["a"][:] = torch.arange(32) % 2 == 0
+    batch.y_present[:] = torch.arange(32) % 3 == 0
+    guide_tr = poutine.trace(mfm.guide).get_trace(batch)
+    tr = poutine.trace(poutine.replay(mfm.model, trace=guide_tr)).get_trace(batch)
+    tr.compute_log_prob()
+    assert torch.all(tr.nodes["x_a"]["log_prob"][~batch.present["a"]] == 0)
+    assert torch.all(tr.nodes["x_a"]["log_prob"][batch.present["a"]] != 0)
+    assert torch.all(tr.nodes["y"]["log_prob"][~batch.y_present] == 0)
+    # padding steps of a sequence never count: changing their values leaves the log density unchanged
+    s_steps = batch.steps["s"]
+    assert (~s_steps & batch.present["s"][:, None]).any(), "the fixture should contain padded steps"
+    x2 = batch.x["s"].clone()
+    x2[~s_steps] = 123.0
+    fn = tr.nodes["x_s"]["fn"]
+    assert torch.allclose(fn.log_prob(batch.x["s"]), fn.log_prob(x2))
+
+
+def test_product_of_experts_matches_gaussian_algebra():
+    torch.manual_seed(0)
+    k = 3
+    etas = [torch.randn(5, k) for _ in range(2)]
+    precs = []
+    for _ in range(2):
+        a = torch.randn(5, k, k)
+        precs.append(a @ a.transpose(-1, -2))
+    masks = [torch.tensor([1, 1, 0, 0, 1], dtype=torch.bool), torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool)]
+    q = product_of_experts(etas, precs, masks)
+    for i in range(5):
+        lam = torch.eye(k) + sum(p[i] for p, m in zip(precs, masks) if m[i])
+        eta = sum((e[i] for e, m in zip(etas, masks) if m[i]), torch.zeros(k))
+        assert torch.allclose(q.precision_matrix[i], lam, atol=1e-4)
+        assert torch.allclose(q.mean[i], torch.linalg.solve(lam, eta), atol=1e-4)
+    # no observed modality: the prior
+    assert torch.allclose(q.mean[3], torch.zeros(k)) and torch.allclose(q.covariance_matrix[3], torch.eye(k))
+
+
+@pytest.mark.parametrize("label,likelihood", [("regression", "normal"), ("regression", "laplace"),
+                                              ("categorical", "categorical")])
+def test_label_likelihoods_train_a_step(label, likelihood):
+    data = small_data(label)
+    mfm = build(data, label_likelihood=likelihood)
+    loss = Objective(mfm)(data["train"].batch(np.arange(16)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in mfm.named_parameters() if n.startswith(("D.", "q_y.", "F.")))
+
+
+def test_multilabel_bernoulli_likelihood():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    y = (x[:, :3] > 0).astype(float)
+    data = from_arrays({"v": x, "w": x[:, ::-1] + 0.1}, y, label_kind="multilabel")
+    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"]))
+    assert mfm.D.kind == "bernoulli"
+    pred = predict(mfm, data["train"], num_samples=4)
+    assert pred.point.shape == (40, 3) and ((pred.point >= 0) & (pred.point <= 1)).all()
+    assert set(np.unique(pred.label)) <= {0, 1}
+
+
+def test_wrong_likelihood_for_label_kind_is_an_error():
+    data = small_data("categorical")
+    with pytest.raises(ValueError, match="does not fit a categorical label"):
+        build(data, label_likelihood="normal")
+
+
+def test_fixed_scale_and_lambda_x_scale_the_site():
+    data = small_data()
+    mfm = build(data, x_scale="fixed", x_fixed_scale=0.5, lambda_x={"a": 0.25, "b": 1.0, "s": 1.0})
+    batch = data["train"].batch(np.arange(8))
+    tr = poutine.trace(poutine.replay(mfm.model, trace=poutine.trace(mfm.guide).get_trace(batch))).get_trace(batch)
+    assert tr.nodes["x_a"]["scale"] == 0.25 and tr.nodes["x_b"]["scale"] == 1.0
+    scale = tr.nodes["x_a"]["fn"].base_dist.base_dist.scale
+    assert torch.allclose(scale, 0.5 * mfm.p_x["a"].std.expand_as(scale))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key model.z_dim"):
+        Config.from_dict({"model": {"z_dim": 3}})
+    with pytest.raises(ConfigError, match="expected table.key=value"):
+        Config().override(["epochs=3"])
+    with pytest.raises(ConfigError, match="model.x_scale"):
+        Config().override(["model.x_scale='wild'"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Config.load(bad)
+    data = small_data()
+    with pytest.raises(ConfigError, match=r"no value for modalities \['s'\]"):
+        MFM(data.schema, small_config().__class__(z_a_dim={"a": 2, "b": 2}), feature_statistics(data["train"]))
+    cfg = Config().override(["train.epochs=7", "model.lambda_x={'a': 0.5}", "train.device=cpu"])
+    assert cfg.train.epochs == 7 and cfg.model.lambda_x == {"a": 0.5} and cfg.train.device == "cpu"
+
+
+def test_predict_and_impute_shapes_and_pass_through():
+    data = small_data()
+    mfm = build(data).eval()
+    test = data["test"]
+    pred = predict(mfm, test, observed=["a"], num_samples=7, interval=0.8)
+    assert pred.point.shape == (len(test), 1) and pred.samples.shape == (7, len(test), 1)
+    assert np.all(pred.lower <= pred.upper) and pred.observed == ("a",)
+    labelled = test.label_present
+    assert np.isfinite(pred.log_density[labelled]).all() and np.isnan(pred.log_density[~labelled]).all()
+    imp = impute(mfm, test, observed=["a", "s"], num_samples=5, keep_samples=True)
+    for m, spec in zip(test.schema.names, test.schema.modalities):
+        assert imp.mean[m].shape == (len(test),) + spec.shape
+        assert imp.samples[m].shape == (5, len(test)) + spec.shape
+    # observed entries pass through unchanged, hidden or missing ones are imputed
+    a_obs = test.present["a"]
+    assert np.array_equal(imp.mean["a"][a_obs], np.asarray(test.features["a"])[a_obs])
+    assert np.all(imp.std["a"][a_obs] == 0)
+    assert np.all(imp.std["b"] > 0), "b is hidden: every entry must be drawn"
+    assert not np.allclose(imp.mean["a"][~a_obs], 0)
+
+
+def test_unknown_modality_and_schema_mismatch_are_clear_errors():
+    data = small_data()
+    mfm = build(data)
+    with pytest.raises(DataError, match=r"unknown modalities \['video'\]"):
+        predict(mfm, data["test"], observed=["video"])
+    other = small_data(seed=1)
+    other_schema = from_arrays({"a": np.zeros((4, 3))}, np.zeros(4))
+    with pytest.raises(DataError, match="do not match the model"):
+        impute(mfm, other_schema["train"], observed=["a"])
+
+
+def test_code_follows_the_tensors_device():
+    """The model moves with .to(); nothing is pinned to the CPU (runs on CUDA when present)."""
+    data = small_data()
+    mfm = build(data)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mfm.to(device)
+    loss = Objective(mfm)(data["train"].batch(np.arange(8), device=device))
+    assert loss.device.type == device.type
+    assert predict(mfm, data["test"], num_samples=3).point.shape[0] == len(data["test"])
+
+
+def test_enumerating_a_missing_class_label_equals_masking_it():
+    """y is a leaf of the model, so summing an unobserved class label out (TraceEnum_ELBO) adds exactly zero:
+    the masked ELBO used in training is the enumerated one, at a fraction of the cost."""
+    from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
+
+    data = small_data("categorical")
+    mfm = build(data)
+    batch = data["train"].batch(np.arange(20))
+    batch.y_present[:] = False
+    pyro.set_rng_seed(3)
+    masked = Trace_ELBO(max_plate_nesting=1).differentiable_loss(mfm.model, mfm.guide, batch)
+    pyro.set_rng_seed(3)
+    enumerated = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        config_enumerate(mfm.model), mfm.guide, batch.without_labels())
+    assert torch.allclose(masked, enumerated, rtol=1e-5)
