@@ -56,9 +56,32 @@ class ModelConfig:
         lambda_y: weight of the label likelihood.
         alpha: weight of the discriminative term (label likelihood of the guide's mean code, as the ss-VAE's
             auxiliary loss); 0 turns it off.
-        objective: ``"elbo"``.
+        objective: ``"elbo"`` (stochastic Gaussian guide, the ELBO plus ``alpha`` times the discriminative term) or
+            ``"wae"`` (the paper's: deterministic codes, -log-likelihood of the observed modalities and label plus
+            ``lambda_mmd`` times the minibatch MMD between the codes and N(0, I) for z_y and every z_a,m; ``alpha``
+            and ``analytic_kl`` are not used, and z_y is coded from the modalities alone).
         analytic_kl: use TraceMeanField_ELBO (analytic KL of the Gaussian factors) instead of Trace_ELBO.
         num_particles: ELBO particles per step.
+        sequence_net: encoder trunk and decoder F_m of sequence modalities: ``"mlp"`` (flattened over the T steps)
+            or ``"lstm"`` (an LSTM over the real steps for q(z_a,m | x_m); an LSTM decoder that reads [f_y; f_a,m]
+            at step 0 and its own previous hidden state after, with a Linear to d_m at every step).
+        lstm_hidden: hidden size of each modality's LSTM (the encoder's and the MFN's; int or table modality -> int).
+        fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
+            Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
+        mfn_memory: size of the MFN's multi-view gated memory u_t.
+        lambda_mmd: weight of the MMD terms of ``wae`` (a float for every factor, or a table with keys ``z_y``
+            and modality names, one per z_a,m).
+        mmd_kernel: ``"gaussian"`` k(x, x') = exp(-||x - x'||^2 / s) or ``"imq"`` k(x, x') = s / (s + ||x - x'||^2).
+        mmd_scale: the kernel's s; 0 picks the paper's s = dim^2 (gaussian) or s = 2 dim (imq).
+        mmd_estimator: ``"biased"`` (the paper's V-statistic, with the diagonal) or ``"unbiased"`` (U-statistic).
+        missing: the code of a modality missing for a sample: ``"poe"`` (z_a,m from its prior; z_y from the
+            product of the observed experts or the MFN with zeroed states) or ``"surrogate"`` (the paper's surrogate
+            inference: a small MLP per modality maps z_y and the observed modalities' encoder features to the
+            missing modality's code, trained with an MSE match to the code the full data give).
+        surrogate_weight: weight of the surrogate's MSE term.
+        ablation: ``"none"`` (the MFM), ``"no_shared"`` (no z_y: y reads all f_a,m, each decoder its own f_a,m),
+            ``"shared_only"`` (no z_a,m: every decoder reads f_y alone) or ``"discriminative"`` (no decoders and no
+            prior matching: the label likelihood of the codes alone).
     """
 
     z_y_dim: int = 16
@@ -76,6 +99,17 @@ class ModelConfig:
     objective: str = "elbo"
     analytic_kl: bool = True
     num_particles: int = 1
+    sequence_net: str = "mlp"
+    lstm_hidden: Any = 32
+    fusion: str = "poe"
+    mfn_memory: int = 64
+    lambda_mmd: Any = 1.0
+    mmd_kernel: str = "gaussian"
+    mmd_scale: float = 0.0
+    mmd_estimator: str = "biased"
+    missing: str = "poe"
+    surrogate_weight: float = 1.0
+    ablation: str = "none"
 
     def per_modality(self, key: str, names) -> dict:
         value = getattr(self, key)
@@ -90,11 +124,22 @@ class ModelConfig:
         choices = {
             "label_likelihood": ("auto", "normal", "laplace", "categorical", "bernoulli"),
             "x_scale": ("learned", "fixed"),
-            "objective": ("elbo",),
+            "objective": ("elbo", "wae"),
+            "sequence_net": ("mlp", "lstm"),
+            "fusion": ("poe", "mfn"),
+            "mmd_kernel": ("gaussian", "imq"),
+            "mmd_estimator": ("biased", "unbiased"),
+            "missing": ("poe", "surrogate"),
+            "ablation": ("none", "no_shared", "shared_only", "discriminative"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}")
+        if self.fusion == "mfn" and self.ablation == "no_shared":
+            raise ConfigError("model.fusion = 'mfn' encodes z_y, which model.ablation = 'no_shared' removes")
+        if self.missing == "surrogate" and self.ablation in ("shared_only", "discriminative"):
+            raise ConfigError(f"model.missing = 'surrogate' predicts z_a codes, which model.ablation = "
+                              f"{self.ablation!r} removes")
         return self
 
 

@@ -22,6 +22,12 @@ is one more expert (q(z_y | x_obs, y)): a guide blind to y would make the label'
 spread of z_y, which prediction then counts a second time (too-wide predictive intervals). The modality factor's encoder
 also reads the drawn z_y, as the true posterior does: given x_m, what z_a,m must explain is what f_y does not
 (a guide blind to z_y would pull the model towards explaining x_m with z_a,m alone).
+
+Options (``ModelConfig``): sequence modalities read and written by LSTMs (``sequence_net``); z_y encoded by the
+Memory Fusion Network instead of the product of experts (``fusion``); the paper's deterministic codes for the
+``wae`` objective (Delta guide sites); the paper's surrogate inference of a missing modality's code from the
+observed ones (``missing``); and the paper's ablations (``ablation``): no z_y (the label reads every f_a,m), no
+z_a,m (every decoder reads f_y alone), or no decoders at all.
 """
 
 from __future__ import annotations
@@ -32,19 +38,22 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
 from .likelihoods import FeatureLikelihood, LabelLikelihood
-from .nets import ExpertEncoder, FactorNet, InformationExpert, ModalityDecoder, ModalityEncoder, product_of_experts
+from .nets import (ExpertEncoder, FactorNet, InformationExpert, MemoryFusion, make_decoder, make_encoder, mlp,
+                   product_of_experts)
 
 
 class MFM(nn.Module):
     """Networks and the ``model``/``guide`` pair of the MFM for one data-set schema.
 
     Sample sites: ``z_y``, ``z_a_<m>``, ``x_<m>``, ``y``; deterministic sites ``x_<m>_mean`` (the decoder's mean)
-    and ``y_point`` (class probabilities or the label's mean) for Rao-Blackwellised predictions.
+    and ``y_point`` (class probabilities or the label's mean) for Rao-Blackwellised predictions. The ablations drop
+    sites: ``no_shared`` has no ``z_y``, ``shared_only`` no ``z_a_<m>``, ``discriminative`` neither ``z_a_<m>`` nor
+    ``x_<m>``.
     """
 
     def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats):
@@ -55,14 +64,24 @@ class MFM(nn.Module):
         h, p = config.hidden, config.dropout
         z_a = config.per_modality("z_a_dim", self.names)
         f_a = config.per_modality("f_a_dim", self.names)
+        lstm_h = config.per_modality("lstm_hidden", self.names)
         self.lambda_x = config.per_modality("lambda_x", self.names)
         self.z_a_dim = z_a
+        self.shared = config.ablation != "no_shared"  # the model has z_y
+        self.private = config.ablation in ("none", "no_shared")  # the model has z_a,m
+        self.generative = config.ablation != "discriminative"  # the model has x_m
+        self.deterministic = config.objective == "wae"  # the guide's codes are Delta sites
+        self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
         # generative networks
-        self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, h, p)
-        self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, p) for m in self.names})
-        self.F = nn.ModuleDict(
-            {s.name: ModalityDecoder(s, config.f_y_dim + f_a[s.name], h, p) for s in schema.modalities}
-        )
+        if self.shared:
+            self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, h, p)
+        if self.private:
+            self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, p) for m in self.names})
+        if self.generative:
+            f_in = {m: config.f_y_dim * self.shared + f_a[m] * self.private for m in self.names}
+            self.F = nn.ModuleDict(
+                {s.name: make_decoder(s, config.sequence_net, f_in[s.name], h, p) for s in schema.modalities}
+            )
         self.p_x = nn.ModuleDict({
             s.name: FeatureLikelihood(s, stats.mean[s.name], stats.std[s.name],
                                       config.x_scale == "learned", config.x_fixed_scale)
@@ -70,51 +89,84 @@ class MFM(nn.Module):
         })
         self.D = None
         if schema.label is not None:
-            self.D = LabelLikelihood(schema.label, config.label_likelihood, config.f_y_dim, h,
+            label_in = config.f_y_dim if self.shared else sum(f_a.values())
+            self.D = LabelLikelihood(schema.label, config.label_likelihood, label_in, h,
                                      stats.label_mean, stats.label_std, p)
         # inference networks
-        self.trunk = nn.ModuleDict({s.name: ModalityEncoder(s, h, p) for s in schema.modalities})
-        self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, p) for m in self.names})
-        self.q_a = nn.ModuleDict({m: ExpertEncoder(h + config.z_y_dim, z_a[m], h, p) for m in self.names})
-        if self.D is not None:
-            self.q_label = InformationExpert(self.D.encoded_dim, config.z_y_dim, h, p)
+        self.trunk = nn.ModuleDict(
+            {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], p) for s in schema.modalities}
+        )
+        k_y = config.z_y_dim * self.shared
+        if self.shared and config.fusion == "mfn":
+            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, h, p)
+            self.q_y_fused = nn.Linear(self.fusion.out_dim, 2 * config.z_y_dim)
+        elif self.shared:
+            self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, p) for m in self.names})
+            if self.D is not None:
+                self.q_label = InformationExpert(self.D.encoded_dim, config.z_y_dim, h, p)
+        if self.private:
+            self.q_a = nn.ModuleDict({m: ExpertEncoder(h + k_y, z_a[m], h, p) for m in self.names})
+        if config.missing == "surrogate":
+            others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
+            self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], p) for m in self.names})
+
+    def _mfn_dims(self) -> dict:
+        lengths = {s.name: s.steps for s in self.schema.modalities}
+        for s in self.schema.modalities:
+            if not s.is_sequence or s.steps != self.schema.modalities[0].steps:
+                raise ConfigError(f"model.fusion = 'mfn': modality {s.name!r} has shape {s.shape}; the MFN needs "
+                                  f"every modality to be a sequence (T, d) of one length T (lengths: {lengths})")
+        return {s.name: s.dim for s in self.schema.modalities}
 
     # ------------------------------------------------------------------ the generative story
     def model(self, batch: Batch):
-        """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y). Absent ``batch.x[m]``/``batch.y`` are sampled."""
+        """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y). Absent ``batch.x[m]``/``batch.y`` are sampled.
+
+        A missing modality's z_a,m is masked out with its x_m: a leaf of the graph, integrated out exactly.
+        """
         with pyro.plate("data", len(batch)):
-            z_y = pyro.sample("z_y", self.prior_z_y())
-            f_y = self.G_y(z_y)
+            f_y = self.G_y(pyro.sample("z_y", self.prior_z_y())) if self.shared else None
+            f_a = {}
             for m in self.names:
-                z_a = pyro.sample(f"z_a_{m}", dist.Normal(0.0, 1.0).expand([self.z_a_dim[m]]).to_event(1))
-                f_a = self.G[m](z_a)
-                loc = self.F[m](torch.cat([f_y, f_a], dim=-1))
-                p_x = self.p_x[m].distribution(loc, batch.present.get(m), batch.steps.get(m))
-                pyro.deterministic(f"x_{m}_mean", p_x.mean, event_dim=len(self.schema[m].shape))
-                with poutine.scale(scale=self.lambda_x[m]):
-                    pyro.sample(f"x_{m}", p_x, obs=batch.x.get(m))
+                if self.private:
+                    with poutine.mask(mask=batch.present[m]):
+                        z_a = pyro.sample(f"z_a_{m}", dist.Normal(0.0, 1.0).expand([self.z_a_dim[m]]).to_event(1))
+                    f_a[m] = self.G[m](z_a)
+                if self.generative:
+                    loc = self.F[m](torch.cat([f for f in (f_y, f_a.get(m)) if f is not None], dim=-1))
+                    p_x = self.p_x[m].distribution(loc, batch.present.get(m), batch.steps.get(m))
+                    pyro.deterministic(f"x_{m}_mean", p_x.mean, event_dim=len(self.schema[m].shape))
+                    with poutine.scale(scale=self.lambda_x[m]):
+                        pyro.sample(f"x_{m}", p_x, obs=batch.x.get(m))
             if self.D is not None:
-                p_y = self.D.distribution(f_y)
-                point = self.D.point(p_y)
-                pyro.deterministic("y_point", point, event_dim=1)
+                p_y = self.D.distribution(self._label_input(f_y, f_a))
+                pyro.deterministic("y_point", self.D.point(p_y), event_dim=1)
                 if batch.y_present is not None:
                     p_y = p_y.mask(batch.y_present)
                 with poutine.scale(scale=self.config.lambda_y):
                     pyro.sample("y", p_y, obs=batch.y)
 
+    def _label_input(self, f_y, f_a: dict):
+        """What the label reads: f_y, or (without a shared factor) every f_a,m."""
+        return f_y if self.shared else torch.cat([f_a[m] for m in self.names], dim=-1)
+
     def prior_z_y(self):
         """N(0, I), written as a full-covariance Normal so that its KL to the guide's is analytic."""
-        k = self.config.z_y_dim
-        zero = self.G_y.net[0].weight.new_zeros(k)
-        return dist.MultivariateNormal(zero, scale_tril=torch.eye(k, dtype=zero.dtype, device=zero.device))
+        return dist.MultivariateNormal(torch.zeros_like(self._eye[0]), scale_tril=self._eye)
 
     # ------------------------------------------------------------------ the guide
-    def encode(self, batch: Batch):
+    def inputs(self, batch: Batch) -> dict:
+        """Every modality standardised, zero where missing or padded."""
+        return {m: self.p_x[m].standardise(batch.x[m]) * self._input_mask(batch, m) for m in self.names}
+
+    def steps(self, batch: Batch, m: str):
+        """The real steps of sequence modality ``m`` where it is present (``None`` for a vector)."""
+        return batch.steps[m] & batch.present[m][:, None] if self.schema[m].is_sequence else None
+
+    def encode(self, batch: Batch, x=None):
         """Encoder features h_m of every modality (zero input where missing)."""
-        return {
-            m: self.trunk[m](self.p_x[m].standardise(batch.x[m]) * self._input_mask(batch, m), batch.steps.get(m))
-            for m in self.names
-        }
+        x = self.inputs(batch) if x is None else x
+        return {m: self.trunk[m](x[m], self.steps(batch, m)) for m in self.names}
 
     def _input_mask(self, batch: Batch, m: str):
         present = batch.present[m]
@@ -123,11 +175,16 @@ class MFM(nn.Module):
         return present.unsqueeze(-1).to(batch.x[m].dtype)
 
     def posterior_z_y(self, batch: Batch, h=None) -> dist.MultivariateNormal:
-        """q(z_y | observed modalities [, y]): the product of the prior and the experts of what is observed.
+        """q(z_y | observed modalities [, y]).
 
-        Where the batch carries labels, the label is an expert too (the posterior of z_y given x and y); prediction
-        passes batches without labels, so it uses q(z_y | x_obs) alone.
+        Product of experts: the prior times the experts of what is observed; where the batch carries labels, the
+        label is an expert too (the posterior of z_y given x and y); prediction passes batches without labels.
+        MFN: a diagonal Gaussian read from the MFN's [h_T of all; u_T] (missing modalities have zero states).
         """
+        if self.config.fusion == "mfn":
+            loc, raw = self.q_y_fused(self.fusion(self.inputs(batch), {m: self.steps(batch, m) for m in self.names})
+                                      ).chunk(2, dim=-1)
+            return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
         h = self.encode(batch) if h is None else h
         experts = [self.q_y[m](h[m]) for m in self.names]
         masks = [batch.present[m] for m in self.names]
@@ -136,29 +193,95 @@ class MFM(nn.Module):
             masks.append(batch.y_present)
         return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
 
-    def guide(self, batch: Batch):
-        """q(z_y | x_obs) prod_m q(z_a,m | x_m, z_y)."""
-        h = self.encode(batch)
-        q_z_y = self.posterior_z_y(batch, h)
-        with pyro.plate("data", len(batch)):
-            z_y = pyro.sample("z_y", q_z_y)
-            for m in self.names:
-                h_m = h[m].expand(z_y.shape[:-1] + h[m].shape[-1:])
-                loc_a, scale_a = self.q_a[m](torch.cat([h_m, z_y], dim=-1))
-                present = batch.present[m].unsqueeze(-1)
-                loc_a = torch.where(present, loc_a, torch.zeros_like(loc_a))
-                scale_a = torch.where(present, scale_a, torch.ones_like(scale_a))
-                pyro.sample(f"z_a_{m}", dist.Normal(loc_a, scale_a).to_event(1))
+    def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
+        """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the
+        surrogate's prediction from the observed modalities (scale 1e-3: a point code)."""
+        lead = z_y.shape[:-1] if z_y is not None else h[m].shape[:-1]
+        inp = [h[m].expand(lead + h[m].shape[-1:])] + ([z_y] if z_y is not None else [])
+        loc, scale = self.q_a[m](torch.cat(inp, dim=-1))
+        if self.config.missing == "surrogate":
+            fill_loc, fill_scale = self.surrogate(batch, h, m, z_y), torch.full_like(scale, 1e-3)
+        else:
+            fill_loc, fill_scale = torch.zeros_like(loc), torch.ones_like(scale)
+        present = batch.present[m].unsqueeze(-1)
+        return torch.where(present, loc, fill_loc), torch.where(present, scale, fill_scale)
 
-    # ------------------------------------------------------------------ discriminative term
+    def surrogate(self, batch: Batch, h: dict, m: str, z_y=None):
+        """The paper's surrogate inference: z_a,m predicted from z_y and the other modalities' features."""
+        lead = z_y.shape[:-1] if z_y is not None else h[m].shape[:-1]
+        parts = [] if z_y is None else [z_y]
+        for n in self.names:
+            if n != m:
+                seen = batch.present[n].unsqueeze(-1).to(h[n].dtype)
+                parts += [(h[n] * seen).expand(lead + h[n].shape[-1:]), seen.expand(lead + (1,))]
+        return self.S[m](torch.cat(parts, dim=-1))
+
+    def guide(self, batch: Batch):
+        """q(z_y | x_obs) prod_m q(z_a,m | x_m, z_y); Delta codes at their means for the ``wae`` objective."""
+        h = self.encode(batch)
+        with pyro.plate("data", len(batch)):
+            z_y = None
+            if self.shared:
+                q_z_y = self.posterior_z_y(batch.without_labels() if self.deterministic else batch, h)
+                z_y = pyro.sample("z_y", self._code(q_z_y.mean, q_z_y))
+            for m in self.names if self.private else ():
+                loc_a, scale_a = self.posterior_z_a(batch, h, m, z_y)
+                with poutine.mask(mask=batch.present[m]):
+                    pyro.sample(f"z_a_{m}", self._code(loc_a, dist.Normal(loc_a, scale_a).to_event(1)))
+
+    def _code(self, loc, q):
+        return dist.Delta(loc, event_dim=1) if self.deterministic else q
+
+    # ------------------------------------------------------------------ codes and auxiliary terms
+    def codes(self, batch: Batch) -> dict:
+        """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (one pass, no sampling)."""
+        h = self.encode(batch)
+        out, z_y = {}, None
+        if self.shared:
+            z_y = out["z_y"] = self.posterior_z_y(batch, h).mean
+        for m in self.names if self.private else ():
+            out[f"z_a_{m}"] = self.posterior_z_a(batch, h, m, z_y)[0]
+        return out
+
+    @property
+    def label_sites(self) -> list[str]:
+        """The latent sites the label depends on."""
+        return ["z_y"] if self.shared else [f"z_a_{m}" for m in self.names]
+
+    def representation(self, batch: Batch):
+        """The code the label reads: the mean of z_y, or (without it) every z_a,m's, concatenated."""
+        codes = self.codes(batch)
+        return torch.cat([codes[s] for s in self.label_sites], dim=-1)
+
+    def label_distribution(self, latents):
+        """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in :attr:`label_sites`."""
+        if not isinstance(latents, dict):
+            latents = {"z_y": latents}
+        f_y = self.G_y(latents["z_y"]) if self.shared else None
+        f_a = {} if self.shared else {m: self.G[m](latents[f"z_a_{m}"]) for m in self.names}
+        return self.D.distribution(self._label_input(f_y, f_a))
+
     def discriminative_loss(self, batch: Batch):
-        """-sum log p(y | D(G_y(E_q[z_y | x_obs]))) over labelled samples: the ss-VAE's auxiliary loss."""
+        """-sum log p(y | D(E_q[codes | x_obs])) over labelled samples: the ss-VAE's auxiliary loss."""
         if self.D is None or batch.y is None:
             return torch.zeros(())
-        loc = self.posterior_z_y(batch.without_labels()).mean
-        log_p = self.D.distribution(self.G_y(loc)).log_prob(batch.y)
+        log_p = self.label_distribution(self.codes(batch.without_labels())).log_prob(batch.y)
         return -(log_p * batch.y_present.to(log_p.dtype)).sum()
 
-    def label_distribution(self, z_y):
-        """p(y | D(G_y(z_y))) for given codes (any leading dimensions)."""
-        return self.D.distribution(self.G_y(z_y))
+    def surrogate_loss(self, batch: Batch):
+        """sum over samples and present modalities m of ||S_m(x without m) - code_m(full x)||^2.
+
+        Targets and inputs are the encoders' codes, detached: this term trains the surrogates alone.
+        """
+        batch = batch.without_labels()
+        with torch.no_grad():
+            h = self.encode(batch)
+            full = self.codes(batch)
+        loss = torch.zeros((), device=h[self.names[0]].device)
+        for m in self.names:
+            without = batch.observe_only([n for n in self.names if n != m])
+            with torch.no_grad():
+                z_y = self.posterior_z_y(without, h).mean if self.shared else None
+            err = (self.surrogate(without, h, m, z_y) - full[f"z_a_{m}"]).pow(2).sum(-1)
+            loss = loss + (err * batch.present[m].to(err.dtype)).sum()
+        return loss

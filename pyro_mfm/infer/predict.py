@@ -98,15 +98,14 @@ def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: in
     mfm.eval()
     # Posterior draws of z_y come from the guide; the label depends on nothing else (y sees only f_y), so the
     # posterior predictive p(y | x_obs) = E_q(z_y | x_obs)[p(y | D(G_y(z_y)))] needs no decoder pass.
-    posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=["z_y"], parallel=True)
+    posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=mfm.label_sites, parallel=True)
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
     for batch in dataset.loader(batch_size, device=_device(mfm)):
         truth, y_present = batch.y, batch.y_present
         batch = batch.observe_only(observed).without_labels()
-        z_y = posterior(batch)["z_y"]
-        p_y = mfm.label_distribution(z_y)
+        p_y = mfm.label_distribution(posterior(batch))
         points.append(mfm.D.point(p_y).mean(0).cpu())
         y = p_y.sample()
         if regression:
@@ -115,7 +114,7 @@ def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: in
             uppers.append(hi.cpu())
         if keep_samples:
             samples.append(y.cpu())
-        z_means.append(mfm.posterior_z_y(batch).mean.cpu())
+        z_means.append(mfm.representation(batch).cpu())
         if truth is not None:
             lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
             log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
@@ -129,15 +128,29 @@ def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: in
     )
 
 
+def _padding_mask(mfm: MFM, batch, m: str):
+    """1 at the steps an imputation of ``m`` fills: its real steps where known, every step otherwise."""
+    if not mfm.schema[m].is_sequence:
+        return torch.ones((), device=batch.x[m].device)
+    steps = batch.steps[m]
+    known = steps.any(-1, keepdim=True)
+    return torch.where(known, steps, torch.ones_like(steps)).unsqueeze(-1).to(batch.x[m].dtype)
+
+
 @torch.no_grad()
 def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, batch_size: int = 512,
            keep_samples: bool = False) -> Imputation:
     """Posterior predictive of every modality given the modalities in ``observed``.
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
-    all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior.
+    all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior (or the
+    surrogate's code). An imputed sequence is zero at its padding steps where they are known (the modality was
+    recorded and hidden); a sample that never recorded the modality gets all T steps.
     """
     _check_schema(mfm, dataset)
+    if not mfm.generative:
+        raise DataError(f"{dataset._where()}: the model has no decoders to impute with "
+                        f"(model.ablation = {mfm.config.ablation!r})")
     observed = _observed(mfm, observed)
     mfm.eval()
     names = mfm.schema.names
@@ -153,9 +166,10 @@ def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int
         for m in names:
             keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
             x = batch.x[m]
-            x_draws = torch.where(keep, x, out[f"x_{m}"])
+            pad = _padding_mask(mfm, batch, m)
+            x_draws = torch.where(keep, x, out[f"x_{m}"] * pad)
             # E[x] averages the decoder means; Var[x] = E[Var] + Var[E] is estimated from the draws.
-            means[m].append(torch.where(keep, x, out[f"x_{m}_mean"].mean(0)).cpu())
+            means[m].append(torch.where(keep, x, out[f"x_{m}_mean"].mean(0) * pad).cpu())
             stds[m].append(x_draws.std(0).cpu() if num_samples > 1 else torch.zeros_like(x).cpu())
             if keep_samples:
                 draws[m].append(x_draws.cpu())

@@ -1,7 +1,12 @@
-"""Networks: encoders for q(z | x), factor networks G, decoders F_m and the label head D."""
+"""Networks: encoders for q(z | x), factor networks G, decoders F_m, the label head D, LSTMs and the MFN."""
 
 from .encoders import ExpertEncoder, InformationExpert, product_of_experts
+from .mfn import MemoryFusion
 from .mlp import FactorNet, mlp
-from .modalities import ModalityDecoder, ModalityEncoder
+from .modalities import ModalityDecoder, ModalityEncoder, make_decoder, make_encoder
+from .sequence import SequenceDecoder, SequenceEncoder
 
-__all__ = ["ExpertEncoder", "InformationExpert", "FactorNet", "ModalityDecoder", "ModalityEncoder", "mlp", "product_of_experts"]
+__all__ = [
+    "ExpertEncoder", "InformationExpert", "FactorNet", "MemoryFusion", "ModalityDecoder", "ModalityEncoder",
+    "SequenceDecoder", "SequenceEncoder", "make_decoder", "make_encoder", "mlp", "product_of_experts",
+]

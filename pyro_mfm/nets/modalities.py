@@ -1,7 +1,8 @@
 """Per-modality encoder trunks and decoders.
 
-Vector modalities use MLPs. Sequence modalities here are flattened over their ``T`` steps (padding steps are zero
-and masked in the likelihood), which is exact for fixed-length, word-aligned sequences.
+Vector modalities use MLPs. Sequence modalities are either flattened over their ``T`` steps (padding steps are zero
+and masked in the likelihood) or, with ``model.sequence_net = "lstm"``, read and written by the LSTMs of
+:mod:`pyro_mfm.nets.sequence`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..data.schema import ModalitySpec
 from .mlp import mlp
+from .sequence import SequenceDecoder, SequenceEncoder
 
 
 class ModalityEncoder(nn.Module):
@@ -41,3 +43,17 @@ class ModalityDecoder(nn.Module):
         if self.spec.is_sequence:
             out = out.unflatten(-1, self.spec.shape)
         return out
+
+
+def make_encoder(spec: ModalitySpec, kind: str, hidden: int, lstm_hidden: int, dropout: float = 0.0) -> nn.Module:
+    """The encoder trunk of one modality: an MLP, or (``kind == "lstm"``, sequences only) an LSTM over the steps."""
+    if kind == "lstm" and spec.is_sequence:
+        return SequenceEncoder(spec, hidden, lstm_hidden, dropout)
+    return ModalityEncoder(spec, hidden, dropout)
+
+
+def make_decoder(spec: ModalitySpec, kind: str, in_dim: int, hidden: int, dropout: float = 0.0) -> nn.Module:
+    """The decoder F_m of one modality: an MLP, or (``kind == "lstm"``, sequences only) the paper's LSTM decoder."""
+    if kind == "lstm" and spec.is_sequence:
+        return SequenceDecoder(spec, in_dim, dropout)
+    return ModalityDecoder(spec, in_dim, hidden, dropout)
