@@ -236,6 +236,9 @@ class Config:
             raise ConfigError(f"configuration file {path}: not valid TOML ({e})") from None
         cfg = cls.from_dict(raw, where=str(path))
         cfg.path = str(path)
+        src = cfg.data.source
+        if not src.startswith("embedded:") and not Path(src).is_absolute() and (path.parent / src).exists():
+            cfg.data.source = str((path.parent / src).resolve())
         return cfg.override(overrides)
 
     def override(self, overrides) -> "Config":

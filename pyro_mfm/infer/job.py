@@ -30,10 +30,7 @@ def load_data(config: Config) -> MultimodalData:
     src = config.data.source
     if src.startswith("embedded:"):
         return load_embedded(src.split(":", 1)[1])
-    path = Path(src)
-    if not path.is_absolute() and config.path is not None and (Path(config.path).parent / path).exists():
-        path = Path(config.path).parent / path
-    return native.load(path, nan_as_missing=config.data.nan_as_missing)
+    return native.load(Path(src), nan_as_missing=config.data.nan_as_missing)
 
 
 def imputed_dataset(ds: MultimodalDataset, mean: dict, hidden: str) -> MultimodalData:
