@@ -1,0 +1,23 @@
+"""Posterior analysis of a trained MFM: ArviZ conversion, calibration, factor contributions, baselines.
+
+Everything here works through the model's public surface (the ``model``/``guide`` pair, its sample sites
+``z_y``, ``z_a_<m>``, ``x_<m>_mean`` and ``label_distribution``), so it needs no knowledge of the networks inside.
+"""
+
+from .baselines import filled_classifier, with_missing
+from .calibration import coverage_curve, pit_values, prediction_sets
+from .factors import (
+    FactorContributions,
+    conditional_generation,
+    decoder_mean,
+    factor_contributions,
+    posterior_codes,
+    variance_contributions,
+)
+from .inference_data import to_arviz
+
+__all__ = [
+    "FactorContributions", "conditional_generation", "coverage_curve", "decoder_mean", "factor_contributions",
+    "filled_classifier", "pit_values", "posterior_codes", "prediction_sets", "to_arviz", "variance_contributions",
+    "with_missing",
+]
