@@ -29,7 +29,7 @@ def _model(label="categorical", modalities=None, seed=0, n=40, **model):
     gen = LinearGaussianMFM.random(modalities, label=label, num_classes=3, label_dim=2, seed=seed)
     data = gen.sample({"train": n, "test": n}, missing={list(modalities)[-1]: 0.3}, seed=seed)
     torch.manual_seed(seed)
-    cfg = ModelConfig(z_y_dim=3, z_a_dim=2, f_y_dim=4, f_a_dim=3, hidden=8, **model)
+    cfg = ModelConfig(**{"z_y_dim": 3, "z_a_dim": 2, "f_y_dim": 4, "f_a_dim": 3, "hidden": 8, **model})
     return MFM(data.schema, cfg, feature_statistics(data["train"])).eval(), data
 
 
@@ -175,7 +175,7 @@ def test_variance_contributions_linear_decoder_exact():
 
 @pytest.mark.parametrize("codes", ["posterior", "prior"])
 def test_factor_contributions_decoder_that_ignores_one_factor(codes):
-    mfm, data = _model()
+    mfm, data = _model(f_y_dim=8, f_a_dim=8, hidden=16)
     with torch.no_grad():
         for p in mfm.G["a"].parameters():  # f_a,a constant: the decoder of "a" ignores z_a,a
             p.zero_()

@@ -16,19 +16,27 @@ from .calibration import (
     reliability_diagram,
 )
 from .diagnostics import confusion_matrix, latent_projection, sequence_imputation, training_curves
+from .factors import contributions_over_time, factor_fractions, image_grid, metric_vs_rate
+from .posterior import coverage_curve, posterior_ellipses
 from .robustness import imputation_error, metric_by_observed
 
 __all__ = [
     "binomial_interval",
     "calibration_bins",
     "confusion_matrix",
+    "contributions_over_time",
+    "coverage_curve",
     "expected_calibration_error",
+    "factor_fractions",
+    "image_grid",
     "imputation_error",
     "interval_coverage",
     "interval_plot",
     "latent_projection",
     "metric_by_observed",
+    "metric_vs_rate",
     "pit_histogram",
+    "posterior_ellipses",
     "reliability_diagram",
     "save",
     "sequence_imputation",
