@@ -10,10 +10,10 @@ from pyro_mfm import plots
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _written(fig, tmp_path, name="plot.png"):
+def _written(fig, tmp_path, name="plot.png", min_bytes=2000):
     assert isinstance(fig, Figure)
     data = plots.save(fig, tmp_path / name).read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 2000
+    assert data.startswith(PNG_MAGIC) and len(data) > min_bytes
 
 
 def test_coverage_curve(tmp_path):
@@ -49,7 +49,7 @@ def test_image_grid_and_metric_vs_rate(tmp_path):
     rng = np.random.default_rng(2)
     _written(plots.image_grid(rng.uniform(size=(3, 4, 16, 15)), [f"r{i}" for i in range(3)],
                               [f"c{j}" for j in range(4)], title="grid"), tmp_path, "g.png")
-    _written(plots.image_grid(rng.uniform(size=(1, 1, 5, 5)), same_scale=False), tmp_path, "g1.png")
+    _written(plots.image_grid(rng.uniform(size=(1, 1, 5, 5)), same_scale=False), tmp_path, "g1.png", 500)
     _written(plots.metric_vs_rate([0, 0.3, 0.6], {"fou": [0.5, 0.6, 0.8], "pix": [0.2, 0.3, 0.5]},
                                   reference=1.0, reference_label="training mean"), tmp_path, "r.png")
     _written(plots.metric_vs_rate([0, 0.5], {"accuracy": [0.9, 0.8]}, metric="accuracy"), tmp_path, "r2.png")
