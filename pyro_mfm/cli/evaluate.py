@@ -20,14 +20,16 @@ def run(args) -> int:
     from ..infer.checkpoint import load_model, write_json
     from ..infer.evaluate import evaluate, table
     from ..infer.job import load_data
+    from ..infer.train import cpu_threads
 
     mfm, config, _ = load_model(args.checkpoint)
     if args.data:
         config.data.source = args.data
     ds = load_data(config)[args.split or config.data.test_split]
-    records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
-                       interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
-                       progress=not args.quiet)
+    with cpu_threads(config.train.num_threads):
+        records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
+                           interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
+                           progress=not args.quiet)
     out = Path(args.out)
     write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "subsets": records})
     text = table(records)

@@ -24,6 +24,7 @@ def run(args) -> int:
     from ..data.dataset import MultimodalData, MultimodalDataset
     from ..infer.checkpoint import load_model
     from ..infer.job import load_data
+    from ..infer.train import cpu_threads
     from ..infer.predict import impute
 
     mfm, config, _ = load_model(args.checkpoint)
@@ -31,8 +32,9 @@ def run(args) -> int:
         config.data.source = args.data
     ds = load_data(config)[args.split or config.data.test_split]
     observed = parse_observed(args.observed)
-    imp = impute(mfm, ds, observed, num_samples=args.num_samples or config.evaluate.num_samples,
-                 batch_size=config.evaluate.batch_size)
+    with cpu_threads(config.train.num_threads):
+        imp = impute(mfm, ds, observed, num_samples=args.num_samples or config.evaluate.num_samples,
+                     batch_size=config.evaluate.batch_size)
     present = {m: (ds.present[m] if m in imp.observed else np.ones(len(ds), bool)) for m in ds.schema.names}
     out = MultimodalDataset(ds.schema, {m: imp.mean[m].astype(np.float32) for m in ds.schema.names}, present,
                             ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)

@@ -22,7 +22,7 @@ from ..model import MFM
 from .checkpoint import atomic_write, write_json
 from .evaluate import evaluate, mean_imputation_baseline, table
 from .predict import impute, predict
-from .train import fit
+from .train import cpu_threads, fit
 
 
 def load_data(config: Config) -> MultimodalData:
@@ -116,6 +116,11 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
 
 def run(config: Config, out_dir, resume: bool = False) -> dict:
     """Train, evaluate every observed subset on the test split, impute, write the report. Returns the metrics."""
+    with cpu_threads(config.train.num_threads):
+        return _run(config, out_dir, resume)
+
+
+def _run(config: Config, out_dir, resume: bool) -> dict:
     out = Path(out_dir)
     t0 = time.time()
     data = load_data(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,18 @@ from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_che
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
 from .predict import predict
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """Run a block with ``n`` PyTorch CPU threads (``0``: leave the setting alone), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +109,11 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
     With ``out_dir``, writes ``last.pt``/``best.pt``/``log.jsonl``/``config.json``; with ``resume``, continues
     from ``out_dir/last.pt``. Returns the best model (by the validation metric), in eval mode.
     """
+    with cpu_threads(config.train.num_threads):
+        return _fit(config, data, out_dir, resume)
+
+
+def _fit(config: Config, data: MultimodalData, out_dir, resume: bool) -> TrainResult:
     tc = config.train
     device = resolve_device(tc.device)
     train = data[config.data.train_split]
