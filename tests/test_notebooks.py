@@ -16,7 +16,7 @@ SMALL = {
     "01_quickstart": {"EPOCHS": 3, "NUM_SAMPLES": 30},
     "02_posterior_analysis": {"EPOCHS": 3, "CHAINS": 2, "DRAWS": 40, "N_ARVIZ": 60},
     "03_factors": {"EPOCHS": 3, "N_CODES": 24, "SEQ_EPOCHS": 10},
-    "04_missing_modalities": {"EPOCHS": 3, "RATES": (0.0, 0.5), "NUM_SAMPLES": 20, "IMPUTE_SAMPLES": 5},
+    "04_missing_modalities": {"EPOCHS": 3, "RATES": (0.0, 0.5), "NUM_SAMPLES": 10, "IMPUTE_SAMPLES": 3},
 }
 KERNEL = "pyro-mfm-test"
 
