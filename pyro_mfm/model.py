@@ -226,8 +226,11 @@ class MFM(nn.Module):
                 z_y = pyro.sample("z_y", self._code(q_z_y.mean, q_z_y))
             for m in self.names if self.private else ():
                 loc_a, scale_a = self.posterior_z_a(batch, h, m, z_y)
+                q_a = dist.Normal(loc_a, scale_a).to_event(1)
+                if self.deterministic:  # the code where x_m is observed; a draw of the prior (or surrogate) elsewhere
+                    loc_a = torch.where(batch.present[m].unsqueeze(-1), loc_a, q_a.sample())
                 with poutine.mask(mask=batch.present[m]):
-                    pyro.sample(f"z_a_{m}", self._code(loc_a, dist.Normal(loc_a, scale_a).to_event(1)))
+                    pyro.sample(f"z_a_{m}", self._code(loc_a, q_a))
 
     def _code(self, loc, q):
         return dist.Delta(loc, event_dim=1) if self.deterministic else q

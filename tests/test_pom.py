@@ -1,0 +1,87 @@
+"""The MFM with LSTMs and the Memory Fusion Network on POM (audio and video sequences, 17 ratings)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_mfm.config import Config
+from pyro_mfm.infer import fit, impute, predict
+from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
+from pyro_mfm.infer.job import load_data
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="module")
+def pom(shared_datasets):
+    cfg = Config.load(MODELS / "mfm-pom.toml", [
+        f"data.source='{shared_datasets / 'pom'}'", "model.objective='elbo'", "train.epochs=8", "train.patience=0", "train.kl_warmup=2",
+        "train.progress=False", "train.device='cpu'", "train.valid_samples=5",
+    ])
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_data(cfg)
+        yield data, fit(cfg, data).mfm
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pom_loads_with_its_shapes_and_splits(pom):
+    data, _ = pom
+    assert {s: len(data[s]) for s in ("train", "valid", "test")} == {"train": 600, "valid": 100, "test": 203}
+    assert [(m.name, m.shape) for m in data.schema.modalities] == [("audio", (20, 43)), ("video", (20, 41))]
+    assert data.schema.label.dim == 17
+
+
+@pytest.mark.slow
+def test_training_beats_the_per_rating_mean_on_validation(pom):
+    data, mfm = pom
+    valid = data["valid"]
+    y = np.asarray(valid.labels)
+    mean_mae = float(np.abs(y - np.asarray(data["train"].labels).mean(0)).mean())
+    mae = float(np.abs(predict(mfm, valid, num_samples=5).point - y).mean())
+    assert mae < mean_mae, (mae, mean_mae)
+
+
+@pytest.mark.slow
+def test_every_observed_subset_evaluates(pom):
+    data, mfm = pom
+    records = evaluate(mfm, data["test"], num_samples=5, impute_samples=3, progress=False)
+    assert [r["observed"] for r in records] == [["audio"], ["video"], ["audio", "video"]]
+    for r in records:
+        assert np.isfinite(r["label"]["mae"]) and np.isfinite(r["label"]["corr"])
+        hidden = {"audio", "video"} - set(r["observed"])
+        assert set(r.get("imputation", {})) == hidden
+        assert all(np.isfinite(v["mse"]) for v in r.get("imputation", {}).values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hidden, observed", [("audio", "video"), ("video", "audio")])
+def test_imputed_sequences_have_shape_respect_padding_and_beat_the_training_mean(pom, hidden, observed):
+    data, mfm = pom
+    test = data["test"]
+    imp = impute(mfm, test, [observed], num_samples=100)
+    x = np.asarray(test.features[hidden])
+    assert imp.mean[hidden].shape == x.shape == (203, 20, {"audio": 43, "video": 41}[hidden])
+    recorded = test.present[hidden]
+    padding = ~test.steps[hidden] & recorded[:, None]
+    assert padding.any() and np.all(imp.mean[hidden][padding] == 0)
+    # the observed modality passes through unchanged where it was recorded
+    seen = test.present[observed]
+    np.testing.assert_array_equal(imp.mean[observed][seen], np.asarray(test.features[observed])[seen])
+    if hidden == "audio":  # video is close to unpredictable from audio on POM: the model only matches its mean
+        real = test.steps[hidden] & recorded[:, None]
+        mse = float(((imp.mean[hidden] - x) ** 2)[real].mean())
+        baseline = mean_imputation_baseline(data["train"], test)[hidden]["mse"]
+        assert mse < baseline, (mse, baseline)
