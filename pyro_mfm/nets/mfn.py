@@ -11,7 +11,10 @@ For modalities m with LSTM states (h_m,t, c_m,t) and c_t = [c_1,t; ...; c_M,t] (
 
 The LSTMs never read the memory, so ``nn.LSTM`` runs over every modality's real steps at once; the cell states are
 recovered from the hidden states with the LSTM's own gates (i, f, g from x_t and h_{t-1} in one matrix product,
-then c_t = f_t * c_{t-1} + i_t * g_t elementwise inside the memory loop), and only that loop steps over t.
+then c_t = f_t * c_{t-1} + i_t * g_t, an elementwise loop). Nor do the attention and the proposal read the memory:
+c^_t and u^_t are computed for every t at once, as is the c^_t part of the gates' first layers, so the only work
+left in the loop over t is the memory's own: u_{t-1} through the gates' first layers (one matrix product for both
+gates), their second layers, and the update.
 Sequences are front-padded: a modality's states are zero before its first real step and all zero where it is
 missing, and the memory is held (u_t = u_{t-1}) at a step where no modality has a real step.
 """
@@ -28,9 +31,11 @@ from .sequence import run_lstm
 def lstm_gates(lstm: nn.LSTM, x, h):
     """The input, forget and cell gates ``(B, T, H)`` each of a one-layer ``lstm`` at every step, given the inputs
     ``x`` and the hidden states ``h`` of the same storage positions (h_{t-1} = 0 before the first step)."""
+    k = 3 * lstm.hidden_size  # the gates are stacked i, f, g, o: the output gate is not needed
     h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-    pre = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h_prev @ lstm.weight_hh_l0.T + lstm.bias_hh_l0
-    i, f, g, _ = pre.chunk(4, dim=-1)
+    pre = torch.addmm(lstm.bias_ih_l0[:k] + lstm.bias_hh_l0[:k], x.flatten(0, 1), lstm.weight_ih_l0[:k].T)
+    pre = pre.unflatten(0, x.shape[:2]) + h_prev @ lstm.weight_hh_l0[:k].T
+    i, f, g = pre.chunk(3, dim=-1)
     return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
 
 
@@ -70,15 +75,23 @@ class MemoryFusion(nn.Module):
         mask = torch.cat([mk.expand_as(f) for mk, (f, _) in zip(masks, gates)], -1)
         active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1).to(forget.dtype)
         B, T, C = forget.shape
-        c_prev = forget.new_zeros(B, C)
+        c, cs = forget.new_zeros(B, C), []
+        for t in range(T):
+            c = mask[:, t] * (forget[:, t] * c + write[:, t])
+            cs.append(c)
+        c_t = torch.stack(cs, 1)
+        c_star = torch.cat([torch.cat([c_t.new_zeros(B, 1, C), c_t[:, :-1]], 1), c_t], -1)  # [c_{t-1}; c_t]
+        c_hat = torch.softmax(self.attention(c_star), -1) * c_star
+        u_hat = torch.tanh(self.propose(c_hat))
+        first1, first2 = self.gate1[0], self.gate2[0]
+        pre = torch.cat([c_hat @ first1.weight[:, :2 * C].T + first1.bias,
+                         c_hat @ first2.weight[:, :2 * C].T + first2.bias], -1)
+        w_u = torch.cat([first1.weight[:, 2 * C:], first2.weight[:, 2 * C:]], 0).T
+        mid1, mid2, last1, last2 = self.gate1[1:-1], self.gate2[1:-1], self.gate1[-1], self.gate2[-1]
+        active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1)
         u = forget.new_zeros(B, self.memory)
         for t in range(T):
-            c_t = mask[:, t] * (forget[:, t] * c_prev + write[:, t])
-            c_star = torch.cat([c_prev, c_t], -1)
-            c_hat = torch.softmax(self.attention(c_star), -1) * c_star
-            u_hat = torch.tanh(self.propose(c_hat))
-            both = torch.cat([c_hat, u], -1)
-            u_new = torch.sigmoid(self.gate1(both)) * u + torch.sigmoid(self.gate2(both)) * u_hat
-            u = active[:, t] * u_new + (1 - active[:, t]) * u
-            c_prev = c_t
+            a1, a2 = torch.addmm(pre[:, t], u, w_u).chunk(2, -1)
+            u_new = torch.sigmoid(last1(mid1(a1))) * u + torch.sigmoid(last2(mid2(a2))) * u_hat[:, t]
+            u = torch.where(active[:, t], u_new, u)
         return torch.cat([h[:, -1] for h in hs] + [u], -1)

@@ -2,15 +2,14 @@
 
 Sequences are stored FRONT-padded: a sample with L real steps holds them at the last L of the T positions, and its
 step mask is a suffix (``steps[b, t]`` is True for ``t >= T - L``). A missing modality has L = 0. The encoder runs
-``nn.LSTM`` over the whole sequence at once on the real steps only (``pack_padded_sequence`` after moving the real
-steps to the front), so padding never enters a state.
+``nn.LSTM`` over the whole sequence at once with the real steps moved to the front, so padding never enters a
+kept state.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.schema import ModalitySpec
 from .mlp import mlp
@@ -33,6 +32,11 @@ def align_right(x, lengths):
 def run_lstm(lstm: nn.LSTM, x, steps):
     """Run a one-layer, batch-first ``lstm`` over the real steps of front-padded ``x``.
 
+    The real steps are moved to the front (:func:`align_left`) and the LSTM runs over all T positions in one call
+    (no packing: the CPU kernel then computes the input projection of every step in one matrix product, and cuDNN
+    runs it whole); what it computes after a sample's last real step is dropped, so padding never enters a kept
+    state.
+
     Args:
         x: ``(B, T, d)``, zero at padding.
         steps: ``(B, T)`` bool suffix masks (all False for a missing modality).
@@ -41,14 +45,9 @@ def run_lstm(lstm: nn.LSTM, x, steps):
         after the last real step ``(B, H)`` (zero for a sample without real steps).
     """
     lengths = steps.sum(-1)
-    T = x.shape[-2]
-    packed = pack_padded_sequence(align_left(x, lengths), lengths.clamp(min=1).cpu(), batch_first=True,
-                                  enforce_sorted=False)
-    out, (h_n, _) = lstm(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
-    seen = (lengths > 0).to(x.dtype)
-    out = out * seen[:, None, None]  # a sample with no real step was run on one zero step: discard it
-    return align_right(out, lengths), h_n[-1] * seen[:, None]
+    out, _ = lstm(align_left(x, lengths))
+    h = align_right(out, lengths) * steps.unsqueeze(-1).to(out.dtype)
+    return h, h[:, -1]
 
 
 class SequenceEncoder(nn.Module):
@@ -91,13 +90,20 @@ class SequenceDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, f):
+        """Step 0 is one cell step from the zero state; from step 1 on the cell's input is its own hidden state, so
+        the pre-activations are (W_ih + W_hh) h_{t-1} + b: an LSTM with no input and recurrent weights W_ih + W_hh,
+        which ``torch.lstm`` runs over the remaining T - 1 steps in one call (cuDNN on a GPU)."""
         lead = f.shape[:-1]
         inp = f.reshape(-1, f.shape[-1])
-        h = c = torch.zeros_like(inp)
-        states = []
-        for _ in range(self.spec.steps):
-            h, c = self.cell(inp, (h, c))
-            states.append(h)
-            inp = h
-        out = self.out(self.dropout(torch.stack(states, -2)))
+        cell = self.cell
+        h, c = cell(inp)
+        if self.spec.steps > 1:
+            none = inp.new_zeros(inp.shape[0], self.spec.steps - 1, 1)  # an input of zeros, read by zero weights
+            weights = [inp.new_zeros(cell.weight_ih.shape[0], 1), cell.weight_ih + cell.weight_hh,
+                       cell.bias_ih, cell.bias_hh]
+            rest = torch.lstm(none, (h[None], c[None]), weights, True, 1, 0.0, self.training, False, True)[0]
+            states = torch.cat([h.unsqueeze(-2), rest], -2)
+        else:
+            states = h.unsqueeze(-2)
+        out = self.out(self.dropout(states))
         return out.reshape(lead + out.shape[-2:])
