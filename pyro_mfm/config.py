@@ -165,6 +165,11 @@ class TrainConfig:
         progress: show a tqdm progress bar.
         num_threads: PyTorch's CPU threads while training and evaluating (0: PyTorch's default). The networks are
             small, so one thread is as fast as several on an idle machine and far faster on a busy one.
+        keep_last: epoch checkpoints ``epoch-XXXX.pt`` kept besides ``last.pt`` and ``best.pt`` (the newest K);
+            ``--resume`` falls back to the newest readable one when ``last.pt`` is corrupt (0: keep none).
+        on_divergence: what a non-finite loss or gradient does: ``"stop"`` (leave the parameters and optimizer at
+            the last good step, save, and raise an error naming the sample sites and the batch) or ``"skip"`` (drop
+            that step, report it, and go on; an epoch with every step dropped stops training).
     """
 
     epochs: int = 100
@@ -180,6 +185,8 @@ class TrainConfig:
     valid_samples: int = 20
     progress: bool = True
     num_threads: int = 1
+    keep_last: int = 3
+    on_divergence: str = "stop"
 
 
 @dataclass
@@ -225,6 +232,10 @@ class Config:
                     raise ConfigError(f"{where}: unknown key {table}.{key}; expected one of {sorted(names)}")
                 setattr(sub, key, v)
         cfg.model.validate()
+        if cfg.train.on_divergence not in ("stop", "skip"):
+            raise ConfigError(f"{where}: train.on_divergence = {cfg.train.on_divergence!r}: expected 'stop' or 'skip'")
+        if not isinstance(cfg.train.keep_last, int) or cfg.train.keep_last < 0:
+            raise ConfigError(f"{where}: train.keep_last = {cfg.train.keep_last!r}: expected an integer >= 0")
         return cfg
 
     @classmethod

@@ -1,6 +1,16 @@
-"""``pyro-mfm train``: fit an MFM with SVI and write a checkpoint folder."""
+"""``pyro-mfm train``: fit an MFM with SVI and write a checkpoint folder.
+
+SIGINT (Ctrl-C) or SIGTERM stops training at the next step after writing ``OUT/last.pt``; the command then exits
+with status 128 + the signal number (130, 143), and ``--resume`` continues exactly where it stopped. A non-finite
+loss or gradient with ``train.on_divergence = "stop"`` exits with status 3 and a report of the sites and samples.
+Under ``torchrun --nproc_per_node N`` the same command trains data-parallel; only rank 0 writes and prints.
+"""
 
 from __future__ import annotations
+
+import os
+import signal
+import sys
 
 from ._common import add_config_arguments, config_from_args
 
@@ -9,16 +19,31 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an MFM with SVI", description=__doc__)
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="run folder for checkpoints (last.pt, best.pt) and log.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (or the newest readable OUT/epoch-XXXX.pt if it is damaged)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..infer.faults import DivergenceError
     from ..infer.job import load_data
     from ..infer.train import fit
 
     config = config_from_args(args)
-    result = fit(config, load_data(config), args.out, resume=args.resume)
-    print(f"best epoch {result.best['epoch'] + 1}: "
-          + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch") + f"; checkpoint in {args.out}")
+    main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = fit(config, load_data(config), args.out, resume=args.resume)
+    except DivergenceError as e:
+        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
+        return 3
+    if result.interrupted:
+        if main:
+            print(f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",
+                  file=sys.stderr)
+        sig = getattr(signal, result.interrupted, None) if result.interrupted.startswith("SIG") else None
+        return 128 + int(sig) if sig else 1
+    if main:
+        print(f"best epoch {result.best['epoch'] + 1}: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
+              + f"; checkpoint in {args.out}")
     return 0

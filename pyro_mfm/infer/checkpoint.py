@@ -1,15 +1,22 @@
 """Checkpoints: a folder that explains itself (weights, optimizer, configuration, data-set schema, log).
 
-``<dir>/last.pt`` after every epoch, ``<dir>/best.pt`` at the best validation score, ``<dir>/config.json``,
-``<dir>/schema.json`` and ``<dir>/log.jsonl`` (one line per epoch). Every write goes to a temporary file in the
-same folder, is fsynced, then renamed over the old one, so an interrupted write never leaves a broken checkpoint.
+``<dir>/last.pt`` after every epoch (and at the step where SIGINT/SIGTERM stopped training), ``<dir>/best.pt`` at
+the best validation score, ``<dir>/epoch-XXXX.pt`` for the last ``train.keep_last`` epochs, ``<dir>/config.json``
+and ``<dir>/log.jsonl`` (one line per epoch). Every write goes to a temporary file in the same folder, is fsynced,
+then renamed over the old one, so an interrupted write never leaves a broken checkpoint; a checkpoint broken some
+other way (a full disk, a bad copy) is detected on reading, and :func:`read_resume` falls back to the newest epoch
+checkpoint that reads.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +67,23 @@ def _json_default(o):
 
 def save_checkpoint(path, mfm: MFM, config: Config, stats: FeatureStats, state: dict) -> None:
     """Write model weights, configuration, schema, statistics and the training ``state`` (optimizer, RNG, ...)."""
+    save_run(Path(path).parent, mfm, config, stats, state, names=[Path(path).name])
+
+
+EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
+
+
+def epoch_checkpoints(out_dir) -> list[Path]:
+    """The ``epoch-XXXX.pt`` files of a run folder, oldest first."""
+    out_dir = Path(out_dir)
+    found = [(int(m.group(1)), p) for p in out_dir.glob("epoch-*.pt") if (m := EPOCH_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_run(out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict, names=("last.pt",),
+             keep_last: int = 0) -> None:
+    """Serialise one checkpoint once and write it (atomically) under each of ``names`` in ``out_dir``; with
+    ``keep_last``, delete all but the newest ``keep_last`` epoch checkpoints."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -70,7 +94,56 @@ def save_checkpoint(path, mfm: MFM, config: Config, stats: FeatureStats, state: 
         "model": mfm.state_dict(),
         "state": state,
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    for name in names:
+        atomic_write(Path(out_dir) / name, lambda f: f.write(buf.getbuffer()))
+    if keep_last:
+        for old in epoch_checkpoints(out_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+
+
+def read_resume(out_dir) -> dict:
+    """The checkpoint to resume a run from: ``out_dir/last.pt``, or, when that is missing or unreadable, the newest
+    readable ``epoch-XXXX.pt`` (with a warning naming the bad file). Raises :class:`CheckpointError` listing every
+    file tried when none reads."""
+    out_dir = Path(out_dir)
+    errors = []
+    for path in [out_dir / "last.pt"] + epoch_checkpoints(out_dir)[::-1]:
+        if not path.exists() and path.name == "last.pt":
+            errors.append(f"{path} does not exist")
+            continue
+        try:
+            payload = read_checkpoint(path)
+            if not isinstance(payload.get("state"), dict) or "epoch" not in payload["state"]:
+                raise CheckpointError(f"checkpoint {path}: no training state (expected a 'state' with an 'epoch')")
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            warnings.warn(f"resuming from {path}: " + "; ".join(errors), RuntimeWarning, stacklevel=2)
+        return payload
+    raise CheckpointError(f"no checkpoint to resume from in {out_dir}: " + "; ".join(errors))
+
+
+def rng_state() -> dict:
+    """Every random-number generator training draws from: PyTorch (CPU and each CUDA device), NumPy, Python."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if st.get("cuda") and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    if "numpy" in st:
+        np.random.set_state(st["numpy"])
+    if "python" in st:
+        random.setstate(st["python"])
 
 
 def read_checkpoint(path) -> dict:

@@ -1,14 +1,18 @@
 """Stochastic variational inference for the MFM: minibatch SVI with validation, model selection, early stopping,
 a progress bar, a JSONL log of every epoch, and checkpoints that ``evaluate``, ``impute`` and ``--resume`` load.
 
-Resuming from ``last.pt`` restores weights, optimizer state and random-number generators, so that a resumed run
-takes the same steps as an uninterrupted one.
+Resuming from ``last.pt`` restores weights, optimizer state, random-number generators and the position inside the
+epoch, so that a resumed run takes the same steps as an uninterrupted one (bit for bit on CPU). SIGINT and SIGTERM
+stop at the next step boundary after writing ``last.pt``; a non-finite loss or gradient never reaches the
+parameters (``train.on_divergence``, :mod:`pyro_mfm.infer.faults`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +24,12 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData
+from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
 from ..model import MFM
-from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import CheckpointError, atomic_write, read_checkpoint, read_resume, rng_state, save_run, set_rng_state
+from .faults import DivergenceError, StopRequested, diagnose, divergence_report, grad_norm, is_finite
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
 from .predict import predict
@@ -57,13 +64,17 @@ def select_metric(config: Config, mfm: MFM) -> str:
     return "accuracy" if mfm.D.is_discrete else "mae"
 
 
-def drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Batch:
-    """Hide each observed modality of each sample with probability ``rate``, keeping at least one observed."""
+def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=None, total=None) -> Batch:
+    """Hide each observed modality of each sample with probability ``rate``, keeping at least one observed.
+
+    ``batch`` may be the part ``rows`` of a global batch of ``total`` samples (one rank's shard): the draws are
+    made for the whole global batch, so N ranks hide exactly what one process would."""
     if rate <= 0:
         return batch
     names = list(batch.present)
     present = torch.stack([batch.present[m] for m in names], -1)
-    drop = torch.rand(present.shape, generator=generator).to(present.device) < rate
+    draws = torch.rand(present.shape if rows is None else (total, len(names)), generator=generator)
+    drop = (draws if rows is None else draws[rows]).to(present.device) < rate
     kept = present & ~drop
     # a sample that would lose every observed modality keeps its first observed one
     first = torch.zeros_like(present)
@@ -78,12 +89,33 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Ba
 
 @dataclass
 class TrainResult:
+    """The trained model (the best by the validation metric, in eval mode) and the run's record.
+
+    ``interrupted`` names the signal (``"SIGTERM"``, ``"SIGINT"``) that stopped training early, after a checkpoint
+    that ``--resume`` continues from; ``skipped`` holds the report of every step dropped as non-finite."""
+
     mfm: MFM
     config: Config
     stats: FeatureStats
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     out_dir: Path | None = None
+    interrupted: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """Where a run is: epoch bookkeeping, and the position inside the current epoch (resumable at any step)."""
+
+    best: dict
+    history: list = field(default_factory=list)
+    bad_epochs: int = 0
+    epoch: int = 0  # the epoch being run (0-based)
+    step: int = 0  # the next step of it
+    total: float = 0.0  # this rank's sum of per-sample losses over the steps run so far in the epoch
+    count: int = 0
+    skipped: int = 0
 
 
 def validation_score(mfm: MFM, data, config: Config, metric: str, objective: Objective) -> dict:
@@ -106,24 +138,62 @@ def _dev(mfm):
 def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False) -> TrainResult:
     """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``.
 
-    With ``out_dir``, writes ``last.pt``/``best.pt``/``log.jsonl``/``config.json``; with ``resume``, continues
-    from ``out_dir/last.pt``. Returns the best model (by the validation metric), in eval mode.
+    With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``; with
+    ``resume``, continues from ``out_dir/last.pt`` (or the newest readable epoch checkpoint), at the very step where
+    the run stopped. SIGINT/SIGTERM stop training at the next step boundary after a checkpoint. Under ``torchrun``,
+    trains data-parallel (see :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation
+    metric), in eval mode.
     """
     with cpu_threads(config.train.num_threads):
-        return _fit(config, data, out_dir, resume)
+        dist, device = distributed.setup(resolve_device(config.train.device))
+        try:
+            return _fit(config, data, out_dir, resume, dist, device)
+        finally:
+            distributed.shutdown(dist)
 
 
-def _fit(config: Config, data: MultimodalData, out_dir, resume: bool) -> TrainResult:
+def _step(loss_fn, batch: Batch, global_size: int, params, clip_norm: float, dist, device):
+    """Forward and backward on one (shard of a) batch: ``(loss, gradient norm, error)``. A batch with non-finite
+    inputs on any rank is not run (``nan`` on every rank), so a NaN in the data never reaches PyTorch's kernels
+    (some raise on it, e.g. a Cholesky factorisation); an error raised by the objective itself is returned."""
+    nan = torch.tensor(float("nan"))
+    inputs_ok = all(torch.isfinite(x).all() for x in batch.x.values()) and (
+        batch.y is None or not batch.y.is_floating_point() or bool(torch.isfinite(batch.y).all()))
+    if distributed.all_sum([not inputs_ok], dist, device)[0]:
+        return nan, nan, None
+    try:
+        loss = loss_fn(batch, global_size)
+        (loss * loss_fn.weight(len(batch), global_size)).backward()
+    except (RuntimeError, ValueError) as e:  # raised by torch or Pyro on non-finite values
+        if dist.enabled:  # the other ranks wait in the gradient all-reduce: nothing to recover
+            raise
+        return nan, nan, e
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_norm) if clip_norm else grad_norm(params)
+    bad = distributed.all_sum([not (is_finite(loss) and is_finite(norm))], dist, device)[0]
+    return (nan, nan, None) if bad and is_finite(loss) and is_finite(norm) else (loss, norm, None)
+
+
+def _resume_payload(out_dir, data: MultimodalData, config: Config) -> dict:
+    if out_dir is None:
+        raise CheckpointError("resume needs the run folder that holds last.pt")
+    payload = read_resume(out_dir)
+    if payload["schema"] != data.schema.to_dict():
+        raise CheckpointError(f"checkpoint {payload['path']}: trained on data with another schema than "
+                              f"{config.data.source}; expected the modalities and label it was trained on")
+    return payload
+
+
+def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, device) -> TrainResult:
     tc = config.train
-    device = resolve_device(tc.device)
     train = data[config.data.train_split]
-    has_valid = config.data.valid_split in data
+    if len(train) == 0:
+        raise DataError(f"{config.data.source}: split {config.data.train_split!r} has no samples; expected at least "
+                        "one training sample")
+    has_valid = config.data.valid_split in data and len(data[config.data.valid_split]) > 0
     out_dir = Path(out_dir) if out_dir is not None else None
-    payload = None
-    if resume:
-        if out_dir is None:
-            raise CheckpointError("resume needs the run folder that holds last.pt")
-        payload = read_checkpoint(out_dir / "last.pt")
+    writer = dist.main and out_dir is not None
+    payload = _resume_payload(out_dir, data, config) if resume else None
+    if payload is not None:
         s = payload["stats"]
         stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
     else:
@@ -132,75 +202,142 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool) -> TrainRe
     mfm = MFM(data.schema, config.model, stats).to(device)
     optimizer = torch.optim.Adam(mfm.parameters(), lr=tc.lr)
     objective = Objective(mfm)
+    loss_fn = distributed.DataParallelLoss(mfm, objective, dist)
+    if dist.rank:
+        torch.manual_seed(tc.seed * 1000003 + dist.rank)  # each rank draws its own noise
     metric = select_metric(config, mfm) if has_valid else "loss"
     higher = HIGHER_IS_BETTER[metric]
-    history, best, start_epoch = [], {"epoch": -1, metric: -math.inf if higher else math.inf}, 0
+    run = Progress(best={"epoch": -1, metric: -math.inf if higher else math.inf})
     dropper = torch.Generator().manual_seed(tc.seed + 1)
     if payload is not None:
         mfm.load_state_dict(payload["model"])
         st = payload["state"]
         optimizer.load_state_dict(st["optimizer"])
-        history, best, start_epoch = st["history"], st["best"], st["epoch"] + 1
-        torch.set_rng_state(st["rng"]["torch"])
+        run.history, run.best, run.bad_epochs, run.epoch = st["history"], st["best"], st["bad_epochs"], st["epoch"] + 1
+        pos = st.get("position")
+        if pos:
+            run.epoch, run.step, run.skipped = pos["epoch"], pos["step"], pos["skipped"]
+            if dist.main:
+                run.total, run.count = pos["total"], pos["count"]
+        ranks = st.get("rng_ranks") or []
+        set_rng_state(ranks[dist.rank] if len(ranks) == dist.world else st["rng"])
         dropper.set_state(st["rng"]["dropper"])
-    if out_dir is not None:
+    if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-    bad_epochs = st["bad_epochs"] if payload is not None else 0
-    steps_per_epoch = math.ceil(len(train) / tc.batch_size)
-    for epoch in range(start_epoch, tc.epochs):
-        mfm.train()
-        total, count = 0.0, 0
-        order_seed = tc.seed * 100003 + epoch  # minibatch order depends only on (seed, epoch): resumable
-        bar = tqdm(train.loader(tc.batch_size, shuffle=True, seed=order_seed, device=device), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress, leave=False)
-        for step, batch in enumerate(bar):
-            if tc.kl_warmup:
-                objective.beta = min(1.0, (epoch + step / steps_per_epoch) / tc.kl_warmup)
-            batch = drop_modalities(batch, tc.modality_dropout, dropper)
-            loss = objective(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            if tc.clip_norm:
-                torch.nn.utils.clip_grad_norm_(mfm.parameters(), tc.clip_norm)
-            optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-        record = {"epoch": epoch, "train_loss": total / count}
-        if has_valid:
-            scores = validation_score(mfm, data, config, metric, objective)
-            record.update({f"valid_{k}": v for k, v in scores.items()})
-        score = record.get(f"valid_{metric}", record["train_loss"])
-        warm = epoch + 1 >= tc.kl_warmup  # scores during the KL warm-up are not those of the final objective
-        improved = warm and (score > best[metric] if higher else score < best[metric])
-        if improved:
-            best = {"epoch": epoch, metric: score}
-            bad_epochs = 0
-        elif warm:
-            bad_epochs += 1
-        history.append(record)
-        if tc.progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
-                       + (f", valid {metric} {score:.4f}" if has_valid else "") + (" *" if improved else ""))
-        if out_dir is not None:
-            state = {
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history, "best": best,
-                "bad_epochs": bad_epochs, "metric": metric,
-                "rng": {"torch": torch.get_rng_state(), "dropper": dropper.get_state()},
-            }
+
+    def state(position: bool) -> dict:
+        rng = {**rng_state(), "dropper": dropper.get_state()}
+        ranks = distributed.gather(rng, dist)
+        total, count = distributed.all_sum([run.total, run.count], dist, device)
+        return {"optimizer": optimizer.state_dict(), "epoch": run.epoch - 1, "history": run.history,
+                "best": run.best, "bad_epochs": run.bad_epochs, "metric": metric, "rng": rng, "rng_ranks": ranks,
+                "world_size": dist.world, "position": {"epoch": run.epoch, "step": run.step, "total": total,
+                                                       "count": int(count), "skipped": run.skipped} if position else None}
+
+    def save_position() -> None:
+        st = state(position=True)
+        if writer:
+            save_run(out_dir, mfm, config, stats, st)
+
+    def diverged(report: str, result: TrainResult) -> None:
+        """Stop (``on_divergence = "stop"``: checkpoint at this step, then raise) or record the skipped step."""
+        if tc.on_divergence == "stop":
+            save_position()
+            where = f"; the run folder {out_dir} holds the last good state" if out_dir is not None else ""
+            raise DivergenceError(report + where + " (train.on_divergence = 'skip' drops such steps instead)")
+        warnings.warn(report, RuntimeWarning, stacklevel=3)
+        result.skipped.append(report)
+        run.skipped += 1
+
+    result = TrainResult(mfm, config, stats, run.history, run.best, out_dir)
+    n, size = len(train), tc.batch_size
+    steps_per_epoch = math.ceil(n / size)
+    params, named = list(mfm.parameters()), list(mfm.named_parameters())
+    with StopRequested() as stop:
+        while run.epoch < tc.epochs:
+            epoch = run.epoch
+            mfm.train()
+            order = np.random.default_rng(tc.seed * 100003 + epoch).permutation(n)  # depends on (seed, epoch) only
+            good = copy.deepcopy((mfm.state_dict(), optimizer.state_dict()))
+            bar = tqdm(range(run.step, steps_per_epoch), total=steps_per_epoch, initial=run.step,
+                       desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and dist.main), leave=False)
+            for step in bar:
+                idx = order[step * size:(step + 1) * size]
+                if len(idx) >= dist.world:  # (a last global batch smaller than the number of ranks is left out)
+                    rows = distributed.shard(np.arange(len(idx)), dist)
+                    batch = train.batch(idx[rows], device)
+                    if tc.kl_warmup:
+                        objective.beta = min(1.0, (epoch + step / steps_per_epoch) / tc.kl_warmup)
+                    batch = (drop_modalities(batch, tc.modality_dropout, dropper, torch.as_tensor(rows), len(idx))
+                             if dist.enabled else drop_modalities(batch, tc.modality_dropout, dropper))
+                    optimizer.zero_grad()
+                    loss, norm, error = _step(loss_fn, batch, len(idx), params, tc.clip_norm, dist, device)
+                    if error is not None or not (is_finite(loss) and is_finite(norm)):
+                        found = ([f"the objective raised {type(error).__name__}: {str(error).splitlines()[0]}"] if error is not None else []) + diagnose(
+                            mfm, batch, named)
+                        optimizer.zero_grad()
+                        diverged(divergence_report(epoch, step, loss, norm, batch, found), result)
+                    else:
+                        optimizer.step()
+                        if not is_finite(torch.stack([p.detach().sum() for p in params])):
+                            mfm.load_state_dict(good[0])
+                            optimizer.load_state_dict(good[1])
+                            diverged(f"non-finite parameters after the optimizer step at epoch {epoch + 1}, step "
+                                     f"{step + 1}; rolled back to the start of the epoch", result)
+                        else:
+                            run.total += loss.item() * len(batch)
+                            run.count += len(batch)
+                            if run.count:
+                                bar.set_postfix(loss=f"{run.total / run.count:.3f}")
+                run.step = step + 1
+                if distributed.all_sum([stop.signum is not None], dist, device)[0] and run.step < steps_per_epoch:
+                    save_position()
+                    result.interrupted = stop.name or "signal on another rank"
+                    mfm.eval()
+                    return result
+            total, count = distributed.all_sum([run.total, run.count], dist, device)
+            if count == 0:
+                raise DivergenceError(f"every step of epoch {epoch + 1} had a non-finite loss or gradient and was "
+                                      f"skipped; expected a finite objective (check the data and train.lr)")
+            record = {"epoch": epoch, "train_loss": total / count}
+            if run.skipped:
+                record["skipped_steps"] = run.skipped
+            if has_valid:
+                scores = validation_score(mfm, data, config, metric, objective) if dist.main else None
+                record.update({f"valid_{k}": v for k, v in distributed.broadcast(scores, dist).items()})
+            score = record.get(f"valid_{metric}", record["train_loss"])
+            warm = epoch + 1 >= tc.kl_warmup  # scores during the KL warm-up are not those of the final objective
+            improved = warm and (score > run.best[metric] if higher else score < run.best[metric])
             if improved:
-                save_checkpoint(out_dir / "best.pt", mfm, config, stats, state)
-            save_checkpoint(out_dir / "last.pt", mfm, config, stats, state)
-            atomic_write(out_dir / "log.jsonl", lambda f: f.write(
-                "".join(json.dumps(r) + "\n" for r in history).encode()))
-        elif improved:
-            best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
-        if tc.patience and bad_epochs >= tc.patience:
-            break
-    if out_dir is not None and (out_dir / "best.pt").exists():
+                run.best = result.best = {"epoch": epoch, metric: score}
+                run.bad_epochs = 0
+            elif warm:
+                run.bad_epochs += 1
+            run.history.append(record)
+            run.epoch, run.step, run.total, run.count, run.skipped = epoch + 1, 0, 0.0, 0, 0
+            if tc.progress and dist.main:
+                tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
+                           + (f", valid {metric} {score:.4f}" if has_valid else "") + (" *" if improved else ""))
+            if out_dir is not None:
+                st = state(position=False)
+                if writer:
+                    names = ([f"epoch-{epoch + 1:04d}.pt"] if tc.keep_last else []) + (["best.pt"] if improved else [])
+                    save_run(out_dir, mfm, config, stats, st, names + ["last.pt"], tc.keep_last)
+                    atomic_write(out_dir / "log.jsonl", lambda f: f.write(
+                        "".join(json.dumps(r) + "\n" for r in run.history).encode()))
+            elif improved:
+                best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
+            if distributed.all_sum([stop.signum is not None], dist, device)[0]:
+                result.interrupted = stop.name or "signal on another rank"
+                break
+            if tc.patience and run.bad_epochs >= tc.patience:
+                break
+    if result.interrupted:
+        pass
+    elif out_dir is not None and dist.main and (out_dir / "best.pt").exists():
         mfm.load_state_dict(read_checkpoint(out_dir / "best.pt")["model"])
-    elif out_dir is None and best["epoch"] >= 0:
+    elif out_dir is None and run.best["epoch"] >= 0:
         mfm.load_state_dict(best_state)
     mfm.eval()
-    return TrainResult(mfm, config, stats, history, best, out_dir)
+    return result
