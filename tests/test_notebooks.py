@@ -13,10 +13,10 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # Values replacing each notebook's parameter cell (the cell tagged "parameters"): small, so that the four run in
 # about three minutes on two CPU cores.
 SMALL = {
-    "01_quickstart": {"EPOCHS": 3, "NUM_SAMPLES": 30},
-    "02_posterior_analysis": {"EPOCHS": 3, "CHAINS": 2, "DRAWS": 40, "N_ARVIZ": 60},
-    "03_factors": {"EPOCHS": 3, "N_CODES": 24, "SEQ_EPOCHS": 10},
-    "04_missing_modalities": {"EPOCHS": 3, "RATES": (0.0, 0.5), "NUM_SAMPLES": 10, "IMPUTE_SAMPLES": 3},
+    "01_quickstart": {"EPOCHS": 2, "NUM_SAMPLES": 20},
+    "02_posterior_analysis": {"EPOCHS": 2, "CHAINS": 2, "DRAWS": 30, "N_ARVIZ": 50},
+    "03_factors": {"EPOCHS": 2, "N_CODES": 16, "SEQ_EPOCHS": 6},
+    "04_missing_modalities": {"EPOCHS": 2, "RATES": (0.0, 0.5), "NUM_SAMPLES": 5, "IMPUTE_SAMPLES": 2},
 }
 KERNEL = "pyro-mfm-test"
 
