@@ -161,9 +161,9 @@ def load(path, lazy: bool = False, nan_as_missing: bool = False, validate: bool 
         data = _read(f, path, lazy, validate)
         if validate and not lazy:
             data.validate_values(nan_as_missing)
-    except OSError as e:  # a damaged file often opens and then fails on reading a dataset
-        f.close()
-        raise DataError(f"file {path}: read error (corrupt or truncated file?): {e}") from None
+    except (OSError, RuntimeError, KeyError) as e:  # a damaged file often opens, then fails on reading (h5py
+        f.close()  # raises OSError, RuntimeError or KeyError depending on the damaged structure)
+        raise DataError(f"file {path}: read error (corrupt or truncated file?): {type(e).__name__}: {e}") from None
     except BaseException:
         f.close()
         raise

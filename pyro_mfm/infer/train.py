@@ -206,6 +206,10 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     if dist.rank:
         torch.manual_seed(tc.seed * 1000003 + dist.rank)  # each rank draws its own noise
     metric = select_metric(config, mfm) if has_valid else "loss"
+    if metric != "loss" and not np.asarray(data[config.data.valid_split].label_present).any():
+        warnings.warn(f"{config.data.source}: split {config.data.valid_split!r} has no labelled sample; selecting "
+                      f"on the validation loss instead of {metric}", RuntimeWarning, stacklevel=3)
+        metric = "loss"
     higher = HIGHER_IS_BETTER[metric]
     run = Progress(best={"epoch": -1, metric: -math.inf if higher else math.inf})
     dropper = torch.Generator().manual_seed(tc.seed + 1)
