@@ -1,0 +1,148 @@
+"""The four measurements of ``benchmarks/run.py``; each returns Markdown table rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import JitTraceMeanField_ELBO, Trace_ELBO
+
+from pyro_mfm.infer.objective import Objective
+from pyro_mfm.infer.predict import impute, predict
+
+from . import plain, setups, stepwise
+from .timing import interleaved, peak_memory
+
+
+def train_step(mfm, loss_fn, validate: bool = True):
+    """One optimisation step: forward, backward, Adam."""
+    opt = torch.optim.Adam(mfm.parameters(), lr=1e-3)
+
+    def step():
+        with pyro.validation_enabled(validate):  # Pyro's and torch's distribution checks
+            loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def check_equal(name: str, a_fn, b_fn, mfm, seed: int = 3, rtol: float = 1e-5) -> str:
+    """Assert that two losses agree at the same parameters and the same random draws (eval mode: no dropout)."""
+    was = mfm.training
+    mfm.eval()
+    torch.manual_seed(seed)
+    a = a_fn().detach()
+    torch.manual_seed(seed)
+    b = b_fn().detach()
+    mfm.train(was)
+    rel = float((a - b).abs() / b.abs().clamp(min=1e-12))
+    if not rel <= rtol:
+        raise AssertionError(f"{name}: losses differ: {float(a)} vs {float(b)} (relative {rel:.2e})")
+    return f"{name}: {float(a):.6g} = {float(b):.6g} (relative difference {rel:.1e})"
+
+
+def overhead(device, reps, warmup, quick, checks: list) -> list:
+    """Pyro's objective against the plain-PyTorch loss of the same networks and terms, one training step each."""
+    rows = []
+    for s in (setups.uci(device=device, quick=quick), setups.mosi("wae", device=device, missing=0.2, quick=quick),
+              setups.mosi("elbo", device=device, missing=0.2, quick=quick)):
+        mfm, batch = s.mfm, s.batch
+        obj = Objective(mfm)
+        fn = plain.loss_fn(mfm)
+        checks.append(check_equal(f"{s.name}: Pyro objective = plain PyTorch", lambda: obj(batch),
+                                  lambda: fn(mfm, batch), mfm))
+        variants = {
+            "plain PyTorch": train_step(mfm, lambda: fn(mfm, batch)),
+            "Pyro objective (library)": train_step(mfm, lambda: obj(batch)),
+            "plain PyTorch, validation off": train_step(mfm, lambda: fn(mfm, batch), False),
+            "Pyro objective, validation off": train_step(mfm, lambda: obj(batch), False),
+        }
+        if mfm.config.objective == "elbo":
+            mc = Objective(mfm)
+            mc.elbo = Trace_ELBO(max_plate_nesting=1)
+            variants["Pyro, Trace_ELBO (Monte Carlo KL)"] = train_step(mfm, lambda: mc(batch))
+            if not quick:
+                jit = Objective(mfm)
+                jit.elbo = JitTraceMeanField_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+                try:
+                    train_step(mfm, lambda: jit(batch))()
+                    variants["Pyro, JitTraceMeanField_ELBO"] = train_step(mfm, lambda: jit(batch))
+                except Exception as e:  # noqa: BLE001 - recorded in the table
+                    rows.append([s.name, "Pyro, JitTraceMeanField_ELBO", f"fails: {type(e).__name__}", "", ""])
+        mfm.train()
+        t = interleaved(variants, device, reps, warmup)
+        for name, timing in t.items():
+            base = t["plain PyTorch, validation off" if "validation off" in name else "plain PyTorch"]
+            rows.append([s.name, name, timing.ms(), f"{timing.median / base.median:.2f}", ""])
+    return rows
+
+
+def throughput(device, reps, warmup, quick, checks: list) -> list:
+    """Training samples per second, the library's ``wae`` step against the step-by-step reference's."""
+    rows = []
+    for size in ((16,) if quick else (32, 64)):
+        s = setups.mosi("wae", batch_size=size, device=device, quick=quick)
+        mfm, batch = s.mfm, s.batch
+        obj = Objective(mfm)
+        checks.append(check_equal(f"MOSI wae, batch {size}: library = step-by-step reference", lambda: obj(batch),
+                                  lambda: stepwise.wae_loss(mfm, batch), mfm))
+        t = interleaved({"library": train_step(mfm, lambda: obj(batch)),
+                         "reference": train_step(mfm, lambda: stepwise.wae_loss(mfm, batch))}, device, reps, warmup)
+        lib, ref = t["library"], t["reference"]
+        mem = {k: peak_memory(f, device) for k, f in (("library", train_step(mfm, lambda: obj(batch))),
+                                                         ("reference", train_step(mfm, lambda: stepwise.wae_loss(
+                                                             mfm, batch))))}
+        rows.append([f"batch {size}", f"{size / ref.median:.0f} ({ref.ms()} ms)",
+                     f"{size / lib.median:.0f} ({lib.ms()} ms)", f"{ref.median / lib.median:.2f}",
+                     mem["library"] if device.type == "cuda" else ""])
+    return rows
+
+
+def inference(device, reps, warmup, quick) -> list:
+    """Prediction and imputation throughput from subsets of observed modalities, and their peak memory."""
+    rows = []
+    n, samples = (32, 2) if quick else (512, 20)
+    for s, subsets in ((setups.mosi("wae", device=device, quick=quick), (None, ("text",), ("audio", "vision"))),
+                       (setups.uci(device=device, quick=quick), (None, ("fou", "pix")))):
+        mfm = s.mfm.eval()
+        ds = s.data["train"].subset(np.arange(min(n, len(s.data["train"]))))
+        fns = {}
+        for obs in subsets:
+            label = "all" if obs is None else "+".join(obs)
+            fns[f"predict, observed {label}"] = lambda obs=obs: predict(mfm, ds, obs, num_samples=samples,
+                                                                        batch_size=256, keep_samples=False)
+            fns[f"impute, observed {label}"] = lambda obs=obs: impute(mfm, ds, obs, num_samples=samples,
+                                                                      batch_size=256)
+        t = interleaved(fns, device, max(3, reps // 4), 1)
+        for name, timing in t.items():
+            rows.append([s.name.split(" (")[0], name, f"{len(ds) / timing.median:.0f}", timing.ms(),
+                         peak_memory(fns[name], device)])
+    return rows
+
+
+def scaling(device, reps, warmup, quick) -> list:
+    """Step time of the library's ``wae`` step against batch size, sequence length and number of modalities."""
+    rows = []
+    small = quick
+    grids = {
+        "batch size": [{"batch_size": b} for b in ((8, 16, 32) if small else (16, 32, 64, 128))],
+        "steps T": [{"T": T} for T in ((2, 4, 6) if small else (5, 10, 20, 40))],
+        "modalities M": [{"dims": dict(list({"text": 300, "audio": 5, "vision": 20, "extra": 20}.items())[:M])}
+                         for M in ((1, 2, 3) if small else (1, 2, 3, 4))],
+    }
+    for axis, grid in grids.items():
+        steps = {}
+        for kw in grid:
+            size = kw.get("batch_size") or kw.get("T") or len(kw["dims"])
+            s = setups.mosi("wae", device=device, quick=quick, **kw)
+            obj = Objective(s.mfm)
+            steps[size] = train_step(s.mfm, lambda obj=obj, b=s.batch: obj(b))
+        t = interleaved(steps, device, reps, warmup)
+        prev = None
+        for size, timing in t.items():
+            marginal = "" if prev is None else \
+                f"{1e3 * (timing.median - t[prev].median) / (size - prev):.2f}"
+            rows.append([axis, str(size), timing.ms(), f"{1e3 * timing.median / size:.2f}", marginal])
+            prev = size
+    return rows
