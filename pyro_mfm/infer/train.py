@@ -192,7 +192,9 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     has_valid = config.data.valid_split in data and len(data[config.data.valid_split]) > 0
     out_dir = Path(out_dir) if out_dir is not None else None
     writer = dist.main and out_dir is not None
-    payload = _resume_payload(out_dir, data, config) if resume else None
+    payload = None
+    if resume:  # rank 0 reads the run folder; the other ranks need not see it
+        payload = distributed.broadcast(_resume_payload(out_dir, data, config) if dist.main else None, dist)
     if payload is not None:
         s = payload["stats"]
         stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
