@@ -339,7 +339,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                 break
             if tc.patience and run.bad_epochs >= tc.patience:
                 break
-    if result.interrupted:
+    if result.interrupted:  # the model as it stands, matching last.pt
         pass
     elif out_dir is not None and dist.main and (out_dir / "best.pt").exists():
         mfm.load_state_dict(read_checkpoint(out_dir / "best.pt")["model"])
