@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..data.dataset import MultimodalDataset
 from ..model import MFM

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData
