@@ -32,6 +32,8 @@ z_a,m (every decoder reads f_y alone), or no decoders at all.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -109,6 +111,7 @@ class MFM(nn.Module):
         if config.missing == "surrogate":
             others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
             self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], p) for m in self.names})
+        self._memo = None  # see shared_features
 
     def _mfn_dims(self) -> dict:
         lengths = {s.name: s.steps for s in self.schema.modalities}
@@ -157,16 +160,38 @@ class MFM(nn.Module):
     # ------------------------------------------------------------------ the guide
     def inputs(self, batch: Batch) -> dict:
         """Every modality standardised, zero where missing or padded."""
-        return {m: self.p_x[m].standardise(batch.x[m]) * self._input_mask(batch, m) for m in self.names}
+        return self._remember("x", batch.x, lambda: {
+            m: self.p_x[m].standardise(batch.x[m]) * self._input_mask(batch, m) for m in self.names})
 
     def steps(self, batch: Batch, m: str):
         """The real steps of sequence modality ``m`` where it is present (``None`` for a vector)."""
         return batch.steps[m] & batch.present[m][:, None] if self.schema[m].is_sequence else None
 
+    @contextmanager
+    def shared_features(self):
+        """Within the block, the encoder features h_m and the experts of a batch's modalities are computed once and
+        reused by every later pass over the same modalities (a batch that differs only in its labels, as the
+        discriminative term's): one objective evaluation then runs each encoder once."""
+        outer, self._memo = self._memo, {} if self._memo is None else self._memo
+        try:
+            yield
+        finally:
+            self._memo = outer
+
+    def _remember(self, key, owner, compute):
+        if self._memo is None:
+            return compute()
+        hit = self._memo.get((key, id(owner)))
+        if hit is None or hit[0] is not owner:
+            hit = self._memo[(key, id(owner))] = (owner, compute())
+        return hit[1]
+
     def encode(self, batch: Batch, x=None):
         """Encoder features h_m of every modality (zero input where missing)."""
-        x = self.inputs(batch) if x is None else x
-        return {m: self.trunk[m](x[m], self.steps(batch, m)) for m in self.names}
+        def compute():
+            inp = self.inputs(batch) if x is None else x
+            return {m: self.trunk[m](inp[m], self.steps(batch, m)) for m in self.names}
+        return compute() if x is not None else self._remember("h", batch.x, compute)
 
     def _input_mask(self, batch: Batch, m: str):
         present = batch.present[m]
@@ -182,11 +207,11 @@ class MFM(nn.Module):
         MFN: a diagonal Gaussian read from the MFN's [h_T of all; u_T] (missing modalities have zero states).
         """
         if self.config.fusion == "mfn":
-            loc, raw = self.q_y_fused(self.fusion(self.inputs(batch), {m: self.steps(batch, m) for m in self.names})
-                                      ).chunk(2, dim=-1)
+            loc, raw = self._remember("fused", batch.x, lambda: self.q_y_fused(
+                self.fusion(self.inputs(batch), {m: self.steps(batch, m) for m in self.names}))).chunk(2, dim=-1)
             return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
         h = self.encode(batch) if h is None else h
-        experts = [self.q_y[m](h[m]) for m in self.names]
+        experts = list(self._remember("experts", h, lambda: [self.q_y[m](h[m]) for m in self.names]))
         masks = [batch.present[m] for m in self.names]
         if self.D is not None and batch.y is not None:
             experts.append(self.q_label(self.D.encode(batch.y)))
@@ -268,7 +293,9 @@ class MFM(nn.Module):
         """-sum log p(y | D(E_q[codes | x_obs])) over labelled samples: the ss-VAE's auxiliary loss."""
         if self.D is None or batch.y is None:
             return torch.zeros(())
-        log_p = self.label_distribution(self.codes(batch.without_labels())).log_prob(batch.y)
+        unlabelled = batch.without_labels()
+        codes = {"z_y": self.posterior_z_y(unlabelled).mean} if self.shared else self.codes(unlabelled)
+        log_p = self.label_distribution(codes).log_prob(batch.y)
         return -(log_p * batch.y_present.to(log_p.dtype)).sum()
 
     def surrogate_loss(self, batch: Batch):

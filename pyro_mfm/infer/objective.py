@@ -104,9 +104,10 @@ class Objective:
             model, guide = self.mfm.model, self.mfm.guide
         else:
             model, guide = scale_latents(beta)(self.mfm.model), scale_latents(beta)(self.mfm.guide)
-        loss = self.elbo.differentiable_loss(model, guide, batch)
-        if self.alpha:
-            loss = loss + self.alpha * self.mfm.discriminative_loss(batch)
+        with self.mfm.shared_features():  # the discriminative term reuses the guide's encoder features
+            loss = self.elbo.differentiable_loss(model, guide, batch)
+            if self.alpha:
+                loss = loss + self.alpha * self.mfm.discriminative_loss(batch)
         return loss
 
     def wae_loss(self, batch: Batch, beta: float) -> torch.Tensor:
