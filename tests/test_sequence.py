@@ -125,8 +125,8 @@ def test_every_configuration_trains_and_has_its_sites(data, name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = float(loss) if first is None else first
-    assert float(loss) < first
+        first = float(loss.detach()) if first is None else first
+    assert float(loss.detach()) < first
 
 
 def test_mfn_needs_sequences_of_one_length():
@@ -150,26 +150,23 @@ def test_surrogate_reads_only_the_observed_modalities(data):
         torch.testing.assert_close(codes, mfm.surrogate(hidden, h, "b", mfm.codes(hidden)["z_y"]))
 
 
-@pytest.mark.slow
 def test_surrogate_learns_the_missing_modalitys_code():
-    """After training, the surrogate predicts the full data's z_a code of a hidden modality better than the prior
-    mean (zero) does, on held-out samples."""
+    """Trained on its MSE term alone (the encoders fixed), the surrogate predicts the full data's code of a hidden
+    modality from the other one better than the prior mean (zero) does, on held-out samples."""
     gen = LinearGaussianMFM.random({"a": (6, 3), "b": (6, 2)}, z_y_dim=2, seed=1)
     d = gen.sample({"train": 300, "test": 200}, seed=0)
-    mfm = _mfm(d, "model.missing='surrogate'", "model.objective='wae'")
-    obj = Objective(mfm)
-    opt = torch.optim.Adam(mfm.parameters(), lr=3e-3)
-    for epoch in range(15):
-        for b in d["train"].loader(50, shuffle=True, seed=epoch):
-            loss = obj(b)
+    mfm = _mfm(d, "model.missing='surrogate'")
+    opt = torch.optim.Adam(mfm.S.parameters(), lr=1e-2)
+    for epoch in range(20):
+        for b in d["train"].loader(100, shuffle=True, seed=epoch):
+            loss = mfm.surrogate_loss(b) / len(b)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    mfm.eval()
     test = d["test"][np.arange(200)].without_labels()
     with torch.no_grad():
         full = mfm.codes(test)["z_a_b"]
         guess = mfm.codes(test.observe_only(["a"]))["z_a_b"]
     surrogate_mse = float(((guess - full) ** 2).sum(-1).mean())
     prior_mse = float((full**2).sum(-1).mean())
-    assert surrogate_mse < 0.8 * prior_mse
+    assert surrogate_mse < 0.5 * prior_mse, (surrogate_mse, prior_mse)
