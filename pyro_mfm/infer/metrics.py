@@ -95,15 +95,26 @@ def interval_coverage(y_true, lower, upper) -> float:
 
 
 def imputation_metrics(x_true, x_imputed, weight) -> dict:
-    """MSE and Pearson correlation over the entries with ``weight`` True (held-out, real steps)."""
+    """Imputation error over the entries with ``weight`` True (held-out samples, real steps).
+
+    ``mse``: mean squared error in the data's units; ``corr``: Pearson correlation of imputed with true values,
+    per feature (over samples and steps), averaged over features (pooling features would mostly measure how
+    their means differ); ``n``: samples scored.
+    """
     x_true = np.asarray(x_true, float)
     x_imputed = np.asarray(x_imputed, float)
-    w = np.broadcast_to(np.asarray(weight, bool).reshape(weight.shape + (1,) * (x_true.ndim - np.ndim(weight))),
-                        x_true.shape)
+    w = np.asarray(weight, bool)
     if not w.any():
         return {"mse": float("nan"), "corr": float("nan"), "n": 0}
-    a, b = x_true[w], x_imputed[w]
-    return {"mse": float(np.mean((a - b) ** 2)), "corr": pearson(a, b), "n": int(w.reshape(len(x_true), -1).any(1).sum())}
+    d = x_true.shape[-1]
+    rows = np.broadcast_to(w.reshape(w.shape + (1,) * (x_true.ndim - 1 - w.ndim)), x_true.shape[:-1]).reshape(-1)
+    a, b = x_true.reshape(-1, d)[rows], x_imputed.reshape(-1, d)[rows]
+    corr = [pearson(a[:, j], b[:, j]) for j in range(d)]
+    return {
+        "mse": float(np.mean((a - b) ** 2)),
+        "corr": float(np.nanmean(corr)) if not np.all(np.isnan(corr)) else float("nan"),
+        "n": int(w.reshape(len(x_true), -1).any(1).sum()),
+    }
 
 
 def label_metrics(prediction, y_true, y_present, label_spec) -> dict:

@@ -1,0 +1,46 @@
+"""Metrics of the field, checked against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from pyro_mfm.infer.metrics import (classification_metrics, imputation_metrics, interval_coverage,
+                                    regression_metrics, sentiment_metrics)
+
+
+def test_sentiment_metrics_follow_the_mosi_conventions():
+    t = np.array([-3.0, -1.2, 0.0, 0.4, 2.6, 3.0])
+    p = np.array([-3.4, 0.3, -0.2, 0.6, 2.4, 5.0])
+    m = sentiment_metrics(t, p)
+    assert m["mae"] == pytest.approx(np.mean(np.abs(t - p)))
+    # has-0: negative (< 0) against non-negative (>= 0), all six samples: -1.2 -> 0.3 and 0.0 -> -0.2 are wrong
+    assert m["acc2_has0"] == pytest.approx(4 / 6)
+    # non-0: the true 0 is dropped; 5 samples, -1.2 -> 0.3 wrong
+    assert m["acc2_non0"] == pytest.approx(4 / 5)
+    # Acc-7 clips both to [-3, 3] before rounding: -3.4 -> -3 and 5.0 -> 3 are right (unclipped, 5.0 would be
+    # wrong); -1 vs 0, 0 vs 1 (0.4 vs 0.6) and 3 vs 2 (2.6 vs 2.4) are wrong
+    assert m["acc7"] == pytest.approx(3 / 6)
+    # Acc-5 clips to [-2, 2]: 2.6 and 2.4 both become 2, -3 and -3.4 both -2; -1 vs 0 and 0 vs 1 stay wrong
+    assert m["acc5"] == pytest.approx(4 / 6)
+
+
+def test_regression_and_classification_metrics():
+    y = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 5.0]])
+    r = regression_metrics(y, y + np.array([1.0, -1.0]))
+    assert r["mae"] == 1.0 and r["mse"] == 1.0 and r["corr"] == pytest.approx(1.0)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    c = classification_metrics(np.array([0, 1, 1, 1]), probs)
+    assert c["accuracy"] == 0.75
+    assert c["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert interval_coverage(np.array([0.0, 1.0, 2.0]), np.array([-1, 1.5, 1]), np.array([1, 2, 3])) == 2 / 3
+
+
+def test_imputation_metrics_score_only_held_out_real_steps():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4, 2))
+    imputed = x + 0.5
+    steps = np.ones((30, 4), bool)
+    steps[:, 0] = False
+    imputed[:, 0] = 1e6  # padding: never counted
+    m = imputation_metrics(x, imputed, steps)
+    assert m["mse"] == pytest.approx(0.25) and m["corr"] == pytest.approx(1.0) and m["n"] == 30
+    assert imputation_metrics(x, imputed, np.zeros((30, 4), bool))["n"] == 0
