@@ -26,3 +26,21 @@ def config_from_args(args) -> Config:
 
 def parse_observed(text: str | None):
     return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("checkpoint", help="checkpoint file or run folder (best.pt is used)")
+    p.add_argument("--data", help="data source (default: the one the model was trained on)")
+    p.add_argument("--split", default=None, help=f"split to {what} (default: the configuration's test split)")
+    p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
+
+
+def load_for_inference(args):
+    """The trained model, its configuration, and the split that ``args`` names."""
+    from ..infer.checkpoint import load_model
+    from ..infer.job import load_data
+
+    mfm, config, _ = load_model(args.checkpoint)
+    if args.data:
+        config.data.source = args.data
+    return mfm, config, load_data(config)[args.split or config.data.test_split]

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._common import add_checkpoint_arguments, load_for_inference
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint on every observed subset", description=__doc__)
-    p.add_argument("checkpoint", help="checkpoint file or run folder (best.pt is used)")
-    p.add_argument("--data", help="data source (default: the one the model was trained on)")
-    p.add_argument("--split", default=None, help="split to evaluate (default: the configuration's test split)")
+    add_checkpoint_arguments(p, "evaluate")
     p.add_argument("--out", required=True, help="JSON report to write; a Markdown table is written beside it")
-    p.add_argument("--num-samples", type=int, default=None, help="posterior samples per prediction")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..infer.checkpoint import load_model, write_json
+    from ..infer.checkpoint import atomic_write, write_json
     from ..infer.evaluate import evaluate, table
-    from ..infer.job import load_data
     from ..infer.train import cpu_threads
 
-    mfm, config, _ = load_model(args.checkpoint)
-    if args.data:
-        config.data.source = args.data
-    ds = load_data(config)[args.split or config.data.test_split]
+    mfm, config, ds = load_for_inference(args)
     with cpu_threads(config.train.num_threads):
         records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
@@ -33,8 +28,6 @@ def run(args) -> int:
     out = Path(args.out)
     write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "subsets": records})
     text = table(records)
-    out.with_suffix(".md").write_text(text)
+    atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)
     return 0
-
-

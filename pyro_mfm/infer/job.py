@@ -21,7 +21,7 @@ from ..data.schema import DataError
 from ..model import MFM
 from .checkpoint import atomic_write, write_json
 from .evaluate import evaluate, mean_imputation_baseline, table
-from .predict import impute, predict
+from .predict import impute, imputed_data, predict
 from .train import cpu_threads, fit
 
 
@@ -36,17 +36,6 @@ def load_data(config: Config) -> MultimodalData:
 
         return load_mfn(src, nan_as_missing=config.data.nan_as_missing)
     return native.load(Path(src), nan_as_missing=config.data.nan_as_missing)
-
-
-def imputed_dataset(ds: MultimodalDataset, mean: dict, hidden: str) -> MultimodalData:
-    """A copy of ``ds`` whose modality ``hidden`` holds its imputation (marked present)."""
-    features = {m: np.asarray(ds.features[m]) for m in ds.schema.names}
-    features[hidden] = mean[hidden].astype(np.float32)
-    present = dict(ds.present)
-    present[hidden] = np.ones(len(ds), bool)
-    out = MultimodalDataset(ds.schema, features, present, ds.steps, ds.labels, ds.label_present,
-                            ids=ds.ids, split=ds.split)
-    return MultimodalData(ds.schema, {ds.split: out})
 
 
 def single_view_baselines(data: MultimodalData, config: Config) -> dict:
@@ -138,7 +127,7 @@ def _run(config: Config, out_dir, resume: bool) -> dict:
         others = [n for n in mfm.schema.names if n != m]
         if others:
             imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size)
-            native.save(imputed_dataset(test, imp.mean, m), out / f"imputed_{m}.h5", overwrite=True)
+            native.save(imputed_data(test, imp), out / f"imputed_{m}.h5", overwrite=True)
     metric = next(k for k in result.best if k != "epoch")
     written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric)
     report = {

@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
-from ..data.dataset import MultimodalDataset
+from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError
 from ..model import MFM
 
@@ -175,3 +175,15 @@ def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int
                 draws[m].append(x_draws.cpu())
     join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
+
+
+def imputed_data(ds: MultimodalDataset, imp: Imputation) -> MultimodalData:
+    """``ds`` with every modality replaced by its imputed mean, as a one-split data set for the native format.
+
+    Observed entries are unchanged and keep their presence mask; a modality outside ``imp.observed`` is marked
+    present everywhere (it now holds the imputation).
+    """
+    present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in ds.schema.names}
+    out = MultimodalDataset(ds.schema, {m: imp.mean[m].astype(np.float32) for m in ds.schema.names}, present,
+                            ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
+    return MultimodalData(ds.schema, {ds.split: out})
