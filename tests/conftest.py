@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -13,3 +14,13 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"real data sets not found at {SHARED_DATASETS} (expected ../shared/datasets beside the repository)")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Every test runs PyTorch on one CPU thread, as training does by default: reproducible, and fast on a shared
+    2-core machine (several threads on small networks are slower there, not faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pyro_mfm.config import Config
 from pyro_mfm.infer import fit, impute, predict
@@ -20,21 +19,8 @@ def pom(shared_datasets):
         f"data.source='{shared_datasets / 'pom'}'", "model.objective='elbo'", "train.epochs=8", "train.patience=0", "train.kl_warmup=2",
         "train.progress=False", "train.device='cpu'", "train.valid_samples=5",
     ])
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = load_data(cfg)
-        yield data, fit(cfg, data).mfm
-    finally:
-        torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    data = load_data(cfg)
+    return data, fit(cfg, data).mfm
 
 
 def test_pom_loads_with_its_shapes_and_splits(pom):

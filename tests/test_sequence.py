@@ -16,14 +16,6 @@ from pyro_mfm.model import MFM
 from pyro_mfm.nets.sequence import SequenceDecoder, SequenceEncoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data():
     gen = LinearGaussianMFM.random({"a": (6, 3), "b": (6, 2)}, z_y_dim=2, seed=1)

@@ -16,14 +16,6 @@ from pyro_mfm.model import MFM
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mosi_like(n=40, T=20, seed=0):
     """Random data of CMU-MOSI's shapes: text 300, audio 5, vision 20, T = 20, front-padded, sentiment in [-3, 3]."""
     rng = np.random.default_rng(seed)

@@ -2,20 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from pyro_mfm.config import Config
 from pyro_mfm.data.synthetic import LinearGaussianMFM
 from pyro_mfm.infer import fit, impute, predict
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +24,6 @@ SETTINGS = {
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
 def trained(request, problem):
-    torch.set_num_threads(1)
     gen, data = problem
     cfg = Config().override([
         "model.sequence_net='lstm'", "model.lstm_hidden=16", "model.hidden=32", "model.z_y_dim=2", "model.z_a_dim=2",

@@ -23,15 +23,6 @@ SMALL = ["train.progress=False", "model.z_y_dim=4", "model.z_a_dim=4", "model.hi
          "model.f_a_dim=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Statistical tests are run single-threaded: reproducible and fair on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_data():
     gen = LinearGaussianMFM.random({"a": 3, "b": 5}, z_y_dim=2, label="regression", seed=0)
     return gen.sample({"train": 200, "valid": 50, "test": 50}, missing=0.2, seed=0)

@@ -14,14 +14,6 @@ from pyro_mfm.infer.objective import Objective, kernel, mmd
 from pyro_mfm.model import MFM
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_mmd_hand_computation_tiny_example():
     x = torch.tensor([[0.0], [1.0]])
     y = torch.tensor([[0.0], [2.0]])
