@@ -36,25 +36,7 @@ def encoder(net, x, steps):
 
 def fusion(net, x, steps):
     """The MFN: at every t, each modality's LSTM cell, then the attention, the proposal and the gated memory."""
-    cells = {m: _cell(net.lstm[m]) for m in net.names}
-    B, T = steps[net.names[0]].shape
-    h = {m: x[m].new_zeros(B, net.lstm[m].hidden_size) for m in net.names}
-    c = {m: x[m].new_zeros(B, net.lstm[m].hidden_size) for m in net.names}
-    u = x[net.names[0]].new_zeros(B, net.memory)
-    for t in range(T):
-        c_prev = torch.cat([c[m] for m in net.names], -1)
-        for m in net.names:
-            real = steps[m][:, t].unsqueeze(-1).to(x[m].dtype)
-            h_new, c_new = cells[m](x[m][:, t], (h[m], c[m]))
-            h[m], c[m] = real * h_new + (1 - real) * h[m], real * c_new + (1 - real) * c[m]
-        c_star = torch.cat([c_prev] + [c[m] for m in net.names], -1)
-        c_hat = torch.softmax(net.attention(c_star), -1) * c_star
-        u_hat = torch.tanh(net.propose(c_hat))
-        both = torch.cat([c_hat, u], -1)
-        u_new = torch.sigmoid(net.gate1(both)) * u + torch.sigmoid(net.gate2(both)) * u_hat
-        active = torch.stack([steps[m][:, t] for m in net.names], -1).any(-1, keepdim=True).to(u.dtype)
-        u = active * u_new + (1 - active) * u
-    return torch.cat([h[m] for m in net.names] + [u], -1)
+    return net.stepwise(x, steps)
 
 
 def decoder(net, f):

@@ -1,4 +1,5 @@
-"""The vectorized Memory Fusion Network against a step-by-step reference (an LSTMCell loop per modality)."""
+"""The vectorized Memory Fusion Network against its step-by-step reference (``MemoryFusion.stepwise``: an LSTM-cell
+loop per modality and the memory, over t, as the paper writes it)."""
 
 import pytest
 import torch
@@ -6,41 +7,6 @@ from torch import nn
 
 from pyro_mfm.nets.mfn import MemoryFusion
 from pyro_mfm.nets.sequence import align_left, align_right, run_lstm
-
-
-def reference_mfn(net: MemoryFusion, x: dict, steps: dict):
-    """The MFN's equations stepped over t: every modality's LSTMCell, then the memory, at each step.
-
-    A modality's state stays at its initial zero until its first real step (front padding) and all along when it
-    is missing; the memory is held at steps where no modality is real.
-    """
-    B, T = next(iter(steps.values())).shape
-    cells = {}
-    for m in net.names:
-        lstm = net.lstm[m]
-        cell = nn.LSTMCell(lstm.input_size, lstm.hidden_size).to(x[m].dtype)
-        cell.weight_ih, cell.weight_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
-        cell.bias_ih, cell.bias_hh = lstm.bias_ih_l0, lstm.bias_hh_l0
-        cells[m] = cell
-    h = {m: x[m].new_zeros(B, net.lstm[m].hidden_size) for m in net.names}
-    c = {m: x[m].new_zeros(B, net.lstm[m].hidden_size) for m in net.names}
-    u = x[net.names[0]].new_zeros(B, net.memory)
-    for t in range(T):
-        c_prev = torch.cat([c[m] for m in net.names], -1)
-        for m in net.names:
-            real = steps[m][:, t].unsqueeze(-1).to(x[m].dtype)
-            h_new, c_new = cells[m](x[m][:, t], (h[m], c[m]))
-            h[m] = real * h_new + (1 - real) * h[m]
-            c[m] = real * c_new + (1 - real) * c[m]
-        c_t = torch.cat([c[m] for m in net.names], -1)
-        c_star = torch.cat([c_prev, c_t], -1)
-        c_hat = torch.softmax(net.attention(c_star), -1) * c_star
-        u_hat = torch.tanh(net.propose(c_hat))
-        both = torch.cat([c_hat, u], -1)
-        u_new = torch.sigmoid(net.gate1(both)) * u + torch.sigmoid(net.gate2(both)) * u_hat
-        active = torch.stack([steps[m][:, t] for m in net.names], -1).any(-1, keepdim=True).to(u.dtype)
-        u = active * u_new + (1 - active) * u
-    return torch.cat([h[m] for m in net.names] + [u], -1)
 
 
 def _inputs(B=7, T=6, dims=None, seed=0):
@@ -87,7 +53,7 @@ def test_vectorized_mfn_equals_stepwise_reference_outputs_and_gradients(seed):
     torch.manual_seed(seed)
     net = MemoryFusion(dims, {"a": 5, "b": 4, "c": 3}, memory=6, hidden=8).double()
     out = net(x, steps)
-    ref = reference_mfn(net, x, steps)
+    ref = net.stepwise(x, steps)
     assert out.shape == (7, 5 + 4 + 3 + 6)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

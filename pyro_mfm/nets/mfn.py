@@ -95,3 +95,32 @@ class MemoryFusion(nn.Module):
             u_new = torch.sigmoid(last1(mid1(a1))) * u + torch.sigmoid(last2(mid2(a2))) * u_hat[:, t]
             u = torch.where(active[:, t], u_new, u)
         return torch.cat([h[:, -1] for h in hs] + [u], -1)
+
+    def stepwise(self, x: dict, steps: dict):
+        """The same output with every recurrence stepped over t in Python: each modality's LSTM cell, then the
+        attention, the proposal and the gated memory, as the paper writes the MFN (and as its public code runs).
+
+        Slow; it is the reference the vectorized :meth:`forward` is tested and benchmarked against. A modality's
+        state stays at zero until its first real step (front padding) and all along when it is missing; the
+        memory is held at steps where no modality is real.
+        """
+        weights = {m: (self.lstm[m].weight_ih_l0, self.lstm[m].weight_hh_l0, self.lstm[m].bias_ih_l0,
+                       self.lstm[m].bias_hh_l0) for m in self.names}
+        B, T = steps[self.names[0]].shape
+        h = {m: x[m].new_zeros(B, self.lstm[m].hidden_size) for m in self.names}
+        c = {m: x[m].new_zeros(B, self.lstm[m].hidden_size) for m in self.names}
+        u = x[self.names[0]].new_zeros(B, self.memory)
+        for t in range(T):
+            c_prev = torch.cat([c[m] for m in self.names], -1)
+            for m in self.names:
+                real = steps[m][:, t].unsqueeze(-1).to(x[m].dtype)
+                h_new, c_new = torch.lstm_cell(x[m][:, t], (h[m], c[m]), *weights[m])
+                h[m], c[m] = real * h_new + (1 - real) * h[m], real * c_new + (1 - real) * c[m]
+            c_star = torch.cat([c_prev] + [c[m] for m in self.names], -1)
+            c_hat = torch.softmax(self.attention(c_star), -1) * c_star
+            u_hat = torch.tanh(self.propose(c_hat))
+            both = torch.cat([c_hat, u], -1)
+            u_new = torch.sigmoid(self.gate1(both)) * u + torch.sigmoid(self.gate2(both)) * u_hat
+            active = torch.stack([steps[m][:, t] for m in self.names], -1).any(-1, keepdim=True).to(u.dtype)
+            u = active * u_new + (1 - active) * u
+        return torch.cat([h[m] for m in self.names] + [u], -1)
