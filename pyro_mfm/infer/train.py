@@ -339,11 +339,10 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                 break
             if tc.patience and run.bad_epochs >= tc.patience:
                 break
-    if result.interrupted:  # the model as it stands, matching last.pt
-        pass
-    elif out_dir is not None and dist.main and (out_dir / "best.pt").exists():
+    # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch
+    if not result.interrupted and out_dir is not None and dist.main and (out_dir / "best.pt").exists():
         mfm.load_state_dict(read_checkpoint(out_dir / "best.pt")["model"])
-    elif out_dir is None and run.best["epoch"] >= 0:
+    elif not result.interrupted and out_dir is None and run.best["epoch"] >= 0:
         mfm.load_state_dict(best_state)
     mfm.eval()
     return result
