@@ -172,7 +172,8 @@ def test_divergence_skip_drops_the_step_and_goes_on(data, tmp_path, monkeypatch)
 
 def test_a_nan_objective_everywhere_stops_with_a_clear_error(data, tmp_path, monkeypatch):
     monkeypatch.setattr(Objective, "__call__", lambda self, b: sum(p.sum() for p in self.mfm.parameters()) * np.nan)
-    with pytest.raises(DivergenceError, match="every step of epoch 1"):
+    with pytest.raises(DivergenceError, match="every step of epoch 1"), \
+            pytest.warns(RuntimeWarning, match="non-finite loss at epoch 1, step"):
         fit(Config().override(TINY + ["train.on_divergence='skip'"]), data)
 
 

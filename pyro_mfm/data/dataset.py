@@ -392,9 +392,10 @@ def from_arrays(
     present = {m: np.asarray(p, bool) for m, p in (present or {}).items()}
     feats = {}
     for m, v in features.items():
-        v = v.astype(np.float32)
-        if m in present:
-            v = v * present[m].reshape((-1,) + (1,) * (v.ndim - 1))
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which validation reports with its place
+            v = v.astype(np.float32)
+        if m in present:  # whatever a missing sample holds is irrelevant: it is stored as zeros
+            v = np.where(present[m].reshape((-1,) + (1,) * (v.ndim - 1)), v, np.float32(0))
         feats[m] = v
     if split is None:
         assignment = {"train": np.arange(n)}

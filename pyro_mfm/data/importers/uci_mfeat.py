@@ -10,6 +10,7 @@ with ``numpy.random.default_rng(seed)`` one class at a time in class order; samp
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def read_view(path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"file {path}: does not exist")
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        with warnings.catch_warnings():  # an empty file is reported below, as a DataError naming it
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except ValueError as e:
         raise DataError(f"file {path}: not a numeric CSV with a header row ({e})") from None
     if table.shape[1] < 2 or len(table) == 0:
