@@ -194,10 +194,8 @@ class MFM(nn.Module):
         return compute() if x is not None else self._remember("h", batch.x, compute)
 
     def _input_mask(self, batch: Batch, m: str):
-        present = batch.present[m]
-        if self.schema[m].is_sequence:
-            return (batch.steps[m] & present[:, None]).unsqueeze(-1).to(batch.x[m].dtype)
-        return present.unsqueeze(-1).to(batch.x[m].dtype)
+        real = self.steps(batch, m) if self.schema[m].is_sequence else batch.present[m]
+        return real.unsqueeze(-1).to(batch.x[m].dtype)
 
     def posterior_z_y(self, batch: Batch, h=None) -> dist.MultivariateNormal:
         """q(z_y | observed modalities [, y]).

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.dataset import MultimodalDataset
+from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
 from .predict import impute, predict
@@ -50,15 +51,11 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
 
 def mean_imputation_baseline(train: MultimodalDataset, ds: MultimodalDataset) -> dict:
     """Imputation MSE of the training mean of each feature (the baseline any imputation must beat)."""
+    mean = feature_statistics(train).mean  # over observed samples and real steps
     out = {}
-    for s in ds.schema.modalities:
-        m = s.name
-        w_train = _truth_weight(train, m)
-        x_train = np.asarray(train.features[m], float)
-        wt = w_train.reshape(w_train.shape + (1,) * (x_train.ndim - w_train.ndim))
-        mean = (x_train * wt).sum(axis=tuple(range(x_train.ndim - 1))) / wt.sum()
+    for m in ds.schema.names:
         x = np.asarray(ds.features[m], float)
-        out[m] = imputation_metrics(x, np.broadcast_to(mean, x.shape), _truth_weight(ds, m))
+        out[m] = imputation_metrics(x, np.broadcast_to(mean[m], x.shape), _truth_weight(ds, m))
     return out
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+# one implementation of each, shared with the reliability diagram and interval plot of the report
+from ..plots.calibration import expected_calibration_error, interval_coverage  # noqa: F401
+
 # Direction of each metric for model selection: True when larger is better.
 HIGHER_IS_BETTER = {
     "accuracy": True, "macro_f1": True, "weighted_f1": True, "corr": True, "acc2_has0": True, "acc2_non0": True,
@@ -52,21 +55,6 @@ def sentiment_metrics(y_true, y_pred) -> dict:
     return out
 
 
-def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
-    """ECE of the top-class confidence: sum over equal-width bins of |accuracy - confidence| weighted by mass."""
-    probs = np.asarray(probs, float)
-    labels = np.asarray(labels)
-    conf = probs.max(-1)
-    correct = probs.argmax(-1) == labels
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
-
-
 def classification_metrics(y_true, probs) -> dict:
     """Accuracy, macro and weighted F1, and expected calibration error from class probabilities ``(N, K)``."""
     y_true = np.asarray(y_true)
@@ -87,11 +75,6 @@ def multilabel_metrics(y_true, probs) -> dict:
         "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
     }
-
-
-def interval_coverage(y_true, lower, upper) -> float:
-    y_true = np.asarray(y_true, float).reshape(np.shape(lower))
-    return float(np.mean((y_true >= lower) & (y_true <= upper)))
 
 
 def imputation_metrics(x_true, x_imputed, weight) -> dict:
