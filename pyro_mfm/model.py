@@ -122,28 +122,32 @@ class MFM(nn.Module):
         return {s.name: s.dim for s in self.schema.modalities}
 
     # ------------------------------------------------------------------ the generative story
-    def model(self, batch: Batch):
+    def model(self, batch: Batch, means: bool = True):
         """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y). Absent ``batch.x[m]``/``batch.y`` are sampled.
 
         A missing modality's z_a,m is masked out with its x_m: a leaf of the graph, integrated out exactly.
+        ``means`` records the deterministic sites ``x_<m>_mean`` and ``y_point`` that prediction reads (the
+        training objectives, which have no use for them, pass ``False``).
         """
         with pyro.plate("data", len(batch)):
             f_y = self.G_y(pyro.sample("z_y", self.prior_z_y())) if self.shared else None
             f_a = {}
             for m in self.names:
-                if self.private:
-                    with poutine.mask(mask=batch.present[m]):
+                with poutine.mask(mask=batch.present.get(m, True)):  # where x_m is missing, z_a,m and x_m are leaves
+                    if self.private:
                         z_a = pyro.sample(f"z_a_{m}", dist.Normal(0.0, 1.0).expand([self.z_a_dim[m]]).to_event(1))
-                    f_a[m] = self.G[m](z_a)
-                if self.generative:
-                    loc = self.F[m](torch.cat([f for f in (f_y, f_a.get(m)) if f is not None], dim=-1))
-                    p_x = self.p_x[m].distribution(loc, batch.present.get(m), batch.steps.get(m))
-                    pyro.deterministic(f"x_{m}_mean", p_x.mean, event_dim=len(self.schema[m].shape))
-                    with poutine.scale(scale=self.lambda_x[m]):
-                        pyro.sample(f"x_{m}", p_x, obs=batch.x.get(m))
+                        f_a[m] = self.G[m](z_a)
+                    if self.generative:
+                        loc = self.F[m](torch.cat([f for f in (f_y, f_a.get(m)) if f is not None], dim=-1))
+                        p_x = self.p_x[m].distribution(loc, steps=batch.steps.get(m))
+                        if means:
+                            pyro.deterministic(f"x_{m}_mean", p_x.mean, event_dim=len(self.schema[m].shape))
+                        with poutine.scale(scale=self.lambda_x[m]):
+                            pyro.sample(f"x_{m}", p_x, obs=batch.x.get(m))
             if self.D is not None:
                 p_y = self.D.distribution(self._label_input(f_y, f_a))
-                pyro.deterministic("y_point", self.D.point(p_y), event_dim=1)
+                if means:
+                    pyro.deterministic("y_point", self.D.point(p_y), event_dim=1)
                 if batch.y_present is not None:
                     p_y = p_y.mask(batch.y_present)
                 with poutine.scale(scale=self.config.lambda_y):

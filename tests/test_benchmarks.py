@@ -25,8 +25,8 @@ def test_quick_benchmark_prints_every_table_and_the_equalities_hold():
     for heading in ("## 1. Pyro overhead", "## 2. Training throughput", "## 3. Prediction and imputation",
                     "## 4. Scaling"):
         assert heading in text
-    assert "| UCI vectors | Pyro objective (library) |" in text
-    assert "| MOSI sequences (wae) | plain PyTorch |" in text
+    assert "| UCI vectors | Pyro objective (library), validation off |" in text
+    assert "| MOSI sequences (wae) | plain PyTorch, validation on |" in text
     assert text.count("relative difference") == 4
     assert "ALL EQUALITY CHECKS PASSED" in text
 

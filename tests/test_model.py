@@ -117,7 +117,7 @@ def test_fixed_scale_and_lambda_x_scale_the_site():
     batch = data["train"].batch(np.arange(8))
     tr = poutine.trace(poutine.replay(mfm.model, trace=poutine.trace(mfm.guide).get_trace(batch))).get_trace(batch)
     assert tr.nodes["x_a"]["scale"] == 0.25 and tr.nodes["x_b"]["scale"] == 1.0
-    scale = tr.nodes["x_a"]["fn"].base_dist.base_dist.scale
+    scale = tr.nodes["x_a"]["fn"].base_dist.scale
     assert torch.allclose(scale, 0.5 * mfm.p_x["a"].std.expand_as(scale))
 
 
@@ -128,6 +128,8 @@ def test_config_errors_name_the_key(tmp_path):
         Config().override(["epochs=3"])
     with pytest.raises(ConfigError, match="model.x_scale"):
         Config().override(["model.x_scale='wild'"])
+    with pytest.raises(ConfigError, match="train.validate = 'never': expected 'first' or 'always'"):
+        Config().override(["train.validate='never'"])
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -5,10 +5,18 @@ minibatch MMD between the codes and the prior N(0, I)); plus the surrogate's MSE
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.distributions.util import scale_and_mask
+from torch.distributions import kl_divergence
 
 from ..config import ConfigError
 from ..data.dataset import Batch
@@ -29,6 +37,77 @@ class scale_latents(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.beta * msg["scale"]
+
+
+class MeanFieldELBO(TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO``, evaluating only the terms it adds up.
+
+    ``TraceMeanField_ELBO`` first computes the log density of every model site and the score parts of every guide
+    site, then, for each latent site whose KL to the prior is analytic, uses neither; and it turns the loss into a
+    Python float twice a step (a device synchronisation on a GPU). This subclass computes the observed sites' log
+    densities, the analytic KL where one is registered, and a latent site's log densities only where none is (the
+    same Monte Carlo fallback); ``pyro.deterministic`` sites (log density 0) are skipped; the loss stays a tensor.
+    Its value and gradients are ``TraceMeanField_ELBO``'s (``tests/test_objective.py``); Pyro's validation checks
+    run when validation is enabled.
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace),
+                                    graph_type="flat").get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        if is_validation_enabled():
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":  # Pyro's check, on the shape a log density would have
+                        fn, value = site["fn"], site["value"]
+                        shape = torch.broadcast_shapes(fn.batch_shape, value.shape[:value.dim() - len(fn.event_shape)])
+                        check_site_shape({**site, "log_prob": value.new_empty(()).expand(shape)}, self.max_plate_nesting)
+            _check_mean_field_requirement(model_trace, guide_trace)
+        return model_trace, guide_trace
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        model_trace.compute_log_prob(lambda name, site: site["is_observed"] and not site["infer"].get("_deterministic"))
+        elbo = 0.0
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site["infer"].get("_deterministic"):
+                continue
+            if site["is_observed"]:
+                elbo = elbo + site["log_prob_sum"]
+                continue
+            q = guide_trace.nodes[name]
+            try:
+                kl = kl_divergence(q["fn"], site["fn"])
+            except NotImplementedError:  # Monte Carlo: log p(z) - log q(z) at the guide's draw
+                model_trace.compute_log_prob(lambda n, _: n == name)
+                guide_trace.compute_score_parts()
+                elbo = elbo + site["log_prob_sum"] - q["score_parts"].entropy_term.sum()
+                continue
+            kl = scale_and_mask(kl, scale=q["scale"], mask=q["mask"])
+            elbo = elbo - (kl.sum() if torch.is_tensor(kl) else kl * q["fn"].batch_shape.numel())
+        for name, q in guide_trace.nodes.items():  # auxiliary guide sites
+            if q["type"] == "sample" and name not in model_trace.nodes:
+                guide_trace.compute_score_parts()
+                elbo = elbo - q["score_parts"].entropy_term.sum()
+        return None, -elbo
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
 
 
 def kernel(x, y, kind: str = "gaussian", scale: float = 0.0):
@@ -73,7 +152,7 @@ class Objective:
 
     def __init__(self, mfm: MFM):
         cfg = mfm.config
-        elbo_cls = TraceMeanField_ELBO if cfg.analytic_kl else Trace_ELBO
+        elbo_cls = MeanFieldELBO if cfg.analytic_kl else Trace_ELBO
         self.elbo = elbo_cls(num_particles=cfg.num_particles, vectorize_particles=cfg.num_particles > 1,
                              max_plate_nesting=1)
         self.mfm = mfm
@@ -100,10 +179,9 @@ class Objective:
 
     def elbo_loss(self, batch: Batch, beta: float) -> torch.Tensor:
         """-ELBO_beta(batch) + alpha * discriminative_loss(batch), summed over the batch."""
-        if beta == 1.0:
-            model, guide = self.mfm.model, self.mfm.guide
-        else:
-            model, guide = scale_latents(beta)(self.mfm.model), scale_latents(beta)(self.mfm.guide)
+        model, guide = partial(self.mfm.model, means=False), self.mfm.guide
+        if beta != 1.0:
+            model, guide = scale_latents(beta)(model), scale_latents(beta)(guide)
         with self.mfm.shared_features():  # the discriminative term reuses the guide's encoder features
             loss = self.elbo.differentiable_loss(model, guide, batch)
             if self.alpha:
@@ -113,7 +191,7 @@ class Objective:
     def wae_loss(self, batch: Batch, beta: float) -> torch.Tensor:
         """-log-likelihood of the observed sites at the codes + len(batch) * beta * weighted MMDs."""
         guide_tr = poutine.trace(self.mfm.guide).get_trace(batch)
-        model_tr = poutine.trace(poutine.replay(self.mfm.model, trace=guide_tr)).get_trace(batch)
+        model_tr = poutine.trace(poutine.replay(self.mfm.model, trace=guide_tr)).get_trace(batch, means=False)
         model_tr.compute_log_prob()
         loss = -sum(site["log_prob_sum"] for site in model_tr.nodes.values()
                     if site["type"] == "sample" and site["is_observed"])

@@ -260,6 +260,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     n, size = len(train), tc.batch_size
     steps_per_epoch = math.ceil(n / size)
     params, named = list(mfm.parameters()), list(mfm.named_parameters())
+    validated = False  # see train.validate
     with StopRequested() as stop:
         while run.epoch < tc.epochs:
             epoch = run.epoch
@@ -278,7 +279,9 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                     batch = (drop_modalities(batch, tc.modality_dropout, dropper, torch.as_tensor(rows), len(idx))
                              if dist.enabled else drop_modalities(batch, tc.modality_dropout, dropper))
                     optimizer.zero_grad()
-                    loss, norm, error = _step(loss_fn, batch, len(idx), params, tc.clip_norm, dist, device)
+                    with pyro.validation_enabled(tc.validate == "always" or not validated):
+                        loss, norm, error = _step(loss_fn, batch, len(idx), params, tc.clip_norm, dist, device)
+                    validated = True
                     if error is not None or not (is_finite(loss) and is_finite(norm)):
                         found = ([f"the objective raised {type(error).__name__}: {str(error).splitlines()[0]}"] if error is not None else []) + diagnose(
                             mfm, batch, named)

@@ -1,0 +1,121 @@
+"""MeanFieldELBO: the value and gradients of Pyro's TraceMeanField_ELBO, computed with fewer terms."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from pyro_mfm.config import ModelConfig
+from pyro_mfm.data import LinearGaussianMFM
+from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.infer.objective import MeanFieldELBO, scale_latents
+from pyro_mfm.model import MFM
+
+
+def mfm_and_batch(label="categorical"):
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4, "s": (5, 2)}, z_y_dim=2, label=label, num_classes=3, seed=1)
+    data = gen.sample({"train": 48}, missing=0.3, seed=1)
+    cfg = ModelConfig(z_y_dim=3, z_a_dim=2, f_y_dim=8, f_a_dim=4, hidden=16)
+    mfm = MFM(data.schema, cfg, feature_statistics(data["train"]))
+    batch = data["train"].batch(np.arange(48))
+    batch.y_present[::4] = False
+    return mfm.eval(), batch
+
+
+def loss_and_grads(elbo, model, guide, params, *args, seed=5):
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(model, guide, *args)
+    return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+
+def assert_same(a, b):
+    # float32, the same terms added in the same order: equal to rounding
+    torch.testing.assert_close(a[0], b[0], rtol=1e-6, atol=1e-6)
+    for ga, gb in zip(a[1], b[1]):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("label", ["categorical", "regression"])
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_equals_trace_mean_field_elbo_on_the_mfm(label, beta):
+    """Same draws, same value, same gradient for every parameter; also with the KL warm-up's scaled latents."""
+    mfm, batch = mfm_and_batch(label)
+    model, guide = scale_latents(beta)(mfm.model), scale_latents(beta)(mfm.guide)
+    params = list(mfm.parameters())
+    ours = loss_and_grads(MeanFieldELBO(max_plate_nesting=1), model, guide, params, batch)
+    pyros = loss_and_grads(TraceMeanField_ELBO(max_plate_nesting=1), model, guide, params, batch)
+    assert_same(ours, pyros)
+    assert sum(float(g.abs().sum()) for g in ours[1] if g is not None) > 0
+
+
+def test_vectorized_particles_equal_pyros():
+    mfm, batch = mfm_and_batch()
+    params = list(mfm.parameters())
+    kw = dict(max_plate_nesting=1, num_particles=4, vectorize_particles=True)
+    assert_same(loss_and_grads(MeanFieldELBO(**kw), mfm.model, mfm.guide, params, batch),
+                loss_and_grads(TraceMeanField_ELBO(**kw), mfm.model, mfm.guide, params, batch))
+
+
+def test_latent_without_analytic_kl_falls_back_to_monte_carlo_like_pyro():
+    """No KL(Normal || Gamma) is registered: both estimate log p(z) - log q(z) at the guide's draw."""
+    loc = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    data = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+
+    def model(x):
+        rate = pyro.sample("rate", dist.Gamma(torch.tensor(2.0, dtype=torch.float64), 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Exponential(rate), obs=x)
+
+    def guide(x):
+        pyro.sample("rate", dist.LogNormal(loc, 0.3))
+
+    elbo_args = dict(max_plate_nesting=1)
+    assert_same(loss_and_grads(MeanFieldELBO(**elbo_args), model, guide, [loc], data),
+                loss_and_grads(TraceMeanField_ELBO(**elbo_args), model, guide, [loc], data))
+
+
+def test_validation_still_rejects_a_site_whose_shape_misses_its_plate():
+    """A vector site outside every plate (a forgotten ``to_event``) is Pyro's shape error with both."""
+    loc = torch.zeros(2, requires_grad=True)
+
+    def model(x):
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand([3]), obs=x)
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]))
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(loc.sum(), 1.0).expand([3]))
+
+    for elbo in (MeanFieldELBO(max_plate_nesting=1), TraceMeanField_ELBO(max_plate_nesting=1)):
+        with pyro.validation_enabled(True), pytest.raises(ValueError, match="invalid log_prob shape"):
+            elbo.differentiable_loss(model, guide, torch.zeros(3))
+
+
+@pytest.mark.parametrize("validate, expected", [("first", [True, False, False, False]), ("always", [True] * 4)])
+def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, expected):
+    """``train.validate``: Pyro's and torch's distribution checks on the first training step, or on every one."""
+    from pyro.infer.util import is_validation_enabled
+
+    from pyro_mfm.config import Config
+    from pyro_mfm.infer import fit
+    from pyro_mfm.infer.objective import Objective
+
+    seen, call = [], Objective.__call__
+
+    def spy(self, batch):
+        if torch.is_grad_enabled():  # training steps (validation scores run without gradients)
+            seen.append(is_validation_enabled())
+        return call(self, batch)
+
+    monkeypatch.setattr(Objective, "__call__", spy)
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=0)
+    data = gen.sample({"train": 64, "valid": 16}, seed=0)
+    fit(Config().override(["train.progress=False", "model.hidden=8", "train.epochs=2", "train.batch_size=32",
+                           "train.valid_samples=2", f"train.validate='{validate}'"]), data)
+    assert seen == expected
+    assert is_validation_enabled()  # restored after training
