@@ -53,6 +53,12 @@ class ModelConfig:
         x_fixed_scale: the fixed scale, in units of each feature's training standard deviation.
         lambda_x: weight of each modality's likelihood (the paper's lambda_x; a float or a table modality -> float),
             applied with ``poutine.scale``.
+        x_reduction: how a sample's log density of x_m enters the objective: ``"sum"`` over its real steps and
+            features (the likelihood of the data), or ``"mean"``, divided by the number of elements of x_m (T x d or
+            d): the paper's mean squared error when ``x_scale = "fixed"`` and ``x_fixed_scale`` = sqrt(1/2), whose
+            log density is minus the squared error (standardised units) plus a constant.
+        label_scale: scale of a ``normal`` or ``laplace`` label likelihood in the label's units (0: learned per
+            output); 1 with ``laplace`` is the paper's L1 loss, |y - D(f_y)| + log 2.
         lambda_y: weight of the label likelihood.
         alpha: weight of the discriminative term (label likelihood of the guide's mean code, as the ss-VAE's
             auxiliary loss); 0 turns it off.
@@ -94,6 +100,8 @@ class ModelConfig:
     x_scale: str = "learned"
     x_fixed_scale: float = 1.0
     lambda_x: Any = 1.0
+    x_reduction: str = "sum"
+    label_scale: float = 0.0
     lambda_y: float = 1.0
     alpha: float = 1.0
     objective: str = "elbo"
@@ -124,6 +132,7 @@ class ModelConfig:
         choices = {
             "label_likelihood": ("auto", "normal", "laplace", "categorical", "bernoulli"),
             "x_scale": ("learned", "fixed"),
+            "x_reduction": ("sum", "mean"),
             "objective": ("elbo", "wae"),
             "sequence_net": ("mlp", "lstm"),
             "fusion": ("poe", "mfn"),

@@ -58,9 +58,11 @@ class FeatureLikelihood(nn.Module):
 
 
 class LabelLikelihood(nn.Module):
-    """D: f_y -> p(y | f_y): Normal or Laplace regression, Categorical, or independent Bernoulli labels."""
+    """D: f_y -> p(y | f_y): Normal or Laplace regression (scale learned per output, or ``fixed_scale`` in the
+    label's units), Categorical, or independent Bernoulli labels."""
 
-    def __init__(self, label: LabelSpec, kind: str, f_dim: int, hidden: int, mean, std, dropout: float = 0.0):
+    def __init__(self, label: LabelSpec, kind: str, f_dim: int, hidden: int, mean, std, dropout: float = 0.0,
+                 fixed_scale: float = 0.0):
         super().__init__()
         if kind == "auto":
             kind = {"regression": "normal", "categorical": "categorical", "multilabel": "bernoulli"}[label.kind]
@@ -74,8 +76,15 @@ class LabelLikelihood(nn.Module):
         self.head = mlp([f_dim, hidden, label.dim], dropout)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        if kind in ("normal", "laplace"):
+        self.fixed_scale = float(fixed_scale)
+        if kind in ("normal", "laplace") and not self.fixed_scale:
             self.raw_scale = nn.Parameter(torch.full((label.dim,), _inverse_softplus(0.5)))
+
+    def scale(self):
+        """The Normal or Laplace label likelihood's scale per output, in the label's units."""
+        if self.fixed_scale:
+            return torch.full_like(self.std, self.fixed_scale)
+        return self.std * (softplus(self.raw_scale) + 1e-3)
 
     @property
     def encoded_dim(self) -> int:
@@ -100,7 +109,7 @@ class LabelLikelihood(nn.Module):
         if self.kind == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
         loc = self.mean + self.std * out
-        scale = (self.std * (softplus(self.raw_scale) + 1e-3)).expand_as(loc)
+        scale = self.scale().expand_as(loc)
         base = dist.Normal(loc, scale) if self.kind == "normal" else dist.Laplace(loc, scale)
         return base.to_event(1)
 

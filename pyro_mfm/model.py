@@ -32,6 +32,7 @@ z_a,m (every decoder reads f_y alone), or no decoders at all.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import pyro
@@ -68,6 +69,9 @@ class MFM(nn.Module):
         f_a = config.per_modality("f_a_dim", self.names)
         lstm_h = config.per_modality("lstm_hidden", self.names)
         self.lambda_x = config.per_modality("lambda_x", self.names)
+        # the scale of x_m's log density: lambda_x, per element of x_m with x_reduction = "mean"
+        self.x_weight = {s.name: self.lambda_x[s.name] / (math.prod(s.shape) if config.x_reduction == "mean" else 1)
+                         for s in schema.modalities}
         self.z_a_dim = z_a
         self.shared = config.ablation != "no_shared"  # the model has z_y
         self.private = config.ablation in ("none", "no_shared")  # the model has z_a,m
@@ -93,7 +97,7 @@ class MFM(nn.Module):
         if schema.label is not None:
             label_in = config.f_y_dim if self.shared else sum(f_a.values())
             self.D = LabelLikelihood(schema.label, config.label_likelihood, label_in, h,
-                                     stats.label_mean, stats.label_std, p)
+                                     stats.label_mean, stats.label_std, p, config.label_scale)
         # inference networks
         self.trunk = nn.ModuleDict(
             {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], p) for s in schema.modalities}
@@ -142,7 +146,7 @@ class MFM(nn.Module):
                         p_x = self.p_x[m].distribution(loc, steps=batch.steps.get(m))
                         if means:
                             pyro.deterministic(f"x_{m}_mean", p_x.mean, event_dim=len(self.schema[m].shape))
-                        with poutine.scale(scale=self.lambda_x[m]):
+                        with poutine.scale(scale=self.x_weight[m]):
                             pyro.sample(f"x_{m}", p_x, obs=batch.x.get(m))
             if self.D is not None:
                 p_y = self.D.distribution(self._label_input(f_y, f_a))

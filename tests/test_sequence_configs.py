@@ -62,6 +62,34 @@ def test_paper_mosi_configuration_holds_the_authors_sizes():
     assert m.label_likelihood == "laplace"
 
 
+@pytest.mark.parametrize("name", ["mfm-paper-mosi", "mfm-mmsa-mosi"])
+def test_mosi_configurations_weigh_mean_squared_errors_and_the_l1_loss_as_the_paper(name):
+    """The authors' loss: lambda_x,m * the mean over x_m's T x d elements of the squared (standardised) error, plus
+    |y - y_hat|. As likelihood terms: the weighted negative log densities equal these plus constants."""
+    from pyro import poutine
+
+    cfg = Config.load(MODELS / f"{name}.toml")
+    data = mosi_like()
+    pyro.set_rng_seed(0)
+    mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"])).eval()
+    b = data["train"][np.arange(16)]
+    tr = poutine.trace(poutine.replay(mfm.model, trace=poutine.trace(mfm.guide).get_trace(b))).get_trace(b)
+    rng = np.random.default_rng(1)
+    for m, d in (("text", 300), ("audio", 5), ("vision", 20)):
+        site, p = tr.nodes[f"x_{m}"], mfm.p_x[m]
+        assert site["scale"] == pytest.approx(cfg.model.lambda_x[m] / (20 * d))
+
+        def neg_log_p_minus_squared_error(x):
+            se = (((x - site["fn"].mean) / p.std) ** 2 * b.steps[m].unsqueeze(-1)).sum((-2, -1))
+            return -site["fn"].log_prob(x) - se
+
+        other = b.x[m] + torch.as_tensor(rng.standard_normal(b.x[m].shape), dtype=torch.float32)
+        torch.testing.assert_close(neg_log_p_minus_squared_error(b.x[m]), neg_log_p_minus_squared_error(other))
+    y_site = tr.nodes["y"]
+    torch.testing.assert_close(-y_site["fn"].log_prob(b.y), (b.y - y_site["fn"].mean).abs().sum(-1) + np.log(2.0))
+    assert not any(n.startswith("D.raw_scale") for n, _ in mfm.named_parameters())
+
+
 @pytest.mark.parametrize("ablation", ["no_shared", "shared_only", "discriminative"])
 def test_pom_configuration_ablations_are_one_flag_away(ablation):
     extra = ["model.fusion='poe'"] if ablation == "no_shared" else []  # the MFN encodes z_y, which it removes

@@ -73,7 +73,6 @@ class MemoryFusion(nn.Module):
         forget = torch.cat([f for f, _ in gates], -1)
         write = torch.cat([w for _, w in gates], -1)
         mask = torch.cat([mk.expand_as(f) for mk, (f, _) in zip(masks, gates)], -1)
-        active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1).to(forget.dtype)
         B, T, C = forget.shape
         c, cs = forget.new_zeros(B, C), []
         for t in range(T):
