@@ -92,3 +92,21 @@ def peak_memory(fn, device) -> str:
         return f"{(peak - before) / 2**20:.1f} MiB GPU (+{before / 2**20:.0f} resident)"
     fn()
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process peak)"
+
+
+# the kernels of matrix products: plain and batched products, and the CPU's fused LSTM layers (whose work is the
+# input and recurrent products, with the gate nonlinearities folded in)
+MATMUL_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_rnn_layer",
+                  "aten::mkldnn_rnn_layer_backward")
+
+
+def matmul_ms(fn, reps: int = 5) -> float:
+    """CPU milliseconds per call spent in matrix-product kernels (``torch.profiler``, self time, after one warm-up
+    call): work that any implementation of the same networks does, so a bound on what removing the rest can gain."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_KERNELS) / reps / 1e3
