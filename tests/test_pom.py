@@ -54,7 +54,7 @@ def test_every_observed_subset_evaluates(pom):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hidden, observed", [("audio", "video"), ("video", "audio")])
-def test_imputed_sequences_have_shape_respect_padding_and_beat_the_training_mean(pom, hidden, observed):
+def test_imputed_sequences_have_shape_respect_padding_and_beat_or_match_the_training_mean(pom, hidden, observed):
     data, mfm = pom
     test = data["test"]
     imp = impute(mfm, test, [observed], num_samples=100)
@@ -66,8 +66,15 @@ def test_imputed_sequences_have_shape_respect_padding_and_beat_the_training_mean
     # the observed modality passes through unchanged where it was recorded
     seen = test.present[observed]
     np.testing.assert_array_equal(imp.mean[observed][seen], np.asarray(test.features[observed])[seen])
-    if hidden == "audio":  # video is close to unpredictable from audio on POM: the model only matches its mean
-        real = test.steps[hidden] & recorded[:, None]
-        mse = float(((imp.mean[hidden] - x) ** 2)[real].mean())
-        baseline = mean_imputation_baseline(data["train"], test)[hidden]["mse"]
+    real = test.steps[hidden] & recorded[:, None]
+    mse = float(((imp.mean[hidden] - x) ** 2)[real].mean())
+    baseline = mean_imputation_baseline(data["train"], test)[hidden]["mse"]
+    if hidden == "audio":  # mostly by the per-step means, which the per-feature mean cannot represent
         assert mse < baseline, (mse, baseline)
+    else:
+        # Video is not predictable from audio on POM: ridge regressions and nearest neighbours on audio summaries
+        # never beat the training mean on validation, the model's imputations hardly vary across samples, and one
+        # test sample makes 45% of the mean's squared error, so a tie with the mean falls either way (the model is
+        # 0.1-0.6% above it over seeds and epochs). It must match the mean: decoder means off it by 0.2 standard
+        # deviations per feature (random signs) raise the MSE by 2.6% in the median.
+        assert mse < 1.02 * baseline, (mse, baseline)
