@@ -1,9 +1,10 @@
 """POM test MAE and correlation (mean over the 17 ratings) of the MFM trained with ``elbo`` and ``wae``, with both
-modalities observed and with one missing, next to a ridge regression on time-averaged features.
+modalities observed and with one missing, next to a ridge regression on time-averaged features; and the imputation
+MSE of each modality from the other, next to the training mean per feature and per (step, feature).
 
     python inference/pom_comparison.py [CONFIG] [--set table.key=value ...]
 
-Default configuration: ``models/mfm-pom.toml`` (data at ``../shared/datasets/pom``). Prints a Markdown table.
+Default configuration: ``models/mfm-pom.toml`` (data at ``../shared/datasets/pom``). Prints two Markdown tables.
 """
 
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 
 from pyro_mfm.config import Config
 from pyro_mfm.infer import fit, predict
+from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
 from pyro_mfm.infer.job import load_data
 from pyro_mfm.infer.metrics import regression_metrics
 
@@ -50,12 +52,19 @@ def main(argv):
     base = Config.load(path, ["train.progress=False"] + overrides)
     data = load_data(base)
     test, y = data["test"], np.asarray(data["test"].labels)
-    rows = {}
+    rows, imputed = {}, {}
     for objective in ("elbo", "wae"):
         mfm = fit(base.override([f"model.objective='{objective}'"]), data).mfm
         for label, observed in SUBSETS.items():
             pred = predict(mfm, test, observed, num_samples=base.evaluate.num_samples, keep_samples=False)
             rows.setdefault(label, {})[f"MFM {objective}"] = regression_metrics(y, pred.point)
+        for rec in evaluate(mfm, test, [["video"], ["audio"]], num_samples=2,
+                            impute_samples=base.evaluate.num_samples, progress=False):
+            for m, v in rec["imputation"].items():
+                imputed.setdefault(m, {})[f"MFM {objective}"] = v["mse"]
+    for per_step, name in ((False, "training mean per feature"), (True, "training mean per (step, feature)")):
+        for m, v in mean_imputation_baseline(data["train"], test, per_step).items():
+            imputed[m][name] = v["mse"]
     for label, observed in SUBSETS.items():
         rows[label]["ridge (time-averaged)"] = regression_metrics(y, ridge(data, observed))
     mean = np.asarray(data["train"].labels).mean(0)
@@ -63,6 +72,9 @@ def main(argv):
     for label, models in rows.items():
         lines += [f"| {label} | {name} | {r['mae']:.4f} | {r['corr']:.4f} |" for name, r in models.items()]
     lines.append(f"| - | training mean per rating | {np.abs(y - mean).mean():.4f} | - |")
+    lines += ["", "| imputed (from the other) | imputation | test MSE (real steps) |", "|---|---|---|"]
+    for m, models in imputed.items():
+        lines += [f"| {m} | {name} | {mse:.5f} |" for name, mse in models.items()]
     print("\n".join(lines))
 
 

@@ -44,3 +44,24 @@ def test_imputation_metrics_score_only_held_out_real_steps():
     m = imputation_metrics(x, imputed, steps)
     assert m["mse"] == pytest.approx(0.25) and m["corr"] == pytest.approx(1.0) and m["n"] == 30
     assert imputation_metrics(x, imputed, np.zeros((30, 4), bool))["n"] == 0
+
+
+def test_per_step_mean_baseline_uses_each_steps_real_training_values():
+    """Sequences whose feature drifts with the step: the per-step mean imputes every real step exactly; the
+    per-feature mean leaves the drift's variance; padding and missing samples are left out of both."""
+    from pyro_mfm.data.dataset import from_arrays
+    from pyro_mfm.infer.evaluate import mean_imputation_baseline
+
+    T, n = 4, 6
+    lengths = np.array([4, 3, 2, 4, 1, 4])
+    steps = np.arange(T)[None] >= (T - lengths)[:, None]  # front padding
+    x = np.broadcast_to(np.arange(T, dtype=float)[None, :, None], (n, T, 1)) * steps[..., None]
+    x = x + 100.0 * ~steps[..., None]  # padding values must never count
+    present = np.array([True, True, True, True, True, False])
+    ds = from_arrays({"s": x * present[:, None, None] + 50.0 * ~present[:, None, None]}, np.zeros(n),
+                     steps={"s": steps}, present={"s": present})["train"]
+    per_step = mean_imputation_baseline(ds, ds, per_step=True)["s"]["mse"]
+    per_feature = mean_imputation_baseline(ds, ds)["s"]["mse"]
+    real = np.arange(T)[None].repeat(n, 0)[steps & present[:, None]].astype(float)
+    assert per_step == pytest.approx(0.0, abs=1e-12)
+    assert per_feature == pytest.approx(real.var())
