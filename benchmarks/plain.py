@@ -36,7 +36,8 @@ def inputs(mfm, batch):
 
 
 def log_lik_x(mfm, m, loc_std, batch):
-    """lambda_x,m (per element with x_reduction = "mean") * log p(x_m | loc), summed over the real steps and features of the samples where m is present."""
+    """lambda_x,m (per element with x_reduction = "mean") * log p(x_m | loc), summed over the real steps and
+    features of the samples where m is present."""
     p = mfm.p_x[m]
     scale = softplus(p.raw_scale) + 1e-3 if p.learned_scale else p.fixed_scale
     lp = td.Normal(p.mean + p.std * loc_std, p.std * scale).log_prob(batch.x[m])
@@ -56,8 +57,7 @@ def log_lik_y(mfm, f_y, y, y_present):
     elif D.kind == "bernoulli":
         lp = td.Bernoulli(logits=out).log_prob(y).sum(-1)
     else:
-        loc = D.mean + D.std * out
-        scale = torch.full_like(D.std, D.fixed_scale) if D.fixed_scale else D.std * (softplus(D.raw_scale) + 1e-3)
+        loc, scale = D.mean + D.std * out, D.scale()
         base = td.Normal if D.kind == "normal" else td.Laplace
         lp = base(loc, scale).log_prob(y).sum(-1)
     return lp * y_present.to(lp.dtype)

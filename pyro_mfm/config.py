@@ -141,6 +141,8 @@ class ModelConfig:
             "missing": ("poe", "surrogate"),
             "ablation": ("none", "no_shared", "shared_only", "discriminative"),
         }
+        if not isinstance(self.label_scale, (int, float)) or self.label_scale < 0:
+            raise ConfigError(f"model.label_scale = {self.label_scale!r}: expected a number >= 0 (0: learned)")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}")

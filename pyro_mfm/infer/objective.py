@@ -9,13 +9,13 @@ from functools import partial
 
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
-from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 
 from ..config import ConfigError
@@ -63,13 +63,14 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":  # Pyro's check, on the shape a log density would have
                         fn, value = site["fn"], site["value"]
-                        shape = torch.broadcast_shapes(fn.batch_shape, value.shape[:value.dim() - len(fn.event_shape)])
-                        check_site_shape({**site, "log_prob": value.new_empty(()).expand(shape)}, self.max_plate_nesting)
+                        batch = value.shape[:value.dim() - len(fn.event_shape)]
+                        log_prob = value.new_empty(()).expand(torch.broadcast_shapes(fn.batch_shape, batch))
+                        check_site_shape({**site, "log_prob": log_prob}, self.max_plate_nesting)
             _check_mean_field_requirement(model_trace, guide_trace)
         return model_trace, guide_trace
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        model_trace.compute_log_prob(lambda name, site: site["is_observed"] and not site["infer"].get("_deterministic"))
+        model_trace.compute_log_prob(lambda _, site: site["is_observed"] and not site["infer"].get("_deterministic"))
         elbo = 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site["infer"].get("_deterministic"):
@@ -106,7 +107,8 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
         return float(loss.detach())
 
 
