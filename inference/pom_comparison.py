@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pyro_mfm.config import Config
-from pyro_mfm.infer import fit, predict
+from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
 from pyro_mfm.infer.job import load_data
 from pyro_mfm.infer.metrics import regression_metrics
@@ -55,12 +55,11 @@ def main(argv):
     rows, imputed = {}, {}
     for objective in ("elbo", "wae"):
         mfm = fit(base.override([f"model.objective='{objective}'"]), data).mfm
-        for label, observed in SUBSETS.items():
-            pred = predict(mfm, test, observed, num_samples=base.evaluate.num_samples, keep_samples=False)
-            rows.setdefault(label, {})[f"MFM {objective}"] = regression_metrics(y, pred.point)
-        for rec in evaluate(mfm, test, [["video"], ["audio"]], num_samples=2,
-                            impute_samples=base.evaluate.num_samples, progress=False):
-            for m, v in rec["imputation"].items():
+        records = evaluate(mfm, test, list(SUBSETS.values()), num_samples=base.evaluate.num_samples,
+                           impute_samples=base.evaluate.num_samples, progress=False)
+        for label, rec in zip(SUBSETS, records):
+            rows.setdefault(label, {})[f"MFM {objective}"] = rec["label"]
+            for m, v in rec.get("imputation", {}).items():
                 imputed.setdefault(m, {})[f"MFM {objective}"] = v["mse"]
     for per_step, name in ((False, "training mean per feature"), (True, "training mean per (step, feature)")):
         for m, v in mean_imputation_baseline(data["train"], test, per_step).items():
