@@ -66,6 +66,12 @@ class ModelConfig:
             ``"wae"`` (the paper's: deterministic codes, -log-likelihood of the observed modalities and label plus
             ``lambda_mmd`` times the minibatch MMD between the codes and N(0, I) for z_y and every z_a,m; ``alpha``
             and ``analytic_kl`` are not used, and z_y is coded from the modalities alone).
+        label_subsets: random subsets of each sample's observed modalities (of uniformly drawn sizes) on which the
+            discriminative term is evaluated as well, each as its own label term, so that the posterior of every
+            subset, single modalities included, is trained to predict the label (0: the observed ones only).
+        label_samples: draws of z_y per discriminative term: 0 scores the label at the posterior mean code (the
+            ss-VAE's auxiliary loss), K > 0 scores the posterior predictive log (1/K) sum_k p(y | z_k), the quantity
+            prediction reports, so that its spread is trained as well as its centre.
         analytic_kl: use TraceMeanField_ELBO (analytic KL of the Gaussian factors) instead of Trace_ELBO.
         num_particles: ELBO particles per step.
         sequence_net: encoder trunk and decoder F_m of sequence modalities: ``"mlp"`` (flattened over the T steps)
@@ -104,6 +110,8 @@ class ModelConfig:
     label_scale: float = 0.0
     lambda_y: float = 1.0
     alpha: float = 1.0
+    label_subsets: int = 0
+    label_samples: int = 0
     objective: str = "elbo"
     analytic_kl: bool = True
     num_particles: int = 1
@@ -162,6 +170,7 @@ class TrainConfig:
         epochs: maximum number of passes over the training split.
         batch_size: samples per step.
         lr: Adam learning rate.
+        weight_decay: decoupled weight decay of every network weight (AdamW; 0: Adam).
         clip_norm: gradient norm clipping (0 turns it off).
         kl_warmup: epochs over which the weight of the KL terms rises linearly from 0 to 1 (0: no warm-up);
             model selection and early stopping only start once it is over.
@@ -185,11 +194,16 @@ class TrainConfig:
             ``"first"`` on the first step of a run, which catches a model or data mistake at once, then off (the
             loop checks every step's loss, gradients and parameters for non-finite values itself, and the checks
             cost about a tenth of a step on small networks); ``"always"`` on every step.
+        calibrate: after training, fit on the validation split (:mod:`pyro_mfm.infer.calibrate`) ``"all"``: how
+            much precision each modality's expert of z_y may claim and the label likelihood's spread; ``"label"``:
+            the label's spread only (point predictions unchanged); ``"none"``. Stored in ``best.pt`` and written to
+            ``calibration.json``.
     """
 
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
+    weight_decay: float = 0.0
     clip_norm: float = 10.0
     kl_warmup: int = 10
     seed: int = 0
@@ -203,6 +217,7 @@ class TrainConfig:
     keep_last: int = 3
     on_divergence: str = "stop"
     validate: str = "first"
+    calibrate: str = "all"
 
 
 @dataclass
@@ -250,6 +265,8 @@ class Config:
         cfg.model.validate()
         if cfg.train.validate not in ("first", "always"):
             raise ConfigError(f"{where}: train.validate = {cfg.train.validate!r}: expected 'first' or 'always'")
+        if cfg.train.calibrate not in ("all", "label", "none"):
+            raise ConfigError(f"{where}: train.calibrate = {cfg.train.calibrate!r}: expected 'all', 'label' or 'none'")
         if cfg.train.on_divergence not in ("stop", "skip"):
             raise ConfigError(f"{where}: train.on_divergence = {cfg.train.on_divergence!r}: expected 'stop' or 'skip'")
         if not isinstance(cfg.train.keep_last, int) or cfg.train.keep_last < 0:

@@ -79,12 +79,16 @@ class LabelLikelihood(nn.Module):
         self.fixed_scale = float(fixed_scale)
         if kind in ("normal", "laplace") and not self.fixed_scale:
             self.raw_scale = nn.Parameter(torch.full((label.dim,), _inverse_softplus(0.5)))
+        # log of the held-out calibration's factor (pyro_mfm.infer.calibrate): on the scale of a Normal or Laplace
+        # label per output, on the logits of a Bernoulli label per output, a temperature of the Categorical's logits;
+        # 0 (no change) in training
+        self.register_buffer("log_temperature", torch.zeros(1 if kind == "categorical" else label.dim))
 
     def scale(self):
         """The Normal or Laplace label likelihood's scale per output, in the label's units."""
         if self.fixed_scale:
-            return torch.full_like(self.std, self.fixed_scale)
-        return self.std * (softplus(self.raw_scale) + 1e-3)
+            return torch.full_like(self.std, self.fixed_scale) * self.log_temperature.exp()
+        return self.std * (softplus(self.raw_scale) + 1e-3) * self.log_temperature.exp()
 
     @property
     def encoded_dim(self) -> int:
@@ -105,9 +109,9 @@ class LabelLikelihood(nn.Module):
     def distribution(self, f_y):
         out = self.head(f_y)
         if self.kind == "categorical":
-            return dist.Categorical(logits=out)
+            return dist.Categorical(logits=out * (-self.log_temperature).exp())
         if self.kind == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
+            return dist.Bernoulli(logits=out * (-self.log_temperature).exp()).to_event(1)
         loc = self.mean + self.std * out
         scale = self.scale().expand_as(loc)
         base = dist.Normal(loc, scale) if self.kind == "normal" else dist.Laplace(loc, scale)

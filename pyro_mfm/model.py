@@ -50,6 +50,20 @@ from .nets import (ExpertEncoder, FactorNet, InformationExpert, MemoryFusion, ma
                    product_of_experts)
 
 
+def _random_subset(batch: Batch) -> Batch:
+    """``batch`` with each sample's observed modalities cut down to a random non-empty subset of them, its size
+    drawn uniformly from 1 to the number observed (so a single modality is as likely as all of them)."""
+    names = list(batch.present)
+    present = torch.stack([batch.present[m] for m in names], -1)
+    count = present.sum(-1, keepdim=True)
+    size = (torch.rand(count.shape, device=present.device) * count).floor().long() + 1
+    keys = torch.where(present, torch.rand(present.shape, device=present.device), torch.full_like(present, 2.0,
+                                                                                                   dtype=torch.float))
+    rank = keys.argsort(-1).argsort(-1)
+    kept = present & (rank < size)
+    return batch.with_present({m: kept[:, i] for i, m in enumerate(names)})
+
+
 class MFM(nn.Module):
     """Networks and the ``model``/``guide`` pair of the MFM for one data-set schema.
 
@@ -115,6 +129,9 @@ class MFM(nn.Module):
         if config.missing == "surrogate":
             others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
             self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], p) for m in self.names})
+        # log temperature of each modality's expert of z_y (its precision and information vector are multiplied by
+        # exp(.)), fitted on held-out data after training by pyro_mfm.infer.calibrate; 0 (no change) in training
+        self.register_buffer("expert_log_temperature", torch.zeros(len(self.names)))
         self._memo = None  # see shared_features
 
     def _mfn_dims(self) -> dict:
@@ -217,12 +234,19 @@ class MFM(nn.Module):
                 self.fusion(self.inputs(batch), {m: self.steps(batch, m) for m in self.names}))).chunk(2, dim=-1)
             return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
         h = self.encode(batch) if h is None else h
-        experts = list(self._remember("experts", h, lambda: [self.q_y[m](h[m]) for m in self.names]))
+        experts = self.tempered(self._remember("experts", h, lambda: [self.q_y[m](h[m]) for m in self.names]))
         masks = [batch.present[m] for m in self.names]
         if self.D is not None and batch.y is not None:
             experts.append(self.q_label(self.D.encode(batch.y)))
             masks.append(batch.y_present)
         return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
+
+    def tempered(self, experts, log_temperature=None) -> list:
+        """The modalities' experts (eta_m, Lambda_m), each multiplied by its temperature exp(t_m): t_m < 0 lets
+        modality m claim less precision about z_y than its network gives (a held-out calibration,
+        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0)."""
+        w = (self.expert_log_temperature if log_temperature is None else log_temperature).exp()
+        return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the
@@ -296,13 +320,34 @@ class MFM(nn.Module):
         return self.D.distribution(self._label_input(f_y, f_a))
 
     def discriminative_loss(self, batch: Batch):
-        """-sum log p(y | D(E_q[codes | x_obs])) over labelled samples: the ss-VAE's auxiliary loss."""
+        """The ss-VAE's auxiliary loss, summed over labelled samples, on the observed modalities and on
+        ``model.label_subsets`` random subsets of them (each of a uniformly drawn size, so that every subset, single
+        modalities included, is trained to predict the label on its own):
+
+        * ``model.label_samples = 0``: -log p(y | D(E_q[codes | x_S])), the label likelihood of the mean code;
+        * ``model.label_samples = K``: -log (1/K) sum_k p(y | D(z_k)), z_k ~ q(z_y | x_S) reparameterised: the
+          posterior predictive that prediction reports, so its spread is trained as well as its centre.
+        """
         if self.D is None or batch.y is None:
             return torch.zeros(())
         unlabelled = batch.without_labels()
-        codes = {"z_y": self.posterior_z_y(unlabelled).mean} if self.shared else self.codes(unlabelled)
-        log_p = self.label_distribution(codes).log_prob(batch.y)
-        return -(log_p * batch.y_present.to(log_p.dtype)).sum()
+        batches = [unlabelled] + [_random_subset(unlabelled) for _ in range(self.config.label_subsets)]
+        keep = batch.y_present.to(torch.get_default_dtype())
+        loss = 0.0
+        for b in batches:
+            log_p = self._label_log_predictive(b, batch.y)
+            loss = loss - (log_p * keep.to(log_p.dtype)).sum()
+        return loss / len(batches)  # the mean over the passes: alpha keeps its meaning
+
+    def _label_log_predictive(self, batch: Batch, y):
+        k = self.config.label_samples
+        if not self.shared:
+            return self.label_distribution(self.codes(batch)).log_prob(y)
+        q = self.posterior_z_y(batch)
+        if not k:
+            return self.label_distribution(q.mean).log_prob(y)
+        log_p = self.label_distribution(q.rsample((k,))).log_prob(y)
+        return torch.logsumexp(log_p, 0) - math.log(k)
 
     def surrogate_loss(self, batch: Batch):
         """sum over samples and present modalities m of ||S_m(x without m) - code_m(full x)||^2.

@@ -59,6 +59,12 @@ class Batch:
                 present[m], x[m] = torch.zeros_like(p), torch.zeros_like(self.x[m])
         return replace(self, x=x, present=present)
 
+    def with_present(self, present: dict) -> "Batch":
+        """The same batch observing modality m only where ``present[m]`` (a subset of ``self.present[m]``) is True;
+        the hidden entries are zeroed."""
+        x = {m: v * present[m].reshape((-1,) + (1,) * (v.dim() - 1)).to(v.dtype) for m, v in self.x.items()}
+        return replace(self, x=x, present=dict(present))
+
     def without_labels(self) -> "Batch":
         return replace(self, y=None, y_present=None)
 

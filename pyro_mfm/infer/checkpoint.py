@@ -103,6 +103,16 @@ def save_run(out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict
             old.unlink(missing_ok=True)
 
 
+def update_weights(path, mfm: MFM) -> None:
+    """Replace the weights (and buffers) stored in checkpoint ``path`` by ``mfm``'s, keeping everything else."""
+    payload = read_checkpoint(path)
+    payload.pop("path")
+    payload["model"] = mfm.state_dict()
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
 def read_resume(out_dir) -> dict:
     """The checkpoint to resume a run from: ``out_dir/last.pt``, or, when that is missing or unreadable, the newest
     readable ``epoch-XXXX.pt`` (with a warning naming the bad file). Raises :class:`CheckpointError` listing every

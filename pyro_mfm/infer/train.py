@@ -28,7 +28,9 @@ from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
 from ..model import MFM
 from . import distributed
-from .checkpoint import CheckpointError, atomic_write, read_checkpoint, read_resume, rng_state, save_run, set_rng_state
+from .calibrate import calibrate
+from .checkpoint import (CheckpointError, atomic_write, read_checkpoint, read_resume, rng_state, save_run,
+                         set_rng_state, update_weights)
 from .faults import DivergenceError, StopRequested, diagnose, divergence_report, grad_norm, is_finite
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
@@ -102,6 +104,7 @@ class TrainResult:
     out_dir: Path | None = None
     interrupted: str = ""
     skipped: list[str] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -202,7 +205,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
         stats = feature_statistics(train)
     pyro.set_rng_seed(tc.seed)
     mfm = MFM(data.schema, config.model, stats).to(device)
-    optimizer = torch.optim.Adam(mfm.parameters(), lr=tc.lr)
+    optimizer = (torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay) if tc.weight_decay
+                 else torch.optim.Adam(mfm.parameters(), lr=tc.lr))
     objective = Objective(mfm)
     loss_fn = distributed.DataParallelLoss(mfm, objective, dist)
     if dist.rank:
@@ -343,9 +347,18 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
             if tc.patience and run.bad_epochs >= tc.patience:
                 break
     # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch
-    if not result.interrupted and out_dir is not None and dist.main and (out_dir / "best.pt").exists():
-        mfm.load_state_dict(read_checkpoint(out_dir / "best.pt")["model"])
+    best_file = out_dir / "best.pt" if out_dir is not None else None
+    if not result.interrupted and best_file is not None and dist.main and best_file.exists():
+        mfm.load_state_dict(read_checkpoint(best_file)["model"])
     elif not result.interrupted and out_dir is None and run.best["epoch"] >= 0:
         mfm.load_state_dict(best_state)
     mfm.eval()
+    if not result.interrupted and tc.calibrate != "none" and has_valid and dist.main:
+        result.calibration = calibrate(mfm, data[config.data.valid_split], seed=tc.seed,
+                                       batch_size=config.evaluate.batch_size, experts=tc.calibrate == "all")
+        if result.calibration and writer and best_file.exists():
+            update_weights(best_file, mfm)  # best.pt holds the calibrated model that evaluate loads
+        if result.calibration and writer:
+            atomic_write(out_dir / "calibration.json", lambda f: f.write(
+                json.dumps(result.calibration, indent=2).encode()))
     return result

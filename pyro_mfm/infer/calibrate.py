@@ -1,0 +1,160 @@
+"""Held-out calibration of a trained MFM: how much each modality's expert may claim, and the label's spread.
+
+Training fits every expert of q(z_y | observed) and the label likelihood to the training split. On held-out data
+two things do not carry over: an expert that learned sample-specific detail (a speaker's voice, one writer's
+strokes) claims a precision about z_y that it has not earned, and the product of experts adds such precisions up,
+so that adding a weak modality can make a prediction worse and its intervals too narrow; and a label scale fitted
+on training residuals is too small for new samples.
+
+:func:`calibrate` fits, on the validation split, with the networks fixed,
+
+* one temperature t_m per modality: expert m enters the product as (exp(t_m) eta_m, exp(t_m) Lambda_m), so that
+  t_m < 0 widens and shrinks towards the prior what m alone says, and the product weighs the modalities by what
+  each is worth on new samples;
+* one factor on the label likelihood: the scale of a Normal or Laplace label per output, or a temperature of the
+  logits of a Categorical (or per output, Bernoulli) label,
+
+by maximising the posterior predictive log density log p(y | x_S) = log E_q(z_y | x_S)[p(y | z_y)] of the labels,
+averaged over observed subsets S (every subset for up to six modalities, else the single modalities, all of them
+and random others), with fixed draws of z_y (common random numbers, so the objective is smooth and the result
+deterministic). These are the temperature scaling of Guo et al. (ICML 2017) applied to each expert of the product
+as well as to the label; they leave the training objective, and any fit with t = 0, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from ..data.dataset import MultimodalDataset
+from ..model import MFM
+
+
+def calibration_subsets(names, limit: int = 63, seed: int = 0) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``names`` when there are at most ``limit``; else each single modality, all of
+    them, and random others up to ``limit``."""
+    every = [c for k in range(1, len(names) + 1) for c in combinations(names, k)]
+    if len(every) <= limit:
+        return every
+    fixed = [(m,) for m in names] + [tuple(names)]
+    rng = np.random.default_rng(seed)
+    rest = []
+    while len(fixed) + len(rest) < limit:
+        k = int(rng.integers(2, len(names)))
+        s = tuple(n for n in names if n in set(rng.choice(names, k, replace=False)))
+        if s not in rest and s not in fixed:
+            rest.append(s)
+    return fixed + rest
+
+
+@torch.no_grad()
+def _encoded(mfm: MFM, ds: MultimodalDataset, batch_size: int, device):
+    """Per batch with a labelled sample: the batch without its labels, the labels, which are known, and the
+    experts (eta_m, Lambda_m) of its modalities (``None`` without a product of experts)."""
+    parts = []
+    for batch in ds.loader(batch_size, device=device):
+        keep, y = batch.y_present, batch.y
+        if not bool(keep.any()):
+            continue
+        batch = batch.without_labels()
+        if mfm.config.fusion == "poe" and mfm.shared:  # computed once: the networks are fixed
+            h = mfm.encode(batch)
+            experts = [mfm.q_y[m](h[m]) for m in mfm.names]
+        else:
+            experts = None
+        parts.append((batch, y, keep, experts))
+    return parts
+
+
+def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size: int = 512, seed: int = 0,
+              max_iter: int = 100, experts: bool = True) -> dict:
+    """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
+
+    Returns ``{"expert_log_temperature": {m: t_m}, "label_log_temperature": [...], "nlpd_before": ...,
+    "nlpd_after": ...}`` (mean negative log predictive density per labelled sample and subset, on ``ds``).
+    ``experts = False`` fits the label's factor alone (the experts keep t = 0). Does nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
+    """
+    if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
+        return {}
+    device = next(mfm.parameters()).device
+    was_training = mfm.training
+    mfm.eval()
+    has_experts = mfm.config.fusion == "poe" and mfm.shared
+    experts_on = experts and has_experts
+    parts = _encoded(mfm, ds, batch_size, device)
+    subsets = calibration_subsets(mfm.names, seed=seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    k = mfm.config.z_y_dim
+    noise = [torch.randn((num_samples, len(b), k), generator=gen).to(device) for b, _, _, _ in parts]
+    t_x = torch.zeros(len(mfm.names), device=device, requires_grad=experts_on)
+    t_y = torch.zeros_like(mfm.D.log_temperature, requires_grad=True)
+    frozen = [p for p in mfm.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+
+    from ..nets import product_of_experts
+
+    fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
+
+    def codes(i, batch, obs, eps):
+        if (i, obs) not in fixed:
+            with torch.no_grad():
+                sub = batch.observe_only(obs)
+                if mfm.shared:
+                    q = mfm.posterior_z_y(sub)
+                    fixed[i, obs] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+                else:
+                    fixed[i, obs] = {s: v.expand((num_samples,) + v.shape) for s, v in mfm.codes(sub).items()}
+        return fixed[i, obs]
+
+    def nlpd():
+        mfm.D.log_temperature = t_y
+        total, count = 0.0, 0
+        for i, ((batch, y, keep, experts), eps) in enumerate(zip(parts, noise)):
+            for obs in subsets:
+                if has_experts:
+                    tempered = mfm.tempered(experts, t_x)
+                    q = product_of_experts([e for e, _ in tempered], [p for _, p in tempered],
+                                           [batch.present[m] & (m in obs) for m in mfm.names])
+                    latents = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+                else:
+                    latents = codes(i, batch, obs, eps)
+                log_p = mfm.label_distribution(latents).log_prob(y)
+                lp = torch.logsumexp(log_p, 0) - math.log(num_samples)
+                total = total - lp[keep].sum()
+                count += int(keep.sum())
+        return total / count
+
+    try:
+        with torch.no_grad():
+            before = float(nlpd())
+        params = [t_y] + ([t_x] if experts_on else [])
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = nlpd()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            after = float(nlpd())
+        if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
+            t_x.data.zero_(), t_y.data.zero_()
+            after = before
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        mfm.D.log_temperature = t_y.detach().clone()
+        mfm.train(was_training)
+    with torch.no_grad():
+        mfm.expert_log_temperature.copy_(t_x.detach())
+    return {
+        "expert_log_temperature": {m: float(t) for m, t in zip(mfm.names, mfm.expert_log_temperature)},
+        "label_log_temperature": [float(t) for t in mfm.D.log_temperature],
+        "nlpd_before": before, "nlpd_after": after, "subsets": len(subsets),
+    }
