@@ -151,6 +151,10 @@ class ModelConfig:
         }
         if not isinstance(self.label_scale, (int, float)) or self.label_scale < 0:
             raise ConfigError(f"model.label_scale = {self.label_scale!r}: expected a number >= 0 (0: learned)")
+        for key in ("label_subsets", "label_samples"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"model.{key} = {v!r}: expected an integer >= 0")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}")
@@ -217,7 +221,7 @@ class TrainConfig:
     keep_last: int = 3
     on_divergence: str = "stop"
     validate: str = "first"
-    calibrate: str = "all"
+    calibrate: str = "label"
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""Label terms on random observed subsets, the posterior-predictive label term, and the held-out calibration."""
+
+import math
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_mfm.config import Config
+from pyro_mfm.data import LinearGaussianMFM
+from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.infer import fit
+from pyro_mfm.infer.calibrate import calibrate, calibration_subsets
+from pyro_mfm.infer.checkpoint import load_model
+from pyro_mfm.model import MFM, _random_subset
+from tests.test_model import small_config, small_data
+
+
+def test_random_subsets_are_non_empty_subsets_of_what_is_observed_with_uniform_sizes():
+    data = small_data(n=4000)
+    batch = data["train"].batch(np.arange(4000))
+    torch.manual_seed(0)
+    sub = _random_subset(batch)
+    names = list(batch.present)
+    before = torch.stack([batch.present[m] for m in names], -1)
+    after = torch.stack([sub.present[m] for m in names], -1)
+    assert not (after & ~before).any()  # never observes what was missing
+    assert (after.sum(-1) >= 1).all()
+    for m in names:  # hidden entries are zeroed
+        assert (sub.x[m][~sub.present[m]] == 0).all()
+    # the size is uniform on 1..|observed|: among samples with all three observed, each size has probability 1/3
+    full = before.all(-1)
+    sizes = after[full].sum(-1)
+    n = int(full.sum())
+    for k in (1, 2, 3):
+        p = float((sizes == k).float().mean())
+        assert abs(p - 1 / 3) < 4 * math.sqrt(2 / 9 / n), (k, p, n)  # 4 binomial standard errors
+
+
+def test_label_subset_and_predictive_terms_are_finite_and_reduce_to_the_mean_code_term():
+    data = small_data()
+    batch = data["train"].batch(np.arange(32))
+    stats = feature_statistics(data["train"])
+    pyro.set_rng_seed(0)
+    plain = MFM(data.schema, small_config(), stats)
+    pyro.set_rng_seed(0)
+    subsets = MFM(data.schema, small_config(label_subsets=2, label_samples=4), stats)
+    plain.eval(), subsets.eval()
+    torch.manual_seed(1)
+    a = plain.discriminative_loss(batch)
+    torch.manual_seed(1)
+    b = subsets.discriminative_loss(batch)
+    assert torch.isfinite(b) and b.requires_grad
+    assert not torch.allclose(a, b)  # other subsets and draws: another term
+    # label_samples = K draws: as K grows the predictive term tends to a limit, and by Jensen it is never above
+    # the mean of the per-draw log likelihoods
+    q = subsets.posterior_z_y(batch.without_labels())
+    z = q.rsample((64,))
+    log_p = subsets.label_distribution(z).log_prob(batch.y)
+    assert (torch.logsumexp(log_p, 0) - math.log(64) >= log_p.mean(0) - 1e-5).all()
+
+
+def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp_path):
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)
+    data = gen.sample({"train": 300, "valid": 200, "test": 50}, missing=0.2, seed=3)
+    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+                            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False,
+                                      "calibrate": "all"}})
+    result = fit(cfg, data, out_dir=tmp_path / "run")
+    cal = result.calibration
+    assert cal["nlpd_after"] <= cal["nlpd_before"]
+    assert cal["subsets"] == 3
+    t = result.mfm.expert_log_temperature
+    assert torch.isfinite(t).all() and t.abs().sum() > 0  # fitted, not left at zero
+    mfm, _, _ = load_model(tmp_path / "run" / "best.pt")
+    assert torch.equal(mfm.expert_log_temperature, t)
+    assert torch.equal(mfm.D.log_temperature, result.mfm.D.log_temperature)
+    assert (tmp_path / "run" / "calibration.json").exists()
+    # refitting from the stored model starts again from t = 0 and lands on the same temperatures
+    again = calibrate(mfm, data["valid"], seed=cfg.train.seed)
+    assert np.allclose(list(again["expert_log_temperature"].values()), t.numpy(), atol=1e-4)
+
+
+def test_label_only_calibration_keeps_point_predictions():
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=4)
+    data = gen.sample({"train": 200, "valid": 100, "test": 50}, seed=4)
+    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+                            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"}})
+    mfm = fit(cfg, data).mfm
+    batch = data["test"].batch(np.arange(50)).without_labels()
+    before = mfm.label_distribution(mfm.posterior_z_y(batch).mean).mean
+    cal = calibrate(mfm, data["valid"], experts=False)
+    assert (mfm.expert_log_temperature == 0).all()
+    after = mfm.label_distribution(mfm.posterior_z_y(batch).mean).mean
+    assert torch.allclose(before, after)
+    assert cal["nlpd_after"] <= cal["nlpd_before"]
+
+
+def test_calibration_subsets_cover_singles_and_all_when_there_are_many():
+    names = [f"m{i}" for i in range(8)]
+    subs = calibration_subsets(names, limit=20)
+    assert len(subs) == 20 and len(set(subs)) == 20
+    assert all((m,) in subs for m in names) and tuple(names) in subs
+    assert len(calibration_subsets(names[:3])) == 7
