@@ -31,6 +31,7 @@ import torch
 
 from ..data.dataset import MultimodalDataset
 from ..model import MFM
+from ..nets import product_of_experts
 
 
 def calibration_subsets(names, limit: int = 63, seed: int = 0) -> list[tuple[str, ...]]:
@@ -94,8 +95,6 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-
-    from ..nets import product_of_experts
 
     fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
 
