@@ -129,10 +129,12 @@ def test_unlabelled_samples_improve_the_classifier():
 
 @pytest.mark.slow
 def test_uci_all_views_accuracy():
-    """Embedded UCI Multiple Features, the shipped configuration, all 6 views observed: test accuracy >= 0.97
-    (400 test digits: a standard error of about 0.8 points at that accuracy)."""
+    """Embedded UCI Multiple Features, the shipped configuration trained for 12 of its 60 epochs (accuracy with
+    every view saturates early; the remaining epochs serve the decoders), all 6 views observed: test accuracy
+    >= 0.97 (400 test digits: a standard error of about 0.8 points at that accuracy)."""
     data = load_embedded()
-    cfg = Config.load(Path(__file__).parents[1] / "models" / "uci_mfeat.toml", ["train.progress=False"])
+    cfg = Config.load(Path(__file__).parents[1] / "models" / "uci_mfeat.toml",
+                      ["train.progress=False", "train.epochs=12"])
     pred = predict(fit(cfg, data).mfm, data["test"], num_samples=50)
     accuracy = np.mean(pred.label == data["test"].labels)
     assert accuracy >= 0.97, accuracy

@@ -31,7 +31,6 @@ import torch
 
 from ..data.dataset import MultimodalDataset
 from ..model import MFM
-from ..nets import product_of_experts
 
 
 def calibration_subsets(names, limit: int = 63, seed: int = 0) -> list[tuple[str, ...]]:
@@ -109,22 +108,39 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
                     fixed[i, obs] = {s: v.expand((num_samples,) + v.shape) for s, v in mfm.codes(sub).items()}
         return fixed[i, obs]
 
+    if has_experts:  # per batch: which modality each subset observes for each sample, (S, M, N)
+        member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=device)
+        observed = [member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None] for b, _, _, _ in parts]
+        chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))  # tensors that fit in cache
+
+    def log_predictive(latents, y):
+        """log (1/K) sum_k p(y | z_k) for draws ``latents`` of shape (K, ..., N, k)."""
+        return torch.logsumexp(mfm.label_distribution(latents).log_prob(y), 0) - math.log(num_samples)
+
     def nlpd():
         mfm.D.log_temperature = t_y
         total, count = 0.0, 0
         for i, ((batch, y, keep, experts), eps) in enumerate(zip(parts, noise)):
-            for obs in subsets:
-                if has_experts:
-                    tempered = mfm.tempered(experts, t_x)
-                    q = product_of_experts([e for e, _ in tempered], [p for _, p in tempered],
-                                           [batch.present[m] & (m in obs) for m in mfm.names])
-                    latents = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-                else:
-                    latents = codes(i, batch, obs, eps)
-                log_p = mfm.label_distribution(latents).log_prob(y)
-                lp = torch.logsumexp(log_p, 0) - math.log(num_samples)
-                total = total - lp[keep].sum()
-                count += int(keep.sum())
+            if has_experts:  # every subset at once: the product of the prior and the tempered experts observed
+                eta = torch.stack([e for e, _ in experts])  # (M, N, k)
+                lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
+                for s in range(0, len(subsets), chunk):
+                    w = observed[i][s:s + chunk].to(eta.dtype) * t_x.exp()[None, :, None]  # (S, M, N)
+                    precision = torch.eye(k, dtype=eta.dtype, device=device) + torch.einsum("smn,mnij->snij", w, lam)
+                    chol = torch.linalg.cholesky(precision)
+                    loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
+                    # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps
+                    root = torch.linalg.solve_triangular(chol.mT, torch.eye(k, dtype=eta.dtype, device=device),
+                                                         upper=True)
+                    z = loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
+                    lp = log_predictive(z, y)  # (S, N)
+                    total = total - lp[:, keep].sum()
+                    count += int(keep.sum()) * lp.shape[0]
+            else:
+                for obs in subsets:
+                    lp = log_predictive(codes(i, batch, obs, eps), y)
+                    total = total - lp[keep].sum()
+                    count += int(keep.sum())
         return total / count
 
     try:
