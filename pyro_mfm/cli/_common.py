@@ -41,6 +41,9 @@ def load_for_inference(args):
     from ..infer.job import load_data
 
     mfm, config, _ = load_model(args.checkpoint)
+    if args.num_samples is not None:
+        config.evaluate.num_samples = args.num_samples
+        config.evaluate.check("--num-samples")
     if args.data:
         config.data.source = args.data
     return mfm, config, load_data(config)[args.split or config.data.test_split]

@@ -22,7 +22,7 @@ def run(args) -> int:
 
     mfm, config, ds = load_for_inference(args)
     with cpu_threads(config.train.num_threads):
-        records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
+        records = evaluate(mfm, ds, num_samples=config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
                            progress=not args.quiet)
     out = Path(args.out)

@@ -22,7 +22,7 @@ def run(args) -> int:
     mfm, config, ds = load_for_inference(args)
     with cpu_threads(config.train.num_threads):
         imp = impute(mfm, ds, parse_observed(args.observed),
-                     num_samples=args.num_samples or config.evaluate.num_samples,
+                     num_samples=config.evaluate.num_samples,
                      batch_size=config.evaluate.batch_size)
     native.save(imputed_data(ds, imp), args.out, overwrite=args.overwrite)
     print(f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "

@@ -22,7 +22,7 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import Batch, MultimodalData
 from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
@@ -50,9 +50,18 @@ def cpu_threads(n: int):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``train.device`` names; :class:`ConfigError` for a CUDA device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine (PyTorch "
+                              f"{torch.__version__}); expected 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s); expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+    return device
 
 
 def select_metric(config: Config, mfm: MFM) -> str:
@@ -147,6 +156,7 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
     trains data-parallel (see :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation
     metric), in eval mode.
     """
+    config.check("configuration")  # a configuration built or changed in Python gets the checks a file gets
     with cpu_threads(config.train.num_threads):
         dist, device = distributed.setup(resolve_device(config.train.device))
         try:
