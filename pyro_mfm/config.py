@@ -408,6 +408,12 @@ class Config:
                 sub.check(where)
         return self
 
+    def differences(self, other: "Config", tables=("data", "model", "train", "evaluate")) -> list[str]:
+        """``"table.key = old -> new"`` for every field of ``tables`` whose value differs in ``other``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{t}.{k} = {_SHORT.repr(v)} -> {_SHORT.repr(theirs[t][k])}"
+                for t in tables for k, v in mine[t].items() if theirs[t][k] != v]
+
     @classmethod
     def load(cls, path, overrides=()) -> "Config":
         path = Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Config
+from ..data.schema import DataError, schema_differences
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,6 +13,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override one configuration field, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--data", help="data source overriding data.source (a native HDF5 file or embedded:NAME)")
+    p.add_argument("--nan-as-missing", action="store_true",
+                   help="mark samples with NaN features missing for that modality instead of failing "
+                        "(data.nan_as_missing)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -19,6 +23,8 @@ def config_from_args(args) -> Config:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.source={args.data!r}")
+    if args.nan_as_missing:
+        overrides.append("data.nan_as_missing=True")
     if args.quiet:
         overrides.append("train.progress=False")
     return Config.load(args.config, overrides)
@@ -46,4 +52,12 @@ def load_for_inference(args):
         config.evaluate.check("--num-samples")
     if args.data:
         config.data.source = args.data
-    return mfm, config, load_data(config)[args.split or config.data.test_split]
+    data = load_data(config)
+    split = args.split or config.data.test_split
+    if split not in data:
+        raise DataError(f"{data.source}: no split {split!r}; the data set has {list(data)}")
+    found = schema_differences(mfm.schema, data.schema)
+    if found:
+        raise DataError(f"{data.source}: not the schema the model {args.checkpoint} was trained on: "
+                        + "; ".join(found))
+    return mfm, config, data[split]
