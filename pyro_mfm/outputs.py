@@ -1,8 +1,8 @@
 """Writing outputs: atomic files with the usual permissions, strict JSON, and output paths checked before the work.
 
-Every file the package writes goes to a temporary file in the target folder, is fsynced, given the permissions a
-new file gets under the process's umask (``0o666 & ~umask``, as ``open`` would; a temporary file starts at 0600),
-then renamed over the target, so ``path`` is either the previous file or the complete new one. A write that fails
+Every file the package writes goes to a temporary file in the target folder, is fsynced, given the permissions of
+the file it replaces or else those a new file gets under the process's umask (``0o666 & ~umask``, as ``open``
+would; a temporary file starts at 0600), then renamed over the target, so ``path`` is either the previous file or the complete new one. A write that fails
 (a full disk, a folder that is a file, no permission) is an :class:`OutputError` naming the path.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 
-class OutputError(RuntimeError):
-    """An output path that cannot be written; the message names the path and why."""
+class OutputError(OSError):
+    """An output path that cannot be written; the message names the path and why (an :class:`OSError`, as the
+    failure of the write it reports)."""
 
 
 def new_file_mode() -> int:
@@ -26,6 +27,14 @@ def new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def file_mode(path: Path) -> int:
+    """Permissions for a file written at ``path``: those of the file it replaces, else :func:`new_file_mode`."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return new_file_mode()
 
 
 def _reason(e: OSError) -> str:
@@ -84,7 +93,7 @@ def atomic_write(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..outputs import OutputError, new_file_mode
+from ..outputs import OutputError, file_mode
 from .dataset import MultimodalData, MultimodalDataset
 from .schema import DataError, Schema
 
@@ -70,7 +70,7 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, _mode(path))
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -80,13 +80,6 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
         raise
     _fsync_folder(folder)
     return path
-
-
-def _mode(path: Path) -> int:
-    """Permissions for the new file: those of the file it replaces, else the usual ones (0o666 less the umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o7777
-    return new_file_mode()
 
 
 def _fsync_folder(folder: Path) -> None:
