@@ -66,8 +66,9 @@ def _bounds_text(meta) -> str:
 
 
 def _in_bounds(v, meta) -> bool:
-    return not ((meta.get("ge") is not None and not v >= meta["ge"]) or (meta.get("gt") is not None and not v > meta["gt"])
-                or (meta.get("le") is not None and not v <= meta["le"]) or (meta.get("lt") is not None and not v < meta["lt"]))
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    return ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le)
+            and (lt is None or v < lt))
 
 
 def _describe(tp, meta) -> str:
@@ -121,7 +122,8 @@ def _check(value, tp, meta):
                 raise _Mismatch(_describe(tp, meta)) from None
             ok = math.isfinite(value) and _in_bounds(value, meta)
     elif tp is str:
-        ok = isinstance(value, str) and (meta.get("pattern") is None or re.fullmatch(meta["pattern"], value) is not None)
+        pattern = meta.get("pattern")
+        ok = isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value) is not None)
     else:
         raise TypeError(f"no validator for the annotation {tp!r}")
     if not ok:

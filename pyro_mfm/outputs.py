@@ -2,8 +2,9 @@
 
 Every file the package writes goes to a temporary file in the target folder, is fsynced, given the permissions of
 the file it replaces or else those a new file gets under the process's umask (``0o666 & ~umask``, as ``open``
-would; a temporary file starts at 0600), then renamed over the target, so ``path`` is either the previous file or the complete new one. A write that fails
-(a full disk, a folder that is a file, no permission) is an :class:`OutputError` naming the path.
+would; a temporary file starts at 0600), then renamed over the target, so ``path`` is either the previous file or
+the complete new one. A write that fails (a full disk, a folder that is a file, no permission) is an
+:class:`OutputError` naming the path.
 """
 
 from __future__ import annotations

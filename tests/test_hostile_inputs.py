@@ -437,6 +437,15 @@ def test_evaluate_on_data_of_another_schema(trained, tmp_path, capsys):
     one_line_error(capsys, "no split 'nope'")
 
 
+def test_num_samples_on_the_command_line_is_checked(trained, tmp_path, capsys):
+    for command in (["evaluate", "--out", str(tmp_path / "e.json")],
+                    ["impute", "--observed", "a", "--out", str(tmp_path / "i.h5")]):
+        for n in ("-5", "0"):
+            assert main(command[:1] + [str(trained / "run"), "--num-samples", n] + command[1:]) == 2
+            one_line_error(capsys, f"evaluate.num_samples = {n}: expected an integer in [1, ")
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "i.h5").exists()
+
+
 def test_resume_with_another_architecture_is_one_line(trained, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = str(trained / "tiny.toml")
@@ -521,6 +530,12 @@ def test_train_accepts_nan_as_missing(trained, tmp_path, capsys):
     assert main(["train", str(cfg), "--out", str(tmp_path / "r1"), "--set", "train.epochs=1"]) == 2
     one_line_error(capsys, "--nan-as-missing")
     assert main(["train", str(cfg), "--out", str(tmp_path / "r2"), "--set", "train.epochs=1", "--nan-as-missing"]) == 0
+    # evaluating a trained model on such a file takes the same flag
+    run = str(trained / "run")
+    assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json")]) == 2
+    one_line_error(capsys, "--nan-as-missing")
+    assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json"),
+                 "--nan-as-missing", "--quiet"]) == 0
 
 
 def test_output_into_a_closed_pipe_ends_quietly():

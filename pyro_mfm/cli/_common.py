@@ -39,6 +39,8 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", help="data source (default: the one the model was trained on)")
     p.add_argument("--split", default=None, help=f"split to {what} (default: the configuration's test split)")
     p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
+    p.add_argument("--nan-as-missing", action="store_true",
+                   help="mark samples with NaN features missing for that modality instead of failing")
 
 
 def load_for_inference(args):
@@ -52,6 +54,8 @@ def load_for_inference(args):
         config.evaluate.check("--num-samples")
     if args.data:
         config.data.source = args.data
+    if args.nan_as_missing:
+        config.data.nan_as_missing = True
     data = load_data(config)
     split = args.split or config.data.test_split
     if split not in data:

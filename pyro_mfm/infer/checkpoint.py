@@ -165,7 +165,8 @@ def weights_mismatch(module: torch.nn.Module, state: dict) -> str:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    resized = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    resized = [k for k in own
+               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
     parts = []
     if resized:
         k = resized[0]

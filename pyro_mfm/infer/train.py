@@ -198,8 +198,8 @@ def _resume_payload(out_dir, data: MultimodalData, config: Config) -> dict:
                               "modalities and label it was trained on")
     changed = Config.from_dict(payload["config"], where=payload["path"]).differences(config, tables=("model",))
     if changed:
-        raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture ({'; '.join(changed)}); "
-                              "resuming needs the [model] table it was trained with")
+        raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
+                              f"({'; '.join(changed)}); resuming needs the [model] table it was trained with")
     return payload
 
 
