@@ -32,6 +32,8 @@ class ConfigError(ValueError):
 
 # Widths beyond this would make a single hidden-by-hidden weight matrix hundreds of MB: a typo, not a model.
 MAX_WIDTH = 8192
+# Posterior draws per prediction or per training term: each batch holds draws x batch x width numbers at once.
+MAX_DRAWS = 10_000
 # np.random.seed, which Pyro's seeding calls, accepts 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
 # Validation metrics that model selection knows the direction of (``pyro_mfm.infer.metrics.HIGHER_IS_BETTER``).
@@ -257,10 +259,10 @@ class ModelConfig(_Table):
     lambda_y: float = setting(1.0, ge=0)
     alpha: float = setting(1.0, ge=0)
     label_subsets: int = setting(0, ge=0, le=100)
-    label_samples: int = setting(0, ge=0, le=10_000)
+    label_samples: int = setting(0, ge=0, le=MAX_DRAWS)
     objective: Literal["elbo", "wae"] = "elbo"
     analytic_kl: bool = True
-    num_particles: int = setting(1, ge=1, le=10_000)
+    num_particles: int = setting(1, ge=1, le=MAX_DRAWS)
     sequence_net: Literal["mlp", "lstm"] = "mlp"
     lstm_hidden: int | dict[str, int] = setting(32, ge=1, le=MAX_WIDTH)
     fusion: Literal["poe", "mfn"] = "poe"
@@ -342,7 +344,7 @@ class TrainConfig(_Table):
     modality_dropout: float = setting(0.25, ge=0, le=1)
     select_metric: Literal[SELECT_METRICS] = "auto"
     patience: int = setting(20, ge=0, le=1_000_000)
-    valid_samples: int = setting(20, ge=1, le=100_000)
+    valid_samples: int = setting(20, ge=1, le=MAX_DRAWS)
     progress: bool = True
     num_threads: int = setting(1, ge=0, le=1024)
     keep_last: int = setting(3, ge=0, le=1_000_000)
@@ -361,7 +363,7 @@ class EvaluateConfig(_Table):
         batch_size: samples per forward pass.
     """
 
-    num_samples: int = setting(100, ge=1, le=100_000)
+    num_samples: int = setting(100, ge=1, le=MAX_DRAWS)
     interval: float = setting(0.9, gt=0, lt=1)
     batch_size: int = setting(512, ge=1, le=100_000_000)
 

@@ -20,7 +20,7 @@ from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError
 from ..model import MFM
 from .checkpoint import atomic_write, write_json
-from .evaluate import format_cell, evaluate, mean_imputation_baseline, table
+from .evaluate import evaluate, format_cell, mean_imputation_baseline, table
 from .predict import impute, imputed_data, predict
 from .train import cpu_threads, fit
 
@@ -158,7 +158,7 @@ def _run(config: Config, out_dir, resume: bool) -> dict:
                "|---|" + "---|" * len(next(iter(baselines.values())))]
         md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
     unscored = [m for m in data.schema.names if m not in baselines]
-    if data.schema.label is not None and unscored:
+    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
         md += [f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
                "(a training sample of two classes at least, or of the regression label, and a test sample)."]
     md += ["\n## Training-mean imputation baseline (MSE)\n",
