@@ -469,6 +469,23 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_one_line(trained, tmp_path):
     assert "\n" not in str(e.value) and f"{key}: [99] stored" in str(e.value)
 
 
+def test_python_api_of_prediction_checks_its_arguments_and_the_data(trained):
+    from pyro_mfm.infer.checkpoint import load_model
+    from pyro_mfm.infer.evaluate import evaluate
+    from pyro_mfm.infer.predict import impute, predict
+
+    mfm, _, _ = load_model(trained / "run")
+    test = _classes()["test"]
+    for kwargs in ({"num_samples": 0}, {"num_samples": -5}, {"batch_size": 0}, {"num_samples": 2.5}):
+        for fn in (predict, impute):
+            with pytest.raises(ValueError, match=f"{next(iter(kwargs))} = "):
+                fn(mfm, test, **kwargs)
+    with pytest.raises(ValueError, match="interval = 1.5"):
+        predict(mfm, test, interval=1.5)
+    with pytest.raises(DataError, match="no modality 'b'"):
+        evaluate(mfm, _classes(names=("a", "audio"))["test"], num_samples=2)
+
+
 def _run_job(tmp_path, data, capsys):
     save(data, tmp_path / "d.h5")
     cfg = _config(tmp_path, tmp_path / "d.h5")

@@ -15,7 +15,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
-from .predict import impute, predict
+from .predict import check_schema, impute, predict
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -31,6 +31,7 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
              interval: float = 0.9, batch_size: int = 512, progress: bool = True) -> list[dict]:
     """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``."""
+    check_schema(mfm, ds)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
