@@ -154,3 +154,37 @@ def test_the_smallest_accepted_values_train(tmp_path):
         "train.num_threads=0", "evaluate.batch_size=1", "evaluate.interval=0.01", "train.seed=4294967295"])
     result = fit(cfg, data, tmp_path / "run")
     assert np.isfinite(result.history[-1]["train_loss"])
+
+
+
+@pytest.fixture(scope="module")
+def cli_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-config")
+    path = root / "c.toml"
+    path.write_text('[data]\nsource = "embedded:uci_mfeat"\n[train]\nprogress = false\n')
+    return path
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from(FIELDS), VALUES)
+def test_any_set_on_the_command_line_is_a_run_or_one_line(cli_config, field, value):
+    """``pyro-mfm train --set table.key=VALUE`` up to the training itself (replaced by a stub): status 0, or 2 with
+    one line and no traceback."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from pyro_mfm.infer import train as train_module
+
+    table, f = field
+    done = mock.Mock(interrupted="", best={"epoch": 0, "loss": 1.0})
+    err = io.StringIO()
+    with mock.patch.object(train_module, "fit", mock.Mock(return_value=done)) as fit_stub, \
+            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(["train", str(cli_config), "--out", str(cli_config.parent / "run"),
+                       "--set", f"{table}.{f.name}={value!r}"])
+    text = err.getvalue()
+    if status == 0:
+        assert fit_stub.called and text == ""
+    else:
+        assert status == 2 and text.startswith("pyro-mfm: error: ") and text.count("\n") == 1, text
