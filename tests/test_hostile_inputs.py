@@ -532,6 +532,9 @@ def test_run_on_features_near_1e20_is_one_line(tmp_path, capsys):
                        split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
     assert _run_job(tmp_path, huge, capsys) == 2
     one_line_error(capsys, "split 'train', modality 'a'", "expected magnitudes up to 1e+18")
+    labels = from_arrays({"a": np.ones((4, 2))}, np.array([1.0, -3e20, 2.0, 0.0]))
+    with pytest.raises(DataError, match="split 'train': a regression label reaches 3e\\+20"):
+        fit(Config().override(TINY), labels)
 
 
 def test_train_accepts_nan_as_missing(trained, tmp_path, capsys):

@@ -28,7 +28,6 @@ def run(args) -> int:
     from ..infer.faults import DivergenceError
     from ..infer.job import load_data
     from ..infer.train import fit
-
     from ..outputs import check_output_dir
 
     config = config_from_args(args)
