@@ -2,24 +2,172 @@
 
 A file has the tables ``[data]``, ``[model]``, ``[train]`` and ``[evaluate]``; unknown keys are errors, so a typo
 never silently falls back to a default. Command lines override single fields with ``--set train.epochs=5``.
+
+Every field declares what it accepts beside it: its type annotation (``int``, ``float``, ``bool``, ``str``, a
+``Literal[...]`` of choices, or ``X | dict[str, X]`` for a value per modality) and, in the field's metadata
+(:func:`setting`), the bounds of a number or the pattern of a string. One validator, :func:`check_table`, checks
+every table against these declarations; a value of the wrong type or out of range is a :class:`ConfigError` that
+names the table, the key, the value and what was expected. Integers are not accepted for booleans nor booleans for
+numbers; an integer is accepted for a float field (and stored as a float); NaN and infinities never are.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import math
+import re
+import reprlib
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 
 class ConfigError(ValueError):
     """A bad configuration file or override; the message names the file, table and key."""
 
 
+# Widths beyond this would make a single hidden-by-hidden weight matrix hundreds of MB: a typo, not a model.
+MAX_WIDTH = 8192
+# Posterior draws per prediction or per training term: each batch holds draws x batch x width numbers at once.
+MAX_DRAWS = 10_000
+# np.random.seed, which Pyro's seeding calls, accepts 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+# Validation metrics that model selection knows the direction of (``pyro_mfm.infer.metrics.HIGHER_IS_BETTER``).
+SELECT_METRICS = ("auto", "accuracy", "macro_f1", "weighted_f1", "corr", "acc2_has0", "acc2_non0", "f1_has0",
+                  "f1_non0", "acc5", "acc7", "mae", "mse", "nlpd", "ece", "loss")
+
+
+def setting(default, *, ge=None, gt=None, le=None, lt=None, pattern: str | None = None, what: str | None = None):
+    """A dataclass field with its accepted range: numbers within the bounds ``ge <= v``, ``gt < v``, ``v <= le``,
+    ``v < lt`` (each value of a per-modality table too), strings matching ``pattern`` in full (``what`` describes
+    the pattern in error messages)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern,
+                                            "what": what})
+
+
+class _Mismatch(Exception):
+    """A value that does not fit a declaration; the argument says what was expected."""
+
+
+def _bounds_text(meta) -> str:
+    lo = (f"[{meta['ge']}" if meta.get("ge") is not None else f"({meta['gt']}" if meta.get("gt") is not None
+          else None)
+    hi = (f"{meta['le']}]" if meta.get("le") is not None else f"{meta['lt']})" if meta.get("lt") is not None
+          else None)
+    if lo and hi:
+        return f" in {lo}, {hi}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    if hi:
+        return f" {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
+    return ""
+
+
+def _in_bounds(v, meta) -> bool:
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    return ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le)
+            and (lt is None or v < lt))
+
+
+def _describe(tp, meta) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = [repr(c) for c in typing.get_args(tp)]
+        return " or ".join(choices) if len(choices) <= 2 else "one of " + ", ".join(choices)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(t, meta) for t in typing.get_args(tp))
+    if origin is dict:
+        return f"a table of modality name -> {_describe(typing.get_args(tp)[1], meta)}"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer" + _bounds_text(meta)
+    if tp is float:
+        return "a finite number" + _bounds_text(meta)
+    if tp is str:
+        return meta.get("what") or ("a string" if not meta.get("pattern") else f"a string matching {meta['pattern']}")
+    raise TypeError(f"no validator for the annotation {tp!r}")  # a declaration mistake in this module
+
+
+def _check(value, tp, meta):
+    """``value`` as the field declared by ``tp`` and ``meta`` stores it, or :class:`_Mismatch`."""
+    origin = typing.get_origin(tp)
+    ok = False
+    if origin is Literal:
+        ok = any(type(value) is type(c) and value == c for c in typing.get_args(tp))
+    elif origin in (typing.Union, types.UnionType):
+        for t in typing.get_args(tp):
+            try:
+                return _check(value, t, meta)
+            except _Mismatch:
+                pass
+    elif origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if isinstance(value, dict) and value and all(isinstance(k, key_tp) and k for k in value):
+            try:
+                return {k: _check(v, value_tp, meta) for k, v in value.items()}
+            except _Mismatch:
+                pass
+    elif tp is bool:
+        ok = type(value) is bool
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and _in_bounds(value, meta)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float
+                raise _Mismatch(_describe(tp, meta)) from None
+            ok = math.isfinite(value) and _in_bounds(value, meta)
+    elif tp is str:
+        pattern = meta.get("pattern")
+        ok = isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value) is not None)
+    else:
+        raise TypeError(f"no validator for the annotation {tp!r}")
+    if not ok:
+        raise _Mismatch(_describe(tp, meta))
+    return value
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def check_table(table, where: str = "<config>") -> None:
+    """Check (and normalise: an integer for a float becomes a float) every field of the dataclass ``table`` against
+    its declaration; raises :class:`ConfigError` naming ``where``, the table, the key, the value and what was
+    expected."""
+    hints = typing.get_type_hints(type(table))
+    name = TABLES[type(table)]
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        try:
+            setattr(table, f.name, _check(value, hints[f.name], f.metadata))
+        except _Mismatch as e:
+            raise ConfigError(f"{where}: {name}.{f.name} = {_SHORT.repr(value)}: expected {e}") from None
+
+
+class _Table:
+    def check(self, where: str = "<config>"):
+        """Check every field against its declaration (see :func:`check_table`) and the rules between fields."""
+        check_table(self, where)
+        self._cross_check(where)
+        return self
+
+    def _cross_check(self, where: str) -> None:
+        pass
+
+
+def _split(default: str):
+    return setting(default, pattern=r".+", what="a non-empty split name")
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Table):
     """Where the data comes from.
 
     Attributes:
@@ -29,15 +177,15 @@ class DataConfig:
         nan_as_missing: treat samples with NaN features as missing for that modality instead of raising.
     """
 
-    source: str = "embedded:uci_mfeat"
-    train_split: str = "train"
-    valid_split: str = "valid"
-    test_split: str = "test"
+    source: str = setting("embedded:uci_mfeat", pattern=r"(?s).+", what="'embedded:NAME' or the path of a data file")
+    train_split: str = _split("train")
+    valid_split: str = _split("valid")
+    test_split: str = _split("test")
     nan_as_missing: bool = False
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Table):
     """The generative model and its guide (see ``pyro_mfm.model``).
 
     Attributes:
@@ -96,36 +244,36 @@ class ModelConfig:
             prior matching: the label likelihood of the codes alone).
     """
 
-    z_y_dim: int = 16
-    z_a_dim: Any = 8
-    f_y_dim: int = 32
-    f_a_dim: Any = 16
-    hidden: int = 128
-    dropout: float = 0.0
-    label_likelihood: str = "auto"
-    x_scale: str = "learned"
-    x_fixed_scale: float = 1.0
-    lambda_x: Any = 1.0
-    x_reduction: str = "sum"
-    label_scale: float = 0.0
-    lambda_y: float = 1.0
-    alpha: float = 1.0
-    label_subsets: int = 0
-    label_samples: int = 0
-    objective: str = "elbo"
+    z_y_dim: int = setting(16, ge=1, le=MAX_WIDTH)
+    z_a_dim: int | dict[str, int] = setting(8, ge=1, le=MAX_WIDTH)
+    f_y_dim: int = setting(32, ge=1, le=MAX_WIDTH)
+    f_a_dim: int | dict[str, int] = setting(16, ge=1, le=MAX_WIDTH)
+    hidden: int = setting(128, ge=1, le=MAX_WIDTH)
+    dropout: float = setting(0.0, ge=0, lt=1)
+    label_likelihood: Literal["auto", "normal", "laplace", "categorical", "bernoulli"] = "auto"
+    x_scale: Literal["learned", "fixed"] = "learned"
+    x_fixed_scale: float = setting(1.0, gt=0)
+    lambda_x: float | dict[str, float] = setting(1.0, ge=0)
+    x_reduction: Literal["sum", "mean"] = "sum"
+    label_scale: float = setting(0.0, ge=0)
+    lambda_y: float = setting(1.0, ge=0)
+    alpha: float = setting(1.0, ge=0)
+    label_subsets: int = setting(0, ge=0, le=100)
+    label_samples: int = setting(0, ge=0, le=MAX_DRAWS)
+    objective: Literal["elbo", "wae"] = "elbo"
     analytic_kl: bool = True
-    num_particles: int = 1
-    sequence_net: str = "mlp"
-    lstm_hidden: Any = 32
-    fusion: str = "poe"
-    mfn_memory: int = 64
-    lambda_mmd: Any = 1.0
-    mmd_kernel: str = "gaussian"
-    mmd_scale: float = 0.0
-    mmd_estimator: str = "biased"
-    missing: str = "poe"
-    surrogate_weight: float = 1.0
-    ablation: str = "none"
+    num_particles: int = setting(1, ge=1, le=MAX_DRAWS)
+    sequence_net: Literal["mlp", "lstm"] = "mlp"
+    lstm_hidden: int | dict[str, int] = setting(32, ge=1, le=MAX_WIDTH)
+    fusion: Literal["poe", "mfn"] = "poe"
+    mfn_memory: int = setting(64, ge=1, le=MAX_WIDTH)
+    lambda_mmd: float | dict[str, float] = setting(1.0, ge=0)
+    mmd_kernel: Literal["gaussian", "imq"] = "gaussian"
+    mmd_scale: float = setting(0.0, ge=0)
+    mmd_estimator: Literal["biased", "unbiased"] = "biased"
+    missing: Literal["poe", "surrogate"] = "poe"
+    surrogate_weight: float = setting(1.0, ge=0)
+    ablation: Literal["none", "no_shared", "shared_only", "discriminative"] = "none"
 
     def per_modality(self, key: str, names) -> dict:
         value = getattr(self, key)
@@ -136,38 +284,19 @@ class ModelConfig:
             return {m: value[m] for m in names}
         return {m: value for m in names}
 
-    def validate(self) -> "ModelConfig":
-        choices = {
-            "label_likelihood": ("auto", "normal", "laplace", "categorical", "bernoulli"),
-            "x_scale": ("learned", "fixed"),
-            "x_reduction": ("sum", "mean"),
-            "objective": ("elbo", "wae"),
-            "sequence_net": ("mlp", "lstm"),
-            "fusion": ("poe", "mfn"),
-            "mmd_kernel": ("gaussian", "imq"),
-            "mmd_estimator": ("biased", "unbiased"),
-            "missing": ("poe", "surrogate"),
-            "ablation": ("none", "no_shared", "shared_only", "discriminative"),
-        }
-        if not isinstance(self.label_scale, (int, float)) or self.label_scale < 0:
-            raise ConfigError(f"model.label_scale = {self.label_scale!r}: expected a number >= 0 (0: learned)")
-        for key in ("label_subsets", "label_samples"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"model.{key} = {v!r}: expected an integer >= 0")
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"model.{key} = {getattr(self, key)!r}: expected one of {allowed}")
+    def validate(self, where: str = "<config>") -> "ModelConfig":
+        return self.check(where)
+
+    def _cross_check(self, where: str) -> None:
         if self.fusion == "mfn" and self.ablation == "no_shared":
-            raise ConfigError("model.fusion = 'mfn' encodes z_y, which model.ablation = 'no_shared' removes")
+            raise ConfigError(f"{where}: model.fusion = 'mfn' encodes z_y, which model.ablation = 'no_shared' removes")
         if self.missing == "surrogate" and self.ablation in ("shared_only", "discriminative"):
-            raise ConfigError(f"model.missing = 'surrogate' predicts z_a codes, which model.ablation = "
+            raise ConfigError(f"{where}: model.missing = 'surrogate' predicts z_a codes, which model.ablation = "
                               f"{self.ablation!r} removes")
-        return self
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Table):
     """Stochastic variational inference.
 
     Attributes:
@@ -204,28 +333,28 @@ class TrainConfig:
             ``calibration.json``.
     """
 
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    clip_norm: float = 10.0
-    kl_warmup: int = 10
-    seed: int = 0
-    device: str = "auto"
-    modality_dropout: float = 0.25
-    select_metric: str = "auto"
-    patience: int = 20
-    valid_samples: int = 20
+    epochs: int = setting(100, ge=1, le=1_000_000)
+    batch_size: int = setting(128, ge=1, le=100_000_000)
+    lr: float = setting(1e-3, gt=0, le=100)
+    weight_decay: float = setting(0.0, ge=0)
+    clip_norm: float = setting(10.0, ge=0)
+    kl_warmup: int = setting(10, ge=0, le=1_000_000)
+    seed: int = setting(0, ge=0, le=MAX_SEED)
+    device: str = setting("auto", pattern=r"auto|cpu|cuda(:[0-9]+)?", what="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    modality_dropout: float = setting(0.25, ge=0, le=1)
+    select_metric: Literal[SELECT_METRICS] = "auto"
+    patience: int = setting(20, ge=0, le=1_000_000)
+    valid_samples: int = setting(20, ge=1, le=MAX_DRAWS)
     progress: bool = True
-    num_threads: int = 1
-    keep_last: int = 3
-    on_divergence: str = "stop"
-    validate: str = "first"
-    calibrate: str = "label"
+    num_threads: int = setting(1, ge=0, le=1024)
+    keep_last: int = setting(3, ge=0, le=1_000_000)
+    on_divergence: Literal["stop", "skip"] = "stop"
+    validate: Literal["first", "always"] = "first"
+    calibrate: Literal["all", "label", "none"] = "label"
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(_Table):
     """Evaluation and imputation.
 
     Attributes:
@@ -234,9 +363,12 @@ class EvaluateConfig:
         batch_size: samples per forward pass.
     """
 
-    num_samples: int = 100
-    interval: float = 0.9
-    batch_size: int = 512
+    num_samples: int = setting(100, ge=1, le=MAX_DRAWS)
+    interval: float = setting(0.9, gt=0, lt=1)
+    batch_size: int = setting(512, ge=1, le=100_000_000)
+
+
+TABLES = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train", EvaluateConfig: "evaluate"}
 
 
 @dataclass
@@ -255,6 +387,8 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict, where: str = "<dict>") -> "Config":
         cfg = cls()
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected tables data, model, train, evaluate; got {_SHORT.repr(d)}")
         for table, value in d.items():
             sub = getattr(cfg, table, None)
             if table == "path" or not dataclasses.is_dataclass(sub):
@@ -266,16 +400,23 @@ class Config:
                 if key not in names:
                     raise ConfigError(f"{where}: unknown key {table}.{key}; expected one of {sorted(names)}")
                 setattr(sub, key, v)
-        cfg.model.validate()
-        if cfg.train.validate not in ("first", "always"):
-            raise ConfigError(f"{where}: train.validate = {cfg.train.validate!r}: expected 'first' or 'always'")
-        if cfg.train.calibrate not in ("all", "label", "none"):
-            raise ConfigError(f"{where}: train.calibrate = {cfg.train.calibrate!r}: expected 'all', 'label' or 'none'")
-        if cfg.train.on_divergence not in ("stop", "skip"):
-            raise ConfigError(f"{where}: train.on_divergence = {cfg.train.on_divergence!r}: expected 'stop' or 'skip'")
-        if not isinstance(cfg.train.keep_last, int) or cfg.train.keep_last < 0:
-            raise ConfigError(f"{where}: train.keep_last = {cfg.train.keep_last!r}: expected an integer >= 0")
-        return cfg
+        return cfg.check(where)
+
+    def check(self, where: str = "<config>") -> "Config":
+        """Check every table (see :func:`check_table`); returns the configuration."""
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if f.name != "path":
+                if type(sub) not in TABLES:
+                    raise ConfigError(f"{where}: [{f.name}] must be a table, not {_SHORT.repr(sub)}")
+                sub.check(where)
+        return self
+
+    def differences(self, other: "Config", tables=("data", "model", "train", "evaluate")) -> list[str]:
+        """``"table.key = old -> new"`` for every field of ``tables`` whose value differs in ``other``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{t}.{k} = {_SHORT.repr(v)} -> {_SHORT.repr(theirs[t][k])}"
+                for t in tables for k, v in mine[t].items() if theirs[t][k] != v]
 
     @classmethod
     def load(cls, path, overrides=()) -> "Config":
@@ -304,7 +445,7 @@ class Config:
             table, key = lhs.strip().split(".", 1)
             try:
                 value = ast.literal_eval(rhs.strip())
-            except (ValueError, SyntaxError):
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 value = {"true": True, "false": False}.get(rhs.strip().lower(), rhs.strip())
             d.setdefault(table, {})[key] = value
         cfg = Config.from_dict(d, where=f"{self.path or '<config>'} with overrides")

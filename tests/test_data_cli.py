@@ -52,8 +52,12 @@ def test_convert_csd_with_named_feature_file(tmp_path, capsys):
                  "--out", str(out), "--steps", "3", "--folds", "none"]) == 0
     data = native.load(out)
     assert data.schema["acoustic"].shape == (3, 1) and list(data["train"].ids) == ["v[0]", "v[1]"]
-    assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"), "--out", str(out)]) == 2
+    assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"),
+                 "--out", str(tmp_path / "p.h5")]) == 2
     assert "at least one feature .csd" in capsys.readouterr().err
+    # an existing --out is refused before the conversion
+    assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_convert_mfn_real(shared_datasets, tmp_path):

@@ -269,3 +269,298 @@ def test_training_on_degenerate_data_is_a_result_or_a_clear_error(n, all_missing
     result = outcome(fit, Config().override(TINY), data)
     if not isinstance(result, DataError):
         assert np.isfinite(result.history[-1]["train_loss"])
+
+
+# ------------------------------------------------------------------------------- commands on hostile paths and data
+import errno  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from pyro_mfm.cli import main  # noqa: E402
+from pyro_mfm.outputs import OutputError, atomic_write, write_json  # noqa: E402
+
+RUN_CONFIG = """
+[data]
+source = "{data}"
+[model]
+z_y_dim = 2
+z_a_dim = 2
+f_y_dim = 4
+f_a_dim = 4
+hidden = {hidden}
+[train]
+epochs = 2
+kl_warmup = 0
+batch_size = 16
+valid_samples = 2
+progress = false
+[evaluate]
+num_samples = 3
+"""
+
+
+def _classes(n_train=40, n_valid=12, n_test=12, seed=0, names=("a", "b")):
+    rng = np.random.default_rng(seed)
+    n = n_train + n_valid + n_test
+    y = rng.integers(0, 3, n)
+    mods = {m: rng.normal(size=(n, 2 + i)) + y[:, None] for i, m in enumerate(names)}
+    return from_arrays(mods, y, label_kind="categorical",
+                       split={"train": np.arange(n_train), "valid": np.arange(n_train, n_train + n_valid),
+                              "test": np.arange(n_train + n_valid, n)})
+
+
+def _config(folder, data, hidden=8, name="tiny.toml"):
+    path = folder / name
+    path.write_text(RUN_CONFIG.format(data=data, hidden=hidden))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small data file, its configuration and a run folder trained on it (2 epochs of tiny networks)."""
+    root = tmp_path_factory.mktemp("trained")
+    save(_classes(), root / "data.h5")
+    cfg = _config(root, root / "data.h5")
+    assert main(["train", str(cfg), "--out", str(root / "run")]) == 0
+    return root
+
+
+def one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-mfm: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
+def test_output_paths_that_are_files_or_under_files(trained, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cfg = str(trained / "tiny.toml")
+    for command in (["train", cfg], ["run", cfg]):
+        for out in (a_file, a_file / "sub"):
+            assert main(command + ["--out", str(out)]) == 2
+            one_line_error(capsys, str(out), "is a file")
+    run = str(trained / "run")
+    # evaluate and impute check --out before any work
+    import pyro_mfm.cli.evaluate as ev
+    import pyro_mfm.cli.impute as im
+
+    def no_work(args):
+        raise AssertionError("the work started before --out was checked")
+
+    monkeypatch.setattr(ev, "load_for_inference", no_work)
+    monkeypatch.setattr(im, "load_for_inference", no_work)
+    for out in (a_file / "e.json", tmp_path):  # under a file; a folder
+        assert main(["evaluate", run, "--out", str(out), "--quiet"]) == 2
+        one_line_error(capsys, str(out))
+    assert main(["evaluate", run, "--out", str(tmp_path / "e.md"), "--quiet"]) == 2
+    one_line_error(capsys, "e.md", "expected the JSON report's name")
+    for out in (tmp_path, a_file / "i.h5"):
+        assert main(["impute", run, "--observed", "a", "--out", str(out)]) == 2
+        one_line_error(capsys, str(out))
+    assert main(["impute", run, "--observed", "a", "--out", str(tmp_path), "--overwrite"]) == 2
+    one_line_error(capsys, "is a folder")
+    assert main(["data", "convert", "--from", "native", str(trained / "data.h5"), "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, "is a folder")
+    assert a_file.read_text() == "x"
+
+
+def test_a_full_disk_is_one_line_naming_the_file(trained, tmp_path, capsys, monkeypatch):
+    report = tmp_path / "eval.json"
+    report.write_text("old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["evaluate", str(trained / "run"), "--out", str(report), "--quiet"]) == 2
+    one_line_error(capsys, str(report), "No space left on device")
+    assert report.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+    assert main(["train", str(trained / "tiny.toml"), "--out", str(tmp_path / "run")]) == 2
+    one_line_error(capsys, str(tmp_path / "run"), "No space left on device")
+    assert main(["impute", str(trained / "run"), "--observed", "a", "--out", str(tmp_path / "i.h5")]) == 2
+    one_line_error(capsys, "i.h5", "No space left on device")
+    assert not (tmp_path / "i.h5").exists() and not list(tmp_path.glob(".i.h5.*"))
+    with pytest.raises(OutputError, match="x.json: No space left on device"):
+        write_json(tmp_path / "x.json", {})
+
+
+def test_written_files_honour_the_umask(trained, tmp_path):
+    for name in ("last.pt", "best.pt", "config.json", "log.jsonl"):
+        assert (trained / "run" / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+        from pyro_mfm import plots
+        plots.save(plots.training_curves([{"epoch": 0, "train_loss": 1.0}]), tmp_path / "p.png")
+        save(_classes(4, 0, 0), tmp_path / "d.h5")
+    finally:
+        os.umask(old)
+    for name in ("f.bin", "p.png", "d.h5"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def _umask():
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise AssertionError(f"{path}: non-standard JSON token {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_json_outputs_are_strict(tmp_path):
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([1, 2])})
+    assert _strict_json(tmp_path / "m.json") == {"a": None, "b": [None, 1.5], "c": [1, 2]}
+
+
+def test_evaluate_on_data_of_another_schema(trained, tmp_path, capsys):
+    save(_classes(names=("a", "audio")), tmp_path / "other.h5")
+    assert main(["evaluate", str(trained / "run"), "--data", str(tmp_path / "other.h5"),
+                 "--out", str(tmp_path / "e.json"), "--quiet"]) == 2
+    one_line_error(capsys, "other.h5", "no modality 'b'", "'audio' that the model was not trained on")
+    save(_classes(names=("a", "b"), seed=1), tmp_path / "wide.h5")  # same names, other shapes
+    data = _classes()
+    wide = from_arrays({"a": np.asarray(data["train"].features["a"]), "b": np.zeros((40, 7))},
+                       np.asarray(data["train"].labels), label_kind="categorical", split={"test": np.arange(40)})
+    save(wide, tmp_path / "wide.h5", overwrite=True)
+    assert main(["evaluate", str(trained / "run"), "--data", str(tmp_path / "wide.h5"),
+                 "--out", str(tmp_path / "e.json"), "--quiet"]) == 2
+    one_line_error(capsys, "modality 'b' of shape [7], the model expects [3]")
+    assert main(["evaluate", str(trained / "run"), "--split", "nope", "--out", str(tmp_path / "e.json")]) == 2
+    one_line_error(capsys, "no split 'nope'")
+
+
+def test_num_samples_on_the_command_line_is_checked(trained, tmp_path, capsys):
+    for command in (["evaluate", "--out", str(tmp_path / "e.json")],
+                    ["impute", "--observed", "a", "--out", str(tmp_path / "i.h5")]):
+        for n in ("-5", "0"):
+            assert main(command[:1] + [str(trained / "run"), "--num-samples", n] + command[1:]) == 2
+            one_line_error(capsys, f"evaluate.num_samples = {n}: expected an integer in [1, ")
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "i.h5").exists()
+
+
+def test_resume_with_another_architecture_is_one_line(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = str(trained / "tiny.toml")
+    assert main(["train", cfg, "--out", str(run), "--set", "train.epochs=1"]) == 0
+    assert main(["train", cfg, "--out", str(run), "--resume", "--set", "model.hidden=16"]) == 2
+    one_line_error(capsys, "another architecture", "model.hidden = 8 -> 16")
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_one_line(trained, tmp_path):
+    import torch
+
+    from pyro_mfm.infer import CheckpointError
+    from pyro_mfm.infer.checkpoint import load_model
+
+    payload = torch.load(trained / "run" / "best.pt", weights_only=False)
+    key = next(iter(payload["model"]))
+    payload["model"][key] = torch.zeros(99)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "bad.pt")
+    assert "\n" not in str(e.value) and f"{key}: [99] stored" in str(e.value)
+
+
+def test_python_api_of_prediction_checks_its_arguments_and_the_data(trained):
+    from pyro_mfm.infer.checkpoint import load_model
+    from pyro_mfm.infer.evaluate import evaluate
+    from pyro_mfm.infer.predict import impute, predict
+
+    mfm, _, _ = load_model(trained / "run")
+    test = _classes()["test"]
+    for kwargs in ({"num_samples": 0}, {"num_samples": -5}, {"batch_size": 0}, {"num_samples": 2.5}):
+        for fn in (predict, impute):
+            with pytest.raises(ValueError, match=f"{next(iter(kwargs))} = "):
+                fn(mfm, test, **kwargs)
+    with pytest.raises(ValueError, match="interval = 1.5"):
+        predict(mfm, test, interval=1.5)
+    with pytest.raises(DataError, match="no modality 'b'"):
+        evaluate(mfm, _classes(names=("a", "audio"))["test"], num_samples=2)
+
+
+def _run_job(tmp_path, data, capsys):
+    save(data, tmp_path / "d.h5")
+    cfg = _config(tmp_path, tmp_path / "d.h5")
+    return main(["run", str(cfg), "--out", str(tmp_path / "report"), "--quiet"])
+
+
+def test_run_with_one_sample_per_split(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = from_arrays({"a": rng.normal(size=(3, 2)), "b": rng.normal(size=(3, 3))}, np.array([0, 1, 0]),
+                       label_kind="categorical", split={"train": [0], "valid": [1], "test": [2]})
+    assert _run_job(tmp_path, data, capsys) == 0
+    metrics = _strict_json(tmp_path / "report" / "metrics.json")
+    assert metrics["single_view_baselines"] == {} and len(metrics["subsets"]) == 3
+    assert "No one-view baseline for a, b" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_run_with_a_modality_absent_from_the_test_split(tmp_path, capsys):
+    data = _classes()
+    present = {"b": np.r_[np.ones(52, bool), np.zeros(12, bool)]}
+    data = from_arrays({m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")])
+                        for m in ("a", "b")},
+                       np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")]),
+                       label_kind="categorical", present=present,
+                       split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
+    assert _run_job(tmp_path, data, capsys) == 0
+    metrics = _strict_json(tmp_path / "report" / "metrics.json")
+    by = {tuple(r["observed"]): r for r in metrics["subsets"]}
+    assert by[("b",)]["label"] == {"n": 0} and "no sample of split 'test' has b" in by[("b",)]["note"]
+    assert by[("a",)]["imputation"]["b"]["n"] == 0 and by[("a",)]["imputation"]["b"]["mse"] is None
+    assert by[("a",)]["label"]["n"] == 12 and set(metrics["single_view_baselines"]) == {"a"}
+    assert "| b | - |" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["evaluate", str(tmp_path / "report" / "checkpoint"), "--out", str(tmp_path / "e.json"),
+                 "--quiet"]) == 0
+    assert _strict_json(tmp_path / "e.json")["subsets"][1]["label"] == {"n": 0}
+
+
+def test_run_on_features_near_1e20_is_one_line(tmp_path, capsys):
+    data = _classes()
+    huge = from_arrays({"a": np.concatenate([np.asarray(data[s].features["a"]) for s in ("train", "valid", "test")])
+                        * 1e20,
+                        "b": np.concatenate([np.asarray(data[s].features["b"]) for s in ("train", "valid", "test")])},
+                       np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")]),
+                       label_kind="categorical",
+                       split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
+    assert _run_job(tmp_path, huge, capsys) == 2
+    one_line_error(capsys, "split 'train', modality 'a'", "expected magnitudes up to 1e+18")
+    labels = from_arrays({"a": np.ones((4, 2))}, np.array([1.0, -3e20, 2.0, 0.0]))
+    with pytest.raises(DataError, match="split 'train': a regression label reaches 3e\\+20"):
+        fit(Config().override(TINY), labels)
+
+
+def test_train_accepts_nan_as_missing(trained, tmp_path, capsys):
+    import h5py
+
+    path = tmp_path / "nan.h5"
+    path.write_bytes((trained / "data.h5").read_bytes())
+    with h5py.File(path, "a") as f:
+        x = f["train/a/features"][...]
+        x[3, 0] = np.nan
+        f["train/a/features"][...] = x
+    cfg = _config(tmp_path, path)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r1"), "--set", "train.epochs=1"]) == 2
+    one_line_error(capsys, "--nan-as-missing")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r2"), "--set", "train.epochs=1", "--nan-as-missing"]) == 0
+    # evaluating a trained model on such a file takes the same flag
+    run = str(trained / "run")
+    assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json")]) == 2
+    one_line_error(capsys, "--nan-as-missing")
+    assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json"),
+                 "--nan-as-missing", "--quiet"]) == 0
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    p = subprocess.Popen([sys.executable, "-m", "pyro_mfm", "data", "info", "uci_mfeat"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    p.stdout.close()  # the reader is gone before the command writes (as `| head -0` does)
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

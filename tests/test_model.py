@@ -130,7 +130,7 @@ def test_config_errors_name_the_key(tmp_path):
         Config().override(["model.x_scale='wild'"])
     with pytest.raises(ConfigError, match="train.validate = 'never': expected 'first' or 'always'"):
         Config().override(["train.validate='never'"])
-    with pytest.raises(ConfigError, match="model.label_scale = -1.0: expected a number >= 0"):
+    with pytest.raises(ConfigError, match="model.label_scale = -1.0: expected a finite number >= 0"):
         Config().override(["model.label_scale=-1.0"])
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")

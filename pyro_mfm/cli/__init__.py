@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..config import ConfigError
 from ..data.schema import DataError
 from ..infer.checkpoint import CheckpointError
+from ..outputs import OutputError
 
 COMMANDS = (
     "data",
@@ -34,10 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (2 for bad input, printed as one line on stderr)."""
+    """Run the command line; returns the exit status (2 for bad input or an output that cannot be written, printed
+    as one line on stderr).
+
+    Output closed early by the reader (``pyro-mfm ... | head``) ends the command quietly, as other command-line
+    tools do, with the status 128 + SIGPIPE (141).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (DataError, ConfigError, CheckpointError) as e:
-        print(f"pyro-mfm: error: {e}", file=sys.stderr)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler, not at the interpreter's exit
+        return status
+    except (DataError, ConfigError, CheckpointError, OutputError) as e:
+        print(f"pyro-mfm: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except OSError as e:  # a file system error not raised through the checks above: still one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pyro-mfm: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split("\n"))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise again on the closed pipe
+    (the recipe of the Python documentation, signal module, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured)
+        pass

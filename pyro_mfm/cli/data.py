@@ -112,6 +112,11 @@ def _label_summary(ds) -> str:
 
 # --------------------------------------------------------------------------------------------------------- convert
 def run_convert(args) -> int:
+    from ..outputs import check_output_file
+
+    check_output_file(args.out, "--out")  # before the conversion, not after it
+    if Path(args.out).exists() and not args.overwrite:
+        raise DataError(f"--out {args.out}: already exists; expected a new file name (or --overwrite)")
     data = convert(args)
     out = native.save(data, args.out, overwrite=args.overwrite)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())

@@ -16,16 +16,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..infer.checkpoint import atomic_write, write_json
     from ..infer.evaluate import evaluate, table
     from ..infer.train import cpu_threads
+    from ..outputs import OutputError, atomic_write, check_output_file, write_json
 
+    out = Path(args.out)
+    if out.suffix == ".md":
+        raise OutputError(f"--out {out}: the Markdown table is written beside the JSON report as {out.name}; "
+                          "expected the JSON report's name, e.g. eval.json")
+    for path in (out, out.with_suffix(".md")):  # before the work, not after it
+        check_output_file(path, "--out")
     mfm, config, ds = load_for_inference(args)
     with cpu_threads(config.train.num_threads):
-        records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
+        records = evaluate(mfm, ds, num_samples=config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
                            progress=not args.quiet)
-    out = Path(args.out)
     write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "subsets": records})
     text = table(records)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))

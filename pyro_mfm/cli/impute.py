@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from ..data.schema import DataError
 from ._common import add_checkpoint_arguments, load_for_inference, parse_observed
 
 
@@ -18,11 +21,15 @@ def run(args) -> int:
     from ..data import native
     from ..infer.predict import impute, imputed_data
     from ..infer.train import cpu_threads
+    from ..outputs import check_output_file
 
+    check_output_file(args.out, "--out")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise DataError(f"--out {args.out}: already exists; expected a new file name (or --overwrite)")
     mfm, config, ds = load_for_inference(args)
     with cpu_threads(config.train.num_threads):
         imp = impute(mfm, ds, parse_observed(args.observed),
-                     num_samples=args.num_samples or config.evaluate.num_samples,
+                     num_samples=config.evaluate.num_samples,
                      batch_size=config.evaluate.batch_size)
     native.save(imputed_data(ds, imp), args.out, overwrite=args.overwrite)
     print(f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "

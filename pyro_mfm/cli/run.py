@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ._common import add_config_arguments, config_from_args
 
 
@@ -14,8 +16,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..infer.faults import DivergenceError
     from ..infer.job import run as run_job
+    from ..outputs import check_output_dir
 
-    report = run_job(config_from_args(args), args.out, resume=args.resume)
+    config = config_from_args(args)
+    check_output_dir(args.out, "--out")
+    try:
+        report = run_job(config, args.out, resume=args.resume)
+    except DivergenceError as e:
+        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
+        return 3
     print(f"report written to {args.out}/report.md ({report['total_seconds']:.0f} s)")
     return 0

@@ -28,8 +28,10 @@ def run(args) -> int:
     from ..infer.faults import DivergenceError
     from ..infer.job import load_data
     from ..infer.train import fit
+    from ..outputs import check_output_dir
 
     config = config_from_args(args)
+    check_output_dir(args.out, "--out")
     main = int(os.environ.get("RANK", "0")) == 0
     try:
         result = fit(config, load_data(config), args.out, resume=args.resume)

@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..outputs import OutputError, file_mode
 from .dataset import MultimodalData, MultimodalDataset
 from .schema import DataError, Schema
 
@@ -43,15 +44,22 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` in the native format (atomically). Returns the path.
 
     Raises:
-        DataError: ``path`` exists and ``overwrite`` is False.
+        DataError: ``path`` exists and ``overwrite`` is False, is a folder, or its folder does not exist.
+        OutputError: the write failed (a full disk, no permission); ``path`` is left as it was.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"file {path}: is a folder; expected a file name")
     if path.exists() and not overwrite:
         raise DataError(f"file {path}: already exists; expected a new file name (or overwrite=True / --overwrite)")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise DataError(f"file {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"file {path}: folder {folder} {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
@@ -62,23 +70,16 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, _mode(path))
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a lost mount: h5py and os raise OSError
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     _fsync_folder(folder)
     return path
-
-
-def _mode(path: Path) -> int:
-    """Permissions for the new file: those of the file it replaces, else the usual ones (0o666 less the umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _fsync_folder(folder: Path) -> None:

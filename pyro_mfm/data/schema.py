@@ -158,3 +158,32 @@ class Schema:
                 lab["kind"], lab["dim"], None if lab.get("names") is None else tuple(lab["names"]), lab.get("low"), lab.get("high")
             )
         return cls(mods, label, d.get("name", ""), d.get("attribution", ""), dict(d.get("extra", {})))
+
+
+def schema_differences(expected: Schema, got: Schema, strict: bool = False) -> list[str]:
+    """What ``got`` (a data set's schema) has that differs from ``expected`` (a model's): missing or extra
+    modalities, other shapes, another label kind or size; with ``strict``, also other names, feature names, label
+    names or ranges. Empty when a model trained on ``expected`` can be used on ``got``."""
+    out = []
+    exp, new = {m.name: m for m in expected.modalities}, {m.name: m for m in got.modalities}
+    missing = [m for m in exp if m not in new]
+    extra = [m for m in new if m not in exp]
+    if missing:
+        out.append(f"no modality {', '.join(map(repr, missing))} (the data has {list(new)})")
+    if extra:
+        out.append(f"modality {', '.join(map(repr, extra))} that the model was not trained on")
+    for name in exp:
+        if name in new and exp[name].shape != new[name].shape:
+            out.append(f"modality {name!r} of shape {list(new[name].shape)}, the model expects "
+                       f"{list(exp[name].shape)}")
+        elif strict and name in new and exp[name].feature_names != new[name].feature_names:
+            out.append(f"modality {name!r} with other feature names")
+    el, gl = expected.label, got.label
+    label = lambda lab: "no label" if lab is None else f"a {lab.kind} label of dim {lab.dim}"  # noqa: E731
+    if (el is None) != (gl is None) or (el is not None and (el.kind, el.dim) != (gl.kind, gl.dim)):
+        out.append(f"{label(gl)}, the model expects {label(el)}")
+    elif strict and el is not None and (el.names, el.low, el.high) != (gl.names, gl.low, gl.high):
+        out.append("a label with other class names or range")
+    if strict and (expected.name, expected.attribution) != (got.name, got.attribution):
+        out.append(f"data set name {got.name!r}, the model's is {expected.name!r}")
+    return out

@@ -23,9 +23,20 @@ class FeatureStats:
     label_std: np.ndarray
 
 
+# Largest magnitude of a feature or regression label: the likelihoods work in float32 and square the distance of a
+# value to its predicted mean, which overflows beyond about 1.8e19.
+MAX_MAGNITUDE = 1e18
+
+
 def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float = 1e-3) -> FeatureStats:
-    """Statistics of ``ds`` (read in chunks, so a lazily loaded file is never held in memory whole)."""
+    """Statistics of ``ds`` (read in chunks, so a lazily loaded file is never held in memory whole).
+
+    Raises:
+        DataError: a modality never observed, or an observed feature or regression label beyond
+            :data:`MAX_MAGNITUDE` in magnitude (naming the split, the modality or label, and the feature).
+    """
     sums = {s.name: np.zeros(s.dim) for s in ds.schema.modalities}
+    peak = {s.name: np.zeros(s.dim) for s in ds.schema.modalities}
     sq = {s.name: np.zeros(s.dim) for s in ds.schema.modalities}
     counts = {s.name: 0.0 for s in ds.schema.modalities}
     y_sum = y_sq = 0.0
@@ -37,12 +48,17 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
             w = (batch.steps[s.name] if s.is_sequence else batch.present[s.name]).numpy().astype(float)
             x = x.reshape(-1, s.dim)
             w = w.reshape(-1)
+            if w.any():
+                peak[s.name] = np.maximum(peak[s.name], np.abs(x[w > 0]).max(0))
             sums[s.name] += w @ x
             sq[s.name] += w @ (x * x)
             counts[s.name] += w.sum()
         if lab is not None and lab.kind == "regression":
             yp = batch.y_present.numpy()
             y = batch.y.double().numpy()[yp]
+            if y.size and np.abs(y).max() > MAX_MAGNITUDE:
+                raise DataError(f"split {ds.split!r}: a regression label reaches {np.abs(y).max():.3g}; expected "
+                                f"magnitudes up to {MAX_MAGNITUDE:.0e} (rescale the label)")
             y_sum = y_sum + y.sum(0)
             y_sq = y_sq + (y * y).sum(0)
             y_n += int(yp.sum())
@@ -50,6 +66,11 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
     for name in sums:
         if counts[name] == 0:
             raise DataError(f"split {ds.split!r}, modality {name!r}: never observed; cannot standardise it")
+        if peak[name].max() > MAX_MAGNITUDE:
+            j = int(peak[name].argmax())
+            raise DataError(f"split {ds.split!r}, modality {name!r}: feature {j} reaches {peak[name][j]:.3g} in "
+                            f"magnitude; expected magnitudes up to {MAX_MAGNITUDE:.0e}, which the likelihood can "
+                            "square in float32 (rescale the features)")
         mean[name] = sums[name] / counts[name]
         std[name] = np.sqrt(np.maximum(sq[name] / counts[name] - mean[name] ** 2, 0.0)).clip(min_std)
     k = lab.dim if lab is not None and lab.kind == "regression" else 1

@@ -11,11 +11,8 @@ checkpoint that reads.
 from __future__ import annotations
 
 import io
-import json
-import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from ..config import Config
 from ..data.schema import Schema
 from ..data.stats import FeatureStats
 from ..model import MFM
+from ..outputs import atomic_write, write_json  # noqa: F401  (re-exported: checkpoint writers import them here)
 
 FORMAT = "pyro-mfm-checkpoint"
 VERSION = 1
@@ -34,35 +32,6 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A missing, corrupt or incompatible checkpoint; the message names the file and what was expected."""
-
-
-def atomic_write(path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def save_checkpoint(path, mfm: MFM, config: Config, stats: FeatureStats, state: dict) -> None:
@@ -184,7 +153,27 @@ def load_model(path, device=None) -> tuple[MFM, Config, dict]:
     mfm = MFM(schema, config.model, stats)
     try:
         mfm.load_state_dict(payload["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {payload['path']}: weights do not match its configuration ({e})") from None
+    except RuntimeError:
+        raise CheckpointError(f"checkpoint {payload['path']}: weights do not match its configuration "
+                              f"({weights_mismatch(mfm, payload['model'])})") from None
     mfm.to(device or "cpu").eval()
     return mfm, config, payload
+
+
+def weights_mismatch(module: torch.nn.Module, state: dict) -> str:
+    """One line on how the weights ``state`` differ from what ``module`` holds (missing, unexpected, resized)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [k for k in own
+               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if resized:
+        k = resized[0]
+        parts.append(f"{len(resized)} of another shape, e.g. {k}: {list(state[k].shape)} stored, "
+                     f"{list(own[k].shape)} expected")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts) or "the weights do not load"

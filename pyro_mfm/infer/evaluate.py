@@ -15,7 +15,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
-from .predict import impute, predict
+from .predict import check_schema, impute, predict
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -31,17 +31,27 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
              interval: float = 0.9, batch_size: int = 512, progress: bool = True) -> list[dict]:
     """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``."""
+    check_schema(mfm, ds)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
     records = []
     for obs in tqdm(subsets, desc="evaluate subsets", disable=not progress, leave=False):
         rec: dict = {"observed": list(obs)}
+        hidden = [m for m in names if m not in obs]
+        if len(ds) and not np.any([ds.present[m] for m in obs]):
+            # no sample of the split has any of these modalities: a prediction would be the prior's, not theirs
+            rec["note"] = f"no sample of split {ds.split!r} has {' or '.join(obs)}: nothing to predict from"
+            if mfm.D is not None and ds.labels is not None and ds.label_present.any():
+                rec["label"] = {"n": 0}
+            if hidden:
+                rec["imputation"] = {m: {"n": 0} for m in hidden}
+            records.append(rec)
+            continue
         if mfm.D is not None and ds.labels is not None and ds.label_present.any():
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
                            keep_samples=False)
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
-        hidden = [m for m in names if m not in obs]
         if hidden:
             imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size)
             rec["imputation"] = {m: imputation_metrics(features[m], imp.mean[m], _truth_weight(ds, m)) for m in hidden}
@@ -73,13 +83,19 @@ def mean_imputation_baseline(train: MultimodalDataset, ds: MultimodalDataset, pe
 
 def table(records: list[dict], metrics=None) -> str:
     """A Markdown table: one row per observed subset, label metrics then mean imputation MSE of hidden modalities."""
-    label_keys = metrics or ([k for k in records[0].get("label", {}) if k != "n"] if records else [])
+    scored = [r["label"] for r in records if r.get("label", {}).get("n")]
+    label_keys = metrics or ([k for k in scored[0] if k != "n"] if scored else [])
     head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lab = r.get("label", {})
-        cells = ["+".join(r["observed"])] + [f"{lab.get(k, float('nan')):.4g}" for k in label_keys]
+        cells = ["+".join(r["observed"])] + [format_cell(lab.get(k), ".4g") for k in label_keys]
         imp = r.get("imputation", {})
-        cells.append(", ".join(f"{m} {v['mse']:.3g}" for m, v in imp.items()) or "-")
+        cells.append(", ".join(f"{m} {format_cell(v.get('mse'), '.3g')}" for m, v in imp.items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_cell(v, spec: str) -> str:
+    """A table cell: the number, or ``-`` where there is none (nothing to score, or not finite)."""
+    return f"{v:{spec}}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"

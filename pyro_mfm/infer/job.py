@@ -20,7 +20,7 @@ from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError
 from ..model import MFM
 from .checkpoint import atomic_write, write_json
-from .evaluate import evaluate, mean_imputation_baseline, table
+from .evaluate import evaluate, format_cell, mean_imputation_baseline, table
 from .predict import impute, imputed_data, predict
 from .train import cpu_threads, fit
 
@@ -52,6 +52,8 @@ def single_view_baselines(data: MultimodalData, config: Config) -> dict:
         tr = train.present[m] & train.label_present
         te = test.present[m] & test.label_present
         flat = lambda ds, idx: np.asarray(ds.features[m])[idx].reshape(idx.sum(), -1)  # noqa: E731
+        if not baseline_possible(lab, np.asarray(train.labels)[tr] if tr.any() else [], te.sum()):
+            continue  # too few labelled samples with this modality (see the report's note)
         if lab.kind == "categorical":
             clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
             clf.fit(flat(train, tr), np.asarray(train.labels)[tr])
@@ -61,6 +63,14 @@ def single_view_baselines(data: MultimodalData, config: Config) -> dict:
             reg.fit(flat(train, tr), np.asarray(train.labels)[tr])
             out[m] = {"mae": float(np.abs(reg.predict(flat(test, te)) - np.asarray(test.labels)[te]).mean())}
     return out
+
+
+def baseline_possible(label, train_labels, n_test: int) -> bool:
+    """Whether a one-view baseline can be fitted and scored: a labelled test sample with the view, and training
+    samples with it of at least two classes (classes) or at least one (regression)."""
+    if n_test == 0 or len(train_labels) == 0:
+        return False
+    return label.kind != "categorical" or len(np.unique(train_labels)) >= 2
 
 
 def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
@@ -146,9 +156,13 @@ def _run(config: Config, out_dir, resume: bool) -> dict:
         md += ["\n## Linear model trained on one modality alone (test split)\n",
                "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
                "|---|" + "---|" * len(next(iter(baselines.values())))]
-        md += [f"| {m} | " + " | ".join(f"{x:.4g}" for x in v.values()) + " |" for m, v in baselines.items()]
+        md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
+    unscored = [m for m in data.schema.names if m not in baselines]
+    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
+        md += [f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
+               "(a training sample of two classes at least, or of the regression label, and a test sample)."]
     md += ["\n## Training-mean imputation baseline (MSE)\n",
-           ", ".join(f"{m} {v['mse']:.4g}" for m, v in mean_baseline.items()),
+           ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
            "\n## Plots\n"] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
     if data.schema.attribution:
         md += ["\n## Data attribution\n", data.schema.attribution]

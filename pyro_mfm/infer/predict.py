@@ -16,7 +16,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from ..data.dataset import MultimodalData, MultimodalDataset
-from ..data.schema import DataError
+from ..data.schema import DataError, schema_differences
 from ..model import MFM
 
 
@@ -76,12 +76,18 @@ def _device(mfm: MFM):
     return next(mfm.parameters()).device
 
 
-def _check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
+def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
+    """A :class:`DataError` naming what differs unless ``dataset`` has the modalities ``mfm`` was trained on."""
     if dataset.schema.modalities != mfm.schema.modalities:
-        raise DataError(
-            f"{dataset._where()}: modalities {[(m.name, m.shape) for m in dataset.schema.modalities]} do not match "
-            f"the model's {[(m.name, m.shape) for m in mfm.schema.modalities]}"
-        )
+        found = schema_differences(mfm.schema, dataset.schema) or ["the modalities in another order"]
+        raise DataError(f"{dataset._where()}: modalities do not match the model's: {'; '.join(found)}")
+
+
+def _check_counts(**counts) -> None:
+    """Each of ``counts`` (posterior draws, batch size) is an integer >= 1."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} = {v!r}: expected an integer >= 1")
 
 
 @torch.no_grad()
@@ -93,7 +99,10 @@ def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: in
     """
     if mfm.D is None:
         raise DataError(f"{dataset._where()}: the model has no label to predict")
-    _check_schema(mfm, dataset)
+    check_schema(mfm, dataset)
+    _check_counts(num_samples=num_samples, batch_size=batch_size)
+    if not 0 < interval < 1:
+        raise ValueError(f"interval = {interval!r}: expected a probability in (0, 1)")
     observed = _observed(mfm, observed)
     mfm.eval()
     # Posterior draws of z_y come from the guide; the label depends on nothing else (y sees only f_y), so the
@@ -147,10 +156,11 @@ def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int
     surrogate's code). An imputed sequence is zero at its padding steps where they are known (the modality was
     recorded and hidden); a sample that never recorded the modality gets all T steps.
     """
-    _check_schema(mfm, dataset)
+    check_schema(mfm, dataset)
     if not mfm.generative:
         raise DataError(f"{dataset._where()}: the model has no decoders to impute with "
                         f"(model.ablation = {mfm.config.ablation!r})")
+    _check_counts(num_samples=num_samples, batch_size=batch_size)
     observed = _observed(mfm, observed)
     mfm.eval()
     names = mfm.schema.names

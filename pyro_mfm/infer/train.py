@@ -22,11 +22,12 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import Batch, MultimodalData
-from ..data.schema import DataError
+from ..data.schema import DataError, Schema, schema_differences
 from ..data.stats import FeatureStats, feature_statistics
 from ..model import MFM
+from ..outputs import strict
 from . import distributed
 from .calibrate import calibrate
 from .checkpoint import (CheckpointError, atomic_write, read_checkpoint, read_resume, rng_state, save_run,
@@ -50,9 +51,18 @@ def cpu_threads(n: int):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``train.device`` names; :class:`ConfigError` for a CUDA device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine (PyTorch "
+                              f"{torch.__version__}); expected 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s); expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+    return device
 
 
 def select_metric(config: Config, mfm: MFM) -> str:
@@ -147,6 +157,7 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
     trains data-parallel (see :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation
     metric), in eval mode.
     """
+    config.check("configuration")  # a configuration built or changed in Python gets the checks a file gets
     with cpu_threads(config.train.num_threads):
         dist, device = distributed.setup(resolve_device(config.train.device))
         try:
@@ -181,8 +192,14 @@ def _resume_payload(out_dir, data: MultimodalData, config: Config) -> dict:
         raise CheckpointError("resume needs the run folder that holds last.pt")
     payload = read_resume(out_dir)
     if payload["schema"] != data.schema.to_dict():
+        found = schema_differences(Schema.from_dict(payload["schema"]), data.schema, strict=True)
         raise CheckpointError(f"checkpoint {payload['path']}: trained on data with another schema than "
-                              f"{config.data.source}; expected the modalities and label it was trained on")
+                              f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
+                              "modalities and label it was trained on")
+    changed = Config.from_dict(payload["config"], where=payload["path"]).differences(config, tables=("model",))
+    if changed:
+        raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
+                              f"({'; '.join(changed)}); resuming needs the [model] table it was trained with")
     return payload
 
 
@@ -338,7 +355,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                     names = ([f"epoch-{epoch + 1:04d}.pt"] if tc.keep_last else []) + (["best.pt"] if improved else [])
                     save_run(out_dir, mfm, config, stats, st, names + ["last.pt"], tc.keep_last)
                     atomic_write(out_dir / "log.jsonl", lambda f: f.write(
-                        "".join(json.dumps(r) + "\n" for r in run.history).encode()))
+                        "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in run.history).encode()))
             elif improved:
                 best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
             if distributed.all_sum([stop.signum is not None], dist, device)[0]:
@@ -360,5 +377,5 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
             update_weights(best_file, mfm)  # best.pt holds the calibrated model that evaluate loads
         if result.calibration and writer:
             atomic_write(out_dir / "calibration.json", lambda f: f.write(
-                json.dumps(result.calibration, indent=2).encode()))
+                json.dumps(strict(result.calibration), indent=2, allow_nan=False).encode()))
     return result

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from ..outputs import atomic_write
 
 # Metrics where a smaller value is better; anything else is taken as larger-is-better.
 _LOWER_IS_BETTER = ("mae", "mse", "rmse", "nll", "nlpd", "ece", "loss", "error", "err", "elbo_loss", "brier")
@@ -94,25 +94,14 @@ def save(fig, path, dpi: int = 120) -> Path:
 
     The image is written to a temporary file in the target directory and moved into place with
     :func:`os.replace`, so ``path`` is either the previous file or the complete new one, never a partial write;
-    on failure the temporary file is removed and the error re-raised. Parent directories are created.
+    on failure the temporary file is removed (a failed write is an :class:`~pyro_mfm.outputs.OutputError` naming
+    the path). Parent directories are created; the file gets the permissions the umask gives a new file.
     Returns the path written.
     """
     figure = _figure_of(fig)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            figure.savefig(fh, format="png", dpi=dpi)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        atomic_write(path, lambda fh: figure.savefig(fh, format="png", dpi=dpi))
     finally:
         close(figure)
     return path
