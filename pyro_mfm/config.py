@@ -232,11 +232,14 @@ class EvaluateConfig:
         num_samples: posterior samples per prediction or imputation.
         interval: mass of the central credible interval reported (and whose coverage is measured).
         batch_size: samples per forward pass.
+        seed: seeds the posterior draws of evaluation, prediction and imputation (``evaluate``, ``impute`` and the
+            report of ``run``; ``--seed`` overrides it), so that they give the same numbers every time on CPU.
     """
 
     num_samples: int = 100
     interval: float = 0.9
     batch_size: int = 512
+    seed: int = 0
 
 
 @dataclass

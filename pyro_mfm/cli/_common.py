@@ -24,6 +24,14 @@ def config_from_args(args) -> Config:
     return Config.load(args.config, overrides)
 
 
+def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty OUT (deletes the files a run writes there first)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with a configuration that changes the run's result (e.g. train.lr); "
+                        "the change is recorded in log.jsonl")
+
+
 def parse_observed(text: str | None):
     return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -33,6 +41,8 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", help="data source (default: the one the model was trained on)")
     p.add_argument("--split", default=None, help=f"split to {what} (default: the configuration's test split)")
     p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the posterior draws (default: evaluate.seed of the run's configuration)")
 
 
 def load_for_inference(args):
@@ -43,4 +53,6 @@ def load_for_inference(args):
     mfm, config, _ = load_model(args.checkpoint)
     if args.data:
         config.data.source = args.data
+    if args.seed is not None:
+        config.evaluate.seed = args.seed
     return mfm, config, load_data(config)[args.split or config.data.test_split]

@@ -24,9 +24,10 @@ def run(args) -> int:
     with cpu_threads(config.train.num_threads):
         records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
-                           progress=not args.quiet)
+                           progress=not args.quiet, seed=config.evaluate.seed)
     out = Path(args.out)
-    write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "subsets": records})
+    write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "seed": config.evaluate.seed,
+                     "subsets": records})
     text = table(records)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)

@@ -23,7 +23,7 @@ def run(args) -> int:
     with cpu_threads(config.train.num_threads):
         imp = impute(mfm, ds, parse_observed(args.observed),
                      num_samples=args.num_samples or config.evaluate.num_samples,
-                     batch_size=config.evaluate.batch_size)
+                     batch_size=config.evaluate.batch_size, seed=config.evaluate.seed)
     native.save(imputed_data(ds, imp), args.out, overwrite=args.overwrite)
     print(f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "
           f"for {len(ds)} samples -> {args.out}")

@@ -29,8 +29,11 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 
 
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
-             interval: float = 0.9, batch_size: int = 512, progress: bool = True) -> list[dict]:
-    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``."""
+             interval: float = 0.9, batch_size: int = 512, progress: bool = True, seed: int | None = 0) -> list[dict]:
+    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``.
+
+    Every prediction and imputation is seeded with ``seed`` (``None``: drawn from the global random state), so two
+    evaluations of one model give the same numbers (on CPU), whatever subsets they cover."""
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
@@ -39,11 +42,11 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
         rec: dict = {"observed": list(obs)}
         if mfm.D is not None and ds.labels is not None and ds.label_present.any():
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
-                           keep_samples=False)
+                           keep_samples=False, seed=seed)
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
         hidden = [m for m in names if m not in obs]
         if hidden:
-            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size)
+            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size, seed=seed)
             rec["imputation"] = {m: imputation_metrics(features[m], imp.mean[m], _truth_weight(ds, m)) for m in hidden}
         records.append(rec)
     return records

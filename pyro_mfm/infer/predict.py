@@ -8,9 +8,12 @@ prediction only needs the label's likelihood p(y | D(G_y(z_y))) at the drawn z_y
 from __future__ import annotations
 
 import math
+import random
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
@@ -76,6 +79,25 @@ def _device(mfm: MFM):
     return next(mfm.parameters()).device
 
 
+@contextmanager
+def seeded(seed: int, device=None):
+    """Run the block with every random-number generator it draws from (torch on the CPU and on ``device``, numpy,
+    Python) seeded by ``seed``, then restore the caller's states."""
+    device = torch.device(device) if device is not None else None
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
+        states = np.random.get_state(), random.getstate()
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(states[0])
+            random.setstate(states[1])
+
+
+def _seeded(seed, mfm):
+    return nullcontext() if seed is None else seeded(seed, _device(mfm))
+
+
 def _check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
     if dataset.schema.modalities != mfm.schema.modalities:
         raise DataError(
@@ -86,11 +108,18 @@ def _check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
 
 @torch.no_grad()
 def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, interval: float = 0.9,
-            batch_size: int = 512, keep_samples: bool = True) -> Prediction:
+            batch_size: int = 512, keep_samples: bool = True, seed: int | None = None) -> Prediction:
     """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
 
-    A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample.
+    A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
+    ``seed``, the draws are seeded (the same numbers on every call on CPU; the caller's random state is left as it
+    was); without, they continue the global random state.
     """
+    with _seeded(seed, mfm):
+        return _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples)
+
+
+def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples) -> Prediction:
     if mfm.D is None:
         raise DataError(f"{dataset._where()}: the model has no label to predict")
     _check_schema(mfm, dataset)
@@ -139,14 +168,19 @@ def _padding_mask(mfm: MFM, batch, m: str):
 
 @torch.no_grad()
 def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, batch_size: int = 512,
-           keep_samples: bool = False) -> Imputation:
+           keep_samples: bool = False, seed: int | None = None) -> Imputation:
     """Posterior predictive of every modality given the modalities in ``observed``.
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
     all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior (or the
     surrogate's code). An imputed sequence is zero at its padding steps where they are known (the modality was
-    recorded and hidden); a sample that never recorded the modality gets all T steps.
+    recorded and hidden); a sample that never recorded the modality gets all T steps. ``seed`` as in :func:`predict`.
     """
+    with _seeded(seed, mfm):
+        return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples)
+
+
+def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Imputation:
     _check_schema(mfm, dataset)
     if not mfm.generative:
         raise DataError(f"{dataset._where()}: the model has no decoders to impute with "
