@@ -1,13 +1,24 @@
 """Hardening: no silent wrong result and no lost run. Integer labels give a classifier; bad arrays, run folders,
 resumes, damaged checkpoints and imputed files end in one clear error; evaluation is reproducible."""
 
+import json
+import os
+import shutil
+import signal
+
 import numpy as np
 import pytest
+import torch
 
+from pyro_mfm.cli import main
 from pyro_mfm.config import Config
-from pyro_mfm.data import from_arrays
+from pyro_mfm.data import LinearGaussianMFM, from_arrays, load, save
 from pyro_mfm.data.schema import DataError
 from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.infer import CheckpointError, fit, impute, predict
+from pyro_mfm.infer.checkpoint import (epoch_checkpoints, folder_lock, load_model, payload_digest, read_checkpoint,
+                                       read_resume)
+from pyro_mfm.infer.objective import Objective
 from pyro_mfm.model import MFM
 
 TINY = ["train.progress=False", "model.z_y_dim=2", "model.z_a_dim=2", "model.hidden=8", "model.f_y_dim=4",
@@ -71,3 +82,212 @@ def test_from_arrays_rejects_inconsistent_arrays(kwargs, message):
 def test_from_arrays_mapping_may_leave_samples_out():
     data = from_arrays(arrays(), np.zeros(30), split={"train": np.array([5, 1, 3]), "test": np.array([0])})
     assert len(data["train"]) == 3 and len(data["test"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- run folders (CLI)
+CONFIG = """
+[data]
+source = "data.h5"
+[model]
+z_y_dim = 2
+z_a_dim = 2
+f_y_dim = 4
+f_a_dim = 4
+hidden = 8
+[train]
+epochs = 2
+kl_warmup = 1
+batch_size = 16
+valid_samples = 2
+progress = false
+num_threads = 1
+device = "cpu"
+calibrate = "none"
+keep_last = 2
+[evaluate]
+num_samples = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A small native file, a tiny configuration, and one trained run folder (``trained``; copy it to change it)."""
+    root = tmp_path_factory.mktemp("hardening")
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=0)
+    save(gen.sample({"train": 48, "valid": 16, "test": 16}, missing=0.2, seed=0), root / "data.h5")
+    (root / "tiny.toml").write_text(CONFIG)
+    assert main(["train", str(root / "tiny.toml"), "--out", str(root / "trained")]) == 0
+    return root
+
+
+def copy_run(project, tmp_path, name="run"):
+    shutil.copytree(project / "trained", tmp_path / name)
+    return tmp_path / name
+
+
+def train(project, out, *extra):
+    return main(["train", str(project / "tiny.toml"), "--out", str(out), *extra])
+
+
+def test_train_refuses_a_non_empty_run_folder_unless_overwrite(project, tmp_path, capsys):
+    run = copy_run(project, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert train(project, run, "--set", "train.seed=5") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run folder {run} is not empty" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+    (run / "notes.txt").write_text("mine")
+    assert train(project, run, "--overwrite") == 2
+    assert "notes.txt" in capsys.readouterr().err and (run / "notes.txt").exists()
+    (run / "notes.txt").unlink()
+    (run / "epoch-0009.pt").write_bytes(b"an old run's epoch")
+    assert train(project, run, "--overwrite", "--set", "train.epochs=1") == 0
+    assert not (run / "epoch-0009.pt").exists()  # the old run is gone, not mixed in
+    assert [p.name for p in epoch_checkpoints(run)] == ["epoch-0001.pt"]
+    assert train(project, run, "--resume", "--overwrite") == 2
+
+
+def test_a_second_training_into_a_locked_folder_is_refused(project, tmp_path, capsys):
+    run = copy_run(project, tmp_path)
+    with folder_lock(run):  # another training holds it
+        capsys.readouterr()
+        assert train(project, run, "--resume", "--set", "train.epochs=3") == 2
+        err = capsys.readouterr().err
+        assert f"run folder {run} is in use by another process" in err and err.count("\n") == 1
+        with pytest.raises(CheckpointError, match="in use by another process"):
+            fit(Config.load(project / "tiny.toml"), None, run, resume=True)
+    assert train(project, run, "--resume", "--set", "train.epochs=3") == 0  # released
+
+
+def test_resume_refuses_a_changed_configuration_unless_allowed(project, tmp_path, capsys):
+    run = copy_run(project, tmp_path)
+    config_before = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert train(project, run, "--resume", "--set", "train.lr=0.01", "--set", "train.batch_size=8") == 2
+    err = capsys.readouterr().err
+    assert "train.lr 0.001 -> 0.01" in err and "train.batch_size 16 -> 8" in err and "--allow-config-change" in err
+    assert (run / "config.json").read_text() == config_before
+    # a longer run is no change of result: allowed, and it says where it resumed
+    assert train(project, run, "--resume", "--set", "train.epochs=3") == 0
+    assert f"resumed from {run / 'last.pt'} at epoch 3, step 0" in capsys.readouterr().err
+    assert train(project, run, "--resume", "--set", "train.epochs=4", "--set", "train.lr=0.01",
+                 "--allow-config-change") == 0
+    assert "configuration changed: train.epochs 3 -> 4; train.lr 0.001 -> 0.01" in capsys.readouterr().err
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    events = [r for r in log if r.get("event") == "resume"]
+    assert events == [{"event": "resume", "from": str(run / "last.pt"), "at_epoch": 3, "at_step": 0,
+                       "changed": {"train.lr": [0.001, 0.01]}}]
+    assert [r["epoch"] for r in log if "event" not in r] == [0, 1, 2, 3] and log[3] == events[0]
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.01
+
+
+# ------------------------------------------------------------------------------------------------ pyro-mfm run
+def test_run_stops_on_a_signal_in_training_without_a_report(project, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    original = Objective.__call__
+
+    def call(self, batch):
+        if self.mfm.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(Objective, "__call__", call)
+    out = tmp_path / "report"
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet"]) == 130
+    assert "stopped by SIGINT; no report written" in capsys.readouterr().err
+    assert (out / "checkpoint" / "last.pt").exists()
+    assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
+
+
+def test_run_stops_on_a_signal_in_evaluation_without_a_report(project, tmp_path, monkeypatch, capsys):
+    from pyro_mfm.infer import job
+
+    original = job.evaluate
+
+    def evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(job, "evaluate", evaluate)
+    out = tmp_path / "report"
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet", "--set", "train.epochs=1"]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet"]) == 2  # not empty: --resume
+
+
+# ------------------------------------------------------------------------------------------------ reproducible
+def test_evaluation_prediction_and_imputation_are_seeded(project, tmp_path):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    for out, extra in ((a, []), (b, []), (c, ["--seed", "7"])):
+        assert main(["evaluate", str(project / "trained"), "--out", str(out), "--quiet", *extra]) == 0
+    assert a.read_text() == b.read_text()  # two evaluations of one checkpoint: the same numbers
+    assert json.loads(c.read_text())["seed"] == 7 and json.loads(c.read_text())["subsets"] != json.loads(
+        a.read_text())["subsets"]
+    mfm, _, _ = load_model(project / "trained")
+    test = load(project / "data.h5")["test"]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    p1, p2 = (predict(mfm, test, ["a"], num_samples=4, seed=0) for _ in range(2))
+    np.testing.assert_array_equal(p1.samples, p2.samples)
+    i1, i2 = (impute(mfm, test, ["a"], num_samples=4, seed=0) for _ in range(2))
+    np.testing.assert_array_equal(i1.std["b"], i2.std["b"])
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left alone
+
+
+# ------------------------------------------------------------------------------------------------------ best.pt
+def test_a_training_within_the_kl_warmup_writes_best_pt(project, tmp_path):
+    config = Config.load(project / "tiny.toml", ["train.epochs=1", "train.kl_warmup=5"])
+    with pytest.warns(RuntimeWarning, match=r"within the KL warm-up .*the best model is the last epoch"):
+        result = fit(config, load(project / "data.h5"), tmp_path / "run")
+    assert (tmp_path / "run" / "best.pt").exists() and result.best["epoch"] == 0
+    (tmp_path / "run" / "best.pt").unlink()
+    with pytest.warns(RuntimeWarning, match="has no best.pt .*using last.pt"):
+        load_model(tmp_path / "run")  # a folder without best.pt: the fallback is said
+
+
+# ---------------------------------------------------------------------------------------------- imputed files
+def test_an_imputed_file_records_what_was_imputed_and_is_not_evaluated_against(project, tmp_path, capsys):
+    out = tmp_path / "imputed.h5"
+    assert main(["impute", str(project / "trained"), "--observed", "a", "--out", str(out)]) == 0
+    data = load(out)
+    ds = data["test"]
+    truth = load(project / "data.h5")["test"]
+    assert data.imputation["observed"] == ["a"] and data.imputation["imputed"] == ["b"]
+    assert data.imputation["checkpoint"] == str(project / "trained" / "best.pt")
+    assert data.imputation["checkpoint_sha256"] == read_checkpoint(project / "trained" / "best.pt")["checksum"]
+    assert data.imputation["source"] == str(project / "data.h5") and data.imputation["seed"] == 0
+    assert ds.imputed["b"].all() and not ds.imputed["a"].any()
+    assert (ds.imputed_std["b"] > 0).all() and (ds.imputed_std["a"] == 0).all()
+    np.testing.assert_array_equal(ds.present["a"], truth.present["a"])
+    capsys.readouterr()
+    assert main(["data", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "imputed: b from a" in info and "b 100.0% imputed, mean posterior sd" in info and "best.pt" in info
+    assert main(["evaluate", str(project / "trained"), "--data", str(out), "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert "modalities ['b'] hold values imputed from ['a']" in err and err.count("\n") == 1
+    assert not (tmp_path / "e.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------- checksums
+def test_a_bit_flip_inside_the_weights_is_found_and_resume_falls_back(project, tmp_path):
+    run = copy_run(project, tmp_path)
+    last = run / "last.pt"
+    raw = bytearray(last.read_bytes())
+    payload = read_checkpoint(last)
+    weight = next(v for k, v in payload["model"].items() if v.dtype == torch.float32 and v.numel() >= 8)
+    at = bytes(raw).find(weight.numpy().tobytes())
+    assert at > 0
+    raw[at + 5] ^= 0x10  # one flipped bit: torch still loads the file
+    last.write_bytes(bytes(raw))
+    torch.load(last, weights_only=False)
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt: its content does not match its checksum"):
+        read_checkpoint(last)
+    with pytest.warns(RuntimeWarning, match=r"resuming from .*epoch-0002\.pt: checkpoint .*last\.pt is corrupt"):
+        payload = read_resume(run)
+    assert payload["state"]["epoch"] == 1
+    assert payload_digest(payload) == payload["checksum"]

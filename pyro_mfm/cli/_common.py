@@ -46,13 +46,13 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def load_for_inference(args):
-    """The trained model, its configuration, and the split that ``args`` names."""
+    """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload."""
     from ..infer.checkpoint import load_model
     from ..infer.job import load_data
 
-    mfm, config, _ = load_model(args.checkpoint)
+    mfm, config, payload = load_model(args.checkpoint)
     if args.data:
         config.data.source = args.data
     if args.seed is not None:
         config.evaluate.seed = args.seed
-    return mfm, config, load_data(config)[args.split or config.data.test_split]
+    return mfm, config, load_data(config)[args.split or config.data.test_split], payload

@@ -18,15 +18,17 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..infer.checkpoint import atomic_write, write_json
     from ..infer.evaluate import evaluate, table
+    from ..infer.predict import refuse_imputed
     from ..infer.train import cpu_threads
 
-    mfm, config, ds = load_for_inference(args)
+    mfm, config, ds, payload = load_for_inference(args)
+    refuse_imputed(ds)
     with cpu_threads(config.train.num_threads):
         records = evaluate(mfm, ds, num_samples=args.num_samples or config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
                            progress=not args.quiet, seed=config.evaluate.seed)
     out = Path(args.out)
-    write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "seed": config.evaluate.seed,
+    write_json(out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed,
                      "subsets": records})
     text = table(records)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))

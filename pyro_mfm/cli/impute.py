@@ -19,12 +19,14 @@ def run(args) -> int:
     from ..infer.predict import impute, imputed_data
     from ..infer.train import cpu_threads
 
-    mfm, config, ds = load_for_inference(args)
+    mfm, config, ds, payload = load_for_inference(args)
+    num_samples = args.num_samples or config.evaluate.num_samples
     with cpu_threads(config.train.num_threads):
-        imp = impute(mfm, ds, parse_observed(args.observed),
-                     num_samples=args.num_samples or config.evaluate.num_samples,
+        imp = impute(mfm, ds, parse_observed(args.observed), num_samples=num_samples,
                      batch_size=config.evaluate.batch_size, seed=config.evaluate.seed)
-    native.save(imputed_data(ds, imp), args.out, overwrite=args.overwrite)
+    data = imputed_data(ds, imp, checkpoint=payload["path"], checkpoint_sha256=payload.get("checksum"),
+                        num_samples=num_samples, seed=config.evaluate.seed)
+    native.save(data, args.out, overwrite=args.overwrite)
     print(f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "
           f"for {len(ds)} samples -> {args.out}")
     return 0

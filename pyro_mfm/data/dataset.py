@@ -9,6 +9,9 @@ Storage conventions (the same in memory and in the native HDF5 file):
 * ``labels``: ``(N, k)`` float32 (regression, multilabel) or ``(N,)`` int64 (categorical); zero where missing.
 * ``label_present``: ``(N,)`` bool.
 * ``ids`` (optional): ``(N,)`` sample ids (strings), e.g. ``"video[3]"`` for segment 3 of a video.
+* ``imputed`` (optional, a file written by ``impute``): ``imputed[m]`` ``(N,)`` bool, the samples whose features of
+  ``m`` are a model's imputation, not data; ``imputed_std[m]`` their posterior standard deviation (zero where
+  observed); the data set's ``imputation`` says from what, by which checkpoint.
 
 Arrays may be numpy arrays or any array-like with numpy-style indexing by a sorted index array (``h5py.Dataset``),
 so a file larger than memory is read batch by batch.
@@ -136,6 +139,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 np.ones(self.n, dtype=bool) if label_present is None else np.asarray(label_present, dtype=bool)
             )
         self.ids = None if ids is None else np.asarray(ids, dtype=str)
+        self.imputed: dict[str, np.ndarray] | None = None
+        self.imputed_std: dict[str, np.ndarray] | None = None
+        self.imputation: dict | None = None  # the file's record of the imputation (see MultimodalData.imputation)
         if validate:
             self.validate_shapes()
 
@@ -271,28 +277,36 @@ class MultimodalDataset(torch.utils.data.Dataset):
         for start in range(0, stop, batch_size):
             yield self.batch(order[start:start + batch_size], device)
 
+    def _with_imputed(self, other: "MultimodalDataset", idx=None) -> "MultimodalDataset":
+        if self.imputed is not None:
+            take = (lambda a: np.asarray(a)) if idx is None else (lambda a: _sorted_read(a, idx))  # noqa: E731
+            other.imputed = {m: take(v) for m, v in self.imputed.items()}
+            other.imputed_std = {m: take(v) for m, v in self.imputed_std.items()}
+            other.imputation = self.imputation
+        return other
+
     def to_memory(self) -> "MultimodalDataset":
         """A copy with every array read into memory."""
-        return MultimodalDataset(
+        return self._with_imputed(MultimodalDataset(
             self.schema, {m: np.asarray(self.features[m]) for m in self.schema.names},
             {m: self.present[m].copy() for m in self.schema.names},
             {m: s.copy() for m, s in self.steps.items()},
             None if self.labels is None else np.asarray(self.labels),
             None if self.label_present is None else self.label_present.copy(),
             source=self.source, split=self.split, ids=None if self.ids is None else self.ids.copy(),
-        )
+        ))
 
     def subset(self, index) -> "MultimodalDataset":
         """An in-memory data set of the samples ``index``."""
         idx = np.sort(np.asarray(index, dtype=np.int64))
-        return MultimodalDataset(
+        return self._with_imputed(MultimodalDataset(
             self.schema, {m: _sorted_read(self.features[m], idx) for m in self.schema.names},
             {m: self.present[m][idx] for m in self.schema.names},
             {m: s[idx] for m, s in self.steps.items()},
             None if self.labels is None else _sorted_read(self.labels, idx),
             None if self.label_present is None else self.label_present[idx],
             source=self.source, split=self.split, ids=None if self.ids is None else self.ids[idx],
-        )
+        ), idx)
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{s.name}{list(s.shape)}:{self.present[s.name].mean():.0%}" for s in self.schema.modalities)
@@ -308,6 +322,10 @@ class MultimodalData:
     source: str = "<memory>"
     handle: object = field(default=None, repr=False, compare=False)
     """An open file the splits read from (a lazily loaded native file), closed by :meth:`close`."""
+    imputation: dict | None = None
+    """For a file of imputations (``pyro-mfm impute``): ``{"observed": [...], "imputed": [...], "checkpoint": ...,
+    "checkpoint_sha256": ..., "source": ..., "split": ..., "num_samples": ..., "seed": ...}``; each split's
+    ``imputed`` masks say which samples hold imputed values."""
 
     def close(self) -> None:
         """Close the file behind a lazily loaded data set (no-op for data in memory)."""

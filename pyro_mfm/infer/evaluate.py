@@ -15,7 +15,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
-from .predict import impute, predict
+from .predict import impute, predict, refuse_imputed
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -34,6 +34,7 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
 
     Every prediction and imputation is seeded with ``seed`` (``None``: drawn from the global random state), so two
     evaluations of one model give the same numbers (on CPU), whatever subsets they cover."""
+    refuse_imputed(ds)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}

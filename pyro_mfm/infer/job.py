@@ -160,7 +160,8 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
         others = [n for n in mfm.schema.names if n != m]
         if others:
             imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size, seed=ev.seed)
-            native.save(imputed_data(test, imp), out / f"imputed_{m}.h5", overwrite=True)
+            native.save(imputed_data(test, imp, checkpoint=out / "checkpoint" / "best.pt", num_samples=ev.num_samples,
+                                     seed=ev.seed), out / f"imputed_{m}.h5", overwrite=True)
             check()
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None

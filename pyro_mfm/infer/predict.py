@@ -211,13 +211,39 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
 
 
-def imputed_data(ds: MultimodalDataset, imp: Imputation) -> MultimodalData:
+def imputed_data(ds: MultimodalDataset, imp: Imputation, checkpoint: str | None = None,
+                 checkpoint_sha256: str | None = None, num_samples: int | None = None,
+                 seed: int | None = None) -> MultimodalData:
     """``ds`` with every modality replaced by its imputed mean, as a one-split data set for the native format.
 
     Observed entries are unchanged and keep their presence mask; a modality outside ``imp.observed`` is marked
-    present everywhere (it now holds the imputation).
+    present everywhere (it now holds the imputation). The result records what was imputed: the split's
+    ``imputed[m]`` masks (True where the features of ``m`` are imputed), ``imputed_std[m]`` (the posterior
+    standard deviation), and the data set's ``imputation`` (observed subset, checkpoint, source, draws, seed).
     """
-    present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in ds.schema.names}
-    out = MultimodalDataset(ds.schema, {m: imp.mean[m].astype(np.float32) for m in ds.schema.names}, present,
-                            ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
-    return MultimodalData(ds.schema, {ds.split: out})
+    names = ds.schema.names
+    present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in names}
+    # a missing entry of an observed modality stays missing: zero, as the format stores missing entries
+    keep = {m: present[m].reshape((-1,) + (1,) * (imp.mean[m].ndim - 1)) for m in names}
+    out = MultimodalDataset(ds.schema, {m: np.where(keep[m], imp.mean[m], 0).astype(np.float32) for m in names},
+                            present, ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
+    out.imputed = {m: np.full(len(ds), m not in imp.observed) for m in names}
+    out.imputed_std = {m: np.where(keep[m], imp.std[m], 0).astype(np.float32) for m in names}
+    info = {"observed": list(imp.observed), "imputed": [m for m in names if m not in imp.observed],
+            "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_sha256": checkpoint_sha256,
+            "source": ds.source, "split": ds.split, "num_samples": num_samples, "seed": seed}
+    out.imputation = info
+    return MultimodalData(ds.schema, {ds.split: out}, imputation=info)
+
+
+def refuse_imputed(ds: MultimodalDataset) -> None:
+    """Raise :class:`DataError` when ``ds`` holds a model's imputations (scoring against them scores the model
+    against itself)."""
+    if ds.imputed is None or not any(np.asarray(v).any() for v in ds.imputed.values()):
+        return
+    hidden = [m for m, v in ds.imputed.items() if np.asarray(v).any()]
+    info = ds.imputation or {}
+    origin = (f" from {info.get('observed')} by checkpoint {info.get('checkpoint')}" if info else "")
+    raise DataError(f"{ds._where()}: modalities {hidden} hold values imputed{origin}; evaluating against them "
+                    f"scores a model against imputations, not data; expected recorded data"
+                    + (f" (the imputation was made from {info['source']})" if info.get("source") else ""))

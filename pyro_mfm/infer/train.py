@@ -303,6 +303,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+        if run.events:  # the log says at once that (and from where) the run continues with another configuration
+            atomic_write(out_dir / "log.jsonl", lambda f: f.write(log_lines(run.history, run.events)))
 
     def state(position: bool) -> dict:
         rng = {**rng_state(), "dropper": dropper.get_state()}
