@@ -217,6 +217,10 @@ def test_run_stops_on_a_signal_in_evaluation_without_a_report(project, tmp_path,
     assert "stopped by SIGTERM" in capsys.readouterr().err
     assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet"]) == 2  # not empty: --resume
+    before = (out / "checkpoint" / "last.pt").read_bytes()
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet", "--overwrite",
+                 "--set", "train.seed=4", "--set", "train.epochs=1"]) == 143
+    assert (out / "checkpoint" / "last.pt").read_bytes() != before  # replaced by the new run
 
 
 # ------------------------------------------------------------------------------------------------ reproducible
@@ -247,6 +251,8 @@ def test_a_training_within_the_kl_warmup_writes_best_pt(project, tmp_path):
     (tmp_path / "run" / "best.pt").unlink()
     with pytest.warns(RuntimeWarning, match="has no best.pt .*using last.pt"):
         load_model(tmp_path / "run")  # a folder without best.pt: the fallback is said
+    with pytest.warns(RuntimeWarning, match="within the KL warm-up"):
+        assert fit(config, load(project / "data.h5")).best["epoch"] == 0  # in memory as well
 
 
 # ---------------------------------------------------------------------------------------------- imputed files

@@ -431,6 +431,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
         if writer and not best_file.exists():
             raw = (out_dir / "last.pt").read_bytes()
             atomic_write(best_file, lambda f: f.write(raw))
+        elif out_dir is None:
+            best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
     if not result.interrupted and best_file is not None and dist.main and best_file.exists():
         mfm.load_state_dict(read_checkpoint(best_file)["model"])
     elif not result.interrupted and out_dir is None and run.best["epoch"] >= 0:
