@@ -5,6 +5,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -158,6 +161,27 @@ def test_a_second_training_into_a_locked_folder_is_refused(project, tmp_path, ca
         with pytest.raises(CheckpointError, match="in use by another process"):
             fit(Config.load(project / "tiny.toml"), None, run, resume=True)
     assert train(project, run, "--resume", "--set", "train.epochs=3") == 0  # released
+
+
+def test_two_real_trainings_into_one_folder(project, tmp_path, capsys):
+    """A second `pyro-mfm train` into the folder a running one writes to stops at once with one line."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pyro_mfm", "train", str(project / "tiny.toml"), "--out", str(run),
+           "--set", "train.epochs=1000"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.communicate()
+        capsys.readouterr()
+        assert train(project, run, "--resume", "--set", "train.epochs=1000") == 2
+        assert "is in use by another process" in capsys.readouterr().err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
 
 
 def test_resume_refuses_a_changed_configuration_unless_allowed(project, tmp_path, capsys):

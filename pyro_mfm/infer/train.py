@@ -23,7 +23,7 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import Batch, MultimodalData
 from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
@@ -230,7 +230,7 @@ def _resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_
                               f"{config.data.source}; expected the modalities and label it was trained on")
     try:  # the stored configuration with today's defaults for fields it predates
         stored = Config.from_dict(payload["config"], where=payload["path"]).to_dict()
-    except Exception:  # noqa: BLE001 - compared as stored, which then names every field that differs
+    except ConfigError:  # not valid today: compared as stored, which names every field that differs
         stored = payload["config"]
     changed = config_changes(stored, config.to_dict())
     fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
