@@ -23,8 +23,8 @@ from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError
 from ..model import MFM
 from .checkpoint import atomic_write, folder_lock, prepare_folder, write_json
-from .faults import StopRequested
 from .evaluate import evaluate, mean_imputation_baseline, table
+from .faults import StopRequested
 from .predict import impute, imputed_data, predict
 from .train import cpu_threads, fit
 
