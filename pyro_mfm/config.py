@@ -361,11 +361,14 @@ class EvaluateConfig(_Table):
         num_samples: posterior samples per prediction or imputation.
         interval: mass of the central credible interval reported (and whose coverage is measured).
         batch_size: samples per forward pass.
+        seed: seeds the posterior draws of evaluation, prediction and imputation (``evaluate``, ``impute`` and the
+            report of ``run``; ``--seed`` overrides it), so that they give the same numbers every time on CPU.
     """
 
     num_samples: int = setting(100, ge=1, le=MAX_DRAWS)
     interval: float = setting(0.9, gt=0, lt=1)
     batch_size: int = setting(512, ge=1, le=100_000_000)
+    seed: int = setting(0, ge=0, le=MAX_SEED)
 
 
 TABLES = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train", EvaluateConfig: "evaluate"}

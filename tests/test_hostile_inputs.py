@@ -263,9 +263,12 @@ def test_training_on_degenerate_data_is_a_result_or_a_clear_error(n, all_missing
     rng = np.random.default_rng(n)
     present = {"a": np.zeros(n, bool) if all_missing else rng.random(n) < 0.5}
     labels = np.full(n, np.nan) if no_labels else rng.normal(size=n)
-    split = {"train": np.arange(n), "valid": np.arange(0 if empty_valid else n)}
-    data = from_arrays({"a": rng.normal(size=(n, 2)), "b": rng.normal(size=(n, 3))}, labels, present=present,
-                       split=split)
+    feats = {"a": rng.normal(size=(n, 2)), "b": rng.normal(size=(n, 3))}
+    # the validation split is a copy of the training samples (splits of one array never share a sample)
+    twice = lambda v: np.concatenate([v, v])  # noqa: E731
+    split = {"train": np.arange(n), "valid": np.arange(n, n if empty_valid else 2 * n)}
+    data = from_arrays({m: twice(v) for m, v in feats.items()}, twice(labels),
+                       present={m: twice(v) for m, v in present.items()}, split=split)
     result = outcome(fit, Config().override(TINY), data)
     if not isinstance(result, DataError):
         assert np.isfinite(result.history[-1]["train_loss"])
@@ -458,11 +461,12 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_one_line(trained, tmp_path):
     import torch
 
     from pyro_mfm.infer import CheckpointError
-    from pyro_mfm.infer.checkpoint import load_model
+    from pyro_mfm.infer.checkpoint import load_model, payload_digest
 
     payload = torch.load(trained / "run" / "best.pt", weights_only=False)
     key = next(iter(payload["model"]))
     payload["model"][key] = torch.zeros(99)
+    payload["checksum"] = payload_digest(payload)  # a consistent file whose weights do not fit, not a damaged one
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError) as e:
         load_model(tmp_path / "bad.pt")

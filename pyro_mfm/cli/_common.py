@@ -30,6 +30,14 @@ def config_from_args(args) -> Config:
     return Config.load(args.config, overrides)
 
 
+def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty OUT (deletes the files a run writes there first)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with a configuration that changes the run's result (e.g. train.lr); "
+                        "the change is recorded in log.jsonl")
+
+
 def parse_observed(text: str | None):
     return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -41,17 +49,22 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
     p.add_argument("--nan-as-missing", action="store_true",
                    help="mark samples with NaN features missing for that modality instead of failing")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the posterior draws (default: evaluate.seed of the run's configuration)")
 
 
 def load_for_inference(args):
-    """The trained model, its configuration, and the split that ``args`` names."""
+    """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload."""
     from ..infer.checkpoint import load_model
     from ..infer.job import load_data
 
-    mfm, config, _ = load_model(args.checkpoint)
+    mfm, config, payload = load_model(args.checkpoint)
     if args.num_samples is not None:
         config.evaluate.num_samples = args.num_samples
         config.evaluate.check("--num-samples")
+    if args.seed is not None:
+        config.evaluate.seed = args.seed
+        config.evaluate.check("--seed")
     if args.data:
         config.data.source = args.data
     if args.nan_as_missing:
@@ -64,4 +77,4 @@ def load_for_inference(args):
     if found:
         raise DataError(f"{data.source}: not the schema the model {args.checkpoint} was trained on: "
                         + "; ".join(found))
-    return mfm, config, data[split]
+    return mfm, config, data[split], payload

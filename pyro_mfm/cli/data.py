@@ -87,10 +87,29 @@ def describe(data: MultimodalData) -> str:
         lines.append(f"  {split:<8} N={ds.n:<7} present: {pres}")
         if s.label is not None and ds.n:
             lines.append(f"  {'':<8} labels: {_label_summary(ds)}")
+    if data.imputation is not None:
+        imp = data.imputation
+        lines.append(f"imputed: {', '.join(imp.get('imputed') or []) or 'nothing'} from "
+                     f"{', '.join(imp.get('observed') or [])} (values of a model, not data: do not evaluate on them)")
+        lines.append(f"  checkpoint {imp.get('checkpoint')}" + (f" (sha256 {imp['checkpoint_sha256'][:16]}...)"
+                                                               if imp.get("checkpoint_sha256") else ""))
+        lines.append(f"  from file {imp.get('source')}, split {imp.get('split')!r}; {imp.get('num_samples')} "
+                     f"posterior draws, seed {imp.get('seed')}")
+        for split, ds in data.splits.items():
+            if ds.imputed is None or not ds.n:
+                continue
+            parts = [f"{m} {np.asarray(ds.imputed[m]).mean():.1%} imputed, mean posterior sd "
+                     f"{_imputed_sd(ds, m):.3g}" for m in s.names if np.asarray(ds.imputed[m]).any()]
+            lines.append(f"  {split:<8} " + "; ".join(parts))
     if s.attribution:
         lines.append("attribution:")
         lines.extend(f"  {line}" for line in s.attribution.splitlines())
     return "\n".join(lines)
+
+
+def _imputed_sd(ds, m: str) -> float:
+    mask = np.asarray(ds.imputed[m], bool)
+    return float(np.asarray(ds.imputed_std[m])[mask].mean())
 
 
 def _label_summary(ds) -> str:

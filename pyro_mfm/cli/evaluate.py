@@ -17,6 +17,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..infer.evaluate import evaluate, table
+    from ..infer.predict import refuse_imputed
     from ..infer.train import cpu_threads
     from ..outputs import OutputError, atomic_write, check_output_file, write_json
 
@@ -26,12 +27,14 @@ def run(args) -> int:
                           "expected the JSON report's name, e.g. eval.json")
     for path in (out, out.with_suffix(".md")):  # before the work, not after it
         check_output_file(path, "--out")
-    mfm, config, ds = load_for_inference(args)
+    mfm, config, ds, payload = load_for_inference(args)
+    refuse_imputed(ds)
     with cpu_threads(config.train.num_threads):
         records = evaluate(mfm, ds, num_samples=config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
-                           progress=not args.quiet)
-    write_json(out, {"checkpoint": str(args.checkpoint), "split": ds.split, "subsets": records})
+                           progress=not args.quiet, seed=config.evaluate.seed)
+    write_json(out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed,
+                     "subsets": records})
     text = table(records)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)

@@ -1,10 +1,15 @@
-"""``pyro-mfm run``: the main job: train, evaluate every observed subset, impute, write a report with plots."""
+"""``pyro-mfm run``: the main job: train, evaluate every observed subset, impute, write a report with plots.
+
+SIGINT or SIGTERM stops it like ``train`` (exit status 130, 143; training continues with ``--resume``), before any
+``metrics.json`` or ``report.md`` is written. A non-empty OUT is refused unless ``--resume`` or ``--overwrite``.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 
-from ._common import add_config_arguments, config_from_args
+from ._common import add_config_arguments, add_run_folder_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -12,6 +17,7 @@ def register(subparsers) -> None:
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoint/last.pt")
+    add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -23,9 +29,16 @@ def run(args) -> int:
     config = config_from_args(args)
     check_output_dir(args.out, "--out")
     try:
-        report = run_job(config, args.out, resume=args.resume)
+        report = run_job(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                         allow_config_change=args.allow_config_change)
     except DivergenceError as e:
         print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
         return 3
+    if report.get("interrupted"):
+        name = report["interrupted"]
+        print(f"stopped by {name}; no report written; checkpoint in {report['checkpoint']} (continue with --resume)",
+              file=sys.stderr)
+        sig = getattr(signal, name, None) if name.startswith("SIG") else None
+        return 128 + int(sig) if sig else 1
     print(f"report written to {args.out}/report.md ({report['total_seconds']:.0f} s)")
     return 0

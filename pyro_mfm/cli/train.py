@@ -4,6 +4,12 @@ SIGINT (Ctrl-C) or SIGTERM stops training at the next step after writing ``OUT/l
 with status 128 + the signal number (130, 143), and ``--resume`` continues exactly where it stopped. A non-finite
 loss or gradient with ``train.on_divergence = "stop"`` exits with status 3 and a report of the sites and samples.
 Under ``torchrun --nproc_per_node N`` the same command trains data-parallel; only rank 0 writes and prints.
+
+OUT is locked while training (a second training into it fails at once). A non-empty OUT is refused unless
+``--resume`` (continue the run in it) or ``--overwrite`` (delete its run files first). ``--resume`` refuses a
+configuration that changes the run's result (anything but train.epochs, train.patience, train.device, train.progress,
+train.num_threads, train.keep_last, train.validate, data.source, [evaluate]) unless ``--allow-config-change``, which
+records the change in ``log.jsonl``; it says where it resumed.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import os
 import signal
 import sys
 
-from ._common import add_config_arguments, config_from_args
+from ._common import add_config_arguments, add_run_folder_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -21,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints (last.pt, best.pt) and log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (or the newest readable OUT/epoch-XXXX.pt if it is damaged)")
+    add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -34,10 +41,16 @@ def run(args) -> int:
     check_output_dir(args.out, "--out")
     main = int(os.environ.get("RANK", "0")) == 0
     try:
-        result = fit(config, load_data(config), args.out, resume=args.resume)
+        result = fit(config, load_data(config), args.out, resume=args.resume, overwrite=args.overwrite,
+                     allow_config_change=args.allow_config_change)
     except DivergenceError as e:
         print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
         return 3
+    if result.resumed and main:
+        r = result.resumed
+        changed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items())
+        print(f"resumed from {r['from']} at epoch {r['epoch'] + 1}, step {r['step']}"
+              + (f"; configuration changed: {changed}" if changed else ""), file=sys.stderr)
     if result.interrupted:
         if main:
             print(f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",

@@ -13,6 +13,10 @@ Layout (version 1; also documented in ``docs/data_format.md``)::
                                         absent when the schema has no label
     /<split>/label_present              bool, (n,); absent when the schema has no label
     /<split>/ids                        optional, variable-length UTF-8 strings, (n,): sample ids
+    /<split>/<modality>/imputed         optional (files of imputations), bool, (n,): the features are imputed
+    /<split>/<modality>/imputed_std     optional, float32, as features: posterior standard deviation
+    / attrs: imputation                 optional, JSON: observed subset, imputed modalities, checkpoint and its
+                                        SHA-256, source file and split, posterior draws, seed
 
 :func:`save` writes a temporary file in the target's folder, fsyncs it and renames it over the target, so a failed
 write never leaves a half-written or clobbered file. :func:`load` reads it back exactly (the same float32 bytes and
@@ -100,6 +104,8 @@ def _write(f: h5py.File, data: MultimodalData) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["schema"] = json.dumps(data.schema.to_dict())
     f.attrs["splits"] = json.dumps(list(data.splits))
+    if data.imputation is not None:
+        f.attrs["imputation"] = json.dumps(data.imputation)
     for name, ds in data.splits.items():
         if "/" in name or not name:
             raise DataError(f"split {name!r}: expected a non-empty name without '/'")
@@ -112,6 +118,10 @@ def _write(f: h5py.File, data: MultimodalData) -> None:
             gm.create_dataset("present", data=np.asarray(ds.present[m], dtype=bool))
             if spec.is_sequence:
                 gm.create_dataset("steps", data=np.asarray(ds.steps[m], dtype=bool))
+            if ds.imputed is not None:
+                gm.create_dataset("imputed", data=np.asarray(ds.imputed[m], dtype=bool))
+                gm.create_dataset("imputed_std", data=np.asarray(ds.imputed_std[m], dtype=np.float32),
+                                  compression="gzip", compression_opts=4, shuffle=True)
         if data.schema.label is not None:
             dtype = np.int64 if data.schema.label.kind == "categorical" else np.float32
             g.create_dataset("labels", data=np.asarray(ds.labels, dtype=dtype))
@@ -214,8 +224,14 @@ def _read(f: h5py.File, path: Path, lazy: bool, validate: bool) -> MultimodalDat
     else:
         splits = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
     data = MultimodalData(schema, {}, source=str(path))
+    if "imputation" in f.attrs:
+        try:
+            data.imputation = dict(json.loads(_attr_str(f.attrs["imputation"])))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise DataError(f"file {path}: root attribute 'imputation' is not a JSON object: {e}") from None
     for split in splits:
         data.splits[split] = _read_split(f, path, split, schema, lazy, validate)
+        data.splits[split].imputation = data.imputation
     return data
 
 
@@ -257,6 +273,17 @@ def _read_split(f, path, split, schema: Schema, lazy: bool, validate: bool) -> M
         schema, features, present, steps, labels, label_present,
         source=str(path), split=split, validate=False, ids=ids,
     )
+    if any("imputed" in g[spec.name] for spec in schema.modalities):
+        ds.imputed, ds.imputed_std = {}, {}
+        for spec in schema.modalities:
+            m = spec.name
+            ds.imputed[m] = np.asarray(_get(g[m], "imputed", path, split, m, "a bool mask of shape (N,)")[()], bool)
+            std = _get(g[m], "imputed_std", path, split, m, "float32 posterior sd shaped as the features")
+            ds.imputed_std[m] = std if lazy else np.asarray(std[()], np.float32)
+            if ds.imputed[m].shape != (ds.n,) or tuple(std.shape) != tuple(features[m].shape):
+                raise DataError(f"file {path}, split {split!r}, modality {m!r}, key 'imputed': shapes "
+                                f"{ds.imputed[m].shape} and {tuple(std.shape)}, expected ({ds.n},) and "
+                                f"{tuple(features[m].shape)}")
     if validate or lazy:  # shapes are cheap and a lazy reader relies on them
         ds.validate_shapes()
         if lazy:

@@ -4,16 +4,23 @@
 the best validation score, ``<dir>/epoch-XXXX.pt`` for the last ``train.keep_last`` epochs, ``<dir>/config.json``
 and ``<dir>/log.jsonl`` (one line per epoch). Every write goes to a temporary file in the same folder, is fsynced,
 then renamed over the old one, so an interrupted write never leaves a broken checkpoint; a checkpoint broken some
-other way (a full disk, a bad copy) is detected on reading, and :func:`read_resume` falls back to the newest epoch
-checkpoint that reads.
+other way (a full disk, a bad copy, flipped bits) is detected on reading, and :func:`read_resume` falls back to the
+newest epoch checkpoint that reads. Each checkpoint stores the SHA-256 of its content (every tensor's bytes, dtype and
+shape, and every other value; :func:`payload_digest`), which :func:`read_checkpoint` verifies, so damage that leaves
+the file loadable (a bit flipped inside the weights) is found as well.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import random
 import re
+import shutil
 import warnings
+from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,103 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A missing, corrupt or incompatible checkpoint; the message names the file and what was expected."""
+
+
+LOCK_FILE = ".lock"
+RUN_FILES = ("last.pt", "best.pt", "epoch-*.pt", "log.jsonl", "config.json", "calibration.json", ".*.tmp")
+"""What a training run folder holds (``--overwrite`` deletes only these)."""
+
+
+@contextmanager
+def folder_lock(folder, what: str = "run folder"):
+    """Hold an exclusive lock (``fcntl.flock`` on ``folder/.lock``) for the block, creating ``folder``; a second
+    holder, in this process or another, gets a :class:`CheckpointError` at once instead of waiting."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(f"{what} {folder}: a file is in the way; expected a folder") from None
+    f = open(folder / LOCK_FILE, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise CheckpointError(f"{what} {folder} is in use by another process (it holds the lock {folder / LOCK_FILE}); "
+                              "expected one process writing to it at a time") from None
+    try:
+        yield folder
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def prepare_folder(folder, resume: bool, overwrite: bool, owned=RUN_FILES, what: str = "run folder") -> None:
+    """Refuse to write a new run into a non-empty ``folder`` unless ``resume`` (continue the run in it) or
+    ``overwrite`` (delete what it holds first: only the files a run writes, matched by the patterns ``owned``)."""
+    folder = Path(folder)
+    if resume and overwrite:
+        raise CheckpointError(f"{what} {folder}: resume and overwrite exclude each other; expected one of them")
+    entries = sorted(p for p in folder.iterdir() if p.name != LOCK_FILE) if folder.is_dir() else []
+    if resume or not entries:
+        return
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries]
+    listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if not overwrite:
+        raise CheckpointError(f"{what} {folder} is not empty (it holds {listed}); expected a new or empty folder, "
+                              "--resume to continue the run in it, or --overwrite to replace it")
+    foreign = [n for p, n in zip(entries, names) if not any(fnmatch(p.name, pat) for pat in owned)]
+    if foreign:
+        raise CheckpointError(f"{what} {folder}: --overwrite deletes only what pyro-mfm writes, and it also holds "
+                              f"{', '.join(foreign[:5])}; expected a folder of a run (move those files first)")
+    for p in entries:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def payload_digest(payload: dict) -> str:
+    """SHA-256 (hex) of a checkpoint's content: every key and value except ``checksum`` and ``path``, tensors and
+    arrays by dtype, shape and bytes, so that it is the same for a payload in memory and the one read back."""
+    h = hashlib.sha256()
+
+    def feed(tag: str, data: bytes = b"") -> None:
+        h.update(f"{tag}:{len(data)}:".encode())
+        h.update(data)
+
+    def walk(v) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            feed("tensor", f"{t.dtype}{tuple(t.shape)}".encode())
+            feed("data", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            feed("array", f"{a.dtype.str}{a.shape}".encode())
+            feed("data", a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+        elif isinstance(v, dict):
+            keys = sorted((k for k in v if not (v is payload and k in ("checksum", "path"))), key=repr)
+            feed("dict", str(len(keys)).encode())
+            for k in keys:
+                feed("key", repr(k).encode())
+                walk(v[k])
+        elif isinstance(v, (list, tuple)):
+            feed(type(v).__name__, str(len(v)).encode())
+            for x in v:
+                walk(x)
+        elif isinstance(v, (bytes, bytearray)):
+            feed("bytes", bytes(v))
+        elif v is None or isinstance(v, (bool, int, float, str, np.generic)):
+            feed(type(v).__name__, repr(v.item() if isinstance(v, np.generic) else v).encode())
+        else:
+            raise TypeError(f"checkpoint payload: cannot checksum a value of type {type(v).__name__}")
+
+    walk(payload)
+    return h.hexdigest()
+
+
+def _serialise(payload: dict) -> io.BytesIO:
+    payload = {k: v for k, v in payload.items() if k not in ("checksum", "path")}
+    payload["checksum"] = payload_digest(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf
 
 
 def save_checkpoint(path, mfm: MFM, config: Config, stats: FeatureStats, state: dict) -> None:
@@ -63,8 +167,7 @@ def save_run(out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict
         "model": mfm.state_dict(),
         "state": state,
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
+    buf = _serialise(payload)
     for name in names:
         atomic_write(Path(out_dir) / name, lambda f: f.write(buf.getbuffer()))
     if keep_last:
@@ -75,10 +178,8 @@ def save_run(out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict
 def update_weights(path, mfm: MFM) -> None:
     """Replace the weights (and buffers) stored in checkpoint ``path`` by ``mfm``'s, keeping everything else."""
     payload = read_checkpoint(path)
-    payload.pop("path")
     payload["model"] = mfm.state_dict()
-    buf = io.BytesIO()
-    torch.save(payload, buf)
+    buf = _serialise(payload)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
@@ -128,7 +229,12 @@ def set_rng_state(st: dict) -> None:
 def read_checkpoint(path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+        if not (path / "best.pt").exists() and (path / "last.pt").exists():
+            warnings.warn(f"run folder {path} has no best.pt (training did not finish?); using last.pt",
+                          RuntimeWarning, stacklevel=2)
+            path = path / "last.pt"
+        else:
+            path = path / "best.pt"
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -139,6 +245,14 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path}: not a pyro-mfm checkpoint (expected format {FORMAT!r})")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {payload.get('version')}, expected {VERSION}")
+    try:
+        digest = payload_digest(payload)
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt ({e})") from None
+    if payload.get("checksum") != digest:
+        what = "has no checksum" if "checksum" not in payload else "does not match its checksum"
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content {what} (expected SHA-256 {digest}; "
+                              "damaged on disk or in a copy?)")
     payload["path"] = str(path)
     return payload
 

@@ -15,7 +15,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
-from .predict import check_schema, impute, predict
+from .predict import check_schema, impute, predict, refuse_imputed
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -29,9 +29,13 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 
 
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
-             interval: float = 0.9, batch_size: int = 512, progress: bool = True) -> list[dict]:
-    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``."""
+             interval: float = 0.9, batch_size: int = 512, progress: bool = True, seed: int | None = 0) -> list[dict]:
+    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``.
+
+    Every prediction and imputation is seeded with ``seed`` (``None``: drawn from the global random state), so two
+    evaluations of one model give the same numbers (on CPU), whatever subsets they cover."""
     check_schema(mfm, ds)
+    refuse_imputed(ds)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
@@ -50,10 +54,10 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
             continue
         if mfm.D is not None and ds.labels is not None and ds.label_present.any():
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
-                           keep_samples=False)
+                           keep_samples=False, seed=seed)
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
         if hidden:
-            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size)
+            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size, seed=seed)
             rec["imputation"] = {m: imputation_metrics(features[m], imp.mean[m], _truth_weight(ds, m)) for m in hidden}
         records.append(rec)
     return records

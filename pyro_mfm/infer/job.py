@@ -2,7 +2,10 @@
 
 ``<out>/`` receives ``checkpoint/`` (the training run), ``metrics.json`` (every metric for every observed subset,
 baselines, the training log), ``report.md`` (readable tables), ``imputed_<modality>.h5`` (the test split with that
-modality imputed from all others, in the native format) and ``plots/*.png``.
+modality imputed from all others, in the native format) and ``plots/*.png``. The job holds a lock on ``<out>``;
+a non-empty ``<out>`` is refused unless resuming or overwriting. SIGINT or SIGTERM stops it (training at the next
+step, after a checkpoint; the evaluation between its stages) before ``metrics.json`` and ``report.md`` are written,
+so a folder with a report holds a finished job.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from ..data.builtin import load_embedded
 from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError
 from ..model import MFM
-from .checkpoint import atomic_write, write_json
+from .checkpoint import atomic_write, folder_lock, prepare_folder, write_json
 from .evaluate import evaluate, format_cell, mean_imputation_baseline, table
+from .faults import StopRequested
 from .predict import impute, imputed_data, predict
 from .train import cpu_threads, fit
 
@@ -74,7 +78,7 @@ def baseline_possible(label, train_labels, n_test: int) -> bool:
 
 
 def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
-                mean_baseline: dict, metric: str) -> list[str]:
+                mean_baseline: dict, metric: str, seed: int | None = 0) -> list[str]:
     pdir = out / "plots"
     written = []
     flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
@@ -93,7 +97,7 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
     if errors:
         written.append(plots.save(plots.imputation_error(errors), pdir / "imputation_error.png"))
     if mfm.D is not None:
-        pred = predict(mfm, test, num_samples=50, keep_samples=False)
+        pred = predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
         keep = test.label_present
         names = list(mfm.schema.label.names) if mfm.schema.label.names else None
         y = np.asarray(test.labels)
@@ -113,34 +117,66 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
     return [str(p) for p in written]
 
 
-def run(config: Config, out_dir, resume: bool = False) -> dict:
-    """Train, evaluate every observed subset on the test split, impute, write the report. Returns the metrics."""
-    with cpu_threads(config.train.num_threads):
-        return _run(config, out_dir, resume)
+REPORT_FILES = ("checkpoint", "metrics.json", "report.md", "imputed_*.h5", "plots", ".*.tmp")
+"""What a report folder holds (``overwrite`` deletes only these)."""
 
 
-def _run(config: Config, out_dir, resume: bool) -> dict:
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived during the evaluation stages of the job."""
+
+
+def run(config: Config, out_dir, resume: bool = False, overwrite: bool = False,
+        allow_config_change: bool = False) -> dict:
+    """Train, evaluate every observed subset on the test split, impute, write the report. Returns the metrics, or
+    ``{"interrupted": "SIGTERM", "checkpoint": ...}`` when a signal stopped the job (no report is written then).
+    ``resume``, ``overwrite`` and ``allow_config_change`` as in :func:`pyro_mfm.infer.train.fit`."""
     out = Path(out_dir)
+    with cpu_threads(config.train.num_threads), folder_lock(out, "report folder"):
+        prepare_folder(out, resume, overwrite, REPORT_FILES, "report folder")
+        for name in ("report.md", "metrics.json"):  # a report of the run being continued is no longer true
+            (out / name).unlink(missing_ok=True)
+        try:
+            return _run(config, out, resume, allow_config_change)
+        except Interrupted as e:
+            return {"interrupted": str(e), "checkpoint": str(out / "checkpoint")}
+
+
+def _run(config: Config, out: Path, resume: bool, allow_config_change: bool) -> dict:
     t0 = time.time()
     data = load_data(config)
     if config.data.test_split not in data:
         raise DataError(f"{data.source}: no test split {config.data.test_split!r}; the data set has {list(data)}")
-    result = fit(config, data, out / "checkpoint", resume=resume)
+    result = fit(config, data, out / "checkpoint", resume=resume, allow_config_change=allow_config_change)
+    if result.interrupted:
+        raise Interrupted(result.interrupted)
+    with StopRequested() as stop:
+        return _report(config, out, data, result, t0, stop)
+
+
+def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, stop: StopRequested) -> dict:
+    def check() -> None:
+        if stop.signum is not None:
+            raise Interrupted(stop.name)
+
     t_train = time.time() - t0
     mfm, test = result.mfm, data[config.data.test_split]
     ev = config.evaluate
     records = evaluate(mfm, test, num_samples=ev.num_samples, interval=ev.interval, batch_size=ev.batch_size,
-                       progress=config.train.progress)
+                       progress=config.train.progress, seed=ev.seed)
+    check()
     baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
     mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
     for m in mfm.schema.names:  # each modality imputed from all the others, written in the native format
         others = [n for n in mfm.schema.names if n != m]
         if others:
-            imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size)
-            native.save(imputed_data(test, imp), out / f"imputed_{m}.h5", overwrite=True)
+            imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size, seed=ev.seed)
+            native.save(imputed_data(test, imp, checkpoint=out / "checkpoint" / "best.pt", num_samples=ev.num_samples,
+                                     seed=ev.seed), out / f"imputed_{m}.h5", overwrite=True)
+            check()
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
-    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric)
+    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric, ev.seed)
+    check()
     report = {
         "data": data.schema.name or data.source, "attribution": data.schema.attribution,
         "test_samples": len(test), "best": result.best, "train_seconds": t_train,

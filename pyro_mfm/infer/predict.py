@@ -8,9 +8,12 @@ prediction only needs the label's likelihood p(y | D(G_y(z_y))) at the drawn z_y
 from __future__ import annotations
 
 import math
+import random
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
@@ -76,6 +79,25 @@ def _device(mfm: MFM):
     return next(mfm.parameters()).device
 
 
+@contextmanager
+def seeded(seed: int, device=None):
+    """Run the block with every random-number generator it draws from (torch on the CPU and on ``device``, numpy,
+    Python) seeded by ``seed``, then restore the caller's states."""
+    device = torch.device(device) if device is not None else None
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
+        states = np.random.get_state(), random.getstate()
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(states[0])
+            random.setstate(states[1])
+
+
+def _seeded(seed, mfm):
+    return nullcontext() if seed is None else seeded(seed, _device(mfm))
+
+
 def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
     """A :class:`DataError` naming what differs unless ``dataset`` has the modalities ``mfm`` was trained on."""
     if dataset.schema.modalities != mfm.schema.modalities:
@@ -92,11 +114,18 @@ def _check_counts(**counts) -> None:
 
 @torch.no_grad()
 def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, interval: float = 0.9,
-            batch_size: int = 512, keep_samples: bool = True) -> Prediction:
+            batch_size: int = 512, keep_samples: bool = True, seed: int | None = None) -> Prediction:
     """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
 
-    A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample.
+    A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
+    ``seed``, the draws are seeded (the same numbers on every call on CPU; the caller's random state is left as it
+    was); without, they continue the global random state.
     """
+    with _seeded(seed, mfm):
+        return _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples)
+
+
+def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples) -> Prediction:
     if mfm.D is None:
         raise DataError(f"{dataset._where()}: the model has no label to predict")
     check_schema(mfm, dataset)
@@ -148,14 +177,19 @@ def _padding_mask(mfm: MFM, batch, m: str):
 
 @torch.no_grad()
 def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, batch_size: int = 512,
-           keep_samples: bool = False) -> Imputation:
+           keep_samples: bool = False, seed: int | None = None) -> Imputation:
     """Posterior predictive of every modality given the modalities in ``observed``.
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
     all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior (or the
     surrogate's code). An imputed sequence is zero at its padding steps where they are known (the modality was
-    recorded and hidden); a sample that never recorded the modality gets all T steps.
+    recorded and hidden); a sample that never recorded the modality gets all T steps. ``seed`` as in :func:`predict`.
     """
+    with _seeded(seed, mfm):
+        return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples)
+
+
+def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Imputation:
     check_schema(mfm, dataset)
     if not mfm.generative:
         raise DataError(f"{dataset._where()}: the model has no decoders to impute with "
@@ -187,13 +221,39 @@ def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
 
 
-def imputed_data(ds: MultimodalDataset, imp: Imputation) -> MultimodalData:
+def imputed_data(ds: MultimodalDataset, imp: Imputation, checkpoint: str | None = None,
+                 checkpoint_sha256: str | None = None, num_samples: int | None = None,
+                 seed: int | None = None) -> MultimodalData:
     """``ds`` with every modality replaced by its imputed mean, as a one-split data set for the native format.
 
     Observed entries are unchanged and keep their presence mask; a modality outside ``imp.observed`` is marked
-    present everywhere (it now holds the imputation).
+    present everywhere (it now holds the imputation). The result records what was imputed: the split's
+    ``imputed[m]`` masks (True where the features of ``m`` are imputed), ``imputed_std[m]`` (the posterior
+    standard deviation), and the data set's ``imputation`` (observed subset, checkpoint, source, draws, seed).
     """
-    present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in ds.schema.names}
-    out = MultimodalDataset(ds.schema, {m: imp.mean[m].astype(np.float32) for m in ds.schema.names}, present,
-                            ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
-    return MultimodalData(ds.schema, {ds.split: out})
+    names = ds.schema.names
+    present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in names}
+    # a missing entry of an observed modality stays missing: zero, as the format stores missing entries
+    keep = {m: present[m].reshape((-1,) + (1,) * (imp.mean[m].ndim - 1)) for m in names}
+    out = MultimodalDataset(ds.schema, {m: np.where(keep[m], imp.mean[m], 0).astype(np.float32) for m in names},
+                            present, ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
+    out.imputed = {m: np.full(len(ds), m not in imp.observed) for m in names}
+    out.imputed_std = {m: np.where(keep[m], imp.std[m], 0).astype(np.float32) for m in names}
+    info = {"observed": list(imp.observed), "imputed": [m for m in names if m not in imp.observed],
+            "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_sha256": checkpoint_sha256,
+            "source": ds.source, "split": ds.split, "num_samples": num_samples, "seed": seed}
+    out.imputation = info
+    return MultimodalData(ds.schema, {ds.split: out}, imputation=info)
+
+
+def refuse_imputed(ds: MultimodalDataset) -> None:
+    """Raise :class:`DataError` when ``ds`` holds a model's imputations (scoring against them scores the model
+    against itself)."""
+    if ds.imputed is None or not any(np.asarray(v).any() for v in ds.imputed.values()):
+        return
+    hidden = [m for m, v in ds.imputed.items() if np.asarray(v).any()]
+    info = ds.imputation or {}
+    origin = (f" from {info.get('observed')} by checkpoint {info.get('checkpoint')}" if info else "")
+    raise DataError(f"{ds._where()}: modalities {hidden} hold values imputed{origin}; evaluating against them "
+                    f"scores a model against imputations, not data; expected recorded data"
+                    + (f" (the imputation was made from {info['source']})" if info.get("source") else ""))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from ..model import MFM
 from ..outputs import strict
 from . import distributed
 from .calibrate import calibrate
-from .checkpoint import (CheckpointError, atomic_write, read_checkpoint, read_resume, rng_state, save_run,
-                         set_rng_state, update_weights)
+from .checkpoint import (CheckpointError, atomic_write, folder_lock, prepare_folder, read_checkpoint, read_resume,
+                         rng_state, save_run, set_rng_state, update_weights)
 from .faults import DivergenceError, StopRequested, diagnose, divergence_report, grad_norm, is_finite
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
@@ -115,6 +116,9 @@ class TrainResult:
     interrupted: str = ""
     skipped: list[str] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
+    resumed: dict = field(default_factory=dict)
+    """Where a resumed run continued: ``{"from": checkpoint, "epoch": e, "step": s, "changed": {key: [old, new]}}``
+    (epoch and step 0-based; empty for a fresh run)."""
 
 
 @dataclass
@@ -129,6 +133,19 @@ class Progress:
     total: float = 0.0  # this rank's sum of per-sample losses over the steps run so far in the epoch
     count: int = 0
     skipped: int = 0
+    events: list = field(default_factory=list)  # resumes that changed the configuration, written to log.jsonl
+
+
+def log_lines(history: list, events: list) -> bytes:
+    """``log.jsonl``: one line per epoch; each resume that changed a field outside :data:`RESUME_FREE` is a line
+    ``{"event": "resume", "from": ..., "at_epoch": ..., "at_step": ..., "changed": {key: [old, new]}}`` before the
+    first epoch it ran."""
+    lines, pending = [], sorted(events, key=lambda e: e["at_epoch"])
+    for record in history:
+        while pending and pending[0]["at_epoch"] <= record["epoch"]:
+            lines.append(pending.pop(0))
+        lines.append(record)
+    return "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in lines + pending).encode()
 
 
 def validation_score(mfm: MFM, data, config: Config, metric: str, objective: Objective) -> dict:
@@ -148,20 +165,48 @@ def _dev(mfm):
     return next(mfm.parameters()).device
 
 
-def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False) -> TrainResult:
+RESUME_FREE = frozenset({
+    "train.epochs", "train.patience", "train.progress", "train.num_threads", "train.keep_last", "train.device",
+    "train.validate", "data.source", "evaluate.num_samples", "evaluate.interval", "evaluate.batch_size",
+    "evaluate.seed",
+})
+"""Configuration fields a resumed run may change freely: how long it runs, where and how it reports, where the data
+file lies. Any other change alters the run's result and needs ``allow_config_change``."""
+
+
+def config_changes(old: dict, new: dict) -> dict:
+    """``{"table.key": [old, new]}`` for every field that differs between two ``Config.to_dict()`` results."""
+    out = {}
+    for table in sorted(set(old) | set(new)):
+        a, b = old.get(table, {}), new.get(table, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out[f"{table}.{key}"] = [a.get(key), b.get(key)]
+    return out
+
+
+def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False, overwrite: bool = False,
+        allow_config_change: bool = False) -> TrainResult:
     """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``.
 
-    With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``; with
-    ``resume``, continues from ``out_dir/last.pt`` (or the newest readable epoch checkpoint), at the very step where
-    the run stopped. SIGINT/SIGTERM stop training at the next step boundary after a checkpoint. Under ``torchrun``,
-    trains data-parallel (see :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation
-    metric), in eval mode.
+    With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``, holding an
+    exclusive lock on the folder (a second training into it fails at once); a non-empty folder is refused unless
+    ``resume`` or ``overwrite`` (which deletes the old run's files first). With ``resume``, continues from
+    ``out_dir/last.pt`` (or the newest readable epoch checkpoint), at the very step where the run stopped; a
+    configuration that differs from the run's in a field outside :data:`RESUME_FREE` is refused unless
+    ``allow_config_change`` (the change is then recorded in ``log.jsonl``). SIGINT/SIGTERM stop training at the next
+    step boundary after a checkpoint. Under ``torchrun``, trains data-parallel (see
+    :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation metric), in eval mode.
     """
     config.check("configuration")  # a configuration built or changed in Python gets the checks a file gets
     with cpu_threads(config.train.num_threads):
         dist, device = distributed.setup(resolve_device(config.train.device))
         try:
-            return _fit(config, data, out_dir, resume, dist, device)
+            lock = folder_lock(out_dir) if out_dir is not None and dist.main else nullcontext()
+            with lock:
+                if out_dir is not None and dist.main:
+                    prepare_folder(out_dir, resume, overwrite)
+                return _fit(config, data, out_dir, resume, dist, device, allow_config_change)
         finally:
             distributed.shutdown(dist)
 
@@ -187,7 +232,7 @@ def _step(loss_fn, batch: Batch, global_size: int, params, clip_norm: float, dis
     return (nan, nan, None) if bad and is_finite(loss) and is_finite(norm) else (loss, norm, None)
 
 
-def _resume_payload(out_dir, data: MultimodalData, config: Config) -> dict:
+def _resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_change: bool) -> dict:
     if out_dir is None:
         raise CheckpointError("resume needs the run folder that holds last.pt")
     payload = read_resume(out_dir)
@@ -196,14 +241,29 @@ def _resume_payload(out_dir, data: MultimodalData, config: Config) -> dict:
         raise CheckpointError(f"checkpoint {payload['path']}: trained on data with another schema than "
                               f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
                               "modalities and label it was trained on")
-    changed = Config.from_dict(payload["config"], where=payload["path"]).differences(config, tables=("model",))
-    if changed:
-        raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
-                              f"({'; '.join(changed)}); resuming needs the [model] table it was trained with")
+    try:  # the stored configuration with today's defaults for fields it predates
+        stored_config = Config.from_dict(payload["config"], where=payload["path"])
+    except ConfigError:  # not valid today: compared as stored, which names every field that differs
+        stored_config = None
+    if stored_config is not None:
+        arch = stored_config.differences(config, tables=("model",))
+        if arch:
+            raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
+                                  f"({'; '.join(arch)}); resuming needs the [model] table it was trained with")
+    stored = stored_config.to_dict() if stored_config is not None else payload["config"]
+    changed = config_changes(stored, config.to_dict())
+    fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
+    if fixed and not allow_config_change:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
+        raise CheckpointError(f"checkpoint {payload['path']}: resuming with another configuration ({listed}) would "
+                              f"change the run's result; expected the run's configuration ({Path(out_dir) / 'config.json'})"
+                              ", or allow_config_change / --allow-config-change to continue with the new one")
+    payload["changed"] = changed
     return payload
 
 
-def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, device) -> TrainResult:
+def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, device,
+         allow_config_change: bool = False) -> TrainResult:
     tc = config.train
     train = data[config.data.train_split]
     if len(train) == 0:
@@ -214,7 +274,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     writer = dist.main and out_dir is not None
     payload = None
     if resume:  # rank 0 reads the run folder; the other ranks need not see it
-        payload = distributed.broadcast(_resume_payload(out_dir, data, config) if dist.main else None, dist)
+        payload = distributed.broadcast(
+            _resume_payload(out_dir, data, config, allow_config_change) if dist.main else None, dist)
     if payload is not None:
         s = payload["stats"]
         stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
@@ -249,15 +310,27 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
         ranks = st.get("rng_ranks") or []
         set_rng_state(ranks[dist.rank] if len(ranks) == dist.world else st["rng"])
         dropper.set_state(st["rng"]["dropper"])
+        run.events = list(st.get("events") or [])
+        resumed = {"from": payload["path"], "epoch": run.epoch, "step": run.step, "changed": payload["changed"]}
+        fixed = {k: v for k, v in payload["changed"].items() if k not in RESUME_FREE}
+        if fixed:  # allowed by allow_config_change: the log says from where the run is another one
+            run.events.append({"event": "resume", "from": payload["path"], "at_epoch": run.epoch,
+                               "at_step": run.step, "changed": fixed})
+        if dist.main and tc.progress:
+            tqdm.write(f"resuming {payload['path']} at epoch {run.epoch + 1}, step {run.step}"
+                       + (f"; changed {payload['changed']}" if payload["changed"] else ""), file=sys.stderr)
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+        if run.events:  # the log says at once that (and from where) the run continues with another configuration
+            atomic_write(out_dir / "log.jsonl", lambda f: f.write(log_lines(run.history, run.events)))
 
     def state(position: bool) -> dict:
         rng = {**rng_state(), "dropper": dropper.get_state()}
         ranks = distributed.gather(rng, dist)
         total, count = distributed.all_sum([run.total, run.count], dist, device)
         return {"optimizer": optimizer.state_dict(), "epoch": run.epoch - 1, "history": run.history,
+                "events": run.events,
                 "best": run.best, "bad_epochs": run.bad_epochs, "metric": metric, "rng": rng, "rng_ranks": ranks,
                 "world_size": dist.world, "position": {"epoch": run.epoch, "step": run.step, "total": total,
                                                        "count": int(count), "skipped": run.skipped} if position else None}
@@ -278,6 +351,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
         run.skipped += 1
 
     result = TrainResult(mfm, config, stats, run.history, run.best, out_dir)
+    if payload is not None:
+        result.resumed = resumed
     n, size = len(train), tc.batch_size
     steps_per_epoch = math.ceil(n / size)
     params, named = list(mfm.parameters()), list(mfm.named_parameters())
@@ -354,8 +429,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                 if writer:
                     names = ([f"epoch-{epoch + 1:04d}.pt"] if tc.keep_last else []) + (["best.pt"] if improved else [])
                     save_run(out_dir, mfm, config, stats, st, names + ["last.pt"], tc.keep_last)
-                    atomic_write(out_dir / "log.jsonl", lambda f: f.write(
-                        "".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in run.history).encode()))
+                    atomic_write(out_dir / "log.jsonl", lambda f: f.write(log_lines(run.history, run.events)))
             elif improved:
                 best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
             if distributed.all_sum([stop.signum is not None], dist, device)[0]:
@@ -365,6 +439,19 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                 break
     # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch
     best_file = out_dir / "best.pt" if out_dir is not None else None
+    if not result.interrupted and run.best["epoch"] < 0 and run.history:
+        # no epoch after the KL warm-up: the last epoch is the best there is (best.pt is always written)
+        last = run.history[-1]
+        run.best = result.best = {"epoch": last["epoch"], metric: last.get(f"valid_{metric}", last["train_loss"])}
+        warnings.warn(f"training ended after {len(run.history)} epoch(s), within the KL warm-up "
+                      f"(train.kl_warmup = {tc.kl_warmup}): no epoch was scored on the final objective; the best "
+                      f"model is the last epoch" + (f" ({best_file})" if best_file is not None else ""),
+                      RuntimeWarning, stacklevel=3)
+        if writer and not best_file.exists():
+            raw = (out_dir / "last.pt").read_bytes()
+            atomic_write(best_file, lambda f: f.write(raw))
+        elif out_dir is None:
+            best_state = {k: v.detach().clone() for k, v in mfm.state_dict().items()}
     if not result.interrupted and best_file is not None and dist.main and best_file.exists():
         mfm.load_state_dict(read_checkpoint(best_file)["model"])
     elif not result.interrupted and out_dir is None and run.best["epoch"] >= 0:
