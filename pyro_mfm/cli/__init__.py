@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..config import ConfigError
 from ..data.schema import DataError
 from ..infer.checkpoint import CheckpointError
@@ -20,6 +21,7 @@ COMMANDS = (
     "evaluate",
     "impute",
     "run",
+    "predict",
 )
 
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-mfm", description="The Multimodal Factorization Model (Tsai et al., ICLR 2019) in Pyro."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)

