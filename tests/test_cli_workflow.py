@@ -98,3 +98,37 @@ def test_evaluate_chosen_subsets_with_overrides(project):
     got = json.loads(report.read_text())
     assert [s["observed"] for s in got["subsets"]] == [["a"], ["a", "b"]] and got["split"] == "valid"
     assert got["subsets"][0]["label"]["n"] > 0
+
+
+def test_training_writes_tensorboard_events(project):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(project / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "valid/accuracy", "valid/loss", "lr", "terms/nll/x_a", "terms/nll/x_b", "terms/nll/y",
+            "terms/kl/z_y", "terms/kl/z_a_a", "expert_precision/a", "expert_precision/b"} <= tags
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+    assert all(e.value > 0 for e in events.Scalars("expert_precision/a"))
+
+
+def test_progress_without_a_terminal_is_one_line_per_epoch(project, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pyro_mfm", "train", str(project / "tiny.toml"), "--out",
+                        str(tmp_path / "r"), "--set", "train.progress=True", "--set", "train.epochs=3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "\r" not in r.stdout
+    assert [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch 1", "epoch 2", "epoch 3"]
+
+
+def test_bars_only_on_a_terminal():
+    import io
+
+    from pyro_mfm.infer.progress import bars_enabled
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert bars_enabled(True, Tty()) and not bars_enabled(False, Tty()) and not bars_enabled(True, io.StringIO())

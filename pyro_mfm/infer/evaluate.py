@@ -16,6 +16,7 @@ from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
 from .predict import impute, predict
+from .progress import bars_enabled
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -35,7 +36,7 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
     records = []
-    for obs in tqdm(subsets, desc="evaluate subsets", disable=not progress, leave=False):
+    for obs in tqdm(subsets, desc="evaluate subsets", disable=not bars_enabled(progress), leave=False):
         rec: dict = {"observed": list(obs)}
         if mfm.D is not None and ds.labels is not None and ds.label_present.any():
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
