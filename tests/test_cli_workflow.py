@@ -132,3 +132,68 @@ def test_bars_only_on_a_terminal():
             return True
 
     assert bars_enabled(True, Tty()) and not bars_enabled(False, Tty()) and not bars_enabled(True, io.StringIO())
+
+
+def test_convert_npz(tmp_path, capsys):
+    from pyro_mfm.data import native
+
+    rng = np.random.default_rng(0)
+    n = 10
+    split = np.array(["train"] * 6 + ["valid"] * 2 + ["test"] * 2)
+    a_present = np.ones(n, bool)
+    a_present[3] = False
+    steps = np.ones((n, 4), bool)
+    steps[0, :2] = False
+    label = rng.integers(0, 3, n)
+    np.savez(tmp_path / "mine.npz", a=rng.normal(size=(n, 3)), b=rng.normal(size=(n, 4, 2)), label=label,
+             a_present=a_present, b_steps=steps, split=split, ids=np.array([f"s{i}" for i in range(n)]))
+    out = tmp_path / "mine.h5"
+    assert main(["data", "convert", "--from", "npz", str(tmp_path / "mine.npz"), "--out", str(out)]) == 0
+    data = native.load(out)
+    assert list(data.splits) == ["train", "valid", "test"] and data.schema.label.kind == "categorical"
+    assert data.schema["b"].shape == (4, 2) and not data["train"].present["a"][3] and not data["train"].steps["b"][0, 0]
+    assert list(data["test"].ids) == ["s8", "s9"] and list(data["train"].labels) == list(label[:6])
+    # regression labels, and a mask that names no modality
+    np.savez(tmp_path / "reg.npz", a=rng.normal(size=(n, 3)), label=rng.normal(size=n), c_present=a_present)
+    assert main(["data", "convert", "--from", "npz", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r.h5")]) == 2
+    assert "key 'c_present': a mask of modality 'c'" in capsys.readouterr().err
+    np.savez(tmp_path / "reg.npz", a=rng.normal(size=(n, 3)), label=rng.normal(size=n))
+    assert main(["data", "convert", "--from", "npz", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "r.h5")]) == 0
+    assert native.load(tmp_path / "r.h5").schema.label.kind == "regression"
+    np.savez(tmp_path / "obj.npz", a=np.array([{"x": 1}] * n, dtype=object))
+    assert main(["data", "convert", "--from", "npz", str(tmp_path / "obj.npz"), "--out", str(tmp_path / "o.h5")]) == 2
+    assert "Python objects" in capsys.readouterr().err
+
+
+def write_csv(path, rows):
+    path.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+
+
+def test_convert_csv_one_file_per_modality(tmp_path, capsys):
+    from pyro_mfm.data import native
+
+    write_csv(tmp_path / "audio.csv", [["id", "label", "split", "f0", "f1"], ["u1", "pos", "train", 1, 2],
+                                       ["u2", "neg", "train", 3, 4], ["u3", "pos", "test", 5, 6],
+                                       ["u4", "", "test", 7, 8]])
+    write_csv(tmp_path / "video.csv", [["id", "present", "g0"], ["u3", 1, 0.5], ["u1", 1, 0.1], ["u2", 1, ""],
+                                       ["u4", 0, 9]])
+    out = tmp_path / "own.h5"
+    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), f"vid={tmp_path / 'video.csv'}",
+                 "--out", str(out)]) == 0
+    data = native.load(out)
+    tr, te = data["train"], data["test"]
+    assert data.schema.names == ("audio", "vid") and data.schema.label.names == ("neg", "pos")
+    assert data.schema["audio"].feature_names == ("f0", "f1")
+    assert list(tr.ids) == ["u1", "u2"] and list(tr.labels) == [1, 0] and list(te.label_present) == [True, False]
+    np.testing.assert_allclose(np.asarray(te.features["vid"])[:, 0], [0.5, 0.0])  # aligned by id, u4 absent
+    assert list(tr.present["vid"]) == [True, False] and list(te.present["vid"]) == [True, False]
+    # ids that do not match across files: one line naming the file and the ids
+    write_csv(tmp_path / "video.csv", [["id", "g0"], ["u1", 1], ["u2", 2], ["u9", 3]])
+    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), str(tmp_path / "video.csv"),
+                 "--out", str(tmp_path / "bad.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "video.csv" in err and "'u3'" in err and "'u9'" in err
+    write_csv(tmp_path / "video.csv", [["id", "g0"], ["u1", "x"], ["u2", 2], ["u3", 3], ["u4", 4]])
+    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), str(tmp_path / "video.csv"),
+                 "--out", str(tmp_path / "bad.h5")]) == 2
+    assert "row 2, column 'g0': 'x' is not a number" in capsys.readouterr().err
