@@ -197,3 +197,22 @@ def test_convert_csv_one_file_per_modality(tmp_path, capsys):
     assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), str(tmp_path / "video.csv"),
                  "--out", str(tmp_path / "bad.h5")]) == 2
     assert "row 2, column 'g0': 'x' is not a number" in capsys.readouterr().err
+
+
+def test_run_over_seeds_reports_mean_and_std(project, capsys):
+    out = project / "seeds"
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,1", "--quiet",
+                 "--set", "train.epochs=1", "--set", "train.calibrate='none'"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1] and (out / "seed-1" / "report.md").exists()
+    assert [s["observed"] for s in metrics["subsets"]] == [["a"], ["b"], ["a", "b"]]
+    acc = metrics["subsets"][2]["label"]["accuracy"]
+    assert len(acc["values"]) == 2 and acc["mean"] == pytest.approx(np.mean(acc["values"]))
+    assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1))
+    assert set(metrics["subsets"][0]["imputation"]["b"]) >= {"mse", "corr"}
+    seed1 = json.loads((out / "seed-1" / "metrics.json").read_text())
+    assert seed1["config"]["train"]["seed"] == 1
+    text = (out / "report.md").read_text()
+    assert "2 seeds" in text and " ± " in text and "| a+b |" in text
+    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,x"]) == 2
+    assert "'x' is not an integer" in capsys.readouterr().err
