@@ -216,3 +216,73 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     assert "2 seeds" in text and " ± " in text and "| a+b |" in text
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,x"]) == 2
     assert "'x' is not an integer" in capsys.readouterr().err
+
+
+SPACE = """
+[train.lr]
+low = 1e-3
+high = 1e-2
+log = true
+
+[model.hidden]
+low = 8
+high = 16
+step = 8
+
+[model.missing]
+choices = ["poe", "surrogate"]
+"""
+
+
+def test_tune_resumes_and_writes_a_trainable_best_configuration(project, capsys):
+    import optuna
+
+    from pyro_mfm.config import Config
+
+    (project / "space.toml").write_text(SPACE)
+    out = project / "search"
+    args = ["tune", str(project / "tiny.toml"), "--space", str(project / "space.toml"), "--out", str(out),
+            "--set", "train.calibrate='none'"]
+    assert main(args + ["--trials", "2"]) == 0
+    assert "best trial" in capsys.readouterr().out
+    assert main(args + ["--trials", "3"]) == 0  # the same study, one more trial
+    study = optuna.load_study(study_name="pyro-mfm", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3 and study.direction.name == "MAXIMIZE"
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)  # reported each epoch
+    assert (out / "trial-0002" / "best.pt").exists()
+    best = json.loads((out / "best.json").read_text())
+    cfg = Config.load(out / "best.toml")
+    assert cfg.model.hidden == best["best_params"]["model.hidden"] and cfg.model.missing in ("poe", "surrogate")
+    assert cfg.train.lr == pytest.approx(best["best_params"]["train.lr"]) and cfg.train.epochs == 2
+    assert best["best_value"] == study.best_value
+
+
+def test_tune_prunes_and_reports_bad_spaces(project, tmp_path, monkeypatch, capsys):
+    import optuna
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    (tmp_path / "space.toml").write_text("[train.lr]\nlow = 1e-3\nhigh = 1e-2\n")
+    args = ["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "space.toml"), "--set", "train.calibrate='none'"]
+    assert main(args + ["--out", str(tmp_path / "s"), "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="pyro-mfm", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert sorted(study.trials[1].intermediate_values) == [0]
+    (tmp_path / "bad.toml").write_text("[train.lrr]\nlow = 1\nhigh = 2\n")
+    assert main(["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "bad.toml"), "--out",
+                 str(tmp_path / "b"), "--trials", "1"]) == 2
+    assert "[train.lrr] is not a configuration field" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("[model.hidden]\nlow = 8\n")
+    assert main(["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "bad.toml"), "--out",
+                 str(tmp_path / "b"), "--trials", "1"]) == 2
+    assert "[model.hidden] needs low and high" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    assert main(args + ["--out", str(tmp_path / "taken"), "--trials", "1"]) == 2
+    assert "holds no study.db" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "tune"])
+def test_new_subcommands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and f"usage: pyro-mfm {command}" in capsys.readouterr().out

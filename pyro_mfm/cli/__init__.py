@@ -22,6 +22,7 @@ COMMANDS = (
     "impute",
     "run",
     "predict",
+    "tune",
 )
 
 
