@@ -214,6 +214,10 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     assert seed1["config"]["train"]["seed"] == 1
     text = (out / "report.md").read_text()
     assert "2 seeds" in text and " ± " in text and "| a+b |" in text
+    one = (out / "seed-0" / "report.md").read_text()  # the per-seed report reads at a glance
+    assert "Best epoch 1 of 1 (valid accuracy" in one and "{" not in one
+    assert "ratio to the training mean's" in one and "×)" in one and "NLPD (negative log predictive density)" in one
+    assert (out / "seed-0" / "plots" / "confusion.png").exists() and (out / "seed-0" / "plots" / "reliability.png").exists()
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,x"]) == 2
     assert "'x' is not an integer" in capsys.readouterr().err
 

@@ -30,8 +30,12 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 
 
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
-             interval: float = 0.9, batch_size: int = 512, progress: bool = True) -> list[dict]:
-    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``."""
+             interval: float = 0.9, batch_size: int = 512, progress: bool = True, predictions: dict | None = None
+             ) -> list[dict]:
+    """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``.
+
+    ``predictions``: a dict that receives each subset's :class:`~pyro_mfm.infer.predict.Prediction` (keyed by the
+    tuple of observed modalities), e.g. for plots that must show the table's numbers."""
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
@@ -42,6 +46,8 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
                            keep_samples=False)
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
+            if predictions is not None:
+                predictions[tuple(obs)] = pred
         hidden = [m for m in names if m not in obs]
         if hidden:
             imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size)
@@ -72,15 +78,20 @@ def mean_imputation_baseline(train: MultimodalDataset, ds: MultimodalDataset, pe
     return out
 
 
-def table(records: list[dict], metrics=None) -> str:
-    """A Markdown table: one row per observed subset, label metrics then mean imputation MSE of hidden modalities."""
+def table(records: list[dict], metrics=None, baseline: dict | None = None) -> str:
+    """A Markdown table: one row per observed subset, label metrics then the imputation MSE of each hidden modality
+    (with ``baseline``, the per-modality metrics of :func:`mean_imputation_baseline`, also as a ratio to the
+    training-mean imputation's MSE: below 1 beats it)."""
     label_keys = metrics or ([k for k in records[0].get("label", {}) if k != "n"] if records else [])
-    head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)"]
+    head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)" if baseline is None else
+                                        "imputation MSE of hidden modalities (ratio to the training mean's)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lab = r.get("label", {})
         cells = ["+".join(r["observed"])] + [f"{lab.get(k, float('nan')):.4g}" for k in label_keys]
         imp = r.get("imputation", {})
-        cells.append(", ".join(f"{m} {v['mse']:.3g}" for m, v in imp.items()) or "-")
+        cells.append(", ".join(f"{m} {v['mse']:.3g}" + (f" ({v['mse'] / baseline[m]['mse']:.2f}×)"
+                                                         if baseline and baseline.get(m, {}).get("mse") else "")
+                               for m, v in imp.items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
