@@ -65,8 +65,11 @@ def single_view_baselines(data: MultimodalData, config: Config) -> dict:
 
 def _subtitle(fig, text: str) -> None:
     """Append a line to the title of the figure's first axes."""
+    import textwrap
+
     ax = fig.axes[0]
-    ax.set_title(f"{ax.get_title()}\n{text}", fontsize=9)
+    width = max(40, int(fig.get_figwidth() * 11))  # characters of a 9-point line across the figure
+    ax.set_title(f"{ax.get_title()}\n" + textwrap.fill(text, width), fontsize=9)
 
 
 def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
@@ -96,7 +99,7 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
     if mfm.D is not None:
         full = tuple(mfm.schema.names)
         pred = (predictions or {}).get(full) or predict(mfm, test, num_samples=50, keep_samples=False)
-        shown = f"observed: all modalities ({'+'.join(full)}), the table's last row"
+        shown = f"observed: all modalities ({'+'.join(full)}), as in the table's last row"
         keep = test.label_present
         names = list(mfm.schema.label.names) if mfm.schema.label.names else None
         y = np.asarray(test.labels)
