@@ -290,3 +290,21 @@ def test_new_subcommands_have_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and f"usage: pyro-mfm {command}" in capsys.readouterr().out
+
+
+def test_predict_on_new_unlabelled_data_and_on_a_report_folder(project, tmp_path):
+    from pyro_mfm.data import from_arrays, load
+
+    test = load(project / "data.h5")["test"]
+    new = from_arrays({m: np.asarray(test.features[m]) for m in ("a", "b")},
+                      present={m: test.present[m] for m in ("a", "b")}, split=np.array(["new"] * len(test)))
+    save(new, tmp_path / "new.h5")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(project / "run"), "--data", str(tmp_path / "new.h5"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))  # the file's only split; no label, so no log density
+    assert len(rows) == len(test) and all(r["true"] == "" and r["log_density"] == "" for r in rows)
+    report = tmp_path / "report"
+    assert main(["run", str(project / "tiny.toml"), "--out", str(report), "--quiet", "--set", "train.epochs=1"]) == 0
+    assert main(["predict", str(report), "--out", str(tmp_path / "r.h5")]) == 0  # uses report/checkpoint/
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f["probabilities"].shape == (30, 3) and f.attrs["split"] == "test"
