@@ -308,3 +308,13 @@ def test_predict_on_new_unlabelled_data_and_on_a_report_folder(project, tmp_path
     assert main(["predict", str(report), "--out", str(tmp_path / "r.h5")]) == 0  # uses report/checkpoint/
     with h5py.File(tmp_path / "r.h5") as f:
         assert f["probabilities"].shape == (30, 3) and f.attrs["split"] == "test"
+
+
+def test_plot_titles_match_their_axes():
+    from pyro_mfm import plots
+
+    fig = plots.metric_vs_rate([1, 2], {"MFM": [0.5, 0.7]}, metric="accuracy", xlabel="observed views (count)",
+                               title="accuracy against the number of observed views")
+    assert fig.axes[0].get_title().startswith("accuracy against the number of observed views")
+    fig = plots.metric_by_observed([{"observed": ["a"], "accuracy": 0.5}, {"observed": ["a", "b"], "accuracy": 0.7}])
+    assert "against the number of observed modalities" in fig.axes[0].get_title()
