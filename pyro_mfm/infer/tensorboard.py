@@ -63,8 +63,9 @@ class TrainingLog:
         if out_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step: a resumed run replaces what an interrupted one wrote after its last finished epoch
-            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"), purge_step=start_epoch or None)
+            # a resumed run (``start_epoch`` epochs finished) drops any event an interrupted one logged past them
+            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"),
+                                        purge_step=start_epoch + 1 if start_epoch else None)
 
     def epoch(self, record: dict, mfm: MFM, optimizer, batch: Batch | None) -> None:
         if self.writer is None:

@@ -202,10 +202,11 @@ def load_csv(files: dict, id_column: str = "id", label_column: str = "label", sp
             if key in col:
                 got = {s: r[col[key]].strip() for s, r in zip(order, rows)}
                 for s, v in got.items():
-                    if s in values and values[s] != v:
+                    if v and values.get(s) and values[s] != v:
                         raise DataError(f"file {path}, id {s!r}, column {key!r}: {v!r}, but {where[key]} has "
                                         f"{values[s]!r}; expected the files to agree")
-                values.update(got)
+                    if v or s not in values:  # an empty cell leaves another file's value
+                        values[s] = v
                 where.setdefault(key, path)
     labels = shared[label_column]
     y = label_names = None
