@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make run   set up, then train/evaluate/impute on the embedded data set and write reports/uci_mfeat/
 #   make test  set up, then run the test suite
+#   make notebooks  execute the four notebooks and render them to HTML under reports/notebooks/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test notebooks clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+notebooks: $(STAMP)
+	$(BIN)/python inference/render_notebooks.py --out reports/notebooks
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -128,18 +128,23 @@ def copy_run(project, tmp_path, name="run"):
     return tmp_path / name
 
 
+def snapshot(folder):
+    """Every file under ``folder`` (TensorBoard's events included) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def train(project, out, *extra):
     return main(["train", str(project / "tiny.toml"), "--out", str(out), *extra])
 
 
 def test_train_refuses_a_non_empty_run_folder_unless_overwrite(project, tmp_path, capsys):
     run = copy_run(project, tmp_path)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = snapshot(run)
     capsys.readouterr()
     assert train(project, run, "--set", "train.seed=5") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"run folder {run} is not empty" in err and "--overwrite" in err
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+    assert snapshot(run) == before  # nothing touched
     (run / "notes.txt").write_text("mine")
     assert train(project, run, "--overwrite") == 2
     assert "notes.txt" in capsys.readouterr().err and (run / "notes.txt").exists()

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from .. import __version__
 from ..config import ConfigError
 from ..data.schema import DataError
 from ..infer.checkpoint import CheckpointError
@@ -22,6 +23,8 @@ COMMANDS = (
     "evaluate",
     "impute",
     "run",
+    "predict",
+    "tune",
 )
 
 
@@ -29,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-mfm", description="The Multimodal Factorization Model (Tsai et al., ICLR 2019) in Pyro."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)

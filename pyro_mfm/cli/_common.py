@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.schema import DataError, schema_differences
 
 
@@ -42,10 +43,12 @@ def parse_observed(text: str | None):
     return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("checkpoint", help="checkpoint file or run folder (best.pt is used)")
+def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str,
+                             default_split: str = "the configuration's test split") -> None:
+    p.add_argument("checkpoint", metavar="RUN",
+                   help="checkpoint file, training folder (best.pt is used) or `run` report folder")
     p.add_argument("--data", help="data source (default: the one the model was trained on)")
-    p.add_argument("--split", default=None, help=f"split to {what} (default: the configuration's test split)")
+    p.add_argument("--split", default=None, help=f"split to {what} (default: {default_split})")
     p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
     p.add_argument("--nan-as-missing", action="store_true",
                    help="mark samples with NaN features missing for that modality instead of failing")
@@ -53,12 +56,30 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str) -> None:
                    help="seed of the posterior draws (default: evaluate.seed of the run's configuration)")
 
 
-def load_for_inference(args):
-    """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload."""
+def checkpoint_path(run: str) -> Path:
+    """The checkpoint named by RUN: a file, a training folder, or the ``checkpoint/`` folder of a report folder."""
+    path = Path(run)
+    if path.is_dir() and not (path / "best.pt").exists() and not (path / "last.pt").exists() \
+            and (path / "checkpoint").is_dir():
+        return path / "checkpoint"
+    return path
+
+
+def load_for_inference(args, only_split: bool = False):
+    """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload. With
+    ``only_split``, a file without the configuration's test split but with a single split gives that split."""
     from ..infer.checkpoint import load_model
     from ..infer.job import load_data
 
-    mfm, config, payload = load_model(args.checkpoint)
+    mfm, config, payload = load_model(checkpoint_path(args.checkpoint))
+    overrides = getattr(args, "overrides", [])
+    for item in overrides:  # a trained model's architecture and training are fixed; how it is evaluated is not
+        key = item.split("=", 1)[0].strip()
+        if not (key.startswith(("data.", "evaluate.")) or key == "train.num_threads"):
+            raise ConfigError(f"--set {item}: only [data] and [evaluate] fields and train.num_threads apply to a "
+                              f"trained model; expected e.g. --set evaluate.num_samples=50")
+    if overrides:  # before the data are loaded: --set data.test_split=valid applies
+        config = config.override(overrides)
     if args.num_samples is not None:
         config.evaluate.num_samples = args.num_samples
         config.evaluate.check("--num-samples")
@@ -71,6 +92,8 @@ def load_for_inference(args):
         config.data.nan_as_missing = True
     data = load_data(config)
     split = args.split or config.data.test_split
+    if not args.split and only_split and split not in data and len(data.splits) == 1:
+        split = next(iter(data.splits))
     if split not in data:
         raise DataError(f"{data.source}: no split {split!r}; the data set has {list(data)}")
     found = schema_differences(mfm.schema, data.schema)

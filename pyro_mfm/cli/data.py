@@ -1,7 +1,7 @@
 """``pyro-mfm data``: inspect and convert data sets.
 
     pyro-mfm data info FILE
-    pyro-mfm data convert --from {uci-mfeat,mfn,csd,pickle,native} SRC... --out FILE [--overwrite]
+    pyro-mfm data convert --from {uci-mfeat,mfn,csd,pickle,native,npz,csv} SRC... --out FILE [--overwrite]
                           [--trust-pickle] [--nan-as-missing] [--steps T] [--folds NAME] [--label-range LOW HIGH]
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 from ..data import native
 from ..data.builtin import EMBEDDED, embedded_path
 from ..data.dataset import MultimodalData
-from ..data.importers import align_csd, convert_uci_mfeat, load_mfn, load_pickle
+from ..data.importers import align_csd, convert_uci_mfeat, load_csv, load_mfn, load_npz, load_pickle
 from ..data.schema import DataError
 
-SOURCES = ("uci-mfeat", "mfn", "csd", "pickle", "native")
+SOURCES = ("uci-mfeat", "mfn", "csd", "pickle", "native", "npz", "csv")
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,10 @@ def register(subparsers) -> None:
         "convert", help="convert other formats to the native format",
         description="Convert a data set to the native HDF5 format. SRC: uci-mfeat: the folder of mfeat-*.csv; "
                     "mfn: the folder of {modality}_{split}.h5 and y_{split}.h5; csd: the labels .csd, then feature "
-                    ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file.",
+                    ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file; npz: one .npz archive (an array per modality, "
+                    "'label', optional '<modality>_present', '<modality>_steps', 'label_present', 'split', 'ids'); "
+                    "csv: one CSV per modality (each PATH or NAME=PATH) keyed by --id-column, with optional label, "
+                    "split and presence columns; a sample with empty feature cells is missing.",
     )
     conv.add_argument("--from", dest="source", choices=SOURCES, required=True, help="format of SRC")
     conv.add_argument("src", nargs="+", metavar="SRC", help="input file(s) or folder")
@@ -55,6 +58,14 @@ def register(subparsers) -> None:
                       help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment)")
     conv.add_argument("--seed", type=int, default=None, help="uci-mfeat: seed of the stratified split")
     conv.add_argument("--name", default=None, help="data set name stored in the schema")
+    conv.add_argument("--label-kind", default="auto", choices=("auto", "regression", "categorical", "multilabel"),
+                      help="npz, csv: the label's kind (auto: integers and names are classes, other numbers "
+                           "regression, a bool array multilabel)")
+    conv.add_argument("--id-column", default="id", help="csv: column of sample ids (default 'id')")
+    conv.add_argument("--label-column", default="label", help="csv: column of labels (default 'label')")
+    conv.add_argument("--split-column", default="split", help="csv: column of split names (default 'split')")
+    conv.add_argument("--presence-column", default="present",
+                      help="csv: column of 0/1 presence of the modality (default 'present')")
     conv.set_defaults(func=run_convert)
 
 
@@ -149,6 +160,18 @@ def _one(args) -> str:
     return args.src[0]
 
 
+def _named(items) -> dict:
+    """``NAME=PATH`` or ``PATH`` (named by its stem) items as ``{name: path}``."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).stem, item)
+        if name in out:
+            raise DataError(f"SRC {item}: modality {name!r} named twice; expected one file per modality")
+        out[name] = path
+    return out
+
+
 def convert(args) -> MultimodalData:
     """The data set that ``data convert`` writes, from the parsed arguments."""
     rng = tuple(args.label_range) if args.label_range else None
@@ -163,13 +186,15 @@ def convert(args) -> MultimodalData:
                            nan_as_missing=args.nan_as_missing)
     if args.source == "native":
         return native.load(_one(args), nan_as_missing=args.nan_as_missing)
+    if args.source == "npz":
+        return load_npz(_one(args), label_kind=args.label_kind, name=args.name, nan_as_missing=args.nan_as_missing)
+    if args.source == "csv":
+        return load_csv(_named(args.src), id_column=args.id_column, label_column=args.label_column,
+                        split_column=args.split_column, presence_column=args.presence_column,
+                        label_kind=args.label_kind, name=args.name or "", nan_as_missing=args.nan_as_missing)
     if len(args.src) < 2:
         raise DataError("--from csd: expected the labels .csd then at least one feature .csd (PATH or NAME=PATH)")
-    features = {}
-    for item in args.src[1:]:
-        name, sep, path = item.partition("=")
-        name, path = (name, path) if sep else (Path(item).stem, item)
-        features[name] = path
+    features = _named(args.src[1:])
     folds = None if args.folds.lower() == "none" else args.folds
     return align_csd(args.src[0], features, steps=args.steps or None, folds=folds, label_range=rng,
                      nan_as_missing=args.nan_as_missing, name=args.name)

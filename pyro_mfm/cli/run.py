@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoint/last.pt")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run once per seed (train.seed) under OUT/seed-S/; OUT/report.md and OUT/metrics.json give "
+                        "every metric as mean and standard deviation over the seeds")
     add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
@@ -29,8 +32,14 @@ def run(args) -> int:
     config = config_from_args(args)
     check_output_dir(args.out, "--out")
     try:
-        report = run_job(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                         allow_config_change=args.allow_config_change)
+        if args.seeds is not None:
+            from ..infer.seeds import parse_seeds, run_seeds
+
+            report = run_seeds(config, args.out, parse_seeds(args.seeds), resume=args.resume,
+                               overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+        else:
+            report = run_job(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                             allow_config_change=args.allow_config_change)
     except DivergenceError as e:
         print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
         return 3
@@ -40,5 +49,8 @@ def run(args) -> int:
               file=sys.stderr)
         sig = getattr(signal, name, None) if name.startswith("SIG") else None
         return 128 + int(sig) if sig else 1
+    if args.seeds is not None:
+        print(f"report over seeds {report['seeds']} written to {args.out}/report.md ({report['total_seconds']:.0f} s)")
+        return 0
     print(f"report written to {args.out}/report.md ({report['total_seconds']:.0f} s)")
     return 0

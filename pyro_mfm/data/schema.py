@@ -162,8 +162,9 @@ class Schema:
 
 def schema_differences(expected: Schema, got: Schema, strict: bool = False) -> list[str]:
     """What ``got`` (a data set's schema) has that differs from ``expected`` (a model's): missing or extra
-    modalities, other shapes, another label kind or size; with ``strict``, also other names, feature names, label
-    names or ranges. Empty when a model trained on ``expected`` can be used on ``got``."""
+    modalities, other shapes, a label of another kind or size (or one the model has none of); with ``strict``, also
+    a missing label, other names, feature names, label names or ranges. Empty when a model trained on ``expected``
+    can be used on ``got``."""
     out = []
     exp, new = {m.name: m for m in expected.modalities}, {m.name: m for m in got.modalities}
     missing = [m for m in exp if m not in new]
@@ -180,7 +181,10 @@ def schema_differences(expected: Schema, got: Schema, strict: bool = False) -> l
             out.append(f"modality {name!r} with other feature names")
     el, gl = expected.label, got.label
     label = lambda lab: "no label" if lab is None else f"a {lab.kind} label of dim {lab.dim}"  # noqa: E731
-    if (el is None) != (gl is None) or (el is not None and (el.kind, el.dim) != (gl.kind, gl.dim)):
+    if (el is None) != (gl is None) and (strict or el is None):
+        # data without a label are fine to predict or impute on; a label the model does not know of is not
+        out.append(f"{label(gl)}, the model expects {label(el)}")
+    elif el is not None and gl is not None and (el.kind, el.dim) != (gl.kind, gl.dim):
         out.append(f"{label(gl)}, the model expects {label(el)}")
     elif strict and el is not None and (el.names, el.low, el.high) != (gl.names, gl.low, gl.high):
         out.append("a label with other class names or range")

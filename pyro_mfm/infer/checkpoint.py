@@ -42,7 +42,8 @@ class CheckpointError(RuntimeError):
 
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("last.pt", "best.pt", "epoch-*.pt", "log.jsonl", "config.json", "calibration.json", ".*.tmp")
+RUN_FILES = ("last.pt", "best.pt", "epoch-*.pt", "log.jsonl", "config.json", "calibration.json", "tensorboard",
+             ".*.tmp")
 """What a training run folder holds (``--overwrite`` deletes only these)."""
 
 

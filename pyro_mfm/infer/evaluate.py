@@ -16,6 +16,7 @@ from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
 from .predict import check_schema, impute, predict, refuse_imputed
+from .progress import bars_enabled
 
 
 def observed_subsets(names) -> list[tuple[str, ...]]:
@@ -29,18 +30,21 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
 
 
 def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
-             interval: float = 0.9, batch_size: int = 512, progress: bool = True, seed: int | None = 0) -> list[dict]:
+             interval: float = 0.9, batch_size: int = 512, progress: bool = True, seed: int | None = 0,
+             predictions: dict | None = None) -> list[dict]:
     """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``.
 
     Every prediction and imputation is seeded with ``seed`` (``None``: drawn from the global random state), so two
-    evaluations of one model give the same numbers (on CPU), whatever subsets they cover."""
+    evaluations of one model give the same numbers (on CPU), whatever subsets they cover. ``predictions``: a dict
+    that receives each subset's :class:`~pyro_mfm.infer.predict.Prediction` (keyed by the tuple of observed
+    modalities), e.g. for plots that must show the table's numbers."""
     check_schema(mfm, ds)
     refuse_imputed(ds)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
     records = []
-    for obs in tqdm(subsets, desc="evaluate subsets", disable=not progress, leave=False):
+    for obs in tqdm(subsets, desc="evaluate subsets", disable=not bars_enabled(progress), leave=False):
         rec: dict = {"observed": list(obs)}
         hidden = [m for m in names if m not in obs]
         if len(ds) and not np.any([ds.present[m] for m in obs]):
@@ -56,6 +60,8 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
             pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
                            keep_samples=False, seed=seed)
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
+            if predictions is not None:
+                predictions[tuple(obs)] = pred
         if hidden:
             imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size, seed=seed)
             rec["imputation"] = {m: imputation_metrics(features[m], imp.mean[m], _truth_weight(ds, m)) for m in hidden}
@@ -85,17 +91,21 @@ def mean_imputation_baseline(train: MultimodalDataset, ds: MultimodalDataset, pe
     return out
 
 
-def table(records: list[dict], metrics=None) -> str:
-    """A Markdown table: one row per observed subset, label metrics then mean imputation MSE of hidden modalities."""
+def table(records: list[dict], metrics=None, baseline: dict | None = None) -> str:
+    """A Markdown table: one row per observed subset, label metrics then the imputation MSE of each hidden modality
+    (with ``baseline``, the per-modality metrics of :func:`mean_imputation_baseline`, also as a ratio to the
+    training-mean imputation's MSE: below 1 beats it)."""
     scored = [r["label"] for r in records if r.get("label", {}).get("n")]
     label_keys = metrics or ([k for k in scored[0] if k != "n"] if scored else [])
-    head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)"]
+    head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)" if baseline is None else
+                                        "imputation MSE of hidden modalities (ratio to the training mean's)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lab = r.get("label", {})
         cells = ["+".join(r["observed"])] + [format_cell(lab.get(k), ".4g") for k in label_keys]
         imp = r.get("imputation", {})
-        cells.append(", ".join(f"{m} {format_cell(v.get('mse'), '.3g')}" for m, v in imp.items()) or "-")
+        cells.append(", ".join(f"{m} {format_cell(v.get('mse'), '.3g')}{_ratio(v.get('mse'), baseline, m)}"
+                               for m, v in imp.items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -103,3 +113,11 @@ def table(records: list[dict], metrics=None) -> str:
 def format_cell(v, spec: str) -> str:
     """A table cell: the number, or ``-`` where there is none (nothing to score, or not finite)."""
     return f"{v:{spec}}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+
+
+def _ratio(mse, baseline: dict | None, m: str) -> str:
+    """`` (0.52×)``: ``mse`` over the baseline's MSE of modality ``m``, where both are finite numbers and the
+    baseline's is positive; else nothing."""
+    b = (baseline or {}).get(m, {}).get("mse")
+    ok = all(isinstance(v, (int, float)) and np.isfinite(v) for v in (mse, b)) and b > 0
+    return f" ({mse / b:.2f}×)" if ok else ""

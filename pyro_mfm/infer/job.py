@@ -77,8 +77,21 @@ def baseline_possible(label, train_labels, n_test: int) -> bool:
     return label.kind != "categorical" or len(np.unique(train_labels)) >= 2
 
 
+def _subtitle(fig, text: str) -> None:
+    """Append a line to the title of the figure's first axes."""
+    import textwrap
+
+    ax = fig.axes[0]
+    width = max(40, int(fig.get_figwidth() * 11))  # characters of a 9-point line across the figure
+    ax.set_title(f"{ax.get_title()}\n" + textwrap.fill(text, width), fontsize=9)
+
+
 def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
-                mean_baseline: dict, metric: str, seed: int | None = 0) -> list[str]:
+                mean_baseline: dict, metric: str, seed: int | None = 0, predictions: dict | None = None,
+                config: Config | None = None) -> list[str]:
+    """The report's plots. ``predictions``: the evaluation's predictions by observed subset; the calibration and
+    confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
+    of a prediction made here."""
     pdir = out / "plots"
     written = []
     flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
@@ -95,9 +108,13 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
             m = hidden[0]
             errors[m] = {**r["imputation"][m], "baseline_mse": mean_baseline[m]["mse"]}
     if errors:
-        written.append(plots.save(plots.imputation_error(errors), pdir / "imputation_error.png"))
+        fig = plots.imputation_error(errors)
+        _subtitle(fig, "each modality imputed from all the others; baseline: the training mean of each feature")
+        written.append(plots.save(fig, pdir / "imputation_error.png"))
     if mfm.D is not None:
-        pred = predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
+        full = tuple(mfm.schema.names)
+        pred = (predictions or {}).get(full) or predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
+        shown = f"observed: all modalities ({'+'.join(full)}), as in the table's last row"
         keep = test.label_present
         names = list(mfm.schema.label.names) if mfm.schema.label.names else None
         y = np.asarray(test.labels)
@@ -105,20 +122,47 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
                                                           class_names=names if mfm.D.kind == "categorical" else None),
                                   pdir / "z_y_projection.png"))
         if mfm.D.kind == "categorical":
-            written.append(plots.save(plots.reliability_diagram(pred.point[keep], y[keep]), pdir / "reliability.png"))
-            written.append(plots.save(plots.confusion_matrix(y[keep], pred.label[keep], names), pdir / "confusion.png"))
+            for fig, name in ((plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
+                              (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion")):
+                _subtitle(fig, shown)
+                written.append(plots.save(fig, pdir / f"{name}.png"))
         elif mfm.D.kind in ("normal", "laplace"):
-            written.append(plots.save(plots.interval_plot(y[keep][:, 0], pred.point[keep][:, 0],
-                                                          pred.lower[keep][:, 0], pred.upper[keep][:, 0],
-                                                          level=pred.interval),
-                                      pdir / "intervals.png"))
+            fig = plots.interval_plot(y[keep][:, 0], pred.point[keep][:, 0], pred.lower[keep][:, 0],
+                                      pred.upper[keep][:, 0], level=pred.interval)
+            _subtitle(fig, shown)
+            written.append(plots.save(fig, pdir / "intervals.png"))
     if history:
-        written.append(plots.save(plots.training_curves(history), pdir / "training_curves.png"))
+        # epochs counted from 1, as the console counts them
+        fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
+        if config is not None:
+            _subtitle(fig, f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
+                           f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality")
+        written.append(plots.save(fig, pdir / "training_curves.png"))
     return [str(p) for p in written]
 
 
 REPORT_FILES = ("checkpoint", "metrics.json", "report.md", "imputed_*.h5", "plots", ".*.tmp")
 """What a report folder holds (``overwrite`` deletes only these)."""
+
+
+METRIC_NOTES = "\n".join([
+    "- Label metrics are on the test samples with a label, predicted from the observed modalities alone.",
+    "- ECE (expected calibration error): the gap between confidence and accuracy, averaged over confidence bins "
+    "(0 is perfectly calibrated).",
+    "- NLPD (negative log predictive density): -log p(true label | observed modalities), averaged over samples, "
+    "in nats (lower is better).",
+    "- Imputation MSE: squared error of the imputed posterior mean, in the squared units of the data's features; "
+    "the ratio divides it by the MSE of imputing each feature's training mean (below 1 beats that baseline).",
+])
+
+
+def best_epoch_line(result) -> str:
+    """The best epoch counted from 1, as the console counts it, with its validation score."""
+    best = result.best
+    if not best or best.get("epoch", -1) < 0:
+        return "No epoch was selected (no validation score after the KL warm-up)."
+    scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
+    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores})."
 
 
 class Interrupted(Exception):
@@ -161,8 +205,9 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
     t_train = time.time() - t0
     mfm, test = result.mfm, data[config.data.test_split]
     ev = config.evaluate
+    predictions: dict = {}
     records = evaluate(mfm, test, num_samples=ev.num_samples, interval=ev.interval, batch_size=ev.batch_size,
-                       progress=config.train.progress, seed=ev.seed)
+                       progress=config.train.progress, seed=ev.seed, predictions=predictions)
     check()
     baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
     mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
@@ -175,7 +220,8 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
             check()
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
-    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric, ev.seed)
+    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric, ev.seed,
+                          predictions=predictions, config=config)
     check()
     report = {
         "data": data.schema.name or data.source, "attribution": data.schema.attribution,
@@ -185,9 +231,10 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
         "config": config.to_dict(),
     }
     write_json(out / "metrics.json", report)
-    md = [f"# MFM report: {report['data']}\n", f"Test samples: {len(test)}. Best epoch {result.best}.",
+    md = [f"# MFM report: {report['data']}\n", f"Test samples: {len(test)}. {best_epoch_line(result)}",
           f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
-          "## Every subset of observed modalities (test split)\n", table(records)]
+          "## Every subset of observed modalities (test split)\n", METRIC_NOTES + "\n",
+          table(records, baseline=mean_baseline)]
     if baselines:
         md += ["\n## Linear model trained on one modality alone (test split)\n",
                "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
@@ -197,7 +244,7 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
     if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
         md += [f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
                "(a training sample of two classes at least, or of the regression label, and a test sample)."]
-    md += ["\n## Training-mean imputation baseline (MSE)\n",
+    md += ["\n## Training-mean imputation baseline (MSE, squared feature units)\n",
            ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
            "\n## Plots\n"] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
     if data.schema.attribution:

@@ -37,6 +37,8 @@ from .faults import DivergenceError, StopRequested, diagnose, divergence_report,
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
 from .predict import predict
+from .progress import bars_enabled
+from .tensorboard import TrainingLog
 
 
 @contextmanager
@@ -186,7 +188,7 @@ def config_changes(old: dict, new: dict) -> dict:
 
 
 def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False, overwrite: bool = False,
-        allow_config_change: bool = False) -> TrainResult:
+        allow_config_change: bool = False, on_epoch=None) -> TrainResult:
     """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``.
 
     With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``, holding an
@@ -197,6 +199,8 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
     ``allow_config_change`` (the change is then recorded in ``log.jsonl``). SIGINT/SIGTERM stop training at the next
     step boundary after a checkpoint. Under ``torchrun``, trains data-parallel (see
     :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation metric), in eval mode.
+    ``on_epoch(record)``, if given, is called with each epoch's ``log.jsonl`` record (on rank 0), e.g. to report the
+    validation metric to a hyperparameter search that may stop the run by raising.
     """
     config.check("configuration")  # a configuration built or changed in Python gets the checks a file gets
     with cpu_threads(config.train.num_threads):
@@ -206,7 +210,7 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
             with lock:
                 if out_dir is not None and dist.main:
                     prepare_folder(out_dir, resume, overwrite)
-                return _fit(config, data, out_dir, resume, dist, device, allow_config_change)
+                return _fit(config, data, out_dir, resume, dist, device, allow_config_change, on_epoch)
         finally:
             distributed.shutdown(dist)
 
@@ -263,7 +267,7 @@ def _resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_
 
 
 def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, device,
-         allow_config_change: bool = False) -> TrainResult:
+         allow_config_change: bool = False, on_epoch=None) -> TrainResult:
     tc = config.train
     train = data[config.data.train_split]
     if len(train) == 0:
@@ -357,6 +361,9 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
     steps_per_epoch = math.ceil(n / size)
     params, named = list(mfm.parameters()), list(mfm.named_parameters())
     validated = False  # see train.validate
+    log = TrainingLog(out_dir if writer else None, start_epoch=run.epoch)  # TensorBoard events
+    log_split = data[config.data.valid_split] if has_valid else train  # its first batch shows the loss terms
+    log_batch = log_split.batch(np.arange(min(len(log_split), config.evaluate.batch_size)), device) if writer else None
     with StopRequested() as stop:
         while run.epoch < tc.epochs:
             epoch = run.epoch
@@ -364,7 +371,8 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
             order = np.random.default_rng(tc.seed * 100003 + epoch).permutation(n)  # depends on (seed, epoch) only
             good = copy.deepcopy((mfm.state_dict(), optimizer.state_dict()))
             bar = tqdm(range(run.step, steps_per_epoch), total=steps_per_epoch, initial=run.step,
-                       desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and dist.main), leave=False)
+                       desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (bars_enabled(tc.progress) and dist.main),
+                       leave=False)
             for step in bar:
                 idx = order[step * size:(step + 1) * size]
                 if len(idx) >= dist.world:  # (a last global batch smaller than the number of ranks is left out)
@@ -400,6 +408,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                     save_position()
                     result.interrupted = stop.name or "signal on another rank"
                     mfm.eval()
+                    log.close()
                     return result
             total, count = distributed.all_sum([run.total, run.count], dist, device)
             if count == 0:
@@ -420,6 +429,10 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
             elif warm:
                 run.bad_epochs += 1
             run.history.append(record)
+            if dist.main:
+                log.epoch(record, mfm, optimizer, log_batch)
+                if on_epoch is not None:
+                    on_epoch(record)
             run.epoch, run.step, run.total, run.count, run.skipped = epoch + 1, 0, 0.0, 0, 0
             if tc.progress and dist.main:
                 tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
@@ -437,6 +450,7 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, dist, devi
                 break
             if tc.patience and run.bad_epochs >= tc.patience:
                 break
+    log.close()
     # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch
     best_file = out_dir / "best.pt" if out_dir is not None else None
     if not result.interrupted and run.best["epoch"] < 0 and run.history:

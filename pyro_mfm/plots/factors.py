@@ -95,8 +95,9 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
 def metric_vs_rate(rates, values: Mapping[str, Sequence[float]], metric: str = "relative MSE", *,
                    xlabel: str = "missing rate in training (fraction of modalities hidden)",
                    reference: float | None = None, reference_label: str = "reference",
-                   ax: Axes | None = None) -> Figure:
-    """One line per series (e.g. per modality) of a metric against a rate, with an optional reference line."""
+                   title: str | None = None, ax: Axes | None = None) -> Figure:
+    """One line per series (e.g. per modality) of a metric against a rate, with an optional reference line.
+    ``title`` replaces the default "<metric> against the rate" (for an x axis that is not a rate)."""
     fig, ax = new_axes(ax, figsize=(6.6, 4.4))
     x = as_float_array(rates, "rates", 1)
     for i, (name, v) in enumerate(values.items()):
@@ -106,7 +107,7 @@ def metric_vs_rate(rates, values: Mapping[str, Sequence[float]], metric: str = "
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_label(metric))
     arrow = "lower is better" if lower_is_better(metric.replace(" ", "_")) else "higher is better"
-    ax.set_title(f"{metric} against the rate ({arrow})", fontsize=10)
+    ax.set_title(f"{title or f'{metric} against the rate'} ({arrow})", fontsize=10)
     ax.legend(fontsize=8, loc="best", ncols=2)
     ax.grid(alpha=0.3)
     return fig

@@ -93,7 +93,8 @@ def metric_by_observed(
     ax.set_ylabel(metric_label(metric))
     arrow = "higher is better" if higher_is_better else "lower is better"
     subsets = f"{len(results)} subset" + ("" if len(results) == 1 else "s")
-    ax.set_title(f"{metric.replace('_', ' ')} by observed modalities ({subsets}; {arrow})")
+    ax.set_title(f"{metric.replace('_', ' ')} against the number of observed modalities ({subsets}; {arrow})",
+                 fontsize=10)
     ax.margins(y=0.12)  # room for the annotations
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

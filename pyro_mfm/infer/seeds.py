@@ -1,0 +1,150 @@
+"""The main job over several seeds: one report folder per seed, then every metric as mean and standard deviation.
+
+``<out>/seed-<s>/`` is the full report folder of :func:`pyro_mfm.infer.job.run` with ``train.seed = s``;
+``<out>/metrics.json`` and ``<out>/report.md`` give, for every observed subset, each label and imputation metric
+as the mean and the sample standard deviation (ddof = 1; 0 for a single seed) over the seeds, as the field reports
+results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..data.schema import DataError
+from .checkpoint import atomic_write, folder_lock, prepare_folder, write_json
+
+
+def summary(values) -> dict:
+    """``{"mean", "std", "values"}`` of a list of numbers (NaN ignored; std with ddof = 1, 0 for one value)."""
+    v = np.asarray(values, float)
+    finite = v[np.isfinite(v)]
+    mean = float(finite.mean()) if finite.size else float("nan")
+    std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else float("nan"))
+    return {"mean": mean, "std": std, "values": [float(x) for x in v]}
+
+
+def _merge(dicts: list[dict]) -> dict:
+    """Nested dicts of numbers (one per seed, same keys) -> the same nesting with :func:`summary` at the leaves."""
+    out = {}
+    for key, first in dicts[0].items():
+        items = [d.get(key) for d in dicts]
+        if isinstance(first, dict):
+            out[key] = _merge([d if isinstance(d, dict) else {} for d in items])
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            out[key] = summary([x if isinstance(x, (int, float)) else np.nan for x in items])
+    return out
+
+
+def aggregate(reports: list[dict], seeds) -> dict:
+    """The per-seed ``metrics.json`` contents combined: each metric's mean and standard deviation over seeds."""
+    first = reports[0]
+    subsets = []
+    for i, rec in enumerate(first["subsets"]):
+        per_seed = [r["subsets"][i] for r in reports]
+        if any(p["observed"] != rec["observed"] for p in per_seed):
+            raise DataError("the seeds' reports list different observed subsets; expected the same data set")
+        out = {"observed": rec["observed"]}
+        for part in ("label", "imputation"):
+            if part in rec:
+                out[part] = _merge([p.get(part, {}) for p in per_seed])
+        subsets.append(out)
+    metric = next((k for k in first["best"] if k != "epoch"), None)
+    return {
+        "data": first["data"], "attribution": first["attribution"], "test_samples": first["test_samples"],
+        "seeds": list(seeds), "std": "sample standard deviation over seeds (ddof = 1)",
+        "best": {"epoch": summary([r["best"]["epoch"] + 1 for r in reports]),  # counted from 1
+                 **({metric: summary([r["best"].get(metric, np.nan) for r in reports])} if metric else {})},
+        "subsets": subsets,
+        "mean_imputation_baseline": _merge([r["mean_imputation_baseline"] for r in reports]),
+        "single_view_baselines": _merge([r["single_view_baselines"] for r in reports])
+        if first["single_view_baselines"] else {},
+        "train_seconds": summary([r["train_seconds"] for r in reports]),
+        "per_seed": [f"seed-{s}" for s in seeds], "config": first["config"],
+    }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; raises a one-line error naming the bad item."""
+    seeds = []
+    for item in text.split(","):
+        try:
+            seeds.append(int(item.strip()))
+        except ValueError:
+            raise DataError(f"--seeds {text!r}: {item.strip()!r} is not an integer; expected e.g. --seeds 0,1,2") from None
+    return seeds
+
+
+def _cell(s: dict) -> str:
+    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+
+
+def markdown(summary_: dict) -> str:
+    seeds = summary_["seeds"]
+    subsets = summary_["subsets"]
+    label_keys = [k for k in (subsets[0].get("label", {}) if subsets else {}) if k != "n"]
+    lines = [f"# MFM report: {summary_['data']}, {len(seeds)} seeds\n",
+             f"Seeds {', '.join(map(str, seeds))} (one report folder each: "
+             f"{', '.join(summary_['per_seed'])}). Every cell is the mean ± the sample standard deviation over the "
+             f"seeds. Test samples: {summary_['test_samples']}. Best epoch (counted from 1): "
+             f"{_cell(summary_['best']['epoch'])}.\n",
+             "## Every subset of observed modalities (test split)\n"]
+    head = ["observed"] + label_keys + ["imputation MSE of hidden modalities"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in subsets:
+        lab = r.get("label", {})
+        cells = ["+".join(r["observed"])] + [_cell(lab[k]) if k in lab else "-" for k in label_keys]
+        cells.append(", ".join(f"{m} {_cell(v['mse'])}" for m, v in r.get("imputation", {}).items()) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    base = summary_["mean_imputation_baseline"]
+    lines += ["\n## Training-mean imputation baseline (MSE)\n",
+              ", ".join(f"{m} {_cell(v['mse'])}" for m, v in base.items())]
+    if summary_["attribution"]:
+        lines += ["\n## Data attribution\n", summary_["attribution"]]
+    return "\n".join(lines) + "\n"
+
+
+SEEDS_FILES = ("seed-*", "metrics.json", "report.md", ".*.tmp")
+"""What a folder of runs over seeds holds (``overwrite`` deletes only these)."""
+
+
+def run_seeds(config: Config, out_dir, seeds, resume: bool = False, overwrite: bool = False,
+              allow_config_change: bool = False) -> dict:
+    """Run the main job once per seed under ``out_dir/seed-<s>/``, then write the summary over seeds.
+
+    ``out_dir`` is locked and refused when non-empty, as a report folder of :func:`pyro_mfm.infer.job.run` is. With
+    ``resume``, a seed whose report is complete is read back, one whose training started is resumed, and the rest
+    run from the start. Returns the summary, or the interrupted job's ``{"interrupted": ...}`` (no summary then)."""
+    from .job import run
+
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise DataError("--seeds: expected at least one seed, e.g. --seeds 0,1,2")
+    out = Path(out_dir)
+    t0 = time.time()
+    with folder_lock(out, "report folder"):
+        prepare_folder(out, resume, overwrite, SEEDS_FILES, "report folder")
+        for name in ("report.md", "metrics.json"):  # the summary of an unfinished set of seeds is no longer true
+            (out / name).unlink(missing_ok=True)
+        reports = []
+        for s in seeds:
+            folder = out / f"seed-{s}"
+            done = folder / "metrics.json"
+            if resume and done.is_file():
+                reports.append(json.loads(done.read_text()))
+                continue
+            started = resume and any((folder / "checkpoint").glob("*.pt"))
+            report = run(config.override([f"train.seed={s}"]), folder, resume=started,
+                         allow_config_change=allow_config_change)
+            if report.get("interrupted"):
+                return report
+            reports.append(report)
+        result = aggregate(reports, seeds)
+        result["total_seconds"] = time.time() - t0
+        write_json(out / "metrics.json", result)
+        atomic_write(out / "report.md", lambda f: f.write(markdown(result).encode()))
+    return result
