@@ -526,19 +526,37 @@ def test_run_with_a_modality_absent_from_the_test_split(tmp_path, capsys):
     assert _strict_json(tmp_path / "e.json")["subsets"][1]["label"] == {"n": 0}
 
 
-def test_run_on_features_near_1e20_is_one_line(tmp_path, capsys):
+def test_features_near_1e20_in_any_split_are_one_line(trained, tmp_path, capsys):
+    import h5py
+
     data = _classes()
-    huge = from_arrays({"a": np.concatenate([np.asarray(data[s].features["a"]) for s in ("train", "valid", "test")])
-                        * 1e20,
-                        "b": np.concatenate([np.asarray(data[s].features["b"]) for s in ("train", "valid", "test")])},
-                       np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")]),
-                       label_kind="categorical",
-                       split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
-    assert _run_job(tmp_path, huge, capsys) == 2
-    one_line_error(capsys, "split 'train', modality 'a'", "expected magnitudes up to 1e+18")
-    labels = from_arrays({"a": np.ones((4, 2))}, np.array([1.0, -3e20, 2.0, 0.0]))
+    features = {m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")])
+                for m in ("a", "b")}
+    labels = np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")])
+    features["a"][45, 1] = 1e20  # sample 5 of the validation split
+    with pytest.raises(DataError, match="split 'valid', modality 'a', key 'features': sample 5, feature 1 reaches "
+                                        "1e\\+20 in magnitude; expected magnitudes up to 1e\\+18"):
+        from_arrays(features, labels, label_kind="categorical",
+                    split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
+    with pytest.raises(DataError, match="1 label\\(s\\) out of range.*up to 1e\\+18 in magnitude"):
+        from_arrays({"a": np.ones((4, 2))}, np.array([1.0, -3e20, 2.0, 0.0]))
+    # a file whose test split alone holds a huge value: the command that reads it stops in one line, before any work
+    path = tmp_path / "huge.h5"
+    path.write_bytes((trained / "data.h5").read_bytes())
+    with h5py.File(path, "a") as f:
+        x = f["test/b/features"][...]
+        x[3, 2] = -4e19
+        f["test/b/features"][...] = x
+    assert main(["evaluate", str(trained / "run"), "--data", str(path), "--out", str(tmp_path / "e.json")]) == 2
+    one_line_error(capsys, f"file {path}, split 'test', modality 'b'", "sample 3, feature 2 reaches -4e+19")
+    assert not (tmp_path / "e.json").exists()
+    assert main(["run", str(_config(tmp_path, path)), "--out", str(tmp_path / "report"), "--quiet"]) == 2
+    one_line_error(capsys, "split 'test', modality 'b'", "expected magnitudes up to 1e+18")
+    # a lazily read training file is checked as its statistics are computed
+    lazy = from_arrays({"a": np.ones((4, 2))}, np.array([1.0, 2.0, 2.0, 0.0]))
+    lazy["train"].labels[1] = -3e20
     with pytest.raises(DataError, match="split 'train': a regression label reaches 3e\\+20"):
-        fit(Config().override(TINY), labels)
+        fit(Config().override(TINY), lazy)
 
 
 def test_train_accepts_nan_as_missing(trained, tmp_path, capsys):

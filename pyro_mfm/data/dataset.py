@@ -27,6 +27,10 @@ import torch
 
 from .schema import DataError, LabelSpec, ModalitySpec, Schema
 
+# Largest magnitude of a feature or regression label: the likelihoods work in float32 and square the distance of a
+# value to its predicted mean, which overflows beyond about 1.8e19.
+MAX_MAGNITUDE = 1e18
+
 
 @dataclass
 class Batch:
@@ -208,6 +212,19 @@ class MultimodalDataset(torch.utils.data.Dataset):
                     f"sample {rows[0]}; expected finite features"
                     + ("" if kind == "inf" else " (pass nan_as_missing=True / --nan-as-missing to mark those samples missing)")
                 )
+            peak = np.abs(np.where(self._observed_mask(m, x.shape), x, 0))
+            if x.size and peak.max() > MAX_MAGNITUDE:
+                where = np.unravel_index(int(peak.argmax()), peak.shape)
+                raise DataError(
+                    f"{self._where(m, 'features')}: sample {where[0]}, feature {where[-1]} reaches {x[where]:.3g} in "
+                    f"magnitude; expected magnitudes up to {MAX_MAGNITUDE:.0e}, which the likelihood can square in "
+                    "float32 (rescale the features)"
+                )
+
+    def _observed_mask(self, m: str, shape) -> np.ndarray:
+        """Where the features of modality ``m`` (an array of ``shape``) hold recorded values."""
+        mask = self.steps[m] if m in self.steps else self.present[m]
+        return np.asarray(mask, bool).reshape(mask.shape + (1,) * (len(shape) - mask.ndim))
 
     def validate_labels(self) -> "MultimodalDataset":
         """Check observed labels are in the declared range (labels only; cheap for a lazily loaded file)."""
@@ -222,13 +239,14 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 bad = obs & ~np.all((y == 0) | (y == 1), axis=-1)
                 expected = "0/1 values"
             else:
-                ok = np.isfinite(y)
+                ok = np.isfinite(y) & (np.abs(np.where(np.isfinite(y), y, 0)) <= MAX_MAGNITUDE)
                 if lab.low is not None:
                     ok &= y >= lab.low
                 if lab.high is not None:
                     ok &= y <= lab.high
                 bad = obs & ~ok.all(axis=-1)
-                expected = f"finite values in [{lab.low}, {lab.high}]"
+                expected = (f"finite values in [{lab.low}, {lab.high}]" if lab.low is not None or lab.high is not None
+                            else f"finite values up to {MAX_MAGNITUDE:.0e} in magnitude (rescale the label)")
             if bad.any():
                 rows = np.nonzero(bad)[0]
                 raise DataError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import MultimodalDataset
+from .dataset import MAX_MAGNITUDE, MultimodalDataset
 from .schema import DataError
 
 
@@ -23,9 +23,6 @@ class FeatureStats:
     label_std: np.ndarray
 
 
-# Largest magnitude of a feature or regression label: the likelihoods work in float32 and square the distance of a
-# value to its predicted mean, which overflows beyond about 1.8e19.
-MAX_MAGNITUDE = 1e18
 
 
 def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float = 1e-3) -> FeatureStats:
