@@ -220,6 +220,44 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     assert (out / "seed-0" / "plots" / "confusion.png").exists() and (out / "seed-0" / "plots" / "reliability.png").exists()
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,x"]) == 2
     assert "'x' is not an integer" in capsys.readouterr().err
+    # evaluate on the folder: its seed-<s> report folders evaluated alike; the seeded draws repeat the run's numbers
+    assert main(["evaluate", str(out), "--out", str(out.parent / "seeds_eval.json"), "--quiet"]) == 0
+    ev = json.loads((out.parent / "seeds_eval.json").read_text())
+    assert ev["seeds"] == [0, 1] and ev["subsets"][2]["label"]["accuracy"]["values"] == acc["values"]
+
+
+
+def test_train_and_evaluate_over_seeds(project, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    args = ["train", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,1", "--quiet",
+            "--set", "train.epochs=1", "--set", "train.calibrate='none'"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "seed 0: best epoch 1" in printed and "over seeds [0, 1]: accuracy" in printed
+    summary = json.loads((out / "seeds.json").read_text())
+    per_seed = [summary["per_seed"][s]["accuracy"] for s in ("0", "1")]
+    assert summary["best"]["accuracy"]["mean"] == pytest.approx(np.mean(per_seed))
+    cfg1 = json.loads((out / "seed-1" / "config.json").read_text())
+    assert cfg1["train"]["seed"] == 1 and (out / "seed-0" / "best.pt").exists()
+    before = (out / "seed-0" / "best.pt").read_bytes()
+    assert main(args) == 2  # a second training into the folder is refused, nothing touched
+    assert "is not empty" in capsys.readouterr().err and (out / "seed-0" / "best.pt").read_bytes() == before
+    assert main(args + ["--resume"]) == 0  # finished seeds return at once
+    assert (out / "seed-0" / "best.pt").read_bytes() == before
+    # evaluate the folder: each seed alike, every metric as mean ± sd, each seed's records beside them
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", str(out), "--out", str(report), "--quiet", "--observed", "a,b", "--observed", "a"]) == 0
+    ev = json.loads(report.read_text())
+    assert ev["seeds"] == [0, 1] and [r["observed"] for r in ev["subsets"]] == [["a", "b"], ["a"]]
+    acc = ev["subsets"][0]["label"]["accuracy"]
+    assert acc["values"] == [ev["per_seed"][s][0]["label"]["accuracy"] for s in ("0", "1")]
+    assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1))
+    assert " ± " in report.with_suffix(".md").read_text()
+    # a seed's own evaluation gives the same numbers as its row in the report over seeds
+    assert main(["evaluate", str(out / "seed-1"), "--out", str(tmp_path / "one.json"), "--quiet",
+                 "--observed", "a,b"]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["subsets"][0]["label"]["accuracy"] == acc["values"][1]
 
 
 SPACE = """

@@ -1,11 +1,15 @@
 """``pyro-mfm evaluate``: metrics for every subset of observed modalities (or the ones named by ``--observed``),
-as JSON and a table."""
+as JSON and a table.
+
+RUN may also be a folder of runs over seeds (``train --seeds`` or ``run --seeds``): each ``seed-<s>`` run is then
+evaluated alike and the report gives every metric as the mean and sample standard deviation over the seeds, with
+each seed's records beside them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import add_checkpoint_arguments, load_for_inference, parse_observed
+from ._common import add_checkpoint_arguments, checkpoint_path, load_for_inference, parse_observed
 
 
 def register(subparsers) -> None:
@@ -22,9 +26,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..infer.evaluate import evaluate, table
-    from ..infer.predict import refuse_imputed
-    from ..infer.train import cpu_threads
+    from ..infer.evaluate import table
+    from ..infer.seeds import seed_folders
     from ..outputs import OutputError, atomic_write, check_output_file, write_json
 
     out = Path(args.out)
@@ -33,6 +36,29 @@ def run(args) -> int:
                           "expected the JSON report's name, e.g. eval.json")
     for path in (out, out.with_suffix(".md")):  # before the work, not after it
         check_output_file(path, "--out")
+    folders = seed_folders(args.checkpoint) if not checkpoint_in(args.checkpoint) else {}
+    if folders:
+        return _evaluate_seeds(args, out, folders)
+    records, ds, config, payload = _evaluate_one(args)
+    write_json(out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed,
+                     "subsets": records})
+    text = table(records)
+    atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
+    print(text)
+    return 0
+
+
+def checkpoint_in(path) -> bool:
+    """Whether ``path`` is a checkpoint file, or a folder with one (a training folder or a report folder)."""
+    p = checkpoint_path(path)
+    return p.is_file() or any((p / name).exists() for name in ("best.pt", "last.pt"))
+
+
+def _evaluate_one(args):
+    from ..infer.evaluate import evaluate
+    from ..infer.predict import refuse_imputed
+    from ..infer.train import cpu_threads
+
     mfm, config, ds, payload = load_for_inference(args)
     refuse_imputed(ds)
     subsets = [parse_observed(o) or list(mfm.schema.names) for o in args.observed] or None
@@ -40,9 +66,28 @@ def run(args) -> int:
         records = evaluate(mfm, ds, subsets=subsets, num_samples=config.evaluate.num_samples,
                            interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
                            progress=not args.quiet, seed=config.evaluate.seed)
-    write_json(out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed,
-                     "subsets": records})
-    text = table(records)
+    return records, ds, config, payload
+
+
+def _evaluate_seeds(args, out: Path, folders: dict) -> int:
+    """Every ``seed-<s>`` run under the folder evaluated alike, then each metric as mean ± sd over the seeds."""
+    import argparse
+
+    from ..infer.seeds import aggregate_subsets, subsets_table
+    from ..outputs import atomic_write, write_json
+
+    per_seed, checkpoints = {}, {}
+    for seed, folder in folders.items():
+        records, ds, config, payload = _evaluate_one(argparse.Namespace(**{**vars(args), "checkpoint": str(folder)}))
+        per_seed[seed], checkpoints[seed] = records, payload["path"]
+    subsets = aggregate_subsets(list(per_seed.values()))
+    seeds = list(folders)
+    write_json(out, {"checkpoints": {str(s): c for s, c in checkpoints.items()}, "split": ds.split,
+                     "seeds": seeds, "std": "sample standard deviation over seeds (ddof = 1)",
+                     "evaluation_seed": config.evaluate.seed, "subsets": subsets,
+                     "per_seed": {str(s): r for s, r in per_seed.items()}})
+    text = (f"Runs of seeds {', '.join(map(str, seeds))} ({args.checkpoint}), split {ds.split!r}: mean ± sample "
+            "standard deviation over the seeds.\n\n" + "\n".join(subsets_table(subsets)) + "\n")
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)
     return 0

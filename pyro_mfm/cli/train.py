@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints (last.pt, best.pt) and log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (or the newest readable OUT/epoch-XXXX.pt if it is damaged)")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="train once per seed (train.seed) into OUT/seed-S/; OUT/seeds.json gives the best validation "
+                        "score of each and their mean and standard deviation (evaluate OUT evaluates them all)")
     add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
@@ -40,6 +43,8 @@ def run(args) -> int:
     config = config_from_args(args)
     check_output_dir(args.out, "--out")
     main = int(os.environ.get("RANK", "0")) == 0
+    if args.seeds is not None:
+        return _run_seeds(args, config)
     try:
         result = fit(config, load_data(config), args.out, resume=args.resume, overwrite=args.overwrite,
                      allow_config_change=args.allow_config_change)
@@ -61,4 +66,30 @@ def run(args) -> int:
         print(f"best epoch {result.best['epoch'] + 1}: "
               + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
               + f"; checkpoint in {args.out}")
+    return 0
+
+
+def _run_seeds(args, config) -> int:
+    from ..infer.faults import DivergenceError
+    from ..infer.job import load_data
+    from ..infer.seeds import parse_seeds, train_seeds
+
+    def done(seed, result) -> None:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
+        print(f"seed {seed}: best epoch {result.best['epoch'] + 1}: {scores}; checkpoint in {args.out}/seed-{seed}")
+
+    try:
+        summary = train_seeds(config, load_data(config), args.out, parse_seeds(args.seeds), resume=args.resume,
+                              overwrite=args.overwrite, allow_config_change=args.allow_config_change, on_seed=done)
+    except DivergenceError as e:
+        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
+        return 3
+    if summary.get("interrupted"):
+        name = summary["interrupted"]
+        print(f"stopped by {name} in seed {summary['seed']}; checkpoint in {summary['folder']}/last.pt "
+              "(continue with --resume)", file=sys.stderr)
+        sig = getattr(signal, name, None) if name.startswith("SIG") else None
+        return 128 + int(sig) if sig else 1
+    scores = ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in summary["best"].items() if k != "epoch")
+    print(f"over seeds {summary['seeds']}: {scores} (validation); summary in {args.out}/seeds.json")
     return 0

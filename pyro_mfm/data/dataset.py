@@ -212,7 +212,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                     f"sample {rows[0]}; expected finite features"
                     + ("" if kind == "inf" else " (pass nan_as_missing=True / --nan-as-missing to mark those samples missing)")
                 )
-            peak = np.abs(np.where(self._observed_mask(m, x.shape), x, 0))
+            peak = np.abs(np.where(self._observed_mask(m, x.shape), x, 0)) if x.size else x
             if x.size and peak.max() > MAX_MAGNITUDE:
                 where = np.unravel_index(int(peak.argmax()), peak.shape)
                 raise DataError(

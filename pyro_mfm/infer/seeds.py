@@ -40,19 +40,39 @@ def _merge(dicts: list[dict]) -> dict:
     return out
 
 
-def aggregate(reports: list[dict], seeds) -> dict:
-    """The per-seed ``metrics.json`` contents combined: each metric's mean and standard deviation over seeds."""
-    first = reports[0]
+def aggregate_subsets(per_seed: list[list[dict]]) -> list[dict]:
+    """Evaluation records (one list per seed, the same subsets in the same order) -> one record per subset whose
+    label and imputation metrics are :func:`summary` dicts over the seeds."""
     subsets = []
-    for i, rec in enumerate(first["subsets"]):
-        per_seed = [r["subsets"][i] for r in reports]
-        if any(p["observed"] != rec["observed"] for p in per_seed):
+    for i, rec in enumerate(per_seed[0]):
+        records = [r[i] if i < len(r) else {} for r in per_seed]
+        if any(p.get("observed") != rec["observed"] for p in records):
             raise DataError("the seeds' reports list different observed subsets; expected the same data set")
         out = {"observed": rec["observed"]}
         for part in ("label", "imputation"):
             if part in rec:
-                out[part] = _merge([p.get(part, {}) for p in per_seed])
+                out[part] = _merge([p.get(part, {}) for p in records])
         subsets.append(out)
+    return subsets
+
+
+def subsets_table(subsets: list[dict]) -> list[str]:
+    """The Markdown lines of a table of :func:`aggregate_subsets` records: mean ± sd of every metric."""
+    label_keys = [k for k in (subsets[0].get("label", {}) if subsets else {}) if k != "n"]
+    head = ["observed"] + label_keys + ["imputation MSE of hidden modalities"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in subsets:
+        lab = r.get("label", {})
+        cells = ["+".join(r["observed"])] + [_cell(lab[k]) if k in lab else "-" for k in label_keys]
+        cells.append(", ".join(f"{m} {_cell(v['mse'])}" for m, v in r.get("imputation", {}).items()) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def aggregate(reports: list[dict], seeds) -> dict:
+    """The per-seed ``metrics.json`` contents combined: each metric's mean and standard deviation over seeds."""
+    first = reports[0]
+    subsets = aggregate_subsets([r["subsets"] for r in reports])
     metric = next((k for k in first["best"] if k != "epoch"), None)
     return {
         "data": first["data"], "attribution": first["attribution"], "test_samples": first["test_samples"],
@@ -80,26 +100,22 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _cell(s: dict) -> str:
+    """``mean ± sd``, or ``-`` where no seed has a finite value."""
+    if not (isinstance(s, dict) and np.isfinite(s.get("mean", np.nan))):
+        return "-"
     return f"{s['mean']:.4g} ± {s['std']:.2g}"
 
 
 def markdown(summary_: dict) -> str:
     seeds = summary_["seeds"]
     subsets = summary_["subsets"]
-    label_keys = [k for k in (subsets[0].get("label", {}) if subsets else {}) if k != "n"]
     lines = [f"# MFM report: {summary_['data']}, {len(seeds)} seeds\n",
              f"Seeds {', '.join(map(str, seeds))} (one report folder each: "
              f"{', '.join(summary_['per_seed'])}). Every cell is the mean ± the sample standard deviation over the "
              f"seeds. Test samples: {summary_['test_samples']}. Best epoch (counted from 1): "
              f"{_cell(summary_['best']['epoch'])}.\n",
              "## Every subset of observed modalities (test split)\n"]
-    head = ["observed"] + label_keys + ["imputation MSE of hidden modalities"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in subsets:
-        lab = r.get("label", {})
-        cells = ["+".join(r["observed"])] + [_cell(lab[k]) if k in lab else "-" for k in label_keys]
-        cells.append(", ".join(f"{m} {_cell(v['mse'])}" for m, v in r.get("imputation", {}).items()) or "-")
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += subsets_table(subsets)
     base = summary_["mean_imputation_baseline"]
     lines += ["\n## Training-mean imputation baseline (MSE)\n",
               ", ".join(f"{m} {_cell(v['mse'])}" for m, v in base.items())]
@@ -138,8 +154,9 @@ def run_seeds(config: Config, out_dir, seeds, resume: bool = False, overwrite: b
                 reports.append(json.loads(done.read_text()))
                 continue
             started = resume and any((folder / "checkpoint").glob("*.pt"))
+            # with resume, a seed folder that never reached a checkpoint starts again (overwrite clears it)
             report = run(config.override([f"train.seed={s}"]), folder, resume=started,
-                         allow_config_change=allow_config_change)
+                         overwrite=resume and not started, allow_config_change=allow_config_change)
             if report.get("interrupted"):
                 return report
             reports.append(report)
@@ -148,3 +165,62 @@ def run_seeds(config: Config, out_dir, seeds, resume: bool = False, overwrite: b
         write_json(out / "metrics.json", result)
         atomic_write(out / "report.md", lambda f: f.write(markdown(result).encode()))
     return result
+
+
+def seed_folders(path) -> dict[int, Path]:
+    """``{seed: folder}`` of the ``seed-<s>`` folders under ``path`` (written by ``train --seeds`` or
+    ``run --seeds``), by seed; empty when there are none."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    found = {}
+    for p in path.iterdir():
+        name = p.name
+        if p.is_dir() and name.startswith("seed-") and name[5:].isdigit():
+            found[int(name[5:])] = p
+    return dict(sorted(found.items()))
+
+
+TRAIN_SEEDS_FILES = ("seed-*", "seeds.json", ".*.tmp")
+"""What a folder of trainings over seeds holds (``overwrite`` deletes only these)."""
+
+
+def train_seeds(config: Config, data, out_dir, seeds, resume: bool = False, overwrite: bool = False,
+                allow_config_change: bool = False, on_seed=None) -> dict:
+    """Train once per seed (``train.seed``) into ``out_dir/seed-<s>/``, then write ``out_dir/seeds.json``: each
+    seed's best epoch and validation score, and their mean and standard deviation.
+
+    ``out_dir`` is locked and refused when non-empty unless ``resume`` (seeds whose training started are resumed,
+    finished ones return at once, the rest start) or ``overwrite``. ``on_seed(seed, result)`` is called after each.
+    Returns the summary, or ``{"interrupted": name, "seed": s}`` when a signal stopped a training."""
+    from .train import fit
+
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise DataError("--seeds: expected at least one seed, e.g. --seeds 0,1,2")
+    out = Path(out_dir)
+    with folder_lock(out, "run folder"):
+        prepare_folder(out, resume, overwrite, TRAIN_SEEDS_FILES, "run folder")
+        (out / "seeds.json").unlink(missing_ok=True)
+        best = {}
+        for s in seeds:
+            folder = out / f"seed-{s}"
+            started = resume and any(folder.glob("*.pt"))
+            # with resume, a seed folder that never reached a checkpoint starts again (overwrite clears it)
+            result = fit(config.override([f"train.seed={s}"]), data, folder, resume=started,
+                         overwrite=resume and not started, allow_config_change=allow_config_change)
+            if result.interrupted:
+                return {"interrupted": result.interrupted, "seed": s, "folder": str(folder)}
+            if on_seed is not None:
+                on_seed(s, result)
+            best[s] = result.best
+        metric = next((k for k in best[seeds[0]] if k != "epoch"), None)
+        summary_ = {
+            "seeds": seeds, "std": "sample standard deviation over seeds (ddof = 1)",
+            "folders": [f"seed-{s}" for s in seeds],
+            "best": {"epoch": summary([best[s]["epoch"] + 1 for s in seeds]),  # counted from 1
+                     **({metric: summary([best[s].get(metric, np.nan) for s in seeds])} if metric else {})},
+            "per_seed": {str(s): best[s] for s in seeds},
+        }
+        write_json(out / "seeds.json", summary_)
+    return summary_
