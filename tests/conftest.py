@@ -1,9 +1,19 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the Hypothesis profiles of the property tests.
 
+The property tests draw the same examples on every run (``derandomize``), so that the suite passes or fails the same
+way on every machine; ``HYPOTHESIS_PROFILE=explore`` draws new random examples each run, to look for new faults.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("default", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

@@ -82,6 +82,13 @@ def test_from_arrays_rejects_inconsistent_arrays(kwargs, message):
         from_arrays(arrays(), np.zeros(30), **kwargs)
 
 
+@pytest.mark.parametrize("labels, kind, dim", [(np.zeros(0), "regression", 1), (np.zeros((0, 2)), "regression", 2),
+                                               (np.zeros(0, int), "categorical", 1)])
+def test_from_arrays_with_no_sample_keeps_the_label_shape(labels, kind, dim):
+    data = from_arrays({"a": np.zeros((0, 3))}, labels)
+    assert (data.schema.label.kind, data.schema.label.dim, len(data["train"])) == (kind, dim, 0)
+
+
 def test_from_arrays_mapping_may_leave_samples_out():
     data = from_arrays(arrays(), np.zeros(30), split={"train": np.array([5, 1, 3]), "test": np.array([0])})
     assert len(data["train"]) == 3 and len(data["test"]) == 1

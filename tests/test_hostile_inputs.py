@@ -586,3 +586,15 @@ def test_output_into_a_closed_pipe_ends_quietly():
     p.stdout.close()  # the reader is gone before the command writes (as `| head -0` does)
     err = p.stderr.read().decode()
     assert p.wait(60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_evaluate_and_predict_set_only_what_applies_to_a_trained_model(trained, tmp_path, capsys):
+    run = str(trained / "run")
+    for command, out in (("evaluate", "e.json"), ("predict", "p.csv")):
+        assert main([command, run, "--out", str(tmp_path / out), "--set", "model.hidden=4"]) == 2
+        one_line_error(capsys, "--set model.hidden=4", "only [data] and [evaluate] fields")
+        assert not (tmp_path / out).exists()
+    assert main(["predict", run, "--out", str(tmp_path / "p.csv"), "--set", "evaluate.interval=1.5"]) == 2
+    one_line_error(capsys, "evaluate.interval = 1.5")
+    assert main(["predict", run, "--out", str(tmp_path / "p.csv"), "--num-samples", "0"]) == 2
+    one_line_error(capsys, "--num-samples")

@@ -507,7 +507,8 @@ def from_arrays(
             raise DataError(f"label_kind = {kind!r}: expected one of {LABEL_KINDS}")
         if y.dtype.kind not in "iubf":
             raise DataError(f"labels: dtype {y.dtype}; expected integer class indices or float values")
-        nan = np.isnan(y.astype(float)).reshape(n, -1).any(axis=1)
+        cols = 1 if y.ndim == 1 else y.shape[1]  # not reshape(n, -1), which fails for n = 0
+        nan = np.isnan(y.astype(float)).reshape(n, cols).any(axis=1)
         lp = ~nan if label_present is None else _check_mask("labels", "label_present", label_present, (n,)) & ~nan
         if kind == "categorical":
             if y.ndim == 2 and y.shape[1] != 1:
@@ -524,7 +525,7 @@ def from_arrays(
             k = int(num_classes if num_classes is not None else (y.max() + 1 if n else 1))
             label_spec = LabelSpec("categorical", k)
         else:
-            y = np.where(np.isnan(y.astype(float)), 0, y).astype(np.float32).reshape(n, -1)
+            y = np.where(np.isnan(y.astype(float)), 0, y).astype(np.float32).reshape(n, cols)
             label_spec = LabelSpec(kind, y.shape[1])
         label_present = lp
     schema = Schema(mods, label_spec, name=name, attribution=attribution)
