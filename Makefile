@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run   set up, then train/evaluate/impute on the embedded data set and write reports/uci_mfeat/
+#   make run   set up, then train/evaluate/impute on the embedded data set and write reports/uci_mfeat/ (anew)
 #   make test  set up, then run the test suite
 #   make notebooks  execute the four notebooks and render them to HTML under reports/notebooks/
 PYTHON ?= python3
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pyro-mfm run models/uci_mfeat.toml --out reports/uci_mfeat
+	$(BIN)/pyro-mfm run models/uci_mfeat.toml --out reports/uci_mfeat --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
