@@ -65,3 +65,31 @@ def test_per_step_mean_baseline_uses_each_steps_real_training_values():
     real = np.arange(T)[None].repeat(n, 0)[steps & present[:, None]].astype(float)
     assert per_step == pytest.approx(0.0, abs=1e-12)
     assert per_feature == pytest.approx(real.var())
+
+
+def test_mixture_quantiles_hold_their_mass_and_cover_draws_of_the_mixture():
+    """The interval of a regression label is the central interval of the mixture of the K draws' distributions: its
+    CDF at the endpoints is exactly 5% and 95%, so y drawn from that mixture falls inside 90% of the time (within
+    3 binomial standard errors, sqrt(.9 * .1 / n)). Empirical quantiles of one y per draw (K = 100) fall short."""
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_mfm.infer.predict import mixture_quantiles
+
+    g = torch.Generator().manual_seed(0)
+    K, N, reps = 100, 2000, 10
+    loc = torch.randn(K, N, 1, generator=g) * 2
+    scale = torch.rand(K, N, 1, generator=g) + 0.1
+    probs = torch.tensor([0.05, 0.95])
+    for family in (dist.Normal, dist.Laplace):
+        p = family(loc, scale)
+        lo, hi = mixture_quantiles(p.to_event(1), probs)
+        mass = p.cdf(torch.stack([lo, hi]).unsqueeze(1)).mean(1)
+        assert torch.allclose(mass, probs[:, None, None].expand_as(mass), atol=1e-5)
+        torch.manual_seed(1)
+        k = torch.randint(K, (reps, N), generator=g)  # y ~ the mixture: a component, then a draw from it
+        y = family(loc[k, torch.arange(N)], scale[k, torch.arange(N)]).sample()
+        covered = ((y >= lo) & (y <= hi)).double().mean().item()
+        assert abs(covered - 0.9) < 3 * (0.09 / (reps * N)) ** 0.5
+        e_lo, e_hi = torch.quantile(p.sample(), probs, dim=0)  # the empirical interval of one draw per component
+        assert ((y >= e_lo) & (y <= e_hi)).double().mean().item() < covered - 0.01

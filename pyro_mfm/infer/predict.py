@@ -145,13 +145,12 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
         batch = batch.observe_only(observed).without_labels()
         p_y = mfm.label_distribution(posterior(batch))
         points.append(mfm.D.point(p_y).mean(0).cpu())
-        y = p_y.sample()
         if regression:
-            lo, hi = torch.quantile(y, q, dim=0)
+            lo, hi = mixture_quantiles(p_y, q)
             lowers.append(lo.cpu())
             uppers.append(hi.cpu())
         if keep_samples:
-            samples.append(y.cpu())
+            samples.append(p_y.sample().cpu())
         z_means.append(mfm.representation(batch).cpu())
         if truth is not None:
             lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
@@ -164,6 +163,28 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
         samples=cat(samples, 1) if keep_samples else np.empty(0), log_density=cat(log_dens), z_y=cat(z_means),
         observed=observed, interval=interval, kind=mfm.D.kind,
     )
+
+
+def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """Quantiles at ``probs`` of the equal-weight mixture (1/K) sum_k p_k of the K draws' label distributions
+    ``p_y`` (Normal or Laplace, batch shape (K, N), event shape (d,)): shape (len(probs), N, d).
+
+    The posterior predictive p(y | x_obs) given K draws of z_y is that mixture, whose CDF is exact, so its quantiles
+    are found by bisection on the CDF to float precision. Empirical quantiles of one y drawn per z draw are not
+    only noisy but biased inwards: the interpolated 5% and 95% points of 100 draws hold 0.88, not 0.90, of the
+    mass on average.
+    """
+    base = p_y.base_dist if isinstance(p_y, torch.distributions.Independent) else p_y
+    loc, spread = base.mean, base.stddev
+    lo = (loc - 12 * spread).min(0).values.expand((len(probs),) + loc.shape[1:]).clone()
+    hi = (loc + 12 * spread).max(0).values.expand_as(lo).clone()
+    target = probs.to(loc.dtype).reshape((-1,) + (1,) * (loc.dim() - 1))
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        below = base.cdf(mid.unsqueeze(1)).mean(1) < target  # (Q, K, N, d) -> (Q, N, d)
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return (lo + hi) / 2
 
 
 def _padding_mask(mfm: MFM, batch, m: str):
