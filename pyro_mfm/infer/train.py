@@ -36,7 +36,7 @@ from .checkpoint import (CheckpointError, atomic_write, folder_lock, prepare_fol
 from .faults import DivergenceError, StopRequested, diagnose, divergence_report, grad_norm, is_finite
 from .metrics import HIGHER_IS_BETTER, label_metrics
 from .objective import Objective
-from .predict import predict, seeded
+from .predict import predict
 from .progress import bars_enabled
 from .tensorboard import TrainingLog
 
@@ -151,20 +151,15 @@ def log_lines(history: list, events: list) -> bytes:
 
 
 def validation_score(mfm: MFM, data, config: Config, metric: str, objective: Objective) -> dict:
-    """The validation loss and label metrics of the model as it stands.
-
-    Its draws are seeded by ``evaluate.seed`` and leave the training's random state as it was: every epoch is
-    scored with the same draws (common random numbers), so the epochs differ in score by what the model learned,
-    not by Monte Carlo noise, and validating (or not) does not change the training's own draws."""
     ds = data[config.data.valid_split]
     mfm.eval()
-    with torch.no_grad(), seeded(config.evaluate.seed, _dev(mfm)):
+    with torch.no_grad():
         losses = [float(objective(b)) * len(b) for b in ds.loader(config.evaluate.batch_size, device=_dev(mfm))]
-        scores = {"loss": sum(losses) / len(ds)}
-        if mfm.D is not None and metric != "loss":
-            pred = predict(mfm, ds, num_samples=config.train.valid_samples, batch_size=config.evaluate.batch_size,
-                           keep_samples=False, interval=config.evaluate.interval)
-            scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
+    scores = {"loss": sum(losses) / len(ds)}
+    if mfm.D is not None and metric != "loss":
+        pred = predict(mfm, ds, num_samples=config.train.valid_samples, batch_size=config.evaluate.batch_size,
+                       keep_samples=False, interval=config.evaluate.interval)
+        scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
     return scores
 
 
