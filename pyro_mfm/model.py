@@ -132,7 +132,18 @@ class MFM(nn.Module):
         # log temperature of each modality's expert of z_y (its precision and information vector are multiplied by
         # exp(.)), fitted on held-out data after training by pyro_mfm.infer.calibrate; 0 (no change) in training
         self.register_buffer("expert_log_temperature", torch.zeros(len(self.names)))
+        # redundancy r_mn = r_nm of modalities m and n (zero diagonal): where n is observed too, expert m's log
+        # temperature is lowered by r_mn, so that two views that carry the same evidence are not counted twice;
+        # fitted with the temperatures (pyro_mfm.infer.calibrate, train.calibrate = "all"); 0 in training
+        self.register_buffer("expert_redundancy", torch.zeros(len(self.names), len(self.names)))
         self._memo = None  # see shared_features
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`; a checkpoint written before ``expert_redundancy`` existed
+        loads with no redundancy (the model it was)."""
+        state = dict(state_dict)
+        state.setdefault("expert_redundancy", torch.zeros_like(self.expert_redundancy))
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def _mfn_dims(self) -> dict:
         lengths = {s.name: s.steps for s in self.schema.modalities}
@@ -234,19 +245,26 @@ class MFM(nn.Module):
                 self.fusion(self.inputs(batch), {m: self.steps(batch, m) for m in self.names}))).chunk(2, dim=-1)
             return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
         h = self.encode(batch) if h is None else h
-        experts = self.tempered(self._remember("experts", h, lambda: [self.q_y[m](h[m]) for m in self.names]))
         masks = [batch.present[m] for m in self.names]
+        experts = self.tempered(self._remember("experts", h, lambda: [self.q_y[m](h[m]) for m in self.names]), masks)
         if self.D is not None and batch.y is not None:
             experts.append(self.q_label(self.D.encode(batch.y)))
             masks.append(batch.y_present)
         return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
 
-    def tempered(self, experts, log_temperature=None) -> list:
-        """The modalities' experts (eta_m, Lambda_m), each multiplied by its temperature exp(t_m): t_m < 0 lets
-        modality m claim less precision about z_y than its network gives (a held-out calibration,
-        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0)."""
-        w = (self.expert_log_temperature if log_temperature is None else log_temperature).exp()
-        return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
+    def tempered(self, experts, masks=None) -> list:
+        """The modalities' experts (eta_m, Lambda_m), each multiplied by its weight exp(t_m - sum_n r_mn [n
+        observed]): t_m < 0 lets modality m claim less precision about z_y than its network gives, and r_mn > 0 claims
+        less where modality n, which carries the same evidence, is observed too (a held-out calibration,
+        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0). ``masks``: which modalities each sample
+        observes (without them, no redundancy applies)."""
+        t, r = self.expert_log_temperature, self.expert_redundancy
+        if masks is None or not bool(r.any()):
+            w = t.exp()
+            return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
+        observed = torch.stack([mk.to(t.dtype) for mk in masks], -1)  # (..., B, M)
+        w = (t - observed @ r).exp()  # r has a zero diagonal: an expert is not discounted for itself
+        return [(e * w[..., i, None], p * w[..., i, None, None]) for i, (e, p) in enumerate(experts)]
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the

@@ -11,6 +11,11 @@ on training residuals is too small for new samples.
 * one temperature t_m per modality: expert m enters the product as (exp(t_m) eta_m, exp(t_m) Lambda_m), so that
   t_m < 0 widens and shrinks towards the prior what m alone says, and the product weighs the modalities by what
   each is worth on new samples;
+* one redundancy r_mn per pair of modalities: where n is observed too, expert m's log temperature is lowered by
+  r_mn. A product of experts assumes the modalities independent given z_y; two views that carry the same evidence
+  (on UCI, the rotation-invariant shape descriptors, which all confuse 6 with 9) then count it twice, and their
+  product is overconfident exactly where both are wrong. A temperature per expert cannot see that, as it weighs a
+  view alike in every subset;
 * one factor on the label likelihood: the scale of a Normal or Laplace label per output, or a temperature of the
   logits of a Categorical (or per output, Bernoulli) label,
 
@@ -90,6 +95,15 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
     k = mfm.config.z_y_dim
     noise = [torch.randn((num_samples, len(b), k), generator=gen).to(device) for b, _, _, _ in parts]
     t_x = torch.zeros(len(mfm.names), device=device, requires_grad=experts_on)
+    pairs = torch.triu_indices(len(mfm.names), len(mfm.names), offset=1, device=device)
+    r_x = torch.zeros(pairs.shape[1], device=device, requires_grad=experts_on)  # one redundancy per pair
+
+    def redundancy():
+        """The symmetric, zero-diagonal (M, M) matrix of the pairs' redundancies."""
+        r = torch.zeros(len(mfm.names), len(mfm.names), dtype=r_x.dtype, device=device)
+        r = r.index_put((pairs[0], pairs[1]), r_x)
+        return r + r.T
+
     t_y = torch.zeros_like(mfm.D.log_temperature, requires_grad=True)
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
@@ -125,7 +139,9 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
                 eta = torch.stack([e for e, _ in experts])  # (M, N, k)
                 lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
                 for s in range(0, len(subsets), chunk):
-                    w = observed[i][s:s + chunk].to(eta.dtype) * t_x.exp()[None, :, None]  # (S, M, N)
+                    obs = observed[i][s:s + chunk].to(eta.dtype)  # (S, M, N)
+                    # expert m's weight exp(t_m - sum_n r_mn [n observed]) where m is observed
+                    w = obs * (t_x[None, :, None] - torch.einsum("sjn,jm->smn", obs, redundancy())).exp()
                     precision = torch.eye(k, dtype=eta.dtype, device=device) + torch.einsum("smn,mnij->snij", w, lam)
                     chol = torch.linalg.cholesky(precision)
                     loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
@@ -146,7 +162,7 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
     try:
         with torch.no_grad():
             before = float(nlpd())
-        params = [t_y] + ([t_x] if experts_on else [])
+        params = [t_y] + ([t_x, r_x] if experts_on else [])
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
         def closure():
@@ -159,7 +175,7 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
         with torch.no_grad():
             after = float(nlpd())
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
-            t_x.data.zero_(), t_y.data.zero_()
+            t_x.data.zero_(), t_y.data.zero_(), r_x.data.zero_()
             after = before
     finally:
         for p in frozen:
@@ -168,8 +184,11 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
         mfm.train(was_training)
     with torch.no_grad():
         mfm.expert_log_temperature.copy_(t_x.detach())
+        mfm.expert_redundancy.copy_(redundancy().detach())
     return {
         "expert_log_temperature": {m: float(t) for m, t in zip(mfm.names, mfm.expert_log_temperature)},
+        "expert_redundancy": {f"{mfm.names[a]}+{mfm.names[b]}": float(v)
+                              for a, b, v in zip(pairs[0].tolist(), pairs[1].tolist(), r_x.detach().tolist())},
         "label_log_temperature": [float(t) for t in mfm.D.log_temperature],
         "nlpd_before": before, "nlpd_after": after, "subsets": len(subsets),
     }
