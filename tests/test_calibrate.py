@@ -7,7 +7,7 @@ import pyro
 import torch
 
 from pyro_mfm.config import Config
-from pyro_mfm.data import LinearGaussianMFM
+from pyro_mfm.data import LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.calibrate import calibrate, calibration_subsets
@@ -74,11 +74,44 @@ def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp
     assert torch.isfinite(t).all() and t.abs().sum() > 0  # fitted, not left at zero
     mfm, _, _ = load_model(tmp_path / "run" / "best.pt")
     assert torch.equal(mfm.expert_log_temperature, t)
+    assert torch.equal(mfm.expert_redundancy, result.mfm.expert_redundancy)
     assert torch.equal(mfm.D.log_temperature, result.mfm.D.log_temperature)
     assert (tmp_path / "run" / "calibration.json").exists()
     # refitting from the stored model starts again from t = 0 and lands on the same temperatures
     again = calibrate(mfm, data["valid"], seed=cfg.train.seed)
     assert np.allclose(list(again["expert_log_temperature"].values()), t.numpy(), atol=1e-4)
+
+
+def test_a_duplicated_modality_is_found_redundant_and_counted_once():
+    """Modality c is a copy of a, with a copy of a's encoder and expert: {a}, {c} and {a, c} then carry the same
+    information, and each subset's term of the calibration objective is the same function g of the weight w of
+    the expert's precision, I + w Lambda_a. The optimum puts every subset at g's minimiser w*: exp(t_a) = exp(t_c)
+    = w* and exp(t_a - r) + exp(t_c - r) = w*, so the redundancy r of the pair is log 2 (up to the optimiser's
+    tolerance), which counts the two copies once. Without it the product would claim 2 w* for {a, c}."""
+    gen = LinearGaussianMFM.random({"a": 3}, z_y_dim=2, label="regression", label_noise=0.1, seed=5)
+    sample = gen.sample({"train": 300, "valid": 300}, seed=5)
+    x = np.concatenate([np.asarray(sample[s].features["a"]) for s in ("train", "valid")])
+    y = np.concatenate([np.asarray(sample[s].labels) for s in ("train", "valid")])
+    data = from_arrays({"a": x, "c": x.copy()}, y, split={"train": np.arange(300), "valid": np.arange(300, 600)})
+    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+                            "train": {"epochs": 30, "kl_warmup": 1, "batch_size": 32, "progress": False,
+                                      "calibrate": "none"}})
+    mfm = fit(cfg, data).mfm
+    state = mfm.state_dict()
+    for key in state:  # c's networks become a's: the two experts are identical
+        parts = key.split(".")
+        if "c" in parts:
+            state[key] = state[".".join("a" if p == "c" else p for p in parts)].clone()
+    mfm.load_state_dict(state)
+    cal = calibrate(mfm, data["valid"])
+    t = cal["expert_log_temperature"]
+    assert abs(cal["expert_redundancy"]["a+c"] - math.log(2)) < 0.02 and abs(t["a"] - t["c"]) < 0.02, cal
+    assert cal["nlpd_after"] < cal["nlpd_before"]
+    r = mfm.expert_redundancy
+    assert torch.allclose(r, r.T) and (r.diag() == 0).all()
+    # a checkpoint written before the redundancy existed loads with none
+    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "expert_redundancy"})
+    assert (mfm.expert_redundancy == 0).all()
 
 
 def test_label_only_calibration_keeps_point_predictions():
