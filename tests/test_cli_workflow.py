@@ -13,28 +13,8 @@ import pytest
 from pyro_mfm import __version__
 from pyro_mfm.cli import main
 from pyro_mfm.data import LinearGaussianMFM, save
+from tests.test_cli_model import CONFIG
 
-CONFIG = """
-[data]
-source = "{data}"
-
-[model]
-z_y_dim = 2
-z_a_dim = 2
-f_y_dim = 8
-f_a_dim = 4
-hidden = 16
-
-[train]
-epochs = 2
-kl_warmup = 1
-batch_size = 32
-valid_samples = 3
-progress = false
-
-[evaluate]
-num_samples = 5
-"""
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from ..config import Config, ConfigError
@@ -37,6 +39,18 @@ def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue with a configuration that changes the run's result (e.g. train.lr); "
                         "the change is recorded in log.jsonl")
+
+
+def signal_status(name: str) -> int:
+    """The exit status of a command stopped by the signal ``name`` (e.g. ``"SIGTERM"``): 128 + its number, else 1."""
+    sig = getattr(signal, name, None) if name.startswith("SIG") else None
+    return 128 + int(sig) if sig else 1
+
+
+def diverged(error) -> int:
+    """Report a :class:`~pyro_mfm.infer.faults.DivergenceError` on stderr; the exit status of a diverged training."""
+    print(f"pyro-mfm: training diverged: {error}", file=sys.stderr)
+    return 3
 
 
 def parse_observed(text: str | None):

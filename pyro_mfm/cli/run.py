@@ -6,10 +6,9 @@ SIGINT or SIGTERM stops it like ``train`` (exit status 130, 143; training contin
 
 from __future__ import annotations
 
-import signal
 import sys
 
-from ._common import add_config_arguments, add_run_folder_arguments, config_from_args
+from ._common import add_config_arguments, add_run_folder_arguments, config_from_args, diverged, signal_status
 
 
 def register(subparsers) -> None:
@@ -41,14 +40,12 @@ def run(args) -> int:
             report = run_job(config, args.out, resume=args.resume, overwrite=args.overwrite,
                              allow_config_change=args.allow_config_change)
     except DivergenceError as e:
-        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
-        return 3
+        return diverged(e)
     if report.get("interrupted"):
         name = report["interrupted"]
         print(f"stopped by {name}; no report written; checkpoint in {report['checkpoint']} (continue with --resume)",
               file=sys.stderr)
-        sig = getattr(signal, name, None) if name.startswith("SIG") else None
-        return 128 + int(sig) if sig else 1
+        return signal_status(name)
     if args.seeds is not None:
         print(f"report over seeds {report['seeds']} written to {args.out}/report.md ({report['total_seconds']:.0f} s)")
         return 0

@@ -15,10 +15,9 @@ records the change in ``log.jsonl``; it says where it resumed.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
-from ._common import add_config_arguments, add_run_folder_arguments, config_from_args
+from ._common import add_config_arguments, add_run_folder_arguments, config_from_args, diverged, signal_status
 
 
 def register(subparsers) -> None:
@@ -49,8 +48,7 @@ def run(args) -> int:
         result = fit(config, load_data(config), args.out, resume=args.resume, overwrite=args.overwrite,
                      allow_config_change=args.allow_config_change)
     except DivergenceError as e:
-        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
-        return 3
+        return diverged(e)
     if result.resumed and main:
         r = result.resumed
         changed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items())
@@ -60,8 +58,7 @@ def run(args) -> int:
         if main:
             print(f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",
                   file=sys.stderr)
-        sig = getattr(signal, result.interrupted, None) if result.interrupted.startswith("SIG") else None
-        return 128 + int(sig) if sig else 1
+        return signal_status(result.interrupted)
     if main:
         print(f"best epoch {result.best['epoch'] + 1}: "
               + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
@@ -82,14 +79,12 @@ def _run_seeds(args, config) -> int:
         summary = train_seeds(config, load_data(config), args.out, parse_seeds(args.seeds), resume=args.resume,
                               overwrite=args.overwrite, allow_config_change=args.allow_config_change, on_seed=done)
     except DivergenceError as e:
-        print(f"pyro-mfm: training diverged: {e}", file=sys.stderr)
-        return 3
+        return diverged(e)
     if summary.get("interrupted"):
         name = summary["interrupted"]
         print(f"stopped by {name} in seed {summary['seed']}; checkpoint in {summary['folder']}/last.pt "
               "(continue with --resume)", file=sys.stderr)
-        sig = getattr(signal, name, None) if name.startswith("SIG") else None
-        return 128 + int(sig) if sig else 1
+        return signal_status(name)
     scores = ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in summary["best"].items() if k != "epoch")
     print(f"over seeds {summary['seeds']}: {scores} (validation); summary in {args.out}/seeds.json")
     return 0
