@@ -258,12 +258,13 @@ class MFM(nn.Module):
         less where modality n, which carries the same evidence, is observed too (a held-out calibration,
         :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0). ``masks``: which modalities each sample
         observes (without them, no redundancy applies)."""
-        t, r = self.expert_log_temperature, self.expert_redundancy
-        if masks is None or not bool(r.any()):
+        t = self.expert_log_temperature
+        if masks is None:
             w = t.exp()
             return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
         observed = torch.stack([mk.to(t.dtype) for mk in masks], -1)  # (..., B, M)
-        w = (t - observed @ r).exp()  # r has a zero diagonal: an expert is not discounted for itself
+        # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
+        w = (t - observed @ self.expert_redundancy).exp()
         return [(e * w[..., i, None], p * w[..., i, None, None]) for i, (e, p) in enumerate(experts)]
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):

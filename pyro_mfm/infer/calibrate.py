@@ -133,6 +133,7 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
 
     def nlpd():
         mfm.D.log_temperature = t_y
+        r = redundancy()
         total, count = 0.0, 0
         for i, ((batch, y, keep, experts), eps) in enumerate(zip(parts, noise)):
             if has_experts:  # every subset at once: the product of the prior and the tempered experts observed
@@ -141,7 +142,7 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
                 for s in range(0, len(subsets), chunk):
                     obs = observed[i][s:s + chunk].to(eta.dtype)  # (S, M, N)
                     # expert m's weight exp(t_m - sum_n r_mn [n observed]) where m is observed
-                    w = obs * (t_x[None, :, None] - torch.einsum("sjn,jm->smn", obs, redundancy())).exp()
+                    w = obs * (t_x[None, :, None] - torch.einsum("sjn,jm->smn", obs, r)).exp()
                     precision = torch.eye(k, dtype=eta.dtype, device=device) + torch.einsum("smn,mnij->snij", w, lam)
                     chol = torch.linalg.cholesky(precision)
                     loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
