@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# test processes: the suite's tests each run PyTorch on one thread, so one process per core
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test notebooks clean
 
@@ -21,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/pyro-mfm run models/uci_mfeat.toml --out reports/uci_mfeat --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 notebooks: $(STAMP)
 	$(BIN)/python inference/render_notebooks.py --out reports/notebooks
