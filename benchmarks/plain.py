@@ -45,7 +45,7 @@ def log_lik_x(mfm, m, loc_std, batch):
         lp = (lp * batch.steps[m].unsqueeze(-1).to(lp.dtype)).sum((-2, -1))
     else:
         lp = lp.sum(-1)
-    return mfm.x_weight[m] * (lp * batch.present[m].to(lp.dtype)).sum()
+    return mfm.model.x_weight[m] * (lp * batch.present[m].to(lp.dtype)).sum()
 
 
 def log_lik_y(mfm, f_y, y, y_present):
@@ -65,10 +65,10 @@ def log_lik_y(mfm, f_y, y, y_present):
 
 def reconstruction(mfm, batch, f_y, z_a: dict, decode=None) -> torch.Tensor:
     """-(sum_m lambda_x,m log p(x_m | F_m(f_y, G_m(z_a,m))) + lambda_y log p(y | D(f_y))), summed over the batch."""
-    decode = decode or (lambda m, f: mfm.F[m](f))
+    decode = decode or (lambda m, f: mfm.model.F[m](f))
     loss = f_y.new_zeros(())
     for m in mfm.names:
-        f = torch.cat([f_y, mfm.G[m](z_a[m])], -1)
+        f = torch.cat([f_y, mfm.model.G[m](z_a[m])], -1)
         loss = loss - log_lik_x(mfm, m, decode(m, f), batch)
     return loss - mfm.config.lambda_y * log_lik_y(mfm, f_y, batch.y, batch.y_present).sum()
 
@@ -76,10 +76,10 @@ def reconstruction(mfm, batch, f_y, z_a: dict, decode=None) -> torch.Tensor:
 def experts(mfm, h, batch, with_label: bool):
     eta, lam, masks = [], [], []
     for m in mfm.names:
-        e, p = mfm.q_y[m](h[m])
+        e, p = mfm.guide.q_y[m](h[m])
         eta.append(e), lam.append(p), masks.append(batch.present[m])
     if with_label:
-        e, p = mfm.q_label(mfm.D.encode(batch.y))
+        e, p = mfm.guide.q_label(mfm.guide.y_in(batch.y))
         eta.append(e), lam.append(p), masks.append(batch.y_present)
     return eta, lam, masks
 
@@ -88,29 +88,29 @@ def elbo_loss(mfm, batch) -> torch.Tensor:
     """(-ELBO + alpha * discriminative term) / B for the MFM with a product-of-experts or MFN encoder of z_y."""
     cfg = mfm.config
     x, steps = inputs(mfm, batch)
-    h = {m: mfm.trunk[m](x[m], steps[m]) for m in mfm.names}
+    h = {m: mfm.guide.trunk[m](x[m], steps[m]) for m in mfm.names}
     if cfg.fusion == "mfn":
-        loc, raw = mfm.q_y_fused(mfm.fusion(x, steps)).chunk(2, -1)
+        loc, raw = mfm.guide.q_y_fused(mfm.guide.fusion(x, steps)).chunk(2, -1)
         q_y = td.MultivariateNormal(loc, scale_tril=torch.diag_embed(softplus(raw) + 1e-4))
         disc_z_y = loc
     else:
         eta, lam, masks = experts(mfm, h, batch, with_label=True)
         q_y = product_of_experts(eta, lam, masks)
         disc_z_y = product_of_experts(eta[:-1], lam[:-1], masks[:-1]).mean
-    prior = td.MultivariateNormal(torch.zeros_like(mfm._eye[0]), scale_tril=mfm._eye)
+    prior = td.MultivariateNormal(torch.zeros_like(mfm.model._eye[0]), scale_tril=mfm.model._eye)
     z_y = q_y.rsample()
     loss = td.kl_divergence(q_y, prior).sum()
     z_a = {}
     for m in mfm.names:
-        loc, scale = mfm.q_a[m](torch.cat([h[m], z_y], -1))
+        loc, scale = mfm.guide.q_a[m](torch.cat([h[m], z_y], -1))
         present = batch.present[m].unsqueeze(-1)
         q_a = td.Normal(torch.where(present, loc, 0.0), torch.where(present, scale, 1.0))
         z_a[m] = q_a.rsample()
         kl = td.kl_divergence(q_a, td.Normal(0.0, 1.0)).sum(-1)
         loss = loss + (kl * batch.present[m].to(kl.dtype)).sum()
-    loss = loss + reconstruction(mfm, batch, mfm.G_y(z_y), z_a)
+    loss = loss + reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a)
     if cfg.alpha:
-        loss = loss - cfg.alpha * log_lik_y(mfm, mfm.G_y(disc_z_y), batch.y, batch.y_present).sum()
+        loss = loss - cfg.alpha * log_lik_y(mfm, mfm.model.G_y(disc_z_y), batch.y, batch.y_present).sum()
     return loss / len(batch)
 
 
@@ -132,7 +132,7 @@ def private_codes(mfm, batch, h, z_y) -> dict:
     """The ``wae`` guide's z_a,m: the encoder's code where x_m is observed, a draw of the prior elsewhere."""
     z_a = {}
     for m in mfm.names:
-        loc, scale = mfm.q_a[m](torch.cat([h[m], z_y], -1))
+        loc, scale = mfm.guide.q_a[m](torch.cat([h[m], z_y], -1))
         present = batch.present[m].unsqueeze(-1)
         draw = td.Normal(torch.where(present, loc, 0.0), torch.where(present, scale, 1.0)).sample()
         z_a[m] = torch.where(present, loc, draw)
@@ -140,16 +140,16 @@ def private_codes(mfm, batch, h, z_y) -> dict:
 
 
 def wae_codes(mfm, batch, h, x, steps):
-    z_y = mfm.q_y_fused(mfm.fusion(x, steps)).chunk(2, -1)[0]
+    z_y = mfm.guide.q_y_fused(mfm.guide.fusion(x, steps)).chunk(2, -1)[0]
     return z_y, private_codes(mfm, batch, h, z_y)
 
 
 def wae_loss(mfm, batch) -> torch.Tensor:
     """The paper's objective / B: -log-likelihood at the deterministic codes + the minibatch MMDs (MFN fusion)."""
     x, steps = inputs(mfm, batch)
-    h = {m: mfm.trunk[m](x[m], steps[m]) for m in mfm.names}
+    h = {m: mfm.guide.trunk[m](x[m], steps[m]) for m in mfm.names}
     z_y, z_a = wae_codes(mfm, batch, h, x, steps)
-    loss = reconstruction(mfm, batch, mfm.G_y(z_y), z_a)
+    loss = reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a)
     return (loss + mmd_terms(mfm, batch, z_y, z_a)) / len(batch)
 
 

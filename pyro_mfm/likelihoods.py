@@ -19,6 +19,48 @@ def _inverse_softplus(x: float) -> float:
     return float(torch.log(torch.expm1(torch.tensor(x))))
 
 
+def resolve_label_kind(label: LabelSpec, kind: str) -> str:
+    """The label likelihood ``kind`` names (``"auto"``: the one that fits the label); ValueError if it does not fit."""
+    if kind == "auto":
+        kind = {"regression": "normal", "categorical": "categorical", "multilabel": "bernoulli"}[label.kind]
+    allowed = {"regression": ("normal", "laplace"), "categorical": ("categorical",), "multilabel": ("bernoulli",)}
+    if kind not in allowed[label.kind]:
+        raise ValueError(
+            f"label likelihood {kind!r} does not fit a {label.kind} label: expected one of {allowed[label.kind]}"
+        )
+    return kind
+
+
+class Standardise(nn.Module):
+    """x -> (x - mean) / std, with the training split's statistics: how an encoder reads a modality."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class LabelEncoding(nn.Module):
+    """The label as an encoder's input: standardised values (Normal, Laplace), one-hot classes (Categorical) or
+    0/1 labels (Bernoulli); ``dim`` wide."""
+
+    def __init__(self, label: LabelSpec, kind: str, mean, std):
+        super().__init__()
+        self.kind, self.dim = kind, label.dim
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, y):
+        if self.kind == "categorical":
+            return torch.nn.functional.one_hot(y, self.dim).to(self.mean.dtype)
+        if self.kind == "bernoulli":
+            return y.to(self.mean.dtype)
+        return (y - self.mean) / self.std
+
+
 class FeatureLikelihood(nn.Module):
     """Normal likelihood of one modality with a learned (per feature) or fixed scale.
 
@@ -41,9 +83,6 @@ class FeatureLikelihood(nn.Module):
     def scale(self):
         return softplus(self.raw_scale) + 1e-3 if self.learned_scale else self.fixed_scale
 
-    def standardise(self, x):
-        return (x - self.mean) / self.std
-
     def distribution(self, loc_std, present=None, steps=None):
         loc = self.mean + self.std * loc_std
         scale = (self.std * self.scale()).expand_as(loc)
@@ -64,14 +103,7 @@ class LabelLikelihood(nn.Module):
     def __init__(self, label: LabelSpec, kind: str, f_dim: int, hidden: int, mean, std, dropout: float = 0.0,
                  fixed_scale: float = 0.0):
         super().__init__()
-        if kind == "auto":
-            kind = {"regression": "normal", "categorical": "categorical", "multilabel": "bernoulli"}[label.kind]
-        allowed = {"regression": ("normal", "laplace"), "categorical": ("categorical",), "multilabel": ("bernoulli",)}
-        if kind not in allowed[label.kind]:
-            raise ValueError(
-                f"label likelihood {kind!r} does not fit a {label.kind} label: expected one of {allowed[label.kind]}"
-            )
-        self.kind = kind
+        self.kind = kind = resolve_label_kind(label, kind)
         self.label = label
         self.head = mlp([f_dim, hidden, label.dim], dropout)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -89,18 +121,6 @@ class LabelLikelihood(nn.Module):
         if self.fixed_scale:
             return torch.full_like(self.std, self.fixed_scale) * self.log_temperature.exp()
         return self.std * (softplus(self.raw_scale) + 1e-3) * self.log_temperature.exp()
-
-    @property
-    def encoded_dim(self) -> int:
-        return self.label.dim
-
-    def encode(self, y):
-        """The label as an input to an encoder: standardised values, one-hot classes, or 0/1 labels."""
-        if self.kind == "categorical":
-            return torch.nn.functional.one_hot(y, self.label.dim).to(self.mean.dtype)
-        if self.kind == "bernoulli":
-            return y.to(self.mean.dtype)
-        return (y - self.mean) / self.std
 
     @property
     def is_discrete(self) -> bool:

@@ -177,7 +177,7 @@ def test_variance_contributions_linear_decoder_exact():
 def test_factor_contributions_decoder_that_ignores_one_factor(codes):
     mfm, data = _model(f_y_dim=8, f_a_dim=8, hidden=16)
     with torch.no_grad():
-        for p in mfm.G["a"].parameters():  # f_a,a constant: the decoder of "a" ignores z_a,a
+        for p in mfm.model.G["a"].parameters():  # f_a,a constant: the decoder of "a" ignores z_a,a
             p.zero_()
     fc = analysis.factor_contributions(mfm, data["test"], "a", codes=codes, num_codes=16)
     assert fc.shared.shape == (5,)
@@ -186,7 +186,7 @@ def test_factor_contributions_decoder_that_ignores_one_factor(codes):
     other = analysis.factor_contributions(mfm, data["test"], "b", codes=codes, num_codes=16)
     assert other.specific.sum() > 0
     with torch.no_grad():
-        for p in mfm.G_y.parameters():  # now f_y is constant too: nothing varies in "a"
+        for p in mfm.model.G_y.parameters():  # now f_y is constant too: nothing varies in "a"
             p.zero_()
     fc = analysis.factor_contributions(mfm, data["test"], "b", codes=codes, num_codes=16)
     assert np.all(fc.shared < 1e-10 * (1 + fc.specific))
@@ -199,7 +199,7 @@ def test_factor_contributions_sequence_and_conditional_generation():
     assert fc.shared.shape == (6, 3) and fc.over_time().shape == (6,)
     assert 0 <= fc.overall() <= 1
     with torch.no_grad():
-        for p in mfm.G["v"].parameters():
+        for p in mfm.model.G["v"].parameters():
             p.zero_()
     gen = analysis.conditional_generation(mfm, "v", np.zeros((2, 3)), np.random.default_rng(0).normal(size=(5, 2)))
     assert gen.shape == (2, 5, 4)

@@ -110,7 +110,7 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
     r = mfm.expert_redundancy
     assert torch.allclose(r, r.T) and (r.diag() == 0).all()
     # a checkpoint written before the redundancy existed loads with none
-    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "expert_redundancy"})
+    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "guide.expert_redundancy"})
     assert (mfm.expert_redundancy == 0).all()
 
 

@@ -41,6 +41,27 @@ def test_model_and_guide_have_the_generative_story_sites():
     assert model_tr.nodes["x_s"]["fn"].event_shape == (5, 2)
 
 
+@pytest.mark.parametrize("model", [{}, {"missing": "surrogate"}, {"ablation": "no_shared"}])
+def test_weights_of_the_flat_layout_load_into_model_and_guide(model):
+    """Checkpoints written when the MFM was one flat module (and before the redundancy) load, the encoders' input
+    scaling taken from the likelihoods' statistics: the same weights, the same predictions."""
+    data = small_data()
+    trained, fresh = build(data, **model), build(data, **model)
+    flat = {k.split(".", 1)[1]: v for k, v in trained.state_dict().items()
+            if not k.startswith(("guide.x_in.", "guide.y_in.", "guide.expert_redundancy"))}
+    assert not any(k.startswith(("model.", "guide.")) for k in flat) and "trunk.a.net.0.weight" in flat
+    with torch.no_grad():
+        for v in trained.parameters():
+            v.add_(0.1)
+        flat = {k.split(".", 1)[1]: v for k, v in trained.state_dict().items() if k.split(".", 1)[1] in flat}
+    fresh.load_state_dict(flat)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    batch = data["test"].batch(np.arange(8)).without_labels()
+    trained.eval(), fresh.eval()
+    assert torch.equal(fresh.representation(batch), trained.representation(batch))
+
+
 def test_missing_modality_and_label_contribute_nothing():
     """A masked site's log density is exactly zero for missing rows, whatever values they hold."""
     data = small_data()
@@ -90,7 +111,8 @@ def test_label_likelihoods_train_a_step(label, likelihood):
     loss = Objective(mfm)(data["train"].batch(np.arange(16)))
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in mfm.named_parameters() if n.startswith(("D.", "q_y.", "F.")))
+    checked = [n for n, _ in mfm.named_parameters() if n.startswith(("model.D.", "guide.q_y.", "model.F."))]
+    assert checked and all(p.grad is not None for n, p in mfm.named_parameters() if n in checked)
 
 
 def test_multilabel_bernoulli_likelihood():

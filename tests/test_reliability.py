@@ -150,7 +150,7 @@ def test_non_finite_log_density_is_named_by_site(data, monkeypatch):
         calls["n"] += 1
         if calls["n"] == 5:
             with torch.no_grad():
-                self.mfm.F["b"].net[4].bias.fill_(float("inf"))
+                self.mfm.model.F["b"].net[4].bias.fill_(float("inf"))
         return original(self, batch)
 
     monkeypatch.setattr(Objective, "__call__", call)

@@ -138,8 +138,8 @@ def test_surrogate_reads_only_the_observed_modalities(data):
     # the code is the surrogate's, not the prior's mean
     assert codes.abs().sum() > 0
     with torch.no_grad():
-        h = mfm.encode(hidden)
-        torch.testing.assert_close(codes, mfm.surrogate(hidden, h, "b", mfm.codes(hidden)["z_y"]))
+        h = mfm.guide.encode(hidden)
+        torch.testing.assert_close(codes, mfm.guide.surrogate(hidden, h, "b", mfm.codes(hidden)["z_y"]))
 
 
 def test_surrogate_learns_the_missing_modalitys_code():
@@ -148,7 +148,7 @@ def test_surrogate_learns_the_missing_modalitys_code():
     gen = LinearGaussianMFM.random({"a": (6, 3), "b": (6, 2)}, z_y_dim=2, seed=1)
     d = gen.sample({"train": 300, "test": 200}, seed=0)
     mfm = _mfm(d, "model.missing='surrogate'")
-    opt = torch.optim.Adam(mfm.S.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(mfm.guide.S.parameters(), lr=1e-2)
     for epoch in range(20):
         for b in d["train"].loader(100, shuffle=True, seed=epoch):
             loss = mfm.surrogate_loss(b) / len(b)

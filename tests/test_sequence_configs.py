@@ -36,7 +36,7 @@ def test_mosi_configurations_build_and_take_a_training_step(name, lambda_mmd, ba
     data = mosi_like()
     pyro.set_rng_seed(0)
     mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
-    assert [mfm.fusion.lstm[m].hidden_size for m in ("text", "audio", "vision")] == \
+    assert [mfm.guide.fusion.lstm[m].hidden_size for m in ("text", "audio", "vision")] == \
         [cfg.model.lstm_hidden[m] for m in ("text", "audio", "vision")]
     obj = Objective(mfm)
     opt = torch.optim.Adam(mfm.parameters(), lr=cfg.train.lr)
@@ -48,7 +48,7 @@ def test_mosi_configurations_build_and_take_a_training_step(name, lambda_mmd, ba
     opt.step()
     assert torch.isfinite(loss)
     changed = [k for k, v in mfm.state_dict().items() if not torch.equal(v, before[k])]
-    assert any(k.startswith("fusion.") for k in changed) and any(k.startswith("F.") for k in changed)
+    assert any(k.startswith("guide.fusion.") for k in changed) and any(k.startswith("model.F.") for k in changed)
     x = obj.mfm.codes(b.without_labels())
     assert x["z_y"].shape == (32, 32 if name == "mfm-paper-mosi" else 80)
 
@@ -87,7 +87,7 @@ def test_mosi_configurations_weigh_mean_squared_errors_and_the_l1_loss_as_the_pa
         torch.testing.assert_close(neg_log_p_minus_squared_error(b.x[m]), neg_log_p_minus_squared_error(other))
     y_site = tr.nodes["y"]
     torch.testing.assert_close(-y_site["fn"].log_prob(b.y), (b.y - y_site["fn"].mean).abs().sum(-1) + np.log(2.0))
-    assert not any(n.startswith("D.raw_scale") for n, _ in mfm.named_parameters())
+    assert not any(n.startswith("model.D.raw_scale") for n, _ in mfm.named_parameters())
 
 
 @pytest.mark.parametrize("ablation", ["no_shared", "shared_only", "discriminative"])

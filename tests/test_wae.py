@@ -106,10 +106,10 @@ def test_wae_loss_equals_hand_computation(seq_data):
     with torch.no_grad():
         loss = float(obj(batch))
         c = mfm.codes(batch.without_labels())
-        f_y = mfm.G_y(c["z_y"])
+        f_y = mfm.model.G_y(c["z_y"])
         total = 0.0
         for m, lam in {"a": 0.5, "b": 2.0, "v": 1.0}.items():
-            loc = mfm.F[m](torch.cat([f_y, mfm.G[m](c[f"z_a_{m}"])], -1))
+            loc = mfm.model.F[m](torch.cat([f_y, mfm.model.G[m](c[f"z_a_{m}"])], -1))
             lp = mfm.p_x[m].distribution(loc, batch.present[m], batch.steps.get(m)).log_prob(batch.x[m])
             total += lam * float(lp.sum())
         total += float(mfm.D.distribution(f_y).log_prob(batch.y).sum())
@@ -147,7 +147,7 @@ def test_wae_mmd_gradient_pulls_codes_toward_the_prior(seq_data):
 
     mfm.train()
     with torch.no_grad():  # start far from the prior
-        mfm.q_y["a"].net[-1].bias[:2] += 30.0
+        mfm.guide.q_y["a"].net[-1].bias[:2] += 30.0
     before = code_mmd()
     for _ in range(60):
         opt.zero_grad()

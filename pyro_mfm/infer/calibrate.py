@@ -66,8 +66,7 @@ def _encoded(mfm: MFM, ds: MultimodalDataset, batch_size: int, device):
             continue
         batch = batch.without_labels()
         if mfm.config.fusion == "poe" and mfm.shared:  # computed once: the networks are fixed
-            h = mfm.encode(batch)
-            experts = [mfm.q_y[m](h[m]) for m in mfm.names]
+            experts = mfm.guide.features(batch).experts
         else:
             experts = None
         parts.append((batch, y, keep, experts))

@@ -30,7 +30,7 @@ from .. import __version__
 from ..config import Config
 from ..data.schema import Schema
 from ..data.stats import FeatureStats
-from ..model import MFM
+from ..model import MFM, upgrade_state_dict
 from ..outputs import atomic_write, write_json  # noqa: F401  (re-exported: checkpoint writers import them here)
 
 FORMAT = "pyro-mfm-checkpoint"
@@ -277,6 +277,8 @@ def load_model(path, device=None) -> tuple[MFM, Config, dict]:
 
 def weights_mismatch(module: torch.nn.Module, state: dict) -> str:
     """One line on how the weights ``state`` differ from what ``module`` holds (missing, unexpected, resized)."""
+    if isinstance(module, MFM):
+        state = upgrade_state_dict(state)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -181,13 +181,18 @@ class Objective:
 
     def elbo_loss(self, batch: Batch, beta: float) -> torch.Tensor:
         """-ELBO_beta(batch) + alpha * discriminative_loss(batch), summed over the batch."""
-        model, guide = partial(self.mfm.model, means=False), self.mfm.guide
+        features = []
+
+        def guide(batch):  # the guide, keeping what it computed: the discriminative term reuses its features
+            features.append(self.mfm.guide(batch))
+            return features[-1]
+
+        model = partial(self.mfm.model, means=False)
         if beta != 1.0:
             model, guide = scale_latents(beta)(model), scale_latents(beta)(guide)
-        with self.mfm.shared_features():  # the discriminative term reuses the guide's encoder features
-            loss = self.elbo.differentiable_loss(model, guide, batch)
-            if self.alpha:
-                loss = loss + self.alpha * self.mfm.discriminative_loss(batch)
+        loss = self.elbo.differentiable_loss(model, guide, batch)
+        if self.alpha:
+            loss = loss + self.alpha * self.mfm.discriminative_loss(batch, features[0])
         return loss
 
     def wae_loss(self, batch: Batch, beta: float) -> torch.Tensor:

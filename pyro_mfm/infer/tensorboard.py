@@ -44,8 +44,7 @@ def expert_precisions(mfm: MFM, batch: Batch) -> dict[str, float]:
     for a model without product-of-experts fusion."""
     if not getattr(mfm, "shared", False) or mfm.config.fusion != "poe":
         return {}
-    h = mfm.encode(batch)
-    experts = mfm.tempered([mfm.q_y[m](h[m]) for m in mfm.names])
+    experts = mfm.guide.tempered(mfm.guide.features(batch).experts)
     out = {}
     for m, (_, precision) in zip(mfm.names, experts):
         per_sample = torch.diagonal(precision, dim1=-2, dim2=-1).mean(-1) if precision.dim() > 2 else precision

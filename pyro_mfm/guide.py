@@ -1,0 +1,222 @@
+"""The MFM's amortized guide: q(z_y | observed modalities [, y]) prod_m q(z_a,m | x_m, z_y).
+
+::
+
+    q(z_y | x_obs)      = N(0, I) * prod_{m observed} N(mu_m(x_m), Lambda_m(x_m)^-1)  normalised product of experts
+    q(z_a,m | x_m, z_y) = N(mu_a,m(x_m, z_y), sigma_a,m(x_m, z_y))   if x_m is observed,  N(0, I) otherwise
+
+The product of experts takes any subset of observed modalities by construction. In training, an observed label
+is one more expert (q(z_y | x_obs, y)): a guide blind to y would make the label's scale absorb the posterior
+spread of z_y, which prediction then counts a second time (too-wide predictive intervals). The modality factor's
+encoder also reads the drawn z_y, as the true posterior does: given x_m, what z_a,m must explain is what f_y does
+not (a guide blind to z_y would pull the model towards explaining x_m with z_a,m alone).
+
+Options: the Memory Fusion Network reads every modality's sequence and gives a diagonal Gaussian q(z_y | x_obs)
+(``fusion = "mfn"``); the ``wae`` objective's deterministic codes (Delta sites at the means); the paper's surrogate
+inference of a missing modality's code from the observed ones (``missing = "surrogate"``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .data.dataset import Batch
+from .data.schema import Schema
+from .data.stats import FeatureStats
+from .likelihoods import LabelEncoding, Standardise
+from .nets import ExpertEncoder, InformationExpert, MemoryFusion, make_encoder, mlp, product_of_experts
+
+
+class Features(NamedTuple):
+    """What the guide computed from one batch's observed modalities, returned by :meth:`Guide.forward` so that a
+    term of the objective on the same batch (the discriminative term) need not compute it again."""
+
+    h: dict  # encoder features h_m of every modality
+    experts: list | None  # (eta_m, Lambda_m) of each modality's expert of z_y, untempered (product of experts)
+    fused: torch.Tensor | None  # the MFN's output for the batch's observed modalities (fusion = "mfn")
+
+
+class Guide(nn.Module):
+    """Encoders, experts, fusion and surrogates of the MFM, and the guide program (:meth:`forward`).
+
+    Sites: ``z_y`` (without the ``no_shared`` ablation) and ``z_a_<m>`` (with modality factors), masked where x_m is
+    missing; Delta sites at the codes for the ``wae`` objective.
+    """
+
+    def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats, label_kind: str | None = None):
+        super().__init__()
+        self.schema, self.config, self.names = schema, config, schema.names
+        h, p = config.hidden, config.dropout
+        z_a = config.per_modality("z_a_dim", self.names)
+        lstm_h = config.per_modality("lstm_hidden", self.names)
+        self.shared = config.ablation != "no_shared"
+        self.private = config.ablation in ("none", "no_shared")
+        self.deterministic = config.objective == "wae"
+        self.x_in = nn.ModuleDict({m: Standardise(stats.mean[m], stats.std[m]) for m in self.names})
+        self.y_in = None
+        if schema.label is not None:
+            self.y_in = LabelEncoding(schema.label, label_kind, stats.label_mean, stats.label_std)
+        self.trunk = nn.ModuleDict(
+            {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], p) for s in schema.modalities}
+        )
+        k_y = config.z_y_dim * self.shared
+        self.q_y = None
+        if self.shared and config.fusion == "mfn":
+            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, h, p)
+            self.q_y_fused = nn.Linear(self.fusion.out_dim, 2 * config.z_y_dim)
+        elif self.shared:
+            self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, p) for m in self.names})
+            if self.y_in is not None:
+                self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, p)
+        if self.private:
+            self.q_a = nn.ModuleDict({m: ExpertEncoder(h + k_y, z_a[m], h, p) for m in self.names})
+        if config.missing == "surrogate":
+            others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
+            self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], p) for m in self.names})
+        # log temperature of each modality's expert of z_y (its precision and information vector are multiplied by
+        # exp(.)), fitted on held-out data after training by pyro_mfm.infer.calibrate; 0 (no change) in training
+        self.register_buffer("expert_log_temperature", torch.zeros(len(self.names)))
+        # redundancy r_mn = r_nm of modalities m and n (zero diagonal): where n is observed too, expert m's log
+        # temperature is lowered by r_mn, so that two views that carry the same evidence are not counted twice;
+        # fitted with the temperatures (pyro_mfm.infer.calibrate, train.calibrate = "all"); 0 in training
+        self.register_buffer("expert_redundancy", torch.zeros(len(self.names), len(self.names)))
+
+    def _mfn_dims(self) -> dict:
+        lengths = {s.name: s.steps for s in self.schema.modalities}
+        for s in self.schema.modalities:
+            if not s.is_sequence or s.steps != self.schema.modalities[0].steps:
+                raise ConfigError(f"model.fusion = 'mfn': modality {s.name!r} has shape {s.shape}; the MFN needs "
+                                  f"every modality to be a sequence (T, d) of one length T (lengths: {lengths})")
+        return {s.name: s.dim for s in self.schema.modalities}
+
+    # ------------------------------------------------------------------ the guide program
+    def forward(self, batch: Batch) -> Features:
+        """q(z_y | x_obs [, y]) prod_m q(z_a,m | x_m, z_y); Delta codes at their means for the ``wae`` objective.
+        Returns the :class:`Features` it computed."""
+        features = self.features(batch)
+        with pyro.plate("data", len(batch)):
+            z_y = None
+            if self.shared:
+                q_z_y = self.posterior_z_y(batch.without_labels() if self.deterministic else batch, features)
+                z_y = pyro.sample("z_y", self._code(q_z_y.mean, q_z_y))
+            for m in self.names if self.private else ():
+                loc_a, scale_a = self.posterior_z_a(batch, features.h, m, z_y)
+                q_a = dist.Normal(loc_a, scale_a).to_event(1)
+                if self.deterministic:  # the code where x_m is observed; a draw of the prior (or surrogate) elsewhere
+                    loc_a = torch.where(batch.present[m].unsqueeze(-1), loc_a, q_a.sample())
+                with poutine.mask(mask=batch.present[m]):
+                    pyro.sample(f"z_a_{m}", self._code(loc_a, q_a))
+        return features
+
+    def _code(self, loc, q):
+        return dist.Delta(loc, event_dim=1) if self.deterministic else q
+
+    # ------------------------------------------------------------------ encoders
+    def inputs(self, batch: Batch) -> dict:
+        """Every modality standardised, zero where missing or padded."""
+        return {m: self.x_in[m](batch.x[m]) * self._input_mask(batch, m) for m in self.names}
+
+    def steps(self, batch: Batch, m: str):
+        """The real steps of sequence modality ``m`` where it is present (``None`` for a vector)."""
+        return batch.steps[m] & batch.present[m][:, None] if self.schema[m].is_sequence else None
+
+    def _input_mask(self, batch: Batch, m: str):
+        real = self.steps(batch, m) if self.schema[m].is_sequence else batch.present[m]
+        return real.unsqueeze(-1).to(batch.x[m].dtype)
+
+    def encode(self, batch: Batch, inputs: dict | None = None) -> dict:
+        """Encoder features h_m of every modality (zero input where missing)."""
+        inputs = self.inputs(batch) if inputs is None else inputs
+        return {m: self.trunk[m](inputs[m], self.steps(batch, m)) for m in self.names}
+
+    def experts(self, h: dict) -> list:
+        """(eta_m, Lambda_m) of every modality's expert of z_y, untempered."""
+        return [self.q_y[m](h[m]) for m in self.names]
+
+    def features(self, batch: Batch, h: dict | None = None) -> Features:
+        """The encoder features of ``batch`` (or the given ``h``), and the experts of z_y (product of experts) or the
+        MFN's output."""
+        mfn = self.shared and self.config.fusion == "mfn"
+        inputs = self.inputs(batch) if h is None or mfn else None
+        h = self.encode(batch, inputs) if h is None else h
+        experts = self.experts(h) if self.q_y is not None else None
+        fused = None
+        if mfn:
+            fused = self.q_y_fused(self.fusion(inputs, {m: self.steps(batch, m) for m in self.names}))
+        return Features(h, experts, fused)
+
+    # ------------------------------------------------------------------ posteriors
+    def posterior_z_y(self, batch: Batch, features: Features | None = None) -> dist.MultivariateNormal:
+        """q(z_y | observed modalities [, y]); ``features``: :meth:`features` of a batch with the same modalities
+        observed (computed here when not given).
+
+        Product of experts: the prior times the experts of what is observed; where the batch carries labels, the
+        label is an expert too (the posterior of z_y given x and y); prediction passes batches without labels.
+        MFN: a diagonal Gaussian read from the MFN's [h_T of all; u_T] (missing modalities have zero states).
+        """
+        features = self.features(batch) if features is None else features
+        if self.config.fusion == "mfn":
+            loc, raw = features.fused.chunk(2, dim=-1)
+            return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
+        masks = [batch.present[m] for m in self.names]
+        experts = self.tempered(features.experts, masks)
+        if self.y_in is not None and batch.y is not None:
+            experts.append(self.q_label(self.y_in(batch.y)))
+            masks.append(batch.y_present)
+        return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
+
+    def tempered(self, experts, masks=None) -> list:
+        """The modalities' experts (eta_m, Lambda_m), each multiplied by its weight exp(t_m - sum_n r_mn [n
+        observed]): t_m < 0 lets modality m claim less precision about z_y than its network gives, and r_mn > 0 claims
+        less where modality n, which carries the same evidence, is observed too (a held-out calibration,
+        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0). ``masks``: which modalities each sample
+        observes (without them, no redundancy applies)."""
+        t = self.expert_log_temperature
+        if masks is None:
+            w = t.exp()
+            return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
+        observed = torch.stack([mk.to(t.dtype) for mk in masks], -1)  # (..., B, M)
+        # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
+        w = (t - observed @ self.expert_redundancy).exp()
+        return [(e * w[..., i, None], p * w[..., i, None, None]) for i, (e, p) in enumerate(experts)]
+
+    def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
+        """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the
+        surrogate's prediction from the observed modalities (scale 1e-3: a point code)."""
+        lead = z_y.shape[:-1] if z_y is not None else h[m].shape[:-1]
+        inp = [h[m].expand(lead + h[m].shape[-1:])] + ([z_y] if z_y is not None else [])
+        loc, scale = self.q_a[m](torch.cat(inp, dim=-1))
+        if self.config.missing == "surrogate":
+            fill_loc, fill_scale = self.surrogate(batch, h, m, z_y), torch.full_like(scale, 1e-3)
+        else:
+            fill_loc, fill_scale = torch.zeros_like(loc), torch.ones_like(scale)
+        present = batch.present[m].unsqueeze(-1)
+        return torch.where(present, loc, fill_loc), torch.where(present, scale, fill_scale)
+
+    def surrogate(self, batch: Batch, h: dict, m: str, z_y=None):
+        """The paper's surrogate inference: z_a,m predicted from z_y and the other modalities' features."""
+        lead = z_y.shape[:-1] if z_y is not None else h[m].shape[:-1]
+        parts = [] if z_y is None else [z_y]
+        for n in self.names:
+            if n != m:
+                seen = batch.present[n].unsqueeze(-1).to(h[n].dtype)
+                parts += [(h[n] * seen).expand(lead + h[n].shape[-1:]), seen.expand(lead + (1,))]
+        return self.S[m](torch.cat(parts, dim=-1))
+
+    def codes(self, batch: Batch, features: Features | None = None) -> dict:
+        """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (one pass, no sampling); ``features`` as for
+        :meth:`posterior_z_y`."""
+        features = self.features(batch) if features is None else features
+        out, z_y = {}, None
+        if self.shared:
+            z_y = out["z_y"] = self.posterior_z_y(batch, features).mean
+        for m in self.names if self.private else ():
+            out[f"z_a_{m}"] = self.posterior_z_a(batch, features.h, m, z_y)[0]
+        return out
