@@ -96,6 +96,25 @@ def test_validation_still_rejects_a_site_whose_shape_misses_its_plate():
             elbo.differentiable_loss(model, guide, torch.zeros(3))
 
 
+@pytest.mark.parametrize("analytic", [True, False])
+def test_validation_rejects_a_guide_that_is_not_reparameterised_like_pyro(analytic):
+    """A guide site without ``rsample`` (a score-function estimator the mean-field ELBO does not compute) is Pyro's
+    NotImplementedError with both, where the KL is analytic and where it falls back to Monte Carlo."""
+    loc = torch.zeros((), requires_grad=True)
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0) if analytic else dist.Gamma(2.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        q = dist.Normal(loc, 1.0) if analytic else dist.LogNormal(loc, 1.0)  # KL(Normal || Normal) is registered
+        pyro.sample("z", q.has_rsample_(False))
+
+    for elbo in (MeanFieldELBO(), TraceMeanField_ELBO()):
+        with pyro.validation_enabled(True), pytest.raises(NotImplementedError, match="fully reparameterized"):
+            elbo.differentiable_loss(model, guide, torch.tensor(1.0))
+
+
 @pytest.mark.parametrize("validate, expected", [("first", [True, False, False, False]), ("always", [True] * 4)])
 def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, expected):
     """``train.validate``: Pyro's and torch's distribution checks on the first training step, or on every one."""

@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
-from pyro.infer.util import is_validation_enabled
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
@@ -48,7 +48,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
     densities, the analytic KL where one is registered, and a latent site's log densities only where none is (the
     same Monte Carlo fallback); ``pyro.deterministic`` sites (log density 0) are skipped; the loss stays a tensor.
     Its value and gradients are ``TraceMeanField_ELBO``'s (``tests/test_objective.py``); Pyro's validation checks
-    run when validation is enabled.
+    (site shapes, the mean-field requirement, a fully reparameterised guide) run when validation is enabled.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -79,18 +79,25 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                 elbo = elbo + site["log_prob_sum"]
                 continue
             q = guide_trace.nodes[name]
+            if is_validation_enabled() and not q["fn"].has_rsample:  # Pyro's check_fully_reparametrized
+                raise NotImplementedError("All distributions in the guide must be fully reparameterized.")
             try:
                 kl = kl_divergence(q["fn"], site["fn"])
             except NotImplementedError:  # Monte Carlo: log p(z) - log q(z) at the guide's draw
                 model_trace.compute_log_prob(lambda n, _: n == name)
                 guide_trace.compute_score_parts()
+                if is_validation_enabled():
+                    check_fully_reparametrized(q)
                 elbo = elbo + site["log_prob_sum"] - q["score_parts"].entropy_term.sum()
                 continue
             kl = scale_and_mask(kl, scale=q["scale"], mask=q["mask"])
             elbo = elbo - (kl.sum() if torch.is_tensor(kl) else kl * q["fn"].batch_shape.numel())
         for name, q in guide_trace.nodes.items():  # auxiliary guide sites
             if q["type"] == "sample" and name not in model_trace.nodes:
+                assert q["infer"].get("is_auxiliary"), f"guide site {name!r} is not in the model"
                 guide_trace.compute_score_parts()
+                if is_validation_enabled():
+                    check_fully_reparametrized(q)
                 elbo = elbo - q["score_parts"].entropy_term.sum()
         return None, -elbo
 
