@@ -73,97 +73,111 @@ def _encoded(mfm: MFM, ds: MultimodalDataset, batch_size: int, device):
     return parts
 
 
-def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size: int = 512, seed: int = 0,
-              max_iter: int = 100, experts: bool = True) -> dict:
-    """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
+class HeldOutNLPD:
+    """The objective of :func:`calibrate`: the mean negative log predictive density of the labels of ``parts``
+    (:func:`_encoded`) over ``subsets``, as a function of the experts' log temperatures ``t`` (M,), the pairs'
+    redundancies ``r`` (M, M) and the label's log temperature, with ``num_samples`` fixed draws of z_y per sample."""
 
-    Returns ``{"expert_log_temperature": {m: t_m}, "label_log_temperature": [...], "nlpd_before": ...,
-    "nlpd_after": ...}`` (mean negative log predictive density per labelled sample and subset, on ``ds``).
-    ``experts = False`` fits the label's factor alone (the experts keep t = 0). Does nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
-    """
-    if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
-        return {}
-    device = next(mfm.parameters()).device
-    was_training = mfm.training
-    mfm.eval()
-    has_experts = mfm.config.fusion == "poe" and mfm.shared
-    experts_on = experts and has_experts
-    parts = _encoded(mfm, ds, batch_size, device)
-    subsets = calibration_subsets(mfm.names, seed=seed)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    k = mfm.config.z_y_dim
-    noise = [torch.randn((num_samples, len(b), k), generator=gen).to(device) for b, _, _, _ in parts]
-    t_x = torch.zeros(len(mfm.names), device=device, requires_grad=experts_on)
-    pairs = torch.triu_indices(len(mfm.names), len(mfm.names), offset=1, device=device)
-    r_x = torch.zeros(pairs.shape[1], device=device, requires_grad=experts_on)  # one redundancy per pair
+    def __init__(self, mfm: MFM, parts: list, subsets: list, num_samples: int, seed: int):
+        self.mfm, self.parts, self.subsets, self.num_samples = mfm, parts, subsets, num_samples
+        self.device = next(mfm.parameters()).device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        k = mfm.config.z_y_dim
+        self.noise = [torch.randn((num_samples, len(b), k), generator=gen).to(self.device) for b, _, _, _ in parts]
+        self.poe = mfm.config.fusion == "poe" and mfm.shared
+        self.fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
+        if self.poe:  # per batch: which modality each subset observes for each sample, (S, M, N)
+            member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=self.device)
+            self.observed = [member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None]
+                             for b, _, _, _ in parts]
+            # subsets per step: tensors that fit in cache
+            self.chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))
 
-    def redundancy():
-        """The symmetric, zero-diagonal (M, M) matrix of the pairs' redundancies."""
-        r = torch.zeros(len(mfm.names), len(mfm.names), dtype=r_x.dtype, device=device)
-        r = r.index_put((pairs[0], pairs[1]), r_x)
-        return r + r.T
-
-    t_y = torch.zeros_like(mfm.D.log_temperature, requires_grad=True)
-    frozen = [p for p in mfm.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-
-    fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
-
-    def codes(i, batch, obs, eps):
-        if (i, obs) not in fixed:
-            with torch.no_grad():
-                sub = batch.observe_only(obs)
-                if mfm.shared:
-                    q = mfm.posterior_z_y(sub)
-                    fixed[i, obs] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-                else:
-                    fixed[i, obs] = {s: v.expand((num_samples,) + v.shape) for s, v in mfm.codes(sub).items()}
-        return fixed[i, obs]
-
-    if has_experts:  # per batch: which modality each subset observes for each sample, (S, M, N)
-        member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=device)
-        observed = [member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None] for b, _, _, _ in parts]
-        chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))  # tensors that fit in cache
-
-    def log_predictive(latents, y):
+    def log_predictive(self, latents, y):
         """log (1/K) sum_k p(y | z_k) for draws ``latents`` of shape (K, ..., N, k)."""
-        return torch.logsumexp(mfm.label_distribution(latents).log_prob(y), 0) - math.log(num_samples)
+        lp = self.mfm.label_distribution(latents).log_prob(y)
+        return torch.logsumexp(lp, 0) - math.log(self.num_samples)
 
-    def nlpd():
-        mfm.D.log_temperature = t_y
-        r = redundancy()
+    def __call__(self, t, r, t_y):
+        self.mfm.D.log_temperature = t_y
         total, count = 0.0, 0
-        for i, ((batch, y, keep, experts), eps) in enumerate(zip(parts, noise)):
-            if has_experts:  # every subset at once: the product of the prior and the tempered experts observed
-                eta = torch.stack([e for e, _ in experts])  # (M, N, k)
-                lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
-                for s in range(0, len(subsets), chunk):
-                    obs = observed[i][s:s + chunk].to(eta.dtype)  # (S, M, N)
-                    # expert m's weight exp(t_m - sum_n r_mn [n observed]) where m is observed
-                    w = obs * (t_x[None, :, None] - torch.einsum("sjn,jm->smn", obs, r)).exp()
-                    precision = torch.eye(k, dtype=eta.dtype, device=device) + torch.einsum("smn,mnij->snij", w, lam)
-                    chol = torch.linalg.cholesky(precision)
-                    loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
-                    # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps
-                    root = torch.linalg.solve_triangular(chol.mT, torch.eye(k, dtype=eta.dtype, device=device),
-                                                         upper=True)
-                    z = loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
-                    lp = log_predictive(z, y)  # (S, N)
+        for i, ((batch, y, keep, experts), eps) in enumerate(zip(self.parts, self.noise)):
+            if self.poe:
+                for s in range(0, len(self.subsets), self.chunk):
+                    lp = self.log_predictive(self.product_draws(experts, self.observed[i][s:s + self.chunk], t, r,
+                                                                eps), y)  # (S, N)
                     total = total - lp[:, keep].sum()
                     count += int(keep.sum()) * lp.shape[0]
             else:
-                for obs in subsets:
-                    lp = log_predictive(codes(i, batch, obs, eps), y)
+                for obs in self.subsets:
+                    lp = self.log_predictive(self.codes(i, batch, obs, eps), y)
                     total = total - lp[keep].sum()
                     count += int(keep.sum())
         return total / count
 
+    def product_draws(self, experts, observed, t, r, eps):
+        """Draws (K, S, N, k) of the product of the prior and the tempered experts that each of S subsets observes
+        (``observed``: (S, M, N)), every subset at once."""
+        eta = torch.stack([e for e, _ in experts])  # (M, N, k)
+        lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
+        eye = torch.eye(eta.shape[-1], dtype=eta.dtype, device=eta.device)
+        obs = observed.to(eta.dtype)
+        # expert m's weight exp(t_m - sum_n r_mn [n observed]) where m is observed
+        w = obs * (t[None, :, None] - torch.einsum("sjn,jm->smn", obs, r)).exp()
+        chol = torch.linalg.cholesky(eye + torch.einsum("smn,mnij->snij", w, lam))
+        loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
+        # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps
+        root = torch.linalg.solve_triangular(chol.mT, eye, upper=True)
+        return loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
+
+    def codes(self, i, batch, obs, eps):
+        if (i, obs) not in self.fixed:
+            with torch.no_grad():
+                sub = batch.observe_only(obs)
+                if self.mfm.shared:
+                    q = self.mfm.posterior_z_y(sub)
+                    self.fixed[i, obs] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+                else:
+                    self.fixed[i, obs] = {s: v.expand((self.num_samples,) + v.shape)
+                                          for s, v in self.mfm.codes(sub).items()}
+        return self.fixed[i, obs]
+
+
+def _symmetric(values, size: int):
+    """The symmetric, zero-diagonal (size, size) matrix with ``values`` above the diagonal (row by row)."""
+    pairs = torch.triu_indices(size, size, offset=1, device=values.device)
+    r = torch.zeros(size, size, dtype=values.dtype, device=values.device).index_put((pairs[0], pairs[1]), values)
+    return r + r.T
+
+
+def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size: int = 512, seed: int = 0,
+              max_iter: int = 100, experts: bool = True) -> dict:
+    """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
+
+    Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
+    [...], "nlpd_before": ..., "nlpd_after": ...}`` (mean negative log predictive density per labelled sample and
+    subset, on ``ds``). ``experts = False`` fits the label's factor alone (the experts keep t = 0 and r = 0). Does
+    nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
+    """
+    if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
+        return {}
+    device, was_training, names = next(mfm.parameters()).device, mfm.training, mfm.names
+    mfm.eval()
+    experts_on = experts and mfm.config.fusion == "poe" and mfm.shared
+    objective = HeldOutNLPD(mfm, _encoded(mfm, ds, batch_size, device), calibration_subsets(names, seed=seed),
+                            num_samples, seed)
+    t_x = torch.zeros(len(names), device=device, requires_grad=experts_on)
+    r_x = torch.zeros(len(names) * (len(names) - 1) // 2, device=device, requires_grad=experts_on)  # one per pair
+    t_y = torch.zeros_like(mfm.D.log_temperature, requires_grad=True)
+    frozen = [p for p in mfm.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    nlpd = lambda: objective(t_x, _symmetric(r_x, len(names)), t_y)  # noqa: E731
     try:
         with torch.no_grad():
             before = float(nlpd())
-        params = [t_y] + ([t_x, r_x] if experts_on else [])
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS([t_y] + ([t_x, r_x] if experts_on else []), lr=1.0, max_iter=max_iter,
+                                line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
@@ -184,11 +198,11 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
         mfm.train(was_training)
     with torch.no_grad():
         mfm.expert_log_temperature.copy_(t_x.detach())
-        mfm.expert_redundancy.copy_(redundancy().detach())
+        mfm.expert_redundancy.copy_(_symmetric(r_x.detach(), len(names)))
+    pairs = torch.triu_indices(len(names), len(names), offset=1).tolist()
     return {
-        "expert_log_temperature": {m: float(t) for m, t in zip(mfm.names, mfm.expert_log_temperature)},
-        "expert_redundancy": {f"{mfm.names[a]}+{mfm.names[b]}": float(v)
-                              for a, b, v in zip(pairs[0].tolist(), pairs[1].tolist(), r_x.detach().tolist())},
+        "expert_log_temperature": {m: float(t) for m, t in zip(names, mfm.expert_log_temperature)},
+        "expert_redundancy": {f"{names[a]}+{names[b]}": float(v) for a, b, v in zip(*pairs, r_x.detach().tolist())},
         "label_log_temperature": [float(t) for t in mfm.D.log_temperature],
-        "nlpd_before": before, "nlpd_after": after, "subsets": len(subsets),
+        "nlpd_before": before, "nlpd_after": after, "subsets": len(objective.subsets),
     }
