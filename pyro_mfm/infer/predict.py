@@ -134,8 +134,8 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
         raise ValueError(f"interval = {interval!r}: expected a probability in (0, 1)")
     observed = _observed(mfm, observed)
     mfm.eval()
-    # Posterior draws of z_y come from the guide; the label depends on nothing else (y sees only f_y), so the
-    # posterior predictive p(y | x_obs) = E_q(z_y | x_obs)[p(y | D(G_y(z_y)))] needs no decoder pass.
+    # The posterior predictive p(y | x_obs) = E_q[p(y | D(.))] reads only the label's sites: no decoder pass, and
+    # with z_y, no draw of any z_a,m (the guide's q(z_y | x_obs) alone).
     posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=mfm.label_sites, parallel=True)
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
@@ -143,7 +143,14 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     for batch in dataset.loader(batch_size, device=_device(mfm)):
         truth, y_present = batch.y, batch.y_present
         batch = batch.observe_only(observed).without_labels()
-        p_y = mfm.label_distribution(posterior(batch))
+        if mfm.shared:
+            q_z_y = mfm.posterior_z_y(batch)
+            z_mean = q_z_y.mean
+            z_y = z_mean.expand((num_samples,) + z_mean.shape) if mfm.guide.deterministic else \
+                q_z_y.sample((num_samples,))  # the guide's Delta code, or draws of q(z_y | x_obs)
+            p_y = mfm.label_distribution(z_y)
+        else:  # the label reads every z_a,m
+            p_y, z_mean = mfm.label_distribution(posterior(batch)), mfm.representation(batch)
         points.append(mfm.D.point(p_y).mean(0).cpu())
         if regression:
             lo, hi = mixture_quantiles(p_y, q)
@@ -151,7 +158,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             uppers.append(hi.cpu())
         if keep_samples:
             samples.append(p_y.sample().cpu())
-        z_means.append(mfm.representation(batch).cpu())
+        z_means.append(z_mean.cpu())
         if truth is not None:
             lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
             log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
