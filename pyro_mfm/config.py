@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .metric_directions import HIGHER_IS_BETTER
+
 
 class ConfigError(ValueError):
     """A bad configuration file or override; the message names the file, table and key."""
@@ -36,9 +38,8 @@ MAX_WIDTH = 8192
 MAX_DRAWS = 10_000
 # np.random.seed, which Pyro's seeding calls, accepts 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
-# Validation metrics that model selection knows the direction of (``pyro_mfm.infer.metrics.HIGHER_IS_BETTER``).
-SELECT_METRICS = ("auto", "accuracy", "macro_f1", "weighted_f1", "corr", "acc2_has0", "acc2_non0", "f1_has0",
-                  "f1_non0", "acc5", "acc7", "mae", "mse", "nlpd", "ece", "loss")
+# Validation metrics that model selection knows the direction of (:data:`pyro_mfm.metric_directions.HIGHER_IS_BETTER`).
+SELECT_METRICS = ("auto", *HIGHER_IS_BETTER)
 
 
 def setting(default, *, ge=None, gt=None, le=None, lt=None, pattern: str | None = None, what: str | None = None):
