@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.dataset import MultimodalData, MultimodalDataset
+from ..data.missing import hide_at_random, with_present
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -16,22 +17,12 @@ if TYPE_CHECKING:
 
 def with_missing(ds: MultimodalDataset, rate: float, seed: int = 0, min_observed: int = 1) -> MultimodalDataset:
     """A copy of ``ds`` where each present modality of each sample is also missing with probability ``rate``
-    (missing completely at random), keeping at least ``min_observed`` modalities of every sample. Zero-filled."""
-    if not 0 <= rate <= 1:
-        raise ValueError(f"rate {rate}: expected a value in [0, 1]")
+    (missing completely at random), keeping at least ``min_observed`` modalities of every sample. Zero-filled.
+    (:func:`pyro_mfm.data.missing.hide_at_random` with a generator seeded by ``seed``.)"""
     names = ds.schema.names
-    rng = np.random.default_rng(seed)
     present = np.stack([np.asarray(ds.present[m], bool) for m in names], 1)
-    kept = present & (rng.random(present.shape) >= rate)
-    for i in np.flatnonzero(kept.sum(1) < np.minimum(min_observed, present.sum(1))):
-        have = np.flatnonzero(present[i])
-        kept[i, rng.choice(have, min(min_observed, len(have)), replace=False)] = True
-    features = {}
-    for j, m in enumerate(names):
-        x = np.asarray(ds.features[m])
-        features[m] = (x * kept[:, j].reshape((-1,) + (1,) * (x.ndim - 1))).astype(x.dtype)
-    return MultimodalDataset(ds.schema, features, {m: kept[:, j] for j, m in enumerate(names)}, ds.steps,
-                             ds.labels, ds.label_present, ids=ds.ids, split=ds.split)
+    kept = hide_at_random(present, rate, np.random.default_rng(seed), min_observed)
+    return with_present(ds, {m: kept[:, j] for j, m in enumerate(names)})
 
 
 def _design(ds: MultimodalDataset, observed, fill: dict) -> np.ndarray:

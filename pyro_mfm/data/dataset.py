@@ -46,14 +46,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def map(self, fn) -> "Batch":
+        """The batch with ``fn`` applied to every tensor (``None`` labels stay ``None``), e.g. a device move or a
+        slice of rows."""
+        each = lambda d: {k: fn(v) for k, v in d.items()}  # noqa: E731
+        return replace(self, x=each(self.x), present=each(self.present), steps=each(self.steps),
+                       y=None if self.y is None else fn(self.y),
+                       y_present=None if self.y_present is None else fn(self.y_present), index=fn(self.index))
+
     def to(self, device) -> "Batch":
-        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Batch(
-            mv(self.x), mv(self.present), mv(self.steps),
-            None if self.y is None else self.y.to(device),
-            None if self.y_present is None else self.y_present.to(device),
-            self.index.to(device),
-        )
+        return self.map(lambda t: t.to(device))
 
     def observe_only(self, observed) -> "Batch":
         """The same batch with every modality outside ``observed`` marked missing (and zeroed)."""
