@@ -2,7 +2,8 @@
 
 from . import native
 from .builtin import EMBEDDED, embedded_path, load_embedded
-from .dataset import Batch, MultimodalData, MultimodalDataset, from_arrays
+from .build import from_arrays
+from .dataset import Batch, MultimodalData, MultimodalDataset
 from .native import load, save
 from .schema import DataError, LabelSpec, ModalitySpec, Schema
 from .sources import load_data
