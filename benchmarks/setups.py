@@ -10,7 +10,7 @@ import pyro
 import torch
 
 from pyro_mfm.config import Config
-from pyro_mfm.data.dataset import Batch, MultimodalData, from_arrays
+from pyro_mfm.data import Batch, MultimodalData, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.model import MFM
 

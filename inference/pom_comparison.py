@@ -15,7 +15,7 @@ import numpy as np
 from pyro_mfm.config import Config
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
-from pyro_mfm.infer.job import load_data
+from pyro_mfm.data import load_data
 from pyro_mfm.infer.metrics import regression_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

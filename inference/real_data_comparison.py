@@ -36,7 +36,7 @@ from pyro_mfm.config import Config
 from pyro_mfm.data import from_arrays
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
-from pyro_mfm.infer.job import load_data
+from pyro_mfm.data import load_data
 from pyro_mfm.infer.metrics import label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
 

@@ -5,29 +5,24 @@ never silently falls back to a default. Command lines override single fields wit
 
 Every field declares what it accepts beside it: its type annotation (``int``, ``float``, ``bool``, ``str``, a
 ``Literal[...]`` of choices, or ``X | dict[str, X]`` for a value per modality) and, in the field's metadata
-(:func:`setting`), the bounds of a number or the pattern of a string. One validator, :func:`check_table`, checks
-every table against these declarations; a value of the wrong type or out of range is a :class:`ConfigError` that
-names the table, the key, the value and what was expected. Integers are not accepted for booleans nor booleans for
-numbers; an integer is accepted for a float field (and stored as a float); NaN and infinities never are.
+(:func:`setting`, from :mod:`pyro_mfm.config_fields`), the bounds of a number or the pattern of a string. One
+validator, :func:`check_table`, checks every table against these declarations; a value of the wrong type or out of
+range is a :class:`ConfigError` that names the table, the key, the value and what was expected. Integers are not
+accepted for booleans nor booleans for numbers; an integer is accepted for a float field (and stored as a float);
+NaN and infinities never are.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import math
-import re
-import reprlib
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-
-class ConfigError(ValueError):
-    """A bad configuration file or override; the message names the file, table and key."""
+from .config_fields import SHORT_REPR, ConfigError, check_fields, setting  # noqa: F401  (ConfigError: re-exported)
+from .metric_directions import HIGHER_IS_BETTER
 
 
 # Widths beyond this would make a single hidden-by-hidden weight matrix hundreds of MB: a typo, not a model.
@@ -36,119 +31,15 @@ MAX_WIDTH = 8192
 MAX_DRAWS = 10_000
 # np.random.seed, which Pyro's seeding calls, accepts 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
-# Validation metrics that model selection knows the direction of (``pyro_mfm.infer.metrics.HIGHER_IS_BETTER``).
-SELECT_METRICS = ("auto", "accuracy", "macro_f1", "weighted_f1", "corr", "acc2_has0", "acc2_non0", "f1_has0",
-                  "f1_non0", "acc5", "acc7", "mae", "mse", "nlpd", "ece", "loss")
-
-
-def setting(default, *, ge=None, gt=None, le=None, lt=None, pattern: str | None = None, what: str | None = None):
-    """A dataclass field with its accepted range: numbers within the bounds ``ge <= v``, ``gt < v``, ``v <= le``,
-    ``v < lt`` (each value of a per-modality table too), strings matching ``pattern`` in full (``what`` describes
-    the pattern in error messages)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern,
-                                            "what": what})
-
-
-class _Mismatch(Exception):
-    """A value that does not fit a declaration; the argument says what was expected."""
-
-
-def _bounds_text(meta) -> str:
-    lo = (f"[{meta['ge']}" if meta.get("ge") is not None else f"({meta['gt']}" if meta.get("gt") is not None
-          else None)
-    hi = (f"{meta['le']}]" if meta.get("le") is not None else f"{meta['lt']})" if meta.get("lt") is not None
-          else None)
-    if lo and hi:
-        return f" in {lo}, {hi}"
-    if lo:
-        return f" {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
-    if hi:
-        return f" {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
-    return ""
-
-
-def _in_bounds(v, meta) -> bool:
-    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
-    return ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le)
-            and (lt is None or v < lt))
-
-
-def _describe(tp, meta) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = [repr(c) for c in typing.get_args(tp)]
-        return " or ".join(choices) if len(choices) <= 2 else "one of " + ", ".join(choices)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(t, meta) for t in typing.get_args(tp))
-    if origin is dict:
-        return f"a table of modality name -> {_describe(typing.get_args(tp)[1], meta)}"
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer" + _bounds_text(meta)
-    if tp is float:
-        return "a finite number" + _bounds_text(meta)
-    if tp is str:
-        return meta.get("what") or ("a string" if not meta.get("pattern") else f"a string matching {meta['pattern']}")
-    raise TypeError(f"no validator for the annotation {tp!r}")  # a declaration mistake in this module
-
-
-def _check(value, tp, meta):
-    """``value`` as the field declared by ``tp`` and ``meta`` stores it, or :class:`_Mismatch`."""
-    origin = typing.get_origin(tp)
-    ok = False
-    if origin is Literal:
-        ok = any(type(value) is type(c) and value == c for c in typing.get_args(tp))
-    elif origin in (typing.Union, types.UnionType):
-        for t in typing.get_args(tp):
-            try:
-                return _check(value, t, meta)
-            except _Mismatch:
-                pass
-    elif origin is dict:
-        key_tp, value_tp = typing.get_args(tp)
-        if isinstance(value, dict) and value and all(isinstance(k, key_tp) and k for k in value):
-            try:
-                return {k: _check(v, value_tp, meta) for k, v in value.items()}
-            except _Mismatch:
-                pass
-    elif tp is bool:
-        ok = type(value) is bool
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and _in_bounds(value, meta)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                value = float(value)
-            except OverflowError:  # an integer beyond any float
-                raise _Mismatch(_describe(tp, meta)) from None
-            ok = math.isfinite(value) and _in_bounds(value, meta)
-    elif tp is str:
-        pattern = meta.get("pattern")
-        ok = isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value) is not None)
-    else:
-        raise TypeError(f"no validator for the annotation {tp!r}")
-    if not ok:
-        raise _Mismatch(_describe(tp, meta))
-    return value
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
+# Validation metrics that model selection knows the direction of (:data:`pyro_mfm.metric_directions.HIGHER_IS_BETTER`).
+SELECT_METRICS = ("auto", *HIGHER_IS_BETTER)
 
 
 def check_table(table, where: str = "<config>") -> None:
     """Check (and normalise: an integer for a float becomes a float) every field of the dataclass ``table`` against
     its declaration; raises :class:`ConfigError` naming ``where``, the table, the key, the value and what was
     expected."""
-    hints = typing.get_type_hints(type(table))
-    name = TABLES[type(table)]
-    for f in dataclasses.fields(table):
-        value = getattr(table, f.name)
-        try:
-            setattr(table, f.name, _check(value, hints[f.name], f.metadata))
-        except _Mismatch as e:
-            raise ConfigError(f"{where}: {name}.{f.name} = {_SHORT.repr(value)}: expected {e}") from None
+    check_fields(table, TABLES[type(table)], where)
 
 
 class _Table:
@@ -391,7 +282,7 @@ class Config:
     def from_dict(cls, d: dict, where: str = "<dict>") -> "Config":
         cfg = cls()
         if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected tables data, model, train, evaluate; got {_SHORT.repr(d)}")
+            raise ConfigError(f"{where}: expected tables data, model, train, evaluate; got {SHORT_REPR.repr(d)}")
         for table, value in d.items():
             sub = getattr(cfg, table, None)
             if table == "path" or not dataclasses.is_dataclass(sub):
@@ -411,14 +302,14 @@ class Config:
             sub = getattr(self, f.name)
             if f.name != "path":
                 if type(sub) not in TABLES:
-                    raise ConfigError(f"{where}: [{f.name}] must be a table, not {_SHORT.repr(sub)}")
+                    raise ConfigError(f"{where}: [{f.name}] must be a table, not {SHORT_REPR.repr(sub)}")
                 sub.check(where)
         return self
 
     def differences(self, other: "Config", tables=("data", "model", "train", "evaluate")) -> list[str]:
         """``"table.key = old -> new"`` for every field of ``tables`` whose value differs in ``other``."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{t}.{k} = {_SHORT.repr(v)} -> {_SHORT.repr(theirs[t][k])}"
+        return [f"{t}.{k} = {SHORT_REPR.repr(v)} -> {SHORT_REPR.repr(theirs[t][k])}"
                 for t in tables for k, v in mine[t].items() if theirs[t][k] != v]
 
     @classmethod

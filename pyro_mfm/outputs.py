@@ -13,6 +13,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +81,10 @@ def check_output_file(path, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write(path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename it to ``path``."""
+@contextmanager
+def atomic_path(path) -> Iterator[str]:
+    """A temporary file beside ``path`` for the caller to write by name; on leaving the block it is fsynced and
+    renamed to ``path`` (with :func:`file_mode`'s permissions), or removed if the block raised."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; expected a file name")
@@ -89,11 +93,14 @@ def atomic_write(path, write) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {_reason(e)}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
@@ -102,6 +109,12 @@ def atomic_write(path, write) -> None:
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {path}: {_reason(e)}") from None
         raise
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename it to ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def strict(obj):

@@ -5,6 +5,7 @@ answer, conditional generation, missingness and filled-in baselines."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -225,3 +226,13 @@ def test_with_missing_and_filled_classifier():
         rec = analysis.filled_classifier(train, data["test"], [["a"], ["a", "b"]], fill=fill)
         assert [r["observed"] for r in rec] == [["a"], ["a", "b"]]
         assert all(0 <= r["accuracy"] <= 1 for r in rec)
+
+
+# ------------------------------------------------------------------------------------------------ notebooks
+def test_notebook_setup_finds_the_repository_and_its_configuration(tmp_path):
+    setup = analysis.notebook_setup(start=Path(__file__).parent)
+    assert (setup.root / "models" / "uci_mfeat.toml").is_file() and set(setup.data) == {"train", "valid", "test"}
+    config = setup.config(8, "train.seed=3")
+    assert (config.train.epochs, config.train.kl_warmup, config.train.progress, config.train.seed) == (8, 2, False, 3)
+    with pytest.raises(FileNotFoundError, match="models/uci_mfeat.toml"):
+        analysis.notebook_setup(start=tmp_path)

@@ -18,7 +18,7 @@ from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, save
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.distributed import Dist, shard
-from pyro_mfm.infer.job import load_data
+from pyro_mfm.data import load_data
 
 CONFIG = """
 [data]

@@ -8,7 +8,7 @@ import pytest
 from pyro_mfm.config import Config
 from pyro_mfm.infer import fit, impute, predict
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
-from pyro_mfm.infer.job import load_data
+from pyro_mfm.data import load_data
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -16,7 +16,7 @@ from pyro_mfm.data import LinearGaussianMFM, save
 from pyro_mfm.infer import CheckpointError, fit
 from pyro_mfm.infer.checkpoint import epoch_checkpoints, read_resume
 from pyro_mfm.infer.faults import DivergenceError
-from pyro_mfm.infer.job import load_data
+from pyro_mfm.data import load_data
 from pyro_mfm.infer import train as train_module
 from pyro_mfm.infer.objective import Objective
 

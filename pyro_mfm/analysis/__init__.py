@@ -4,7 +4,7 @@ Everything here works through the model's public surface (the ``model``/``guide`
 ``z_y``, ``z_a_<m>``, ``x_<m>_mean`` and ``label_distribution``), so it needs no knowledge of the networks inside.
 """
 
-from .baselines import filled_classifier, with_missing
+from .baselines import baseline_possible, filled_classifier, single_view_baselines, with_missing
 from .calibration import coverage_curve, pit_values, prediction_sets
 from .factors import (
     FactorContributions,
@@ -15,9 +15,11 @@ from .factors import (
     variance_contributions,
 )
 from .inference_data import to_arviz
+from .notebook import NotebookSetup, notebook_setup
 
 __all__ = [
-    "FactorContributions", "conditional_generation", "coverage_curve", "decoder_mean", "factor_contributions",
-    "filled_classifier", "pit_values", "posterior_codes", "prediction_sets", "to_arviz", "variance_contributions",
-    "with_missing",
+    "FactorContributions", "NotebookSetup", "baseline_possible", "conditional_generation", "coverage_curve",
+    "decoder_mean",
+    "factor_contributions", "filled_classifier", "notebook_setup", "pit_values", "posterior_codes", "prediction_sets",
+    "single_view_baselines", "to_arviz", "variance_contributions", "with_missing",
 ]

@@ -1,32 +1,28 @@
-"""Simple baselines on the same split as the MFM: missingness for training, and a filled-in classifier."""
+"""Simple baselines on the same split as the MFM: missingness for training, a filled-in classifier, and a linear
+model on each modality alone."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.dataset import MultimodalDataset
+from ..data.dataset import MultimodalData, MultimodalDataset
+from ..data.missing import hide_at_random, with_present
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def with_missing(ds: MultimodalDataset, rate: float, seed: int = 0, min_observed: int = 1) -> MultimodalDataset:
     """A copy of ``ds`` where each present modality of each sample is also missing with probability ``rate``
-    (missing completely at random), keeping at least ``min_observed`` modalities of every sample. Zero-filled."""
-    if not 0 <= rate <= 1:
-        raise ValueError(f"rate {rate}: expected a value in [0, 1]")
+    (missing completely at random), keeping at least ``min_observed`` modalities of every sample. Zero-filled.
+    (:func:`pyro_mfm.data.missing.hide_at_random` with a generator seeded by ``seed``.)"""
     names = ds.schema.names
-    rng = np.random.default_rng(seed)
     present = np.stack([np.asarray(ds.present[m], bool) for m in names], 1)
-    kept = present & (rng.random(present.shape) >= rate)
-    for i in np.flatnonzero(kept.sum(1) < np.minimum(min_observed, present.sum(1))):
-        have = np.flatnonzero(present[i])
-        kept[i, rng.choice(have, min(min_observed, len(have)), replace=False)] = True
-    features = {}
-    for j, m in enumerate(names):
-        x = np.asarray(ds.features[m])
-        features[m] = (x * kept[:, j].reshape((-1,) + (1,) * (x.ndim - 1))).astype(x.dtype)
-    return MultimodalDataset(ds.schema, features, {m: kept[:, j] for j, m in enumerate(names)}, ds.steps,
-                             ds.labels, ds.label_present, ids=ds.ids, split=ds.split)
+    kept = hide_at_random(present, rate, np.random.default_rng(seed), min_observed)
+    return with_present(ds, {m: kept[:, j] for j, m in enumerate(names)})
 
 
 def _design(ds: MultimodalDataset, observed, fill: dict) -> np.ndarray:
@@ -69,3 +65,38 @@ def filled_classifier(train: MultimodalDataset, test: MultimodalDataset, subsets
         value = float(np.mean(pred == y)) if classes else float(np.mean(np.abs(pred - y)))
         out.append({"observed": list(obs), "accuracy" if classes else "mae": value})
     return out
+
+
+def single_view_baselines(data: MultimodalData, config: Config) -> dict:
+    """Per modality: a logistic (classes) or ridge (regression) model trained on that modality alone."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = data[config.data.train_split], data[config.data.test_split]
+    lab = data.schema.label
+    out = {}
+    for s in data.schema.modalities:
+        m = s.name
+        tr = train.present[m] & train.label_present
+        te = test.present[m] & test.label_present
+        flat = lambda ds, idx: np.asarray(ds.features[m])[idx].reshape(idx.sum(), -1)  # noqa: E731
+        if not baseline_possible(lab, np.asarray(train.labels)[tr] if tr.any() else [], te.sum()):
+            continue  # too few labelled samples with this modality (see the report's note)
+        if lab.kind == "categorical":
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            clf.fit(flat(train, tr), np.asarray(train.labels)[tr])
+            out[m] = {"accuracy": float(clf.score(flat(test, te), np.asarray(test.labels)[te]))}
+        elif lab.kind == "regression":
+            reg = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+            reg.fit(flat(train, tr), np.asarray(train.labels)[tr])
+            out[m] = {"mae": float(np.abs(reg.predict(flat(test, te)) - np.asarray(test.labels)[te]).mean())}
+    return out
+
+
+def baseline_possible(label, train_labels, n_test: int) -> bool:
+    """Whether a one-view baseline can be fitted and scored: a labelled test sample with the view, and training
+    samples with it of at least two classes (classes) or at least one (regression)."""
+    if n_test == 0 or len(train_labels) == 0:
+        return False
+    return label.kind != "categorical" or len(np.unique(train_labels)) >= 2

@@ -83,7 +83,7 @@ def load_for_inference(args, only_split: bool = False):
     """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload. With
     ``only_split``, a file without the configuration's test split but with a single split gives that split."""
     from ..infer.checkpoint import load_model
-    from ..infer.job import load_data
+    from ..data.sources import load_data
 
     mfm, config, payload = load_model(checkpoint_path(args.checkpoint))
     overrides = getattr(args, "overrides", [])

@@ -87,7 +87,7 @@ def prediction_table(pred, ds, lab) -> tuple[list[str], list[list]]:
 
 
 def write_csv(path: Path, head, rows) -> None:
-    from ..infer.checkpoint import atomic_write
+    from ..outputs import atomic_write
 
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
@@ -99,7 +99,7 @@ def write_csv(path: Path, head, rows) -> None:
 def write_h5(path: Path, pred, ds, lab, attrs: dict) -> None:
     import h5py
 
-    from ..infer.checkpoint import atomic_write
+    from ..outputs import atomic_write
 
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..infer.faults import DivergenceError
-    from ..infer.job import load_data
+    from ..data.sources import load_data
     from ..infer.train import fit
     from ..outputs import check_output_dir
 
@@ -68,7 +68,7 @@ def run(args) -> int:
 
 def _run_seeds(args, config) -> int:
     from ..infer.faults import DivergenceError
-    from ..infer.job import load_data
+    from ..data.sources import load_data
     from ..infer.seeds import parse_seeds, train_seeds
 
     def done(seed, result) -> None:

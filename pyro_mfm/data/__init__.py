@@ -2,13 +2,15 @@
 
 from . import native
 from .builtin import EMBEDDED, embedded_path, load_embedded
-from .dataset import Batch, MultimodalData, MultimodalDataset, from_arrays
+from .build import from_arrays
+from .dataset import Batch, MultimodalData, MultimodalDataset
 from .native import load, save
 from .schema import DataError, LabelSpec, ModalitySpec, Schema
+from .sources import load_data
 from .synthetic import LinearGaussianMFM, LinearGaussianModality, SyntheticLatents
 
 __all__ = [
     "Batch", "DataError", "LabelSpec", "ModalitySpec", "MultimodalData", "MultimodalDataset", "Schema", "from_arrays",
     "LinearGaussianMFM", "LinearGaussianModality", "SyntheticLatents",
-    "EMBEDDED", "embedded_path", "load", "load_embedded", "native", "save",
+    "EMBEDDED", "embedded_path", "load", "load_data", "load_embedded", "native", "save",
 ]

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..outputs import OutputError, file_mode
+from ..outputs import atomic_path
 from .dataset import MultimodalData, MultimodalDataset
 from .schema import DataError, Schema
 
@@ -60,28 +59,8 @@ def save(data: MultimodalData, path, overwrite: bool = False) -> Path:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise DataError(f"file {path}: folder {folder} {what}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write(f, data)
-            f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, file_mode(path))
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # a full disk, a lost mount: h5py and os raise OSError
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write(f, data)
     _fsync_folder(folder)
     return path
 

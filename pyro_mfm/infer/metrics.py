@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-# one implementation of each, shared with the reliability diagram and interval plot of the report
-from ..plots.calibration import expected_calibration_error, interval_coverage  # noqa: F401
-
-# Direction of each metric for model selection: True when larger is better.
-HIGHER_IS_BETTER = {
-    "accuracy": True, "macro_f1": True, "weighted_f1": True, "corr": True, "acc2_has0": True, "acc2_non0": True,
-    "f1_has0": True, "f1_non0": True, "acc5": True, "acc7": True,
-    "mae": False, "mse": False, "nlpd": False, "ece": False, "loss": False,
-}
+from ..metric_directions import HIGHER_IS_BETTER  # noqa: F401  (model selection reads it here)
 
 
 def pearson(a, b) -> float:
@@ -116,3 +110,60 @@ def label_metrics(prediction, y_true, y_present, label_spec) -> dict:
     out["nlpd"] = float(-np.mean(prediction.log_density[keep]))
     out["n"] = int(keep.sum())
     return out
+
+
+def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and whether the top label is right.
+
+    ``probs`` is ``(N, C)`` class probabilities, or ``(N,)`` probabilities of class 1 of a binary problem.
+    """
+    p = np.asarray(probs, dtype=float)
+    y = np.asarray(labels).astype(int).reshape(-1)
+    if p.ndim == 1:
+        p = np.stack([1.0 - p, p], axis=1)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"probs shape {np.shape(probs)} does not match {y.shape[0]} labels")
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    return conf, correct
+
+
+def calibration_bins(probs, labels, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Per-bin statistics of top-label confidence on ``n_bins`` equal-width bins of [0, 1].
+
+    Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]`` (the first bin also holds 0).
+    Returns ``edges`` (n_bins+1), ``count``, ``accuracy`` and ``confidence`` (mean per bin; NaN where empty).
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf, correct = _confidence_and_correct(probs, labels)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count, "accuracy": acc, "confidence": mean_conf}
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
+    """Expected calibration error: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over equal-width bins.
+
+    ``probs``: ``(N, C)`` class probabilities or ``(N,)`` probabilities of class 1; ``labels``: ``(N,)`` ints.
+    Returns NaN for no examples.
+    """
+    bins = calibration_bins(probs, labels, n_bins)
+    n = bins["count"].sum()
+    if n == 0:
+        return math.nan
+    nz = bins["count"] > 0
+    gap = np.abs(bins["accuracy"][nz] - bins["confidence"][nz])
+    return float(np.sum(bins["count"][nz] / n * gap))
+
+
+def interval_coverage(y_true, lower, upper) -> float:
+    """Fraction of labels inside ``[lower, upper]`` (pairs with any NaN are ignored)."""
+    y, lo, hi = (np.asarray(a, dtype=float).reshape(-1) for a in (y_true, lower, upper))
+    ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return math.nan
+    return float(np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])))

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..config import Config
 from ..data.schema import DataError
-from .checkpoint import atomic_write, folder_lock, prepare_folder, write_json
+from ..outputs import atomic_write, write_json
+from .checkpoint import folder_lock, prepare_folder
 
 
 def summary(values) -> dict:

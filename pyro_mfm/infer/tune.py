@@ -29,8 +29,8 @@ import tomllib
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from .checkpoint import atomic_write, write_json
-from .metrics import HIGHER_IS_BETTER
+from ..metric_directions import HIGHER_IS_BETTER
+from ..outputs import atomic_write, write_json
 
 STUDY_FILE = "study.db"
 STUDY_NAME = "pyro-mfm"
@@ -111,7 +111,7 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     import tomli_w
 
     from .faults import DivergenceError
-    from .job import load_data
+    from ..data.sources import load_data
     from .train import fit
 
     space = load_space(space_path)

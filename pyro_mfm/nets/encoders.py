@@ -60,9 +60,9 @@ def product_of_experts(etas, precisions, masks) -> dist.MultivariateNormal:
     k = etas[0].shape[-1]
     precision = torch.eye(k, dtype=etas[0].dtype, device=etas[0].device).expand(precisions[0].shape).clone()
     eta = torch.zeros_like(etas[0])
-    for e, p, mask in zip(etas, precisions, masks):
+    for e, lam, mask in zip(etas, precisions, masks):
         w = mask.to(e.dtype)
-        precision = precision + w[..., None, None] * p
+        precision = precision + w[..., None, None] * lam
         eta = eta + w[..., None] * e
     loc = torch.cholesky_solve(eta.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
     return dist.MultivariateNormal(loc, precision_matrix=precision)

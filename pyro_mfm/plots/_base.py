@@ -9,10 +9,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..metric_directions import lower_is_better  # noqa: F401  (the plots import it here)
 from ..outputs import atomic_write
 
-# Metrics where a smaller value is better; anything else is taken as larger-is-better.
-_LOWER_IS_BETTER = ("mae", "mse", "rmse", "nll", "nlpd", "ece", "loss", "error", "err", "elbo_loss", "brier")
 
 # Units shown on axis labels.
 _METRIC_UNITS = {
@@ -46,14 +45,6 @@ def new_axes(ax: Axes | None = None, figsize: tuple[float, float] = (6.4, 4.4)) 
         return ax.figure, ax
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of the metric named ``metric`` are better (by its name)."""
-    name = metric.lower()
-    if name.startswith("valid_"):
-        name = name[len("valid_"):]
-    return any(name == k or name.endswith("_" + k) or name.startswith(k + "_") for k in _LOWER_IS_BETTER)
 
 
 def metric_label(metric: str) -> str:

@@ -1,4 +1,7 @@
-"""Probabilistic quality: calibration of class probabilities, PIT histograms, predictive intervals."""
+"""Probabilistic quality: reliability diagrams, PIT histograms, predictive intervals.
+
+The calibration numbers they show (:func:`calibration_bins`, :func:`expected_calibration_error`,
+:func:`interval_coverage`) are :mod:`pyro_mfm.infer.metrics`'s, re-exported here."""
 
 from __future__ import annotations
 
@@ -8,55 +11,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..infer.metrics import calibration_bins, expected_calibration_error, interval_coverage
 from ._base import as_float_array, new_axes
 
-
-def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Top-label confidence and whether the top label is right.
-
-    ``probs`` is ``(N, C)`` class probabilities, or ``(N,)`` probabilities of class 1 of a binary problem.
-    """
-    p = as_float_array(probs, "probs")
-    y = np.asarray(labels).astype(int).reshape(-1)
-    if p.ndim == 1:
-        p = np.stack([1.0 - p, p], axis=1)
-    if p.ndim != 2 or p.shape[0] != y.shape[0]:
-        raise ValueError(f"probs shape {np.shape(probs)} does not match {y.shape[0]} labels")
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(float)
-    return conf, correct
-
-
-def calibration_bins(probs, labels, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Per-bin statistics of top-label confidence on ``n_bins`` equal-width bins of [0, 1].
-
-    Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]`` (the first bin also holds 0).
-    Returns ``edges`` (n_bins+1), ``count``, ``accuracy`` and ``confidence`` (mean per bin; NaN where empty).
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    conf, correct = _confidence_and_correct(probs, labels)
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
-        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
-    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count, "accuracy": acc, "confidence": mean_conf}
-
-
-def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
-    """Expected calibration error: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over equal-width bins.
-
-    ``probs``: ``(N, C)`` class probabilities or ``(N,)`` probabilities of class 1; ``labels``: ``(N,)`` ints.
-    Returns NaN for no examples.
-    """
-    bins = calibration_bins(probs, labels, n_bins)
-    n = bins["count"].sum()
-    if n == 0:
-        return math.nan
-    nz = bins["count"] > 0
-    gap = np.abs(bins["accuracy"][nz] - bins["confidence"][nz])
-    return float(np.sum(bins["count"][nz] / n * gap))
+__all__ = ["binomial_interval", "calibration_bins", "expected_calibration_error", "interval_coverage", "interval_plot",
+           "pit_histogram", "reliability_diagram"]
 
 
 def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
@@ -141,16 +100,6 @@ def pit_histogram(pit, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
     ax.legend(fontsize=8, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     return fig
-
-
-def interval_coverage(y_true, lower, upper) -> float:
-    """Fraction of labels inside ``[lower, upper]`` (pairs with any NaN are ignored)."""
-    y, lo, hi = (as_float_array(a, n).reshape(-1) for a, n in ((y_true, "y_true"), (lower, "lower"),
-                                                                (upper, "upper")))
-    ok = np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
-    if not ok.any():
-        return math.nan
-    return float(np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])))
 
 
 def interval_plot(y_true, mean, lower, upper, max_points: int = 200, *, level: float | None = None,

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import MultimodalData, from_arrays
+from ..build import from_arrays
+from ..dataset import MultimodalData
 from ..schema import DataError, LabelSpec
 
 LABEL_KINDS = ("auto", "regression", "categorical", "multilabel")
@@ -150,95 +151,21 @@ def load_csv(files: dict, id_column: str = "id", label_column: str = "label", sp
         path = Path(p)
         head, body = _read_table(path, id_column)
         col = {h: j for j, h in enumerate(head)}
-        ids = [r[col[id_column]].strip() for r in body]
-        seen = set()
-        for i, s in enumerate(ids):
-            if not s:
-                raise DataError(f"file {path}, row {i + 2}: empty id in column {id_column!r}")
-            if s in seen:
-                raise DataError(f"file {path}, row {i + 2}: id {s!r} appears twice; expected one row per sample")
-            seen.add(s)
+        ids = _ids(path, body, col[id_column], id_column)
         if order is None:
             order, first = ids, path
         else:
-            extra, absent = sorted(seen - set(order)), [s for s in order if s not in seen]
-            if extra or absent:
-                what = []
-                if absent:
-                    what.append(f"lacks {len(absent)} ids of {first} ({', '.join(map(repr, absent[:5]))}"
-                                f"{' ...' if len(absent) > 5 else ''})")
-                if extra:
-                    what.append(f"has {len(extra)} ids that {first} lacks ({', '.join(map(repr, extra[:5]))}"
-                                f"{' ...' if len(extra) > 5 else ''})")
-                raise DataError(f"file {path} (modality {m!r}): {' and '.join(what)}; expected every file to list "
-                                f"the same samples in column {id_column!r} (mark a missing sample with empty "
-                                f"cells or {presence_column}=0)")
+            _check_same_ids(path, m, ids, order, first, id_column, presence_column)
         index = {s: i for i, s in enumerate(ids)}
         rows = [body[index[s]] for s in order]  # in the first file's order
         fcols = [h for h in head if h not in special]
         if not fcols:
             raise DataError(f"file {path} (modality {m!r}): no feature columns besides {sorted(special & set(head))}")
-        x = np.zeros((len(rows), len(fcols)), np.float64)
-        pres = np.ones(len(rows), bool)
-        for i, r in enumerate(rows):
-            cells = [r[col[h]].strip() for h in fcols]
-            row = index[order[i]] + 2
-            if presence_column in col:
-                flag = r[col[presence_column]].strip().lower()
-                if flag not in TRUE + FALSE:
-                    raise DataError(f"file {path}, row {row}, column {presence_column!r}: {flag!r}, expected 0/1 or "
-                                    "true/false")
-                pres[i] = flag in TRUE
-            if not any(cells):
-                pres[i] = False
-            elif pres[i]:
-                if not all(cells):
-                    empty = fcols[cells.index("")]
-                    raise DataError(f"file {path}, row {row}, column {empty!r}: empty cell in a sample with other "
-                                    "features; expected all features, or all cells empty for a missing sample")
-                x[i] = [_number(path, row, h, c) for h, c in zip(fcols, cells)]
-        features[m], present[m], feature_names[m] = x, pres, tuple(fcols)
-        for key, values in shared.items():
-            if key in col:
-                got = {s: r[col[key]].strip() for s, r in zip(order, rows)}
-                for s, v in got.items():
-                    if v and values.get(s) and values[s] != v:
-                        raise DataError(f"file {path}, id {s!r}, column {key!r}: {v!r}, but {where[key]} has "
-                                        f"{values[s]!r}; expected the files to agree")
-                    if v or s not in values:  # an empty cell leaves another file's value
-                        values[s] = v
-                where.setdefault(key, path)
-    labels = shared[label_column]
-    y = label_names = None
-    kind = "regression"
-    if labels:
-        text = [labels[s] for s in order]
-        known = [t for t in text if t]
-        try:
-            values = [float(t) for t in known]
-            numeric = True
-        except ValueError:
-            numeric = False
-        if numeric:
-            integral = all(v.is_integer() for v in values)
-            y = np.array([float(t) if t else np.nan for t in text])
-            auto = "categorical" if integral and values and min(values) >= 0 else "regression"
-            kind = auto if label_kind == "auto" else _label_kind(label_kind, y)
-            if kind == "multilabel":
-                raise DataError(f"file {where[label_column]}, column {label_column!r}: a multilabel label needs one "
-                                "column per label; use an .npz archive")
-            if kind == "categorical":
-                if not integral:
-                    raise DataError(f"file {where[label_column]}, column {label_column!r}: non-integer values for a "
-                                    "categorical label")
-        else:
-            if label_kind not in ("auto", "categorical"):
-                raise DataError(f"file {where[label_column]}, column {label_column!r}: values such as "
-                                f"{next(t for t in known if not _is_number(t))!r} are not numbers; expected a "
-                                f"{label_kind} label")
-            label_names = sorted(set(known))
-            y = np.array([label_names.index(t) if t else np.nan for t in text])
-            kind = "categorical"
+        features[m], present[m] = _features(path, rows, [index[s] + 2 for s in order], col, fcols, presence_column)
+        feature_names[m] = tuple(fcols)
+        _merge_shared(path, shared, where, col, order, rows)
+    y, kind, label_names = _csv_labels(shared[label_column], order, label_kind, where.get(label_column),
+                                       label_column)
     split = None
     if shared[split_column]:
         split = np.array([shared[split_column][s] or "train" for s in order])
@@ -246,6 +173,107 @@ def load_csv(files: dict, id_column: str = "id", label_column: str = "label", sp
                        nan_as_missing=nan_as_missing, ids=np.array(order),
                        num_classes=len(label_names) if label_names else None)
     return _finish(data, first, label_names, feature_names)
+
+
+def _ids(path: Path, body: list, column: int, id_column: str) -> list[str]:
+    """The sample ids of a table's rows: non-empty and each once."""
+    ids = [r[column].strip() for r in body]
+    seen = set()
+    for i, s in enumerate(ids):
+        if not s:
+            raise DataError(f"file {path}, row {i + 2}: empty id in column {id_column!r}")
+        if s in seen:
+            raise DataError(f"file {path}, row {i + 2}: id {s!r} appears twice; expected one row per sample")
+        seen.add(s)
+    return ids
+
+
+def _check_same_ids(path: Path, m: str, ids: list, order: list, first: Path, id_column: str,
+                    presence_column: str) -> None:
+    """Raise unless the file lists the same samples as the first one."""
+    seen = set(ids)
+    extra, absent = sorted(seen - set(order)), [s for s in order if s not in seen]
+    if extra or absent:
+        what = []
+        if absent:
+            what.append(f"lacks {len(absent)} ids of {first} ({', '.join(map(repr, absent[:5]))}"
+                        f"{' ...' if len(absent) > 5 else ''})")
+        if extra:
+            what.append(f"has {len(extra)} ids that {first} lacks ({', '.join(map(repr, extra[:5]))}"
+                        f"{' ...' if len(extra) > 5 else ''})")
+        raise DataError(f"file {path} (modality {m!r}): {' and '.join(what)}; expected every file to list "
+                        f"the same samples in column {id_column!r} (mark a missing sample with empty "
+                        f"cells or {presence_column}=0)")
+
+
+def _features(path: Path, rows: list, row_numbers: list, col: dict, fcols: list,
+              presence_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The features and the presence of one modality's rows (``row_numbers``: their lines in the file)."""
+    x = np.zeros((len(rows), len(fcols)), np.float64)
+    pres = np.ones(len(rows), bool)
+    for i, (r, row) in enumerate(zip(rows, row_numbers)):
+        cells = [r[col[h]].strip() for h in fcols]
+        if presence_column in col:
+            flag = r[col[presence_column]].strip().lower()
+            if flag not in TRUE + FALSE:
+                raise DataError(f"file {path}, row {row}, column {presence_column!r}: {flag!r}, expected 0/1 or "
+                                "true/false")
+            pres[i] = flag in TRUE
+        if not any(cells):
+            pres[i] = False
+        elif pres[i]:
+            if not all(cells):
+                empty = fcols[cells.index("")]
+                raise DataError(f"file {path}, row {row}, column {empty!r}: empty cell in a sample with other "
+                                "features; expected all features, or all cells empty for a missing sample")
+            x[i] = [_number(path, row, h, c) for h, c in zip(fcols, cells)]
+    return x, pres
+
+
+def _merge_shared(path: Path, shared: dict, where: dict, col: dict, order: list, rows: list) -> None:
+    """Add a file's label and split cells to ``shared`` (column -> id -> text); files must agree where both
+    have a value."""
+    for key, values in shared.items():
+        if key in col:
+            got = {s: r[col[key]].strip() for s, r in zip(order, rows)}
+            for s, v in got.items():
+                if v and values.get(s) and values[s] != v:
+                    raise DataError(f"file {path}, id {s!r}, column {key!r}: {v!r}, but {where[key]} has "
+                                    f"{values[s]!r}; expected the files to agree")
+                if v or s not in values:  # an empty cell leaves another file's value
+                    values[s] = v
+            where.setdefault(key, path)
+
+
+def _csv_labels(labels: dict, order: list, label_kind: str, path, label_column: str):
+    """``(y, kind, label_names)`` from the label cells by id: numbers (NaN where empty), or class names."""
+    if not labels:
+        return None, "regression", None
+    text = [labels[s] for s in order]
+    known = [t for t in text if t]
+    try:
+        values = [float(t) for t in known]
+        numeric = True
+    except ValueError:
+        numeric = False
+    if not numeric:
+        if label_kind not in ("auto", "categorical"):
+            raise DataError(f"file {path}, column {label_column!r}: values such as "
+                            f"{next(t for t in known if not _is_number(t))!r} are not numbers; expected a "
+                            f"{label_kind} label")
+        label_names = sorted(set(known))
+        return np.array([label_names.index(t) if t else np.nan for t in text]), "categorical", label_names
+    integral = all(v.is_integer() for v in values)
+    y = np.array([float(t) if t else np.nan for t in text])
+    auto = "categorical" if integral and values and min(values) >= 0 else "regression"
+    kind = auto if label_kind == "auto" else _label_kind(label_kind, y)
+    if kind == "multilabel":
+        raise DataError(f"file {path}, column {label_column!r}: a multilabel label needs one "
+                        "column per label; use an .npz archive")
+    if kind == "categorical" and not integral:
+        raise DataError(f"file {path}, column {label_column!r}: non-integer values for a "
+                        "categorical label")
+    return y, kind, None
 
 
 def _is_number(text: str) -> bool:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import MultimodalData, from_arrays
+from ..build import from_arrays
+from ..dataset import MultimodalData
 from ..schema import DataError, LabelSpec
 
 VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")

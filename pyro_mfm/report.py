@@ -1,0 +1,153 @@
+"""The main job's report: ``metrics.json``, ``report.md`` and ``plots/*.png`` of a report folder.
+
+:func:`write_report` takes what the job computed (the evaluation of every observed subset, the training-mean
+imputation baseline, the training run), adds the one-view linear baselines and the plots, and writes the files.
+It sits above inference, analysis and plots, which it reads; :mod:`pyro_mfm.infer.job` imports it only when it
+writes a report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .analysis.baselines import single_view_baselines
+from .config import Config
+from .data.dataset import MultimodalData, MultimodalDataset
+from .infer.evaluate import format_cell, table
+from .infer.predict import predict
+from .model import MFM
+from .outputs import atomic_write, write_json
+
+
+def _subtitle(fig, text: str) -> None:
+    """Append a line to the title of the figure's first axes."""
+    import textwrap
+
+    ax = fig.axes[0]
+    width = max(40, int(fig.get_figwidth() * 11))  # characters of a 9-point line across the figure
+    ax.set_title(f"{ax.get_title()}\n" + textwrap.fill(text, width), fontsize=9)
+
+
+def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
+                mean_baseline: dict, metric: str, seed: int | None = 0, predictions: dict | None = None,
+                config: Config | None = None) -> list[str]:
+    """The report's plots. ``predictions``: the evaluation's predictions by observed subset; the calibration and
+    confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
+    of a prediction made here."""
+    pdir = out / "plots"
+    written = []
+    flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
+    if any("label" in r for r in records):
+        single = {m: v[metric] for m, v in baselines.items() if metric in v}
+        written.append(plots.save(plots.metric_by_observed(flat, metric, baseline=single or None,
+                                                           baseline_label="linear model on one view"),
+                                  pdir / f"{metric}_by_observed.png"))
+    # imputation error of each modality when it alone is hidden (imputed from all others)
+    errors = {}
+    for r in records:
+        hidden = [m for m in mfm.schema.names if m not in r["observed"]]
+        if len(hidden) == 1 and hidden[0] in r.get("imputation", {}):
+            m = hidden[0]
+            errors[m] = {**r["imputation"][m], "baseline_mse": mean_baseline[m]["mse"]}
+    if errors:
+        fig = plots.imputation_error(errors)
+        _subtitle(fig, "each modality imputed from all the others; baseline: the training mean of each feature")
+        written.append(plots.save(fig, pdir / "imputation_error.png"))
+    if mfm.D is not None:
+        full = tuple(mfm.schema.names)
+        pred = (predictions or {}).get(full) or predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
+        shown = f"observed: all modalities ({'+'.join(full)}), as in the table's last row"
+        keep = test.label_present
+        names = list(mfm.schema.label.names) if mfm.schema.label.names else None
+        y = np.asarray(test.labels)
+        written.append(plots.save(plots.latent_projection(pred.z_y[keep], y[keep] if y.ndim == 1 else y[keep, 0],
+                                                          class_names=names if mfm.D.kind == "categorical" else None),
+                                  pdir / "z_y_projection.png"))
+        if mfm.D.kind == "categorical":
+            for fig, name in ((plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
+                              (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion")):
+                _subtitle(fig, shown)
+                written.append(plots.save(fig, pdir / f"{name}.png"))
+        elif mfm.D.kind in ("normal", "laplace"):
+            fig = plots.interval_plot(y[keep][:, 0], pred.point[keep][:, 0], pred.lower[keep][:, 0],
+                                      pred.upper[keep][:, 0], level=pred.interval)
+            _subtitle(fig, shown)
+            written.append(plots.save(fig, pdir / "intervals.png"))
+    if history:
+        # epochs counted from 1, as the console counts them
+        fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
+        if config is not None:
+            _subtitle(fig, f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
+                           f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality")
+        written.append(plots.save(fig, pdir / "training_curves.png"))
+    return [str(p) for p in written]
+
+
+METRIC_NOTES = "\n".join([
+    "- Label metrics are on the test samples with a label, predicted from the observed modalities alone.",
+    "- ECE (expected calibration error): the gap between confidence and accuracy, averaged over confidence bins "
+    "(0 is perfectly calibrated).",
+    "- NLPD (negative log predictive density): -log p(true label | observed modalities), averaged over samples, "
+    "in nats (lower is better).",
+    "- Imputation MSE: squared error of the imputed posterior mean, in the squared units of the data's features; "
+    "the ratio divides it by the MSE of imputing each feature's training mean (below 1 beats that baseline).",
+])
+
+
+def best_epoch_line(result) -> str:
+    """The best epoch counted from 1, as the console counts it, with its validation score."""
+    best = result.best
+    if not best or best.get("epoch", -1) < 0:
+        return "No epoch was selected (no validation score after the KL warm-up)."
+    scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
+    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores})."
+
+
+def write_report(config: Config, out: Path, data: MultimodalData, result, records: list, predictions: dict,
+                 mean_baseline: dict, t0: float, t_train: float, check=lambda: None) -> dict:
+    """Write the report of a finished job to ``out`` and return its metrics (the content of ``metrics.json``).
+
+    ``result``: the :class:`~pyro_mfm.infer.train.TrainResult`; ``records`` and ``predictions``: those of
+    :func:`~pyro_mfm.infer.evaluate.evaluate` on the test split; ``mean_baseline``: its
+    :func:`~pyro_mfm.infer.evaluate.mean_imputation_baseline`; ``t0``: when the job started, ``t_train``: the
+    seconds training took. ``check()`` is called between stages (it raises to stop before anything is written)."""
+    mfm, test = result.mfm, data[config.data.test_split]
+    ev = config.evaluate
+    baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
+    # the headline label metric of the robustness plot, whatever metric model selection used
+    metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
+    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric, ev.seed,
+                          predictions=predictions, config=config)
+    check()
+    report = {
+        "data": data.schema.name or data.source, "attribution": data.schema.attribution,
+        "test_samples": len(test), "best": result.best, "train_seconds": t_train,
+        "total_seconds": time.time() - t0, "subsets": records, "single_view_baselines": baselines,
+        "mean_imputation_baseline": mean_baseline, "history": result.history, "plots": written,
+        "config": config.to_dict(),
+    }
+    write_json(out / "metrics.json", report)
+    md = [f"# MFM report: {report['data']}\n", f"Test samples: {len(test)}. {best_epoch_line(result)}",
+          f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
+          "## Every subset of observed modalities (test split)\n", METRIC_NOTES + "\n",
+          table(records, baseline=mean_baseline)]
+    if baselines:
+        md += ["\n## Linear model trained on one modality alone (test split)\n",
+               "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
+               "|---|" + "---|" * len(next(iter(baselines.values())))]
+        md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
+    unscored = [m for m in data.schema.names if m not in baselines]
+    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
+        md += [f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
+               "(a training sample of two classes at least, or of the regression label, and a test sample)."]
+    md += ["\n## Training-mean imputation baseline (MSE, squared feature units)\n",
+           ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
+           "\n## Plots\n"] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
+    if data.schema.attribution:
+        md += ["\n## Data attribution\n", data.schema.attribution]
+    atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
+    return report
