@@ -53,7 +53,7 @@ class Guide(nn.Module):
     def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats, label_kind: str | None = None):
         super().__init__()
         self.schema, self.config, self.names = schema, config, schema.names
-        h, p = config.hidden, config.dropout
+        h, dropout = config.hidden, config.dropout
         z_a = config.per_modality("z_a_dim", self.names)
         lstm_h = config.per_modality("lstm_hidden", self.names)
         self.shared = config.ablation != "no_shared"
@@ -64,22 +64,22 @@ class Guide(nn.Module):
         if schema.label is not None:
             self.y_in = LabelEncoding(schema.label, label_kind, stats.label_mean, stats.label_std)
         self.trunk = nn.ModuleDict(
-            {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], p) for s in schema.modalities}
+            {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], dropout) for s in schema.modalities}
         )
         k_y = config.z_y_dim * self.shared
         self.q_y = None
         if self.shared and config.fusion == "mfn":
-            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, h, p)
+            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, h, dropout)
             self.q_y_fused = nn.Linear(self.fusion.out_dim, 2 * config.z_y_dim)
         elif self.shared:
-            self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, p) for m in self.names})
+            self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, dropout) for m in self.names})
             if self.y_in is not None:
-                self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, p)
+                self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, dropout)
         if self.private:
-            self.q_a = nn.ModuleDict({m: ExpertEncoder(h + k_y, z_a[m], h, p) for m in self.names})
+            self.q_a = nn.ModuleDict({m: ExpertEncoder(h + k_y, z_a[m], h, dropout) for m in self.names})
         if config.missing == "surrogate":
             others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
-            self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], p) for m in self.names})
+            self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], dropout) for m in self.names})
         # log temperature of each modality's expert of z_y (its precision and information vector are multiplied by
         # exp(.)), fitted on held-out data after training by pyro_mfm.infer.calibrate; 0 (no change) in training
         self.register_buffer("expert_log_temperature", torch.zeros(len(self.names)))
@@ -181,11 +181,11 @@ class Guide(nn.Module):
         t = self.expert_log_temperature
         if masks is None:
             w = t.exp()
-            return [(e * w[i], p * w[i]) for i, (e, p) in enumerate(experts)]
+            return [(e * w[i], lam * w[i]) for i, (e, lam) in enumerate(experts)]
         observed = torch.stack([mk.to(t.dtype) for mk in masks], -1)  # (..., B, M)
         # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
         w = (t - observed @ self.expert_redundancy).exp()
-        return [(e * w[..., i, None], p * w[..., i, None, None]) for i, (e, p) in enumerate(experts)]
+        return [(e * w[..., i, None], lam * w[..., i, None, None]) for i, (e, lam) in enumerate(experts)]
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the

@@ -49,7 +49,7 @@ class Model(nn.Module):
     def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats):
         super().__init__()
         self.schema, self.config, self.names = schema, config, schema.names
-        h, p = config.hidden, config.dropout
+        h, dropout = config.hidden, config.dropout
         z_a = config.per_modality("z_a_dim", self.names)
         f_a = config.per_modality("f_a_dim", self.names)
         lambda_x = config.per_modality("lambda_x", self.names)
@@ -64,13 +64,13 @@ class Model(nn.Module):
         self.reads = {f"x_{m}": self.shared_sites + self.private_sites[m] for m in self.names}
         self.reads["y"] = self.shared_sites or [s for m in self.names for s in self.private_sites[m]]
         if self.shared_sites:
-            self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, h, p)
+            self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, h, dropout)
         if private:
-            self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, p) for m in self.names})
+            self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, dropout) for m in self.names})
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
         decoded = [] if config.ablation == "discriminative" else schema.modalities
         self.F = nn.ModuleDict({s.name: make_decoder(s, config.sequence_net,
-                                                     sum(f_dim[r] for r in self.reads[f"x_{s.name}"]), h, p)
+                                                     sum(f_dim[r] for r in self.reads[f"x_{s.name}"]), h, dropout)
                                 for s in decoded})
         self.p_x = nn.ModuleDict({
             s.name: FeatureLikelihood(s, stats.mean[s.name], stats.std[s.name],
@@ -80,7 +80,7 @@ class Model(nn.Module):
         self.D = None
         if schema.label is not None:
             self.D = LabelLikelihood(schema.label, config.label_likelihood, sum(f_dim[r] for r in self.reads["y"]),
-                                     h, stats.label_mean, stats.label_std, p, config.label_scale)
+                                     h, stats.label_mean, stats.label_std, dropout, config.label_scale)
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 
     def factor(self, site: str, z):
