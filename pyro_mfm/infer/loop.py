@@ -1,6 +1,8 @@
 """The parts of a training run, each owning its state: where the run is (:class:`Progress`), model selection and
 early stopping (:class:`ModelSelection`), the random-number generators (:class:`RandomState`), the KL warm-up
-(:class:`KLWarmup`), the divergence guard (:class:`DivergenceGuard`) and the run folder (:class:`Checkpointer`).
+(:class:`KLWarmup`), the divergence guard (:class:`DivergenceGuard`) and the run folder (:class:`Checkpointer`);
+with what a step and an epoch's end apply: the modality dropout (:func:`drop_modalities`) and the validation score
+(:func:`validation_score` on the metric :func:`select_metric` picks).
 
 :func:`pyro_mfm.infer.train.fit` runs the loop over them. The ``state`` of a checkpoint is the union of the parts'
 ``state_dict()``s (each part writes its own keys) with the optimizer's, and each part restores itself from it with
@@ -15,14 +17,60 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..data.dataset import Batch
 from ..outputs import atomic_write, strict
 from ..rng import get_rng_state, set_rng_state
 from . import distributed
 from .checkpoint import read_checkpoint, save_run, update_weights
 from .faults import DivergenceError, diagnose, divergence_report, is_finite
-from .metrics import HIGHER_IS_BETTER
+from .metrics import HIGHER_IS_BETTER, label_metrics
+from .predict import predict
+
+
+def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=None, total=None) -> Batch:
+    """Hide each observed modality of each sample with probability ``rate``, keeping at least one observed.
+
+    ``batch`` may be the part ``rows`` of a global batch of ``total`` samples (one rank's shard): the draws are
+    made for the whole global batch, so N ranks hide exactly what one process would."""
+    if rate <= 0:
+        return batch
+    names = list(batch.present)
+    present = torch.stack([batch.present[m] for m in names], -1)
+    draws = torch.rand(present.shape if rows is None else (total, len(names)), generator=generator)
+    drop = (draws if rows is None else draws[rows]).to(present.device) < rate
+    kept = present & ~drop
+    # a sample that would lose every observed modality keeps its first observed one
+    first = torch.zeros_like(present)
+    first.scatter_(-1, present.float().argmax(-1, keepdim=True), True)
+    kept = torch.where(kept.any(-1, keepdim=True), kept, present & first)
+    hidden = {m: kept[:, i] for i, m in enumerate(names)}
+    return Batch(
+        x={m: batch.x[m] * hidden[m].reshape((-1,) + (1,) * (batch.x[m].dim() - 1)) for m in names},
+        present=hidden, steps=batch.steps, y=batch.y, y_present=batch.y_present, index=batch.index,
+    )
+
+
+def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.0) -> dict:
+    """The validation split's loss (the objective with KL weight ``beta``) and, selecting on a label metric, the
+    label metrics of the predictions."""
+    ds = data[config.data.valid_split]
+    mfm.eval()
+    with torch.no_grad():
+        losses = [float(objective(b, beta=beta)) * len(b)
+                  for b in ds.loader(config.evaluate.batch_size, device=_dev(mfm))]
+    scores = {"loss": sum(losses) / len(ds)}
+    if mfm.D is not None and metric != "loss":
+        pred = predict(mfm, ds, num_samples=config.train.valid_samples, batch_size=config.evaluate.batch_size,
+                       keep_samples=False, interval=config.evaluate.interval)
+        scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
+    return scores
+
+
+def _dev(mfm):
+    return next(mfm.parameters()).device
 
 
 class Progress:
@@ -66,6 +114,19 @@ class Progress:
             self.epoch, self.step, self.skipped = pos["epoch"], pos["step"], pos["skipped"]
             if self.group.main:  # the sums over ranks, counted once
                 self.total, self.count = pos["total"], pos["count"]
+
+
+def select_metric(config, mfm) -> str:
+    """The metric of ``train.select_metric`` (``auto``: accuracy for a discrete label, MAE for a continuous one,
+    the loss without a label)."""
+    name = config.train.select_metric
+    if name != "auto":
+        if name not in HIGHER_IS_BETTER:
+            raise ValueError(f"train.select_metric = {name!r}: expected 'auto' or one of {sorted(HIGHER_IS_BETTER)}")
+        return name
+    if mfm.D is None:
+        return "loss"
+    return "accuracy" if mfm.D.is_discrete else "mae"
 
 
 class ModelSelection:

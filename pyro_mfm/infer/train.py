@@ -23,18 +23,18 @@ from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..data.dataset import Batch, MultimodalData
-from ..data.schema import DataError, Schema, schema_differences
+from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
 from ..model import MFM
 from . import distributed
 from .calibrate import calibrate
-from .checkpoint import CheckpointError, folder_lock, prepare_folder, read_resume
+from .checkpoint import folder_lock, prepare_folder
 from .faults import DivergenceError, StopRequested, is_finite
-from .loop import Checkpointer, DivergenceGuard, KLWarmup, ModelSelection, Progress, RandomState
-from .metrics import HIGHER_IS_BETTER, label_metrics
+from .loop import (Checkpointer, DivergenceGuard, KLWarmup, ModelSelection, Progress, RandomState, drop_modalities,
+                   select_metric, validation_score)
 from .objective import Objective
-from .predict import predict
 from .progress import bars_enabled
+from .resume import RESUME_FREE, config_changes, resume_payload  # noqa: F401  (config_changes: re-exported)
 from .tensorboard import TrainingLog
 
 
@@ -65,40 +65,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def select_metric(config: Config, mfm: MFM) -> str:
-    name = config.train.select_metric
-    if name != "auto":
-        if name not in HIGHER_IS_BETTER:
-            raise ValueError(f"train.select_metric = {name!r}: expected 'auto' or one of {sorted(HIGHER_IS_BETTER)}")
-        return name
-    if mfm.D is None:
-        return "loss"
-    return "accuracy" if mfm.D.is_discrete else "mae"
-
-
-def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=None, total=None) -> Batch:
-    """Hide each observed modality of each sample with probability ``rate``, keeping at least one observed.
-
-    ``batch`` may be the part ``rows`` of a global batch of ``total`` samples (one rank's shard): the draws are
-    made for the whole global batch, so N ranks hide exactly what one process would."""
-    if rate <= 0:
-        return batch
-    names = list(batch.present)
-    present = torch.stack([batch.present[m] for m in names], -1)
-    draws = torch.rand(present.shape if rows is None else (total, len(names)), generator=generator)
-    drop = (draws if rows is None else draws[rows]).to(present.device) < rate
-    kept = present & ~drop
-    # a sample that would lose every observed modality keeps its first observed one
-    first = torch.zeros_like(present)
-    first.scatter_(-1, present.float().argmax(-1, keepdim=True), True)
-    kept = torch.where(kept.any(-1, keepdim=True), kept, present & first)
-    hidden = {m: kept[:, i] for i, m in enumerate(names)}
-    return Batch(
-        x={m: batch.x[m] * hidden[m].reshape((-1,) + (1,) * (batch.x[m].dim() - 1)) for m in names},
-        present=hidden, steps=batch.steps, y=batch.y, y_present=batch.y_present, index=batch.index,
-    )
-
-
 @dataclass
 class TrainResult:
     """The trained model (the best by the validation metric, in eval mode) and the run's record.
@@ -120,46 +86,6 @@ class TrainResult:
     (epoch and step 0-based; empty for a fresh run)."""
 
 
-def validation_score(mfm: MFM, data, config: Config, metric: str, objective: Objective, beta: float = 1.0) -> dict:
-    """The validation split's loss (the objective with KL weight ``beta``) and, selecting on a label metric, the
-    label metrics of the predictions."""
-    ds = data[config.data.valid_split]
-    mfm.eval()
-    with torch.no_grad():
-        losses = [float(objective(b, beta=beta)) * len(b)
-                  for b in ds.loader(config.evaluate.batch_size, device=_dev(mfm))]
-    scores = {"loss": sum(losses) / len(ds)}
-    if mfm.D is not None and metric != "loss":
-        pred = predict(mfm, ds, num_samples=config.train.valid_samples, batch_size=config.evaluate.batch_size,
-                       keep_samples=False, interval=config.evaluate.interval)
-        scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
-    return scores
-
-
-def _dev(mfm):
-    return next(mfm.parameters()).device
-
-
-RESUME_FREE = frozenset({
-    "train.epochs", "train.patience", "train.progress", "train.num_threads", "train.keep_last", "train.device",
-    "train.validate", "data.source", "evaluate.num_samples", "evaluate.interval", "evaluate.batch_size",
-    "evaluate.seed",
-})
-"""Configuration fields a resumed run may change freely: how long it runs, where and how it reports, where the data
-file lies. Any other change alters the run's result and needs ``allow_config_change``."""
-
-
-def config_changes(old: dict, new: dict) -> dict:
-    """``{"table.key": [old, new]}`` for every field that differs between two ``Config.to_dict()`` results."""
-    out = {}
-    for table in sorted(set(old) | set(new)):
-        a, b = old.get(table, {}), new.get(table, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out[f"{table}.{key}"] = [a.get(key), b.get(key)]
-    return out
-
-
 def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False, overwrite: bool = False,
         allow_config_change: bool = False, on_epoch=None, *, model: MFM | None = None, objective=None,
         optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> TrainResult:
@@ -169,7 +95,7 @@ def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False
     exclusive lock on the folder (a second training into it fails at once); a non-empty folder is refused unless
     ``resume`` or ``overwrite`` (which deletes the old run's files first). With ``resume``, continues from
     ``out_dir/last.pt`` (or the newest readable epoch checkpoint), at the very step where the run stopped; a
-    configuration that differs from the run's in a field outside :data:`RESUME_FREE` is refused unless
+    configuration that differs from the run's in a field outside :data:`~pyro_mfm.infer.resume.RESUME_FREE` is refused unless
     ``allow_config_change`` (the change is then recorded in ``log.jsonl``). SIGINT/SIGTERM stop training at the next
     step boundary after a checkpoint. Under ``torchrun``, trains data-parallel (see
     :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation metric), in eval mode.
@@ -225,36 +151,6 @@ def _step(loss_fn, batch: Batch, global_size: int, beta: float, params, clip_nor
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     bad = distributed.all_sum([not (is_finite(loss) and is_finite(norm))], group, device)[0]
     return (nan, nan, None) if bad and is_finite(loss) and is_finite(norm) else (loss, norm, None)
-
-
-def _resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_change: bool) -> dict:
-    if out_dir is None:
-        raise CheckpointError("resume needs the run folder that holds last.pt")
-    payload = read_resume(out_dir)
-    if payload["schema"] != data.schema.to_dict():
-        found = schema_differences(Schema.from_dict(payload["schema"]), data.schema, strict=True)
-        raise CheckpointError(f"checkpoint {payload['path']}: trained on data with another schema than "
-                              f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
-                              "modalities and label it was trained on")
-    try:  # the stored configuration with today's defaults for fields it predates
-        stored_config = Config.from_dict(payload["config"], where=payload["path"])
-    except ConfigError:  # not valid today: compared as stored, which names every field that differs
-        stored_config = None
-    if stored_config is not None:
-        arch = stored_config.differences(config, tables=("model",))
-        if arch:
-            raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
-                                  f"({'; '.join(arch)}); resuming needs the [model] table it was trained with")
-    stored = stored_config.to_dict() if stored_config is not None else payload["config"]
-    changed = config_changes(stored, config.to_dict())
-    fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
-    if fixed and not allow_config_change:
-        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
-        raise CheckpointError(f"checkpoint {payload['path']}: resuming with another configuration ({listed}) would "
-                              f"change the run's result; expected the run's configuration ({Path(out_dir) / 'config.json'})"
-                              ", or allow_config_change / --allow-config-change to continue with the new one")
-    payload["changed"] = changed
-    return payload
 
 
 class _Run:
@@ -339,7 +235,7 @@ def _prepare(config: Config, data: MultimodalData, out_dir, resume: bool, group,
     payload = None
     if resume:  # rank 0 reads the run folder; the other ranks need not see it
         payload = distributed.broadcast(
-            _resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group)
+            resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group)
     if payload is not None:
         s = payload["stats"]
         stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
