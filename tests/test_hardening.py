@@ -223,12 +223,12 @@ def test_run_stops_on_a_signal_in_training_without_a_report(project, tmp_path, m
     calls = {"n": 0}
     original = Objective.__call__
 
-    def call(self, batch):
+    def call(self, batch, **kwargs):
         if self.mfm.training:
             calls["n"] += 1
             if calls["n"] == 2:
                 os.kill(os.getpid(), signal.SIGINT)
-        return original(self, batch)
+        return original(self, batch, **kwargs)
 
     monkeypatch.setattr(Objective, "__call__", call)
     out = tmp_path / "report"

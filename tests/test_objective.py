@@ -126,10 +126,10 @@ def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, 
 
     seen, call = [], Objective.__call__
 
-    def spy(self, batch):
+    def spy(self, batch, **kwargs):
         if torch.is_grad_enabled():  # training steps (validation scores run without gradients)
             seen.append(is_validation_enabled())
-        return call(self, batch)
+        return call(self, batch, **kwargs)
 
     monkeypatch.setattr(Objective, "__call__", spy)
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=0)

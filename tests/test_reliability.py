@@ -52,12 +52,12 @@ def signal_at_call(monkeypatch, k, signum=signal.SIGTERM):
     calls = {"n": 0}
     original = Objective.__call__
 
-    def call(self, batch):
+    def call(self, batch, **kwargs):
         if self.mfm.training:
             calls["n"] += 1
             if calls["n"] == k:
                 os.kill(os.getpid(), signum)
-        return original(self, batch)
+        return original(self, batch, **kwargs)
 
     monkeypatch.setattr(Objective, "__call__", call)
 
@@ -146,12 +146,12 @@ def test_non_finite_log_density_is_named_by_site(data, monkeypatch):
     calls = {"n": 0}
     original = Objective.__call__
 
-    def call(self, batch):
+    def call(self, batch, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
             with torch.no_grad():
                 self.mfm.model.F["b"].net[4].bias.fill_(float("inf"))
-        return original(self, batch)
+        return original(self, batch, **kwargs)
 
     monkeypatch.setattr(Objective, "__call__", call)
     with pytest.raises(DivergenceError) as err:
@@ -171,7 +171,8 @@ def test_divergence_skip_drops_the_step_and_goes_on(data, tmp_path, monkeypatch)
 
 
 def test_a_nan_objective_everywhere_stops_with_a_clear_error(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(Objective, "__call__", lambda self, b: sum(p.sum() for p in self.mfm.parameters()) * np.nan)
+    monkeypatch.setattr(Objective, "__call__",
+                        lambda self, b, **kwargs: sum(p.sum() for p in self.mfm.parameters()) * np.nan)
     with pytest.raises(DivergenceError, match="every step of epoch 1"), \
             pytest.warns(RuntimeWarning, match="non-finite loss at epoch 1, step"):
         fit(Config().override(TINY + ["train.on_divergence='skip'"]), data)

@@ -16,8 +16,11 @@ import torch
 from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, load_embedded
 from pyro_mfm.data.dataset import MultimodalData
+from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
 from pyro_mfm.infer.evaluate import observed_subsets
+from pyro_mfm.infer.objective import Objective
+from pyro_mfm.model import MFM
 
 SMALL = ["train.progress=False", "model.z_y_dim=4", "model.z_a_dim=4", "model.hidden=64", "model.f_y_dim=16",
          "model.f_a_dim=8"]
@@ -138,3 +141,56 @@ def test_uci_all_views_accuracy():
     pred = predict(fit(cfg, data).mfm, data["test"], num_samples=50)
     accuracy = np.mean(pred.label == data["test"].labels)
     assert accuracy >= 0.97, accuracy
+
+
+def built_run(data, cfg):
+    """A model (initialised from seed 0), SGD optimizer and step scheduler built outside ``fit``."""
+    torch.manual_seed(0)
+    mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
+    optimizer = torch.optim.SGD(mfm.parameters(), lr=0.05, momentum=0.5)
+    return mfm, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+
+def test_fit_trains_the_model_optimizer_and_scheduler_it_is_given_and_resumes_them(tmp_path):
+    data = tiny_data()
+    cfg = Config().override(SMALL + ["train.epochs=3", "train.kl_warmup=0", "train.valid_samples=2",
+                                     "train.calibrate='none'", "train.batch_size=64"])
+    mfm, optimizer, scheduler = built_run(data, cfg)
+    before = {k: v.clone() for k, v in mfm.state_dict().items()}
+    result = fit(cfg, data, tmp_path / "full", model=mfm, optimizer=optimizer, scheduler=scheduler)
+    assert result.mfm is mfm
+    assert any(not torch.equal(before[k], v) for k, v in mfm.state_dict().items())
+    assert scheduler.last_epoch == 3  # stepped after each epoch
+    state = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["state"]
+    assert state["scheduler"]["last_epoch"] == 3
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.5  # SGD's state, not the default Adam's
+    # a run cut after 2 epochs resumes its optimizer and schedule: the same weights as the uninterrupted run
+    m2, o2, s2 = built_run(data, cfg)
+    fit(cfg.override(["train.epochs=2"]), data, tmp_path / "cut", model=m2, optimizer=o2, scheduler=s2)
+    m3, o3, s3 = built_run(data, cfg)
+    fit(cfg, data, tmp_path / "cut", resume=True, model=m3, optimizer=o3, scheduler=s3)
+    assert s3.last_epoch == 3 and o3.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_fit_passes_the_kl_warmup_factor_to_the_objective_it_is_given():
+    data = tiny_data()
+    cfg = Config().override(SMALL + ["train.epochs=2", "train.kl_warmup=2", "train.valid_samples=2",
+                                     "train.calibrate='none'", "train.batch_size=50"])
+    mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
+    seen = []
+
+    class Recording(Objective):
+        def __call__(self, batch, beta=1.0):
+            if torch.is_grad_enabled():  # training steps (validation runs without gradients)
+                seen.append(beta)
+            return super().__call__(batch, beta=beta)
+
+    fit(cfg, data, model=mfm, objective=Recording(mfm))
+    assert seen == pytest.approx([s / 8 for s in range(8)])  # 4 steps an epoch, rising to 1 over 2 epochs
+    with pytest.raises(ValueError, match="needs the model"):
+        fit(cfg, data, optimizer=torch.optim.SGD(mfm.parameters(), lr=0.1))

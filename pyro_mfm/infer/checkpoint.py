@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
-import random
 import re
 import shutil
 import warnings
@@ -205,26 +204,6 @@ def read_resume(out_dir) -> dict:
             warnings.warn(f"resuming from {path}: " + "; ".join(errors), RuntimeWarning, stacklevel=2)
         return payload
     raise CheckpointError(f"no checkpoint to resume from in {out_dir}: " + "; ".join(errors))
-
-
-def rng_state() -> dict:
-    """Every random-number generator training draws from: PyTorch (CPU and each CUDA device), NumPy, Python."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    if st.get("cuda") and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st["cuda"])
-    if "numpy" in st:
-        np.random.set_state(st["numpy"])
-    if "python" in st:
-        random.setstate(st["python"])
 
 
 def read_checkpoint(path) -> dict:

@@ -60,17 +60,17 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local_rank, owns), device
 
 
-def shutdown(dist: Dist) -> None:
-    if dist.owns_group and td.is_initialized():
+def shutdown(group: Dist) -> None:
+    if group.owns_group and td.is_initialized():
         td.barrier()
         td.destroy_process_group()
 
 
-def shard(indices: np.ndarray, dist: Dist) -> np.ndarray:
+def shard(indices: np.ndarray, group: Dist) -> np.ndarray:
     """This rank's contiguous part of one global batch (sizes differ by at most one sample)."""
-    if not dist.enabled:
+    if not group.enabled:
         return indices
-    return np.array_split(indices, dist.world)[dist.rank]
+    return np.array_split(indices, group.world)[group.rank]
 
 
 class _LossModule(nn.Module):
@@ -81,8 +81,8 @@ class _LossModule(nn.Module):
         self.mfm = mfm
         self.objective = objective
 
-    def forward(self, batch):
-        return self.objective(batch)
+    def forward(self, batch, beta: float = 1.0):
+        return self.objective(batch, beta=beta)
 
 
 class DataParallelLoss:
@@ -90,46 +90,47 @@ class DataParallelLoss:
     gradients DDP averages over ranks are those of the mean over the global batch. In a single process, the
     objective itself."""
 
-    def __init__(self, mfm: nn.Module, objective, dist: Dist):
-        self.dist = dist
+    def __init__(self, mfm: nn.Module, objective, group: Dist):
+        self.group = group
         module = _LossModule(mfm, objective)
-        if dist.enabled:
+        if group.enabled:
             # some parameters (e.g. the label expert) can miss a gradient on a batch without labels
             module = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
         self.module = module
 
-    def __call__(self, batch, global_size: int) -> torch.Tensor:
-        """The objective on ``batch`` (a mean over its samples); backpropagate ``loss * weight(...)``."""
-        return self.module(batch)
+    def __call__(self, batch, global_size: int, beta: float = 1.0) -> torch.Tensor:
+        """The objective on ``batch`` (a mean over its samples, its KL terms weighted by ``beta``); backpropagate
+        ``loss * weight(...)``."""
+        return self.module(batch, beta=beta)
 
     def weight(self, local_size: int, global_size: int) -> float:
         """The factor that turns this shard's mean into its share of the global mean, times the number of ranks
         (DDP divides the summed gradients by it); 1 in a single process."""
-        return local_size * self.dist.world / global_size if self.dist.enabled else 1.0
+        return local_size * self.group.world / global_size if self.group.enabled else 1.0
 
 
-def all_sum(values, dist: Dist, device=None) -> list[float]:
+def all_sum(values, group: Dist, device=None) -> list[float]:
     """Elementwise sum of a list of numbers over ranks."""
-    if not dist.enabled:
+    if not group.enabled:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     td.all_reduce(t)
     return t.tolist()
 
 
-def broadcast(obj, dist: Dist):
+def broadcast(obj, group: Dist):
     """Rank 0's ``obj`` on every rank."""
-    if not dist.enabled:
+    if not group.enabled:
         return obj
     box = [obj]
     td.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def gather(obj, dist: Dist) -> list:
+def gather(obj, group: Dist) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
-    if not dist.enabled:
+    if not group.enabled:
         return [obj]
-    out = [None] * dist.world
+    out = [None] * group.world
     td.all_gather_object(out, obj)
     return out

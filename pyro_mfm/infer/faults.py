@@ -53,14 +53,6 @@ class StopRequested:
         self._before.clear()
 
 
-def grad_norm(params) -> torch.Tensor:
-    """The total 2-norm of the gradients of ``params`` (non-finite when any gradient entry is)."""
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
 def is_finite(x) -> bool:
     return bool(torch.isfinite(x).all()) if torch.is_tensor(x) else math.isfinite(x)
 

@@ -150,7 +150,7 @@ class Objective:
 
     * ``elbo``: ``(-ELBO_beta(batch) + alpha * discriminative_loss(batch)) / len(batch)``, with Pyro's
       ``TraceMeanField_ELBO`` (analytic KL between the Gaussian guide and prior factors) or ``Trace_ELBO``, its KL
-      terms weighted by ``beta`` (1 after the warm-up: the true ELBO);
+      terms weighted by ``beta`` (an argument of the call; 1, the default: the true ELBO);
     * ``wae``: ``-sum(log-likelihood of observed x and y at the guide's Delta codes) / len(batch)
       + beta * sum_factors lambda_mmd[factor] * MMD(codes of the factor, draws from N(0, I))``, the z_a,m codes
       of the samples where modality m is present.
@@ -166,7 +166,6 @@ class Objective:
                              max_plate_nesting=1)
         self.mfm = mfm
         self.alpha = cfg.alpha
-        self.beta = 1.0
         factors = (["z_y"] if mfm.shared else []) + (list(mfm.names) if mfm.private else [])
         lam = cfg.lambda_mmd
         if isinstance(lam, dict):
@@ -178,9 +177,11 @@ class Objective:
         else:
             self.lambda_mmd = {f: float(lam) for f in factors}
 
-    def __call__(self, batch: Batch) -> torch.Tensor:
+    def __call__(self, batch: Batch, beta: float = 1.0) -> torch.Tensor:
+        """The loss on ``batch``, its KL (``elbo``) or MMD (``wae``) terms weighted by ``beta`` (the KL warm-up's
+        annealing factor; 1: the true objective)."""
         cfg = self.mfm.config
-        beta = 0.0 if cfg.ablation == "discriminative" else self.beta
+        beta = 0.0 if cfg.ablation == "discriminative" else beta
         loss = self.wae_loss(batch, beta) if cfg.objective == "wae" else self.elbo_loss(batch, beta)
         if cfg.missing == "surrogate":
             loss = loss + cfg.surrogate_weight * self.mfm.surrogate_loss(batch)
