@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run   set up, then train/evaluate/impute on the embedded data set and write reports/uci_mfeat/ (anew)
-#   make test  set up, then run the test suite
+#   make test  set up, then lint and format-check (ruff) and run the test suite
 #   make notebooks  execute the four notebooks and render them to HTML under reports/notebooks/
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,6 +23,8 @@ run: $(STAMP)
 	$(BIN)/pyro-mfm run models/uci_mfeat.toml --out reports/uci_mfeat --overwrite
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 notebooks: $(STAMP)

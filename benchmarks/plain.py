@@ -123,8 +123,9 @@ def mmd_terms(mfm, batch, z_y, z_a: dict) -> torch.Tensor:
         code = z_y if factor == "z_y" else z_a[factor][batch.present[factor]]
         if lam[factor] and len(code) > 1:
             prior = torch.randn_like(code)
-            loss = loss + len(batch) * float(lam[factor]) * mmd(code, prior, cfg.mmd_kernel, cfg.mmd_scale,
-                                                                 cfg.mmd_estimator)
+            loss = loss + len(batch) * float(lam[factor]) * mmd(
+                code, prior, cfg.mmd_kernel, cfg.mmd_scale, cfg.mmd_estimator
+            )
     return loss
 
 

@@ -54,9 +54,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = to_device(args.device)
     reps, warmup = (args.reps or 3, 1) if args.quick else (args.reps or 30, 3)
-    print(f"# pyro-mfm benchmarks\n\n{datetime.date.today()}, {describe(device)}, torch {torch.__version__}, "
-          f"{reps} timed repetitions after {warmup} warm-up" + (" (quick: tiny networks)" if args.quick else "")
-          + "\n\nTimes in ms: median (interquartile range).\n")
+    print(
+        f"# pyro-mfm benchmarks\n\n{datetime.date.today()}, {describe(device)}, torch {torch.__version__}, "
+        f"{reps} timed repetitions after {warmup} warm-up"
+        + (" (quick: tiny networks)" if args.quick else "")
+        + "\n\nTimes in ms: median (interquartile range).\n"
+    )
     checks: list[str] = []
     if "1" in args.only:
         rows = sections.overhead(device, reps, warmup, args.quick, checks)

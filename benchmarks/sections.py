@@ -24,6 +24,7 @@ def train_step(mfm, loss_fn, validate: bool = True):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -45,13 +46,17 @@ def check_equal(name: str, a_fn, b_fn, mfm, seed: int = 3, rtol: float = 1e-5) -
 def overhead(device, reps, warmup, quick, checks: list) -> list:
     """Pyro's objective against the plain-PyTorch loss of the same networks and terms, one training step each."""
     rows = []
-    for s in (setups.uci(device=device, quick=quick), setups.mosi("wae", device=device, missing=0.2, quick=quick),
-              setups.mosi("elbo", device=device, missing=0.2, quick=quick)):
+    for s in (
+        setups.uci(device=device, quick=quick),
+        setups.mosi("wae", device=device, missing=0.2, quick=quick),
+        setups.mosi("elbo", device=device, missing=0.2, quick=quick),
+    ):
         mfm, batch = s.mfm, s.batch
         obj = Objective(mfm)
         fn = plain.loss_fn(mfm)
-        checks.append(check_equal(f"{s.name}: Pyro objective = plain PyTorch", lambda: obj(batch),
-                                  lambda: fn(mfm, batch), mfm))
+        checks.append(
+            check_equal(f"{s.name}: Pyro objective = plain PyTorch", lambda: obj(batch), lambda: fn(mfm, batch), mfm)
+        )
         # training validates the first step only (train.validate = "first"): every later step is the row
         # "validation off"; the rows "validation on" are train.validate = "always"
         variants = {
@@ -87,24 +92,46 @@ def overhead(device, reps, warmup, quick, checks: list) -> list:
 def throughput(device, reps, warmup, quick, checks: list) -> list:
     """Training samples per second, the library's ``wae`` step against the step-by-step reference's."""
     rows = []
-    for size in ((16,) if quick else (32, 64)):
+    for size in (16,) if quick else (32, 64):
         s = setups.mosi("wae", batch_size=size, device=device, quick=quick)
         mfm, batch = s.mfm, s.batch
         obj = Objective(mfm)
-        checks.append(check_equal(f"MOSI wae, batch {size}: library = step-by-step reference", lambda: obj(batch),
-                                  lambda: stepwise.wae_loss(mfm, batch), mfm))
-        t = interleaved({"library": train_step(mfm, lambda: obj(batch), False),  # as trained after the first step
-                         "reference": train_step(mfm, lambda: stepwise.wae_loss(mfm, batch), False)},
-                        device, reps, warmup)
+        checks.append(
+            check_equal(
+                f"MOSI wae, batch {size}: library = step-by-step reference",
+                lambda: obj(batch),
+                lambda: stepwise.wae_loss(mfm, batch),
+                mfm,
+            )
+        )
+        t = interleaved(
+            {
+                "library": train_step(mfm, lambda: obj(batch), False),  # as trained after the first step
+                "reference": train_step(mfm, lambda: stepwise.wae_loss(mfm, batch), False),
+            },
+            device,
+            reps,
+            warmup,
+        )
         lib, ref = t["library"], t["reference"]
-        mem = {k: peak_memory(f, device) for k, f in (("library", train_step(mfm, lambda: obj(batch))),
-                                                         ("reference", train_step(mfm, lambda: stepwise.wae_loss(
-                                                             mfm, batch))))}
+        mem = {
+            k: peak_memory(f, device)
+            for k, f in (
+                ("library", train_step(mfm, lambda: obj(batch))),
+                ("reference", train_step(mfm, lambda: stepwise.wae_loss(mfm, batch))),
+            )
+        }
         if device.type == "cpu":  # the speed-up if the library did nothing but its matrix products
             bound = f"{ref.median / (1e-3 * matmul_ms(train_step(mfm, lambda: obj(batch), False))):.2f}"
-        rows.append([f"batch {size}", f"{size / ref.median:.0f} ({ref.ms()} ms)",
-                     f"{size / lib.median:.0f} ({lib.ms()} ms)", f"{ref.median / lib.median:.2f}",
-                     bound if device.type == "cpu" else mem["library"]])
+        rows.append(
+            [
+                f"batch {size}",
+                f"{size / ref.median:.0f} ({ref.ms()} ms)",
+                f"{size / lib.median:.0f} ({lib.ms()} ms)",
+                f"{ref.median / lib.median:.2f}",
+                bound if device.type == "cpu" else mem["library"],
+            ]
+        )
     return rows
 
 
@@ -112,21 +139,30 @@ def inference(device, reps, warmup, quick) -> list:
     """Prediction and imputation throughput from subsets of observed modalities, and their peak memory."""
     rows = []
     n, samples = (32, 2) if quick else (512, 20)
-    for s, subsets in ((setups.mosi("wae", device=device, quick=quick), (None, ("text",), ("audio", "vision"))),
-                       (setups.uci(device=device, quick=quick), (None, ("fou", "pix")))):
+    for s, subsets in (
+        (setups.mosi("wae", device=device, quick=quick), (None, ("text",), ("audio", "vision"))),
+        (setups.uci(device=device, quick=quick), (None, ("fou", "pix"))),
+    ):
         mfm = s.mfm.eval()
         ds = s.data["train"].subset(np.arange(min(n, len(s.data["train"]))))
         fns = {}
         for obs in subsets:
             label = "all" if obs is None else "+".join(obs)
-            fns[f"predict, observed {label}"] = lambda obs=obs: predict(mfm, ds, obs, num_samples=samples,
-                                                                        batch_size=256, keep_samples=False)
-            fns[f"impute, observed {label}"] = lambda obs=obs: impute(mfm, ds, obs, num_samples=samples,
-                                                                      batch_size=256)
+            fns[f"predict, observed {label}"] = lambda obs=obs: predict(
+                mfm, ds, obs, num_samples=samples, batch_size=256, keep_samples=False
+            )
+            fns[f"impute, observed {label}"] = lambda obs=obs: impute(mfm, ds, obs, num_samples=samples, batch_size=256)
         t = interleaved(fns, device, max(3, reps // 4), 1)
         for name, timing in t.items():
-            rows.append([s.name.split(" (")[0], name, f"{len(ds) / timing.median:.0f}", timing.ms(),
-                         peak_memory(fns[name], device)])
+            rows.append(
+                [
+                    s.name.split(" (")[0],
+                    name,
+                    f"{len(ds) / timing.median:.0f}",
+                    timing.ms(),
+                    peak_memory(fns[name], device),
+                ]
+            )
     return rows
 
 
@@ -137,8 +173,10 @@ def scaling(device, reps, warmup, quick) -> list:
     grids = {
         "batch size": [{"batch_size": b} for b in ((8, 16, 32) if small else (16, 32, 64, 128))],
         "steps T": [{"T": T} for T in ((2, 4, 6) if small else (5, 10, 20, 40))],
-        "modalities M": [{"dims": dict(list({"text": 300, "audio": 5, "vision": 20, "extra": 20}.items())[:M])}
-                         for M in ((1, 2, 3) if small else (1, 2, 3, 4))],
+        "modalities M": [
+            {"dims": dict(list({"text": 300, "audio": 5, "vision": 20, "extra": 20}.items())[:M])}
+            for M in ((1, 2, 3) if small else (1, 2, 3, 4))
+        ],
     }
     for axis, grid in grids.items():
         steps = {}
@@ -150,8 +188,7 @@ def scaling(device, reps, warmup, quick) -> list:
         t = interleaved(steps, device, reps, warmup)
         prev = None
         for size, timing in t.items():
-            marginal = "" if prev is None else \
-                f"{1e3 * (timing.median - t[prev].median) / (size - prev):.2f}"
+            marginal = "" if prev is None else f"{1e3 * (timing.median - t[prev].median) / (size - prev):.2f}"
             rows.append([axis, str(size), timing.ms(), f"{1e3 * timing.median / size:.2f}", marginal])
             prev = size
     return rows

@@ -69,13 +69,26 @@ def uci(batch_size: int = 64, device="cpu", missing: float = 0.3, quick: bool = 
     present = rng.random((n, len(ds.schema.names))) >= missing
     present[np.arange(n), rng.integers(0, present.shape[1], n)] = True
     arrays = {m: np.asarray(ds.features[m]) * present[:, i, None] for i, m in enumerate(ds.schema.names)}
-    hidden = from_arrays(arrays, np.asarray(ds.labels), label_kind="categorical", num_classes=10,
-                         present={m: present[:, i] for i, m in enumerate(ds.schema.names)})
+    hidden = from_arrays(
+        arrays,
+        np.asarray(ds.labels),
+        label_kind="categorical",
+        num_classes=10,
+        present={m: present[:, i] for i, m in enumerate(ds.schema.names)},
+    )
     return _build("UCI vectors", config, hidden, batch_size, device)
 
 
-def mosi(objective: str = "wae", batch_size: int = 64, T: int = 20, dims: dict | None = None, device="cpu",
-         missing: float = 0.0, quick: bool = False, seed: int = 0) -> Setup:
+def mosi(
+    objective: str = "wae",
+    batch_size: int = 64,
+    T: int = 20,
+    dims: dict | None = None,
+    device="cpu",
+    missing: float = 0.0,
+    quick: bool = False,
+    seed: int = 0,
+) -> Setup:
     """``models/mfm-paper-mosi.toml`` (MFN fusion, LSTM encoders and decoders, the paper's sizes) on MOSI-shaped
     sequences; ``objective = "elbo"`` swaps in the ELBO with analytic KL for the same networks."""
     dims = dims or MOSI_DIMS

@@ -96,8 +96,14 @@ def peak_memory(fn, device) -> str:
 
 # the kernels of matrix products: plain and batched products, and the CPU's fused LSTM layers (whose work is the
 # input and recurrent products, with the gate nonlinearities folded in)
-MATMUL_KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_rnn_layer",
-                  "aten::mkldnn_rnn_layer_backward")
+MATMUL_KERNELS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::mkldnn_rnn_layer",
+    "aten::mkldnn_rnn_layer_backward",
+)
 
 
 def matmul_ms(fn, reps: int = 5) -> float:

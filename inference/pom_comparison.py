@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from pyro_mfm.config import Config
+from pyro_mfm.data import load_data
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
-from pyro_mfm.data import load_data
 from pyro_mfm.infer.metrics import regression_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,23 +40,34 @@ def ridge(data, names):
     mu, sd = X.mean(0), X.std(0) + 1e-8
     z = lambda ds: (time_averaged(ds, names) - mu) / sd  # noqa: E731
     y = lambda ds: np.asarray(ds.labels)  # noqa: E731
-    alpha = min((np.abs(Ridge(alpha=a).fit(z(tr), y(tr)).predict(z(va)) - y(va)).mean(), a)
-                for a in (0.1, 1, 10, 100, 1000, 10000))[1]
+    alpha = min(
+        (np.abs(Ridge(alpha=a).fit(z(tr), y(tr)).predict(z(va)) - y(va)).mean(), a)
+        for a in (0.1, 1, 10, 100, 1000, 10000)
+    )[1]
     return Ridge(alpha=alpha).fit(z(tr), y(tr)).predict(z(te))
 
 
 def main(argv):
     path = argv[0] if argv and not argv[0].startswith("--") else str(ROOT / "models" / "mfm-pom.toml")
-    overrides = [a for a in argv[1:] if a != "--set"] if argv and not argv[0].startswith("--") else \
-        [a for a in argv if a != "--set"]
+    overrides = (
+        [a for a in argv[1:] if a != "--set"]
+        if argv and not argv[0].startswith("--")
+        else [a for a in argv if a != "--set"]
+    )
     base = Config.load(path, ["train.progress=False"] + overrides)
     data = load_data(base)
     test, y = data["test"], np.asarray(data["test"].labels)
     rows, imputed = {}, {}
     for objective in ("elbo", "wae"):
         mfm = fit(base.override([f"model.objective='{objective}'"]), data).mfm
-        records = evaluate(mfm, test, list(SUBSETS.values()), num_samples=base.evaluate.num_samples,
-                           impute_samples=base.evaluate.num_samples, progress=False)
+        records = evaluate(
+            mfm,
+            test,
+            list(SUBSETS.values()),
+            num_samples=base.evaluate.num_samples,
+            impute_samples=base.evaluate.num_samples,
+            progress=False,
+        )
         for label, rec in zip(SUBSETS, records):
             rows.setdefault(label, {})[f"MFM {objective}"] = rec["label"]
             for m, v in rec.get("imputation", {}).items():

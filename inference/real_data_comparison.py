@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 from pyro_mfm.config import Config
-from pyro_mfm.data import from_arrays
+from pyro_mfm.data import from_arrays, load_data
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
-from pyro_mfm.data import load_data
 from pyro_mfm.infer.metrics import label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
 
@@ -84,8 +83,12 @@ def time_averaged(seq):
             feats[m].append((x * s[..., None]).sum(1) / np.maximum(s.sum(1), 1)[:, None])
         labels.append(np.asarray(ds.labels))
         split += [name] * len(ds)
-    return from_arrays({m: np.concatenate(v) for m, v in feats.items()}, np.concatenate(labels), split=np.array(split),
-                       name=f"{seq.schema.name} (time-averaged)")
+    return from_arrays(
+        {m: np.concatenate(v) for m, v in feats.items()},
+        np.concatenate(labels),
+        split=np.array(split),
+        name=f"{seq.schema.name} (time-averaged)",
+    )
 
 
 def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
@@ -99,23 +102,35 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
         per = {}
         for obs in subsets:
             torch.manual_seed(seed)
-            pred = predict(result.mfm, test, obs, num_samples=num_samples, interval=config.evaluate.interval,
-                           keep_samples=False)
+            pred = predict(
+                result.mfm, test, obs, num_samples=num_samples, interval=config.evaluate.interval, keep_samples=False
+            )
             metrics = label_metrics(pred, y, keep, data.schema.label)
             score = (pred.label == y).astype(float) if pred.kind == "categorical" else np.abs(pred.point - y).mean(-1)
             per[obs] = {"metrics": metrics, "score": score[keep]}
         out.append(per)
-        print(f"  seed {seed}: trained and evaluated in {time.time() - start:.0f} s (best epoch "
-              f"{result.best.get('epoch', -1) + 1}, calibration {result.calibration.get('nlpd_before', float('nan')):.4f}"
-              f" -> {result.calibration.get('nlpd_after', float('nan')):.4f})", file=sys.stderr, flush=True)
+        print(
+            f"  seed {seed}: trained and evaluated in {time.time() - start:.0f} s (best epoch "
+            f"{result.best.get('epoch', -1) + 1}, calibration {result.calibration.get('nlpd_before', float('nan')):.4f}"
+            f" -> {result.calibration.get('nlpd_after', float('nan')):.4f})",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
 def summary(runs, subsets, keys):
     """Mean and standard deviation over seeds of each metric, per subset."""
-    return {obs: {k: (float(np.mean([r[obs]["metrics"][k] for r in runs])),
-                      float(np.std([r[obs]["metrics"][k] for r in runs])))
-                  for k in keys} for obs in subsets}
+    return {
+        obs: {
+            k: (
+                float(np.mean([r[obs]["metrics"][k] for r in runs])),
+                float(np.std([r[obs]["metrics"][k] for r in runs])),
+            )
+            for k in keys
+        }
+        for obs in subsets
+    }
 
 
 def nested(runs, subsets, higher_is_better: bool):
@@ -129,8 +144,15 @@ def nested(runs, subsets, higher_is_better: bool):
                 d = score[big] - score[small]
                 d = d if higher_is_better else -d
                 se = float(d.std(ddof=1) / np.sqrt(len(d)))
-                rows.append({"smaller": list(small), "larger": list(big), "gain": float(d.mean()), "se": se,
-                             "worse": bool(d.mean() < -se)})
+                rows.append(
+                    {
+                        "smaller": list(small),
+                        "larger": list(big),
+                        "gain": float(d.mean()),
+                        "se": se,
+                        "worse": bool(d.mean() < -se),
+                    }
+                )
     return rows
 
 
@@ -149,27 +171,41 @@ def compare_uci(seeds, overrides, num_samples):
     s = summary(runs, subsets, ["accuracy", "ece"])
     pairs = nested(runs, subsets, higher_is_better=True)
     per_seed = np.array([[r[obs]["metrics"]["accuracy"] - base_acc[obs] for obs in subsets] for r in runs])
-    lines = [f"UCI Multiple Features, test accuracy, MFM mean ± sd over seeds {list(seeds)}; logistic regression per "
-             "subset (C on validation)", "",
-             "| observed views | MFM accuracy | logistic regression | paired difference (sd over seeds) | MFM ECE |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"UCI Multiple Features, test accuracy, MFM mean ± sd over seeds {list(seeds)}; logistic regression per "
+        "subset (C on validation)",
+        "",
+        "| observed views | MFM accuracy | logistic regression | paired difference (sd over seeds) | MFM ECE |",
+        "|---|---|---|---|---|",
+    ]
     for i, obs in enumerate(subsets):
-        (acc, sd), (ece, ece_sd) = s[obs]["accuracy"], s[obs]["ece"]
-        lines.append(f"| {name(obs)} | {acc:.4f} ± {sd:.4f} | {base_acc[obs]:.4f} | {per_seed[:, i].mean():+.4f} "
-                     f"({per_seed[:, i].std():.4f}) | {ece:.4f} |")
+        (acc, sd), (ece, _) = s[obs]["accuracy"], s[obs]["ece"]
+        lines.append(
+            f"| {name(obs)} | {acc:.4f} ± {sd:.4f} | {base_acc[obs]:.4f} | {per_seed[:, i].mean():+.4f} "
+            f"({per_seed[:, i].std():.4f}) | {ece:.4f} |"
+        )
     below = [obs for i, obs in enumerate(subsets) if per_seed[:, i].mean() < -0.005]
     singles_below = [obs for i, obs in enumerate(subsets) if len(obs) == 1 and per_seed[:, i].mean() < 0]
     worse = [p for p in pairs if p["worse"]]
     multi_ece = max(s[obs]["ece"][0] for obs in subsets if len(obs) > 1)
-    lines += ["", f"- subsets more than 0.5 points below the logistic regression: {len(below)} of {len(subsets)} "
-              f"({', '.join(name(o) for o in below) or 'none'}); single views below theirs: "
-              f"{', '.join(name(o) for o in singles_below) or 'none'}",
-              f"- nested pairs where adding views is worse by more than one paired standard error: {len(worse)} of "
-              f"{len(pairs)}" + "".join(f"; {name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} "
-                                        f"(se {p['se']:.4f})" for p in worse[:5]),
-              f"- largest ECE over subsets of two views or more: {multi_ece:.4f}"]
-    record = {"subsets": [list(o) for o in subsets], "mfm": {name(o): v for o, v in s.items()},
-              "logistic_regression": {name(o): v for o, v in base_acc.items()}, "nested": pairs}
+    lines += [
+        "",
+        f"- subsets more than 0.5 points below the logistic regression: {len(below)} of {len(subsets)} "
+        f"({', '.join(name(o) for o in below) or 'none'}); single views below theirs: "
+        f"{', '.join(name(o) for o in singles_below) or 'none'}",
+        f"- nested pairs where adding views is worse by more than one paired standard error: {len(worse)} of "
+        f"{len(pairs)}"
+        + "".join(
+            f"; {name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})" for p in worse[:5]
+        ),
+        f"- largest ECE over subsets of two views or more: {multi_ece:.4f}",
+    ]
+    record = {
+        "subsets": [list(o) for o in subsets],
+        "mfm": {name(o): v for o, v in s.items()},
+        "logistic_regression": {name(o): v for o, v in base_acc.items()},
+        "nested": pairs,
+    }
     return "\n".join(lines), record
 
 
@@ -181,18 +217,35 @@ def compare_pom(data, config, seeds, num_samples, label):
     runs = run_mfm(config, data, subsets, seeds, num_samples)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
-    lines = [f"POM ({label}), test MAE and correlation (means over the 17 ratings), MFM mean ± sd over seeds "
-             f"{list(seeds)}; ridge per subset on time-averaged features (penalty on validation MAE)", "",
-             "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"POM ({label}), test MAE and correlation (means over the 17 ratings), MFM mean ± sd over seeds "
+        f"{list(seeds)}; ridge per subset on time-averaged features (penalty on validation MAE)",
+        "",
+        "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |",
+        "|---|---|---|---|---|---|",
+    ]
     for obs in subsets:
         (mae, mae_sd), (corr, corr_sd), (cov, cov_sd) = s[obs]["mae"], s[obs]["corr"], s[obs]["coverage"]
-        lines.append(f"| {name(obs)} | {mae:.4f} ± {mae_sd:.4f} | {base[obs]['mae']:.4f} | {corr:.4f} ± {corr_sd:.4f} "
-                     f"| {base[obs]['corr']:.4f} | {cov:.3f} ± {cov_sd:.3f} |")
-    lines += [f"- nested pairs worse by more than one paired standard error (MAE): "
-              + (", ".join(f"{name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})"
-                           for p in pairs if p["worse"]) or "none")]
-    record = {"mfm": {name(o): v for o, v in s.items()}, "ridge": {name(o): v for o, v in base.items()},
-              "nested": pairs}
+        lines.append(
+            f"| {name(obs)} | {mae:.4f} ± {mae_sd:.4f} | {base[obs]['mae']:.4f} | {corr:.4f} ± {corr_sd:.4f} "
+            f"| {base[obs]['corr']:.4f} | {cov:.3f} ± {cov_sd:.3f} |"
+        )
+    lines += [
+        "- nested pairs worse by more than one paired standard error (MAE): "
+        + (
+            ", ".join(
+                f"{name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})"
+                for p in pairs
+                if p["worse"]
+            )
+            or "none"
+        )
+    ]
+    record = {
+        "mfm": {name(o): v for o, v in s.items()},
+        "ridge": {name(o): v for o, v in base.items()},
+        "nested": pairs,
+    }
     return "\n".join(lines), record
 
 
@@ -220,8 +273,11 @@ def main(argv=None):
             else:
                 config = Config.load(ROOT / "models" / "mfm-pom.toml", [f"data.source='{pom}'"] + args.set)
                 data = load_data(config)
-            label = ("time-averaged vectors, the library's defaults" if which == "pom-vectors"
-                     else "sequences, models/mfm-pom.toml")
+            label = (
+                "time-averaged vectors, the library's defaults"
+                if which == "pom-vectors"
+                else "sequences, models/mfm-pom.toml"
+            )
             text, record[which] = compare_pom(data, config, seeds, args.num_samples, label)
         else:
             ap.error(f"--data {which!r}: expected uci, pom-vectors or pom-sequences")

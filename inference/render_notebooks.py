@@ -26,8 +26,9 @@ def render(path, out_dir, kernel_name: str = "python3", timeout: int = 1800) -> 
 
     path, out_dir = Path(path), Path(out_dir)
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, kernel_name=kernel_name, timeout=timeout,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, kernel_name=kernel_name, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     html, _ = HTMLExporter().from_notebook_node(nb)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{path.stem}.html"

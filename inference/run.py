@@ -1,6 +1,6 @@
 """Script form of `pyro-mfm run`, the main job: train, evaluate every observed subset, impute, report.
 
-    python inference/run.py models/uci_mfeat.toml --out reports/uci_mfeat
+python inference/run.py models/uci_mfeat.toml --out reports/uci_mfeat
 """
 
 import sys

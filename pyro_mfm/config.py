@@ -24,7 +24,6 @@ from typing import Literal
 from .config_fields import SHORT_REPR, ConfigError, check_fields, setting  # noqa: F401  (ConfigError: re-exported)
 from .metric_directions import HIGHER_IS_BETTER
 
-
 # Widths beyond this would make a single hidden-by-hidden weight matrix hundreds of MB: a typo, not a model.
 MAX_WIDTH = 8192
 # Posterior draws per prediction or per training term: each batch holds draws x batch x width numbers at once.
@@ -175,15 +174,17 @@ class ModelConfig(_Table):
             return {m: value[m] for m in names}
         return {m: value for m in names}
 
-    def validate(self, where: str = "<config>") -> "ModelConfig":
+    def validate(self, where: str = "<config>") -> ModelConfig:
         return self.check(where)
 
     def _cross_check(self, where: str) -> None:
         if self.fusion == "mfn" and self.ablation == "no_shared":
             raise ConfigError(f"{where}: model.fusion = 'mfn' encodes z_y, which model.ablation = 'no_shared' removes")
         if self.missing == "surrogate" and self.ablation in ("shared_only", "discriminative"):
-            raise ConfigError(f"{where}: model.missing = 'surrogate' predicts z_a codes, which model.ablation = "
-                              f"{self.ablation!r} removes")
+            raise ConfigError(
+                f"{where}: model.missing = 'surrogate' predicts z_a codes, which model.ablation = "
+                f"{self.ablation!r} removes"
+            )
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Config:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "<dict>") -> "Config":
+    def from_dict(cls, d: dict, where: str = "<dict>") -> Config:
         cfg = cls()
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: expected tables data, model, train, evaluate; got {SHORT_REPR.repr(d)}")
@@ -296,7 +297,7 @@ class Config:
                 setattr(sub, key, v)
         return cfg.check(where)
 
-    def check(self, where: str = "<config>") -> "Config":
+    def check(self, where: str = "<config>") -> Config:
         """Check every table (see :func:`check_table`); returns the configuration."""
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
@@ -306,14 +307,18 @@ class Config:
                 sub.check(where)
         return self
 
-    def differences(self, other: "Config", tables=("data", "model", "train", "evaluate")) -> list[str]:
+    def differences(self, other: Config, tables=("data", "model", "train", "evaluate")) -> list[str]:
         """``"table.key = old -> new"`` for every field of ``tables`` whose value differs in ``other``."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{t}.{k} = {SHORT_REPR.repr(v)} -> {SHORT_REPR.repr(theirs[t][k])}"
-                for t in tables for k, v in mine[t].items() if theirs[t][k] != v]
+        return [
+            f"{t}.{k} = {SHORT_REPR.repr(v)} -> {SHORT_REPR.repr(theirs[t][k])}"
+            for t in tables
+            for k, v in mine[t].items()
+            if theirs[t][k] != v
+        ]
 
     @classmethod
-    def load(cls, path, overrides=()) -> "Config":
+    def load(cls, path, overrides=()) -> Config:
         path = Path(path)
         try:
             with open(path, "rb") as f:
@@ -329,7 +334,7 @@ class Config:
             cfg.data.source = str((path.parent / src).resolve())
         return cfg.override(overrides)
 
-    def override(self, overrides) -> "Config":
+    def override(self, overrides) -> Config:
         """Apply ``table.key=value`` strings (values parsed as Python/TOML literals, else kept as strings)."""
         d = self.to_dict()
         for item in overrides:

@@ -27,8 +27,7 @@ def setting(default, *, ge=None, gt=None, le=None, lt=None, pattern: str | None 
     """A dataclass field with its accepted range: numbers within the bounds ``ge <= v``, ``gt < v``, ``v <= le``,
     ``v < lt`` (each value of a per-modality table too), strings matching ``pattern`` in full (``what`` describes
     the pattern in error messages)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern,
-                                            "what": what})
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern, "what": what})
 
 
 class _Mismatch(Exception):
@@ -36,10 +35,8 @@ class _Mismatch(Exception):
 
 
 def _bounds_text(meta) -> str:
-    lo = (f"[{meta['ge']}" if meta.get("ge") is not None else f"({meta['gt']}" if meta.get("gt") is not None
-          else None)
-    hi = (f"{meta['le']}]" if meta.get("le") is not None else f"{meta['lt']})" if meta.get("lt") is not None
-          else None)
+    lo = f"[{meta['ge']}" if meta.get("ge") is not None else f"({meta['gt']}" if meta.get("gt") is not None else None
+    hi = f"{meta['le']}]" if meta.get("le") is not None else f"{meta['lt']})" if meta.get("lt") is not None else None
     if lo and hi:
         return f" in {lo}, {hi}"
     if lo:
@@ -51,8 +48,7 @@ def _bounds_text(meta) -> str:
 
 def _in_bounds(v, meta) -> bool:
     ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
-    return ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le)
-            and (lt is None or v < lt))
+    return (ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le) and (lt is None or v < lt)
 
 
 def _describe(tp, meta) -> str:

@@ -92,8 +92,10 @@ class Guide(nn.Module):
         lengths = {s.name: s.steps for s in self.schema.modalities}
         for s in self.schema.modalities:
             if not s.is_sequence or s.steps != self.schema.modalities[0].steps:
-                raise ConfigError(f"model.fusion = 'mfn': modality {s.name!r} has shape {s.shape}; the MFN needs "
-                                  f"every modality to be a sequence (T, d) of one length T (lengths: {lengths})")
+                raise ConfigError(
+                    f"model.fusion = 'mfn': modality {s.name!r} has shape {s.shape}; the MFN needs "
+                    f"every modality to be a sequence (T, d) of one length T (lengths: {lengths})"
+                )
         return {s.name: s.dim for s in self.schema.modalities}
 
     # ------------------------------------------------------------------ the guide program

@@ -100,8 +100,17 @@ class LabelLikelihood(nn.Module):
     """D: f_y -> p(y | f_y): Normal or Laplace regression (scale learned per output, or ``fixed_scale`` in the
     label's units), Categorical, or independent Bernoulli labels."""
 
-    def __init__(self, label: LabelSpec, kind: str, f_dim: int, hidden: int, mean, std, dropout: float = 0.0,
-                 fixed_scale: float = 0.0):
+    def __init__(
+        self,
+        label: LabelSpec,
+        kind: str,
+        f_dim: int,
+        hidden: int,
+        mean,
+        std,
+        dropout: float = 0.0,
+        fixed_scale: float = 0.0,
+    ):
         super().__init__()
         self.kind = kind = resolve_label_kind(label, kind)
         self.label = label

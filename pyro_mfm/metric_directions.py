@@ -7,20 +7,38 @@ from __future__ import annotations
 
 # The validation metrics model selection knows (``train.select_metric``): True when larger is better.
 HIGHER_IS_BETTER = {
-    "accuracy": True, "macro_f1": True, "weighted_f1": True, "corr": True, "acc2_has0": True, "acc2_non0": True,
-    "f1_has0": True, "f1_non0": True, "acc5": True, "acc7": True,
-    "mae": False, "mse": False, "nlpd": False, "ece": False, "loss": False,
+    "accuracy": True,
+    "macro_f1": True,
+    "weighted_f1": True,
+    "corr": True,
+    "acc2_has0": True,
+    "acc2_non0": True,
+    "f1_has0": True,
+    "f1_non0": True,
+    "acc5": True,
+    "acc7": True,
+    "mae": False,
+    "mse": False,
+    "nlpd": False,
+    "ece": False,
+    "loss": False,
 }
 
 # Names of smaller-is-better metrics, recognised also as a prefix or suffix of a longer name (``valid_mae``,
 # ``elbo_loss``): those of the table, and others that plots meet.
 LOWER_IS_BETTER = tuple(k for k, higher in HIGHER_IS_BETTER.items() if not higher) + (
-    "rmse", "nll", "error", "err", "elbo_loss", "brier")
+    "rmse",
+    "nll",
+    "error",
+    "err",
+    "elbo_loss",
+    "brier",
+)
 
 
 def lower_is_better(metric: str) -> bool:
     """Whether smaller values of the metric named ``metric`` are better (by its name; unknown names: larger)."""
     name = metric.lower()
     if name.startswith("valid_"):
-        name = name[len("valid_"):]
+        name = name[len("valid_") :]
     return any(name == k or name.endswith("_" + k) or name.startswith(k + "_") for k in LOWER_IS_BETTER)

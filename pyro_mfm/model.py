@@ -54,8 +54,10 @@ class Model(nn.Module):
         f_a = config.per_modality("f_a_dim", self.names)
         lambda_x = config.per_modality("lambda_x", self.names)
         # the scale of x_m's log density: lambda_x, per element of x_m with x_reduction = "mean"
-        self.x_weight = {s.name: lambda_x[s.name] / (math.prod(s.shape) if config.x_reduction == "mean" else 1)
-                         for s in schema.modalities}
+        self.x_weight = {
+            s.name: lambda_x[s.name] / (math.prod(s.shape) if config.x_reduction == "mean" else 1)
+            for s in schema.modalities
+        }
         # the latent factors, and what each likelihood reads
         self.shared_sites = [] if config.ablation == "no_shared" else ["z_y"]
         private = config.ablation in ("none", "no_shared")
@@ -69,23 +71,39 @@ class Model(nn.Module):
             self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, dropout) for m in self.names})
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
         decoded = [] if config.ablation == "discriminative" else schema.modalities
-        self.F = nn.ModuleDict({s.name: make_decoder(s, config.sequence_net,
-                                                     sum(f_dim[r] for r in self.reads[f"x_{s.name}"]), h, dropout)
-                                for s in decoded})
-        self.p_x = nn.ModuleDict({
-            s.name: FeatureLikelihood(s, stats.mean[s.name], stats.std[s.name],
-                                      config.x_scale == "learned", config.x_fixed_scale)
-            for s in schema.modalities
-        })
+        self.F = nn.ModuleDict(
+            {
+                s.name: make_decoder(
+                    s, config.sequence_net, sum(f_dim[r] for r in self.reads[f"x_{s.name}"]), h, dropout
+                )
+                for s in decoded
+            }
+        )
+        self.p_x = nn.ModuleDict(
+            {
+                s.name: FeatureLikelihood(
+                    s, stats.mean[s.name], stats.std[s.name], config.x_scale == "learned", config.x_fixed_scale
+                )
+                for s in schema.modalities
+            }
+        )
         self.D = None
         if schema.label is not None:
-            self.D = LabelLikelihood(schema.label, config.label_likelihood, sum(f_dim[r] for r in self.reads["y"]),
-                                     h, stats.label_mean, stats.label_std, dropout, config.label_scale)
+            self.D = LabelLikelihood(
+                schema.label,
+                config.label_likelihood,
+                sum(f_dim[r] for r in self.reads["y"]),
+                h,
+                stats.label_mean,
+                stats.label_std,
+                dropout,
+                config.label_scale,
+            )
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 
     def factor(self, site: str, z):
         """f = G(z) for the latent site ``z_y`` or ``z_a_<m>``."""
-        return self.G_y(z) if site == "z_y" else self.G[site[len("z_a_"):]](z)
+        return self.G_y(z) if site == "z_y" else self.G[site[len("z_a_") :]](z)
 
     def prior(self, site: str):
         """N(0, I); z_y's written as a full-covariance Normal, so that its KL to the guide's is analytic."""
@@ -142,16 +160,26 @@ def _random_subset(batch: Batch) -> Batch:
     present = torch.stack([batch.present[m] for m in names], -1)
     count = present.sum(-1, keepdim=True)
     size = (torch.rand(count.shape, device=present.device) * count).floor().long() + 1
-    keys = torch.where(present, torch.rand(present.shape, device=present.device), torch.full_like(present, 2.0,
-                                                                                                   dtype=torch.float))
+    keys = torch.where(
+        present, torch.rand(present.shape, device=present.device), torch.full_like(present, 2.0, dtype=torch.float)
+    )
     rank = keys.argsort(-1).argsort(-1)
     kept = present & (rank < size)
     return batch.with_present({m: kept[:, i] for i, m in enumerate(names)})
 
 
 # old checkpoints hold one flat module: the guide's parts under these names, the model's under the rest
-_GUIDE_KEYS = ("trunk.", "q_y.", "q_label.", "q_a.", "S.", "fusion.", "q_y_fused.", "expert_log_temperature",
-               "expert_redundancy")
+_GUIDE_KEYS = (
+    "trunk.",
+    "q_y.",
+    "q_label.",
+    "q_a.",
+    "S.",
+    "fusion.",
+    "q_y_fused.",
+    "expert_log_temperature",
+    "expert_redundancy",
+)
 
 
 def upgrade_state_dict(state: dict) -> dict:
@@ -163,9 +191,9 @@ def upgrade_state_dict(state: dict) -> dict:
         for k, v in flat.items():
             state[("guide." if k.startswith(_GUIDE_KEYS) else "model.") + k] = v
             if k.startswith("p_x.") and k.endswith((".mean", ".std")):  # the encoders' input scaling
-                state["guide.x_in." + k[len("p_x."):]] = v
+                state["guide.x_in." + k[len("p_x.") :]] = v
             if k in ("D.mean", "D.std"):
-                state["guide.y_in." + k[len("D."):]] = v
+                state["guide.y_in." + k[len("D.") :]] = v
     if "guide.expert_log_temperature" in state and "guide.expert_redundancy" not in state:
         m = state["guide.expert_log_temperature"].shape[0]
         state["guide.expert_redundancy"] = torch.zeros(m, m)

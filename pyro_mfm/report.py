@@ -32,9 +32,19 @@ def _subtitle(fig, text: str) -> None:
     ax.set_title(f"{ax.get_title()}\n" + textwrap.fill(text, width), fontsize=9)
 
 
-def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, history: list, baselines: dict,
-                mean_baseline: dict, metric: str, seed: int | None = 0, predictions: dict | None = None,
-                config: Config | None = None) -> list[str]:
+def write_plots(
+    out: Path,
+    mfm: MFM,
+    test: MultimodalDataset,
+    records: list,
+    history: list,
+    baselines: dict,
+    mean_baseline: dict,
+    metric: str,
+    seed: int | None = 0,
+    predictions: dict | None = None,
+    config: Config | None = None,
+) -> list[str]:
     """The report's plots. ``predictions``: the evaluation's predictions by observed subset; the calibration and
     confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
     of a prediction made here."""
@@ -43,9 +53,14 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
     flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
     if any("label" in r for r in records):
         single = {m: v[metric] for m, v in baselines.items() if metric in v}
-        written.append(plots.save(plots.metric_by_observed(flat, metric, baseline=single or None,
-                                                           baseline_label="linear model on one view"),
-                                  pdir / f"{metric}_by_observed.png"))
+        written.append(
+            plots.save(
+                plots.metric_by_observed(
+                    flat, metric, baseline=single or None, baseline_label="linear model on one view"
+                ),
+                pdir / f"{metric}_by_observed.png",
+            )
+        )
     # imputation error of each modality when it alone is hidden (imputed from all others)
     errors = {}
     for r in records:
@@ -64,38 +79,57 @@ def write_plots(out: Path, mfm: MFM, test: MultimodalDataset, records: list, his
         keep = test.label_present
         names = list(mfm.schema.label.names) if mfm.schema.label.names else None
         y = np.asarray(test.labels)
-        written.append(plots.save(plots.latent_projection(pred.z_y[keep], y[keep] if y.ndim == 1 else y[keep, 0],
-                                                          class_names=names if mfm.D.kind == "categorical" else None),
-                                  pdir / "z_y_projection.png"))
+        written.append(
+            plots.save(
+                plots.latent_projection(
+                    pred.z_y[keep],
+                    y[keep] if y.ndim == 1 else y[keep, 0],
+                    class_names=names if mfm.D.kind == "categorical" else None,
+                ),
+                pdir / "z_y_projection.png",
+            )
+        )
         if mfm.D.kind == "categorical":
-            for fig, name in ((plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
-                              (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion")):
+            for fig, name in (
+                (plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
+                (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion"),
+            ):
                 _subtitle(fig, shown)
                 written.append(plots.save(fig, pdir / f"{name}.png"))
         elif mfm.D.kind in ("normal", "laplace"):
-            fig = plots.interval_plot(y[keep][:, 0], pred.point[keep][:, 0], pred.lower[keep][:, 0],
-                                      pred.upper[keep][:, 0], level=pred.interval)
+            fig = plots.interval_plot(
+                y[keep][:, 0],
+                pred.point[keep][:, 0],
+                pred.lower[keep][:, 0],
+                pred.upper[keep][:, 0],
+                level=pred.interval,
+            )
             _subtitle(fig, shown)
             written.append(plots.save(fig, pdir / "intervals.png"))
     if history:
         # epochs counted from 1, as the console counts them
         fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
         if config is not None:
-            _subtitle(fig, f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
-                           f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality")
+            _subtitle(
+                fig,
+                f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
+                f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality",
+            )
         written.append(plots.save(fig, pdir / "training_curves.png"))
     return [str(p) for p in written]
 
 
-METRIC_NOTES = "\n".join([
-    "- Label metrics are on the test samples with a label, predicted from the observed modalities alone.",
-    "- ECE (expected calibration error): the gap between confidence and accuracy, averaged over confidence bins "
-    "(0 is perfectly calibrated).",
-    "- NLPD (negative log predictive density): -log p(true label | observed modalities), averaged over samples, "
-    "in nats (lower is better).",
-    "- Imputation MSE: squared error of the imputed posterior mean, in the squared units of the data's features; "
-    "the ratio divides it by the MSE of imputing each feature's training mean (below 1 beats that baseline).",
-])
+METRIC_NOTES = "\n".join(
+    [
+        "- Label metrics are on the test samples with a label, predicted from the observed modalities alone.",
+        "- ECE (expected calibration error): the gap between confidence and accuracy, averaged over confidence bins "
+        "(0 is perfectly calibrated).",
+        "- NLPD (negative log predictive density): -log p(true label | observed modalities), averaged over samples, "
+        "in nats (lower is better).",
+        "- Imputation MSE: squared error of the imputed posterior mean, in the squared units of the data's features; "
+        "the ratio divides it by the MSE of imputing each feature's training mean (below 1 beats that baseline).",
+    ]
+)
 
 
 def best_epoch_line(result) -> str:
@@ -107,8 +141,18 @@ def best_epoch_line(result) -> str:
     return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores})."
 
 
-def write_report(config: Config, out: Path, data: MultimodalData, result, records: list, predictions: dict,
-                 mean_baseline: dict, t0: float, t_train: float, check=lambda: None) -> dict:
+def write_report(
+    config: Config,
+    out: Path,
+    data: MultimodalData,
+    result,
+    records: list,
+    predictions: dict,
+    mean_baseline: dict,
+    t0: float,
+    t_train: float,
+    check=lambda: None,
+) -> dict:
     """Write the report of a finished job to ``out`` and return its metrics (the content of ``metrics.json``).
 
     ``result``: the :class:`~pyro_mfm.infer.train.TrainResult`; ``records`` and ``predictions``: those of
@@ -120,33 +164,61 @@ def write_report(config: Config, out: Path, data: MultimodalData, result, record
     baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
-    written = write_plots(out, mfm, test, records, result.history, baselines, mean_baseline, metric, ev.seed,
-                          predictions=predictions, config=config)
+    written = write_plots(
+        out,
+        mfm,
+        test,
+        records,
+        result.history,
+        baselines,
+        mean_baseline,
+        metric,
+        ev.seed,
+        predictions=predictions,
+        config=config,
+    )
     check()
     report = {
-        "data": data.schema.name or data.source, "attribution": data.schema.attribution,
-        "test_samples": len(test), "best": result.best, "train_seconds": t_train,
-        "total_seconds": time.time() - t0, "subsets": records, "single_view_baselines": baselines,
-        "mean_imputation_baseline": mean_baseline, "history": result.history, "plots": written,
+        "data": data.schema.name or data.source,
+        "attribution": data.schema.attribution,
+        "test_samples": len(test),
+        "best": result.best,
+        "train_seconds": t_train,
+        "total_seconds": time.time() - t0,
+        "subsets": records,
+        "single_view_baselines": baselines,
+        "mean_imputation_baseline": mean_baseline,
+        "history": result.history,
+        "plots": written,
         "config": config.to_dict(),
     }
     write_json(out / "metrics.json", report)
-    md = [f"# MFM report: {report['data']}\n", f"Test samples: {len(test)}. {best_epoch_line(result)}",
-          f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
-          "## Every subset of observed modalities (test split)\n", METRIC_NOTES + "\n",
-          table(records, baseline=mean_baseline)]
+    md = [
+        f"# MFM report: {report['data']}\n",
+        f"Test samples: {len(test)}. {best_epoch_line(result)}",
+        f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
+        "## Every subset of observed modalities (test split)\n",
+        METRIC_NOTES + "\n",
+        table(records, baseline=mean_baseline),
+    ]
     if baselines:
-        md += ["\n## Linear model trained on one modality alone (test split)\n",
-               "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
-               "|---|" + "---|" * len(next(iter(baselines.values())))]
+        md += [
+            "\n## Linear model trained on one modality alone (test split)\n",
+            "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
+            "|---|" + "---|" * len(next(iter(baselines.values()))),
+        ]
         md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
     unscored = [m for m in data.schema.names if m not in baselines]
     if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
-        md += [f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
-               "(a training sample of two classes at least, or of the regression label, and a test sample)."]
-    md += ["\n## Training-mean imputation baseline (MSE, squared feature units)\n",
-           ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
-           "\n## Plots\n"] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
+        md += [
+            f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
+            "(a training sample of two classes at least, or of the regression label, and a test sample)."
+        ]
+    md += [
+        "\n## Training-mean imputation baseline (MSE, squared feature units)\n",
+        ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
+        "\n## Plots\n",
+    ] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
     if data.schema.attribution:
         md += ["\n## Data attribution\n", data.schema.attribution]
     atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode()))

@@ -22,7 +22,9 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 def shared_datasets() -> Path:
     """The real data sets at ``../shared/datasets`` (next to the repository); skips the test when absent."""
     if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"real data sets not found at {SHARED_DATASETS} (expected ../shared/datasets beside the repository)")
+        pytest.skip(
+            f"real data sets not found at {SHARED_DATASETS} (expected ../shared/datasets beside the repository)"
+        )
     return SHARED_DATASETS
 
 

@@ -108,8 +108,17 @@ def test_to_arviz_conditioned_on_labels_and_regression_dims():
 
 # ------------------------------------------------------------------------------------------------ calibration
 def _prediction(kind, point=None, samples=None):
-    return Prediction(point=point, lower=None, upper=None, samples=samples, log_density=None, z_y=None,
-                      observed=(), interval=0.9, kind=kind)
+    return Prediction(
+        point=point,
+        lower=None,
+        upper=None,
+        samples=samples,
+        log_density=None,
+        z_y=None,
+        observed=(),
+        interval=0.9,
+        kind=kind,
+    )
 
 
 def test_pit_regression_calibrated_uniform_and_too_narrow_detected():
@@ -136,7 +145,7 @@ def test_pit_categorical_oracle_uniform_and_overconfident_detected():
     u = analysis.pit_values(_prediction("categorical", probs), y)
     assert u.shape == (4000,)
     assert _ks(u) < _dkw(4000)
-    sharp = probs ** 4 / (probs ** 4).sum(-1, keepdims=True)
+    sharp = probs**4 / (probs**4).sum(-1, keepdims=True)
     assert _ks(analysis.pit_values(_prediction("categorical", sharp), y)) > _dkw(4000)
     # coverage of the smallest class sets equals their mean mass within a binomial bound (n = 4000)
     cov = analysis.coverage_curve(_prediction("categorical", probs), y, levels=[0.5, 0.8, 0.9])
@@ -167,8 +176,9 @@ def test_variance_contributions_linear_decoder_exact():
     rng = np.random.default_rng(0)
     W, V = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
     z_y, z_a = rng.normal(size=(30, 3)), rng.normal(size=(20, 2))
-    fc = analysis.variance_contributions(lambda a, b: a @ torch.as_tensor(W).T + b @ torch.as_tensor(V).T,
-                                         torch.as_tensor(z_y), torch.as_tensor(z_a))
+    fc = analysis.variance_contributions(
+        lambda a, b: a @ torch.as_tensor(W).T + b @ torch.as_tensor(V).T, torch.as_tensor(z_y), torch.as_tensor(z_a)
+    )
     np.testing.assert_allclose(fc.shared, np.var(z_y @ W.T, axis=0), rtol=1e-10)
     np.testing.assert_allclose(fc.specific, np.var(z_a @ V.T, axis=0), rtol=1e-10)
     np.testing.assert_allclose(fc.total, fc.shared + fc.specific, rtol=1e-10)  # additive: no interaction
@@ -204,7 +214,9 @@ def test_factor_contributions_sequence_and_conditional_generation():
             p.zero_()
     gen = analysis.conditional_generation(mfm, "v", np.zeros((2, 3)), np.random.default_rng(0).normal(size=(5, 2)))
     assert gen.shape == (2, 5, 4)
-    np.testing.assert_allclose(np.broadcast_to(gen[:, :1], gen.shape), gen, atol=1e-6)  # z_a ignored: every column of a row is the same
+    np.testing.assert_allclose(
+        np.broadcast_to(gen[:, :1], gen.shape), gen, atol=1e-6
+    )  # z_a ignored: every column of a row is the same
     codes = analysis.posterior_codes(mfm, data["test"], observed=["v"])
     assert codes["z_y"].shape == (len(data["test"]), 3) and codes["z_a_s"].shape == (len(data["test"]), 2)
 

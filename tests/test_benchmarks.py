@@ -18,12 +18,21 @@ from pyro_mfm.infer.objective import Objective  # noqa: E402
 
 
 def test_quick_benchmark_prints_every_table_and_the_equalities_hold():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"], capture_output=True,
-                         text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for heading in ("## 1. Pyro overhead", "## 2. Training throughput", "## 3. Prediction and imputation",
-                    "## 4. Scaling"):
+    for heading in (
+        "## 1. Pyro overhead",
+        "## 2. Training throughput",
+        "## 3. Prediction and imputation",
+        "## 4. Scaling",
+    ):
         assert heading in text
     assert "| UCI vectors | Pyro objective (library), validation off |" in text
     assert "| MOSI sequences (wae) | plain PyTorch, validation on |" in text

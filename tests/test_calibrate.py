@@ -63,9 +63,12 @@ def test_label_subset_and_predictive_terms_are_finite_and_reduce_to_the_mean_cod
 def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp_path):
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)
     data = gen.sample({"train": 300, "valid": 200, "test": 50}, missing=0.2, seed=3)
-    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-                            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False,
-                                      "calibrate": "all"}})
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False, "calibrate": "all"},
+        }
+    )
     result = fit(cfg, data, out_dir=tmp_path / "run")
     cal = result.calibration
     assert cal["nlpd_after"] <= cal["nlpd_before"]
@@ -93,9 +96,12 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
     x = np.concatenate([np.asarray(sample[s].features["a"]) for s in ("train", "valid")])
     y = np.concatenate([np.asarray(sample[s].labels) for s in ("train", "valid")])
     data = from_arrays({"a": x, "c": x.copy()}, y, split={"train": np.arange(300), "valid": np.arange(300, 600)})
-    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-                            "train": {"epochs": 30, "kl_warmup": 1, "batch_size": 32, "progress": False,
-                                      "calibrate": "none"}})
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"epochs": 30, "kl_warmup": 1, "batch_size": 32, "progress": False, "calibrate": "none"},
+        }
+    )
     mfm = fit(cfg, data).mfm
     state = mfm.state_dict()
     for key in state:  # c's networks become a's: the two experts are identical
@@ -117,8 +123,12 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
 def test_label_only_calibration_keeps_point_predictions():
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=4)
     data = gen.sample({"train": 200, "valid": 100, "test": 50}, seed=4)
-    cfg = Config.from_dict({"model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-                            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"}})
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
+        }
+    )
     mfm = fit(cfg, data).mfm
     batch = data["test"].batch(np.arange(50)).without_labels()
     before = mfm.label_distribution(mfm.posterior_z_y(batch).mean).mean

@@ -36,8 +36,7 @@ num_samples = 5
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    gen = LinearGaussianMFM.random({"a": 3, "b": 4, "c": (4, 2)}, z_y_dim=2, label="categorical", num_classes=3,
-                                   seed=0)
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4, "c": (4, 2)}, z_y_dim=2, label="categorical", num_classes=3, seed=0)
     save(gen.sample({"train": 120, "valid": 40, "test": 40}, missing=0.2, seed=0), root / "data.h5")
     (root / "tiny.toml").write_text(CONFIG.format(data="data.h5"))  # relative to the configuration's folder
     return root
@@ -73,8 +72,10 @@ def test_train_evaluate_impute(project, capsys):
 def test_run_writes_the_report_folder(project):
     out = project / "report"
     # model selection on the loss: the robustness plot still shows the label's accuracy
-    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet",
-                 "--set", "train.select_metric='loss'"]) == 0
+    assert (
+        main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet", "--set", "train.select_metric='loss'"])
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["subsets"]) == 7 and set(metrics["single_view_baselines"]) == {"a", "b", "c"}
     for name in ("accuracy_by_observed", "imputation_error", "z_y_projection", "training_curves"):

@@ -16,7 +16,6 @@ from pyro_mfm.data import LinearGaussianMFM, save
 from tests.test_cli_model import CONFIG
 
 
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("workflow")
@@ -53,7 +52,9 @@ def test_predict_csv_is_seeded_and_complete(project, capsys):
     assert main(args + ["--out", str(out)]) == 2 and "already exists" in capsys.readouterr().err
     assert main(args[:-4] + ["--observed", "zz", "--out", str(project / "x.csv")]) == 2
     assert "unknown modalities ['zz']" in capsys.readouterr().err
-    assert main(args + ["--out", str(project / "x.txt")]) == 2 and "expected one of .csv, .h5" in capsys.readouterr().err
+    assert (
+        main(args + ["--out", str(project / "x.txt")]) == 2 and "expected one of .csv, .h5" in capsys.readouterr().err
+    )
 
 
 def test_predict_regression_interval_h5(project):
@@ -73,8 +74,26 @@ def test_predict_regression_interval_h5(project):
 
 def test_evaluate_chosen_subsets_with_overrides(project):
     report = project / "eval.json"
-    assert main(["evaluate", str(project / "run"), "--out", str(report), "--observed", "a", "--observed", "a,b",
-                 "--set", "evaluate.num_samples=2", "--set", "data.test_split='valid'", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(project / "run"),
+                "--out",
+                str(report),
+                "--observed",
+                "a",
+                "--observed",
+                "a,b",
+                "--set",
+                "evaluate.num_samples=2",
+                "--set",
+                "data.test_split='valid'",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads(report.read_text())
     assert [s["observed"] for s in got["subsets"]] == [["a"], ["a", "b"]] and got["split"] == "valid"
     assert got["subsets"][0]["label"]["n"] > 0
@@ -86,20 +105,48 @@ def test_training_writes_tensorboard_events(project):
     events = EventAccumulator(str(project / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"loss/train", "valid/accuracy", "valid/loss", "lr", "terms/nll/x_a", "terms/nll/x_b", "terms/nll/y",
-            "terms/kl/z_y", "terms/kl/z_a_a", "expert_precision/a", "expert_precision/b"} <= tags
+    assert {
+        "loss/train",
+        "valid/accuracy",
+        "valid/loss",
+        "lr",
+        "terms/nll/x_a",
+        "terms/nll/x_b",
+        "terms/nll/y",
+        "terms/kl/z_y",
+        "terms/kl/z_a_a",
+        "expert_precision/a",
+        "expert_precision/b",
+    } <= tags
     assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
     assert all(e.value > 0 for e in events.Scalars("expert_precision/a"))
 
 
 def test_progress_without_a_terminal_is_one_line_per_epoch(project, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pyro_mfm", "train", str(project / "tiny.toml"), "--out",
-                        str(tmp_path / "r"), "--set", "train.progress=True", "--set", "train.epochs=3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_mfm",
+            "train",
+            str(project / "tiny.toml"),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "train.progress=True",
+            "--set",
+            "train.epochs=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "\r" not in r.stdout
     assert [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("epoch")] == [
-        "epoch 1", "epoch 2", "epoch 3"]
+        "epoch 1",
+        "epoch 2",
+        "epoch 3",
+    ]
 
 
 def test_bars_only_on_a_terminal():
@@ -125,8 +172,16 @@ def test_convert_npz(tmp_path, capsys):
     steps = np.ones((n, 4), bool)
     steps[0, :2] = False
     label = rng.integers(0, 3, n)
-    np.savez(tmp_path / "mine.npz", a=rng.normal(size=(n, 3)), b=rng.normal(size=(n, 4, 2)), label=label,
-             a_present=a_present, b_steps=steps, split=split, ids=np.array([f"s{i}" for i in range(n)]))
+    np.savez(
+        tmp_path / "mine.npz",
+        a=rng.normal(size=(n, 3)),
+        b=rng.normal(size=(n, 4, 2)),
+        label=label,
+        a_present=a_present,
+        b_steps=steps,
+        split=split,
+        ids=np.array([f"s{i}" for i in range(n)]),
+    )
     out = tmp_path / "mine.h5"
     assert main(["data", "convert", "--from", "npz", str(tmp_path / "mine.npz"), "--out", str(out)]) == 0
     data = native.load(out)
@@ -152,14 +207,35 @@ def write_csv(path, rows):
 def test_convert_csv_one_file_per_modality(tmp_path, capsys):
     from pyro_mfm.data import native
 
-    write_csv(tmp_path / "audio.csv", [["id", "label", "split", "f0", "f1"], ["u1", "pos", "train", 1, 2],
-                                       ["u2", "neg", "train", 3, 4], ["u3", "pos", "test", 5, 6],
-                                       ["u4", "", "test", 7, 8]])
-    write_csv(tmp_path / "video.csv", [["id", "present", "g0"], ["u3", 1, 0.5], ["u1", 1, 0.1], ["u2", 1, ""],
-                                       ["u4", 0, 9]])
+    write_csv(
+        tmp_path / "audio.csv",
+        [
+            ["id", "label", "split", "f0", "f1"],
+            ["u1", "pos", "train", 1, 2],
+            ["u2", "neg", "train", 3, 4],
+            ["u3", "pos", "test", 5, 6],
+            ["u4", "", "test", 7, 8],
+        ],
+    )
+    write_csv(
+        tmp_path / "video.csv", [["id", "present", "g0"], ["u3", 1, 0.5], ["u1", 1, 0.1], ["u2", 1, ""], ["u4", 0, 9]]
+    )
     out = tmp_path / "own.h5"
-    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), f"vid={tmp_path / 'video.csv'}",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "csv",
+                str(tmp_path / "audio.csv"),
+                f"vid={tmp_path / 'video.csv'}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = native.load(out)
     tr, te = data["train"], data["test"]
     assert data.schema.names == ("audio", "vid") and data.schema.label.names == ("neg", "pos")
@@ -169,20 +245,62 @@ def test_convert_csv_one_file_per_modality(tmp_path, capsys):
     assert list(tr.present["vid"]) == [True, False] and list(te.present["vid"]) == [True, False]
     # ids that do not match across files: one line naming the file and the ids
     write_csv(tmp_path / "video.csv", [["id", "g0"], ["u1", 1], ["u2", 2], ["u9", 3]])
-    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), str(tmp_path / "video.csv"),
-                 "--out", str(tmp_path / "bad.h5")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "csv",
+                str(tmp_path / "audio.csv"),
+                str(tmp_path / "video.csv"),
+                "--out",
+                str(tmp_path / "bad.h5"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "video.csv" in err and "'u3'" in err and "'u9'" in err
     write_csv(tmp_path / "video.csv", [["id", "g0"], ["u1", "x"], ["u2", 2], ["u3", 3], ["u4", 4]])
-    assert main(["data", "convert", "--from", "csv", str(tmp_path / "audio.csv"), str(tmp_path / "video.csv"),
-                 "--out", str(tmp_path / "bad.h5")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "csv",
+                str(tmp_path / "audio.csv"),
+                str(tmp_path / "video.csv"),
+                "--out",
+                str(tmp_path / "bad.h5"),
+            ]
+        )
+        == 2
+    )
     assert "row 2, column 'g0': 'x' is not a number" in capsys.readouterr().err
 
 
 def test_run_over_seeds_reports_mean_and_std(project, capsys):
     out = project / "seeds"
-    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,1", "--quiet",
-                 "--set", "train.epochs=1", "--set", "train.calibrate='none'"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(project / "tiny.toml"),
+                "--out",
+                str(out),
+                "--seeds",
+                "0,1",
+                "--quiet",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.calibrate='none'",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1] and (out / "seed-1" / "report.md").exists()
     assert [s["observed"] for s in metrics["subsets"]] == [["a"], ["b"], ["a", "b"]]
@@ -197,7 +315,9 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     one = (out / "seed-0" / "report.md").read_text()  # the per-seed report reads at a glance
     assert "Best epoch 1 of 1 (valid accuracy" in one and "{" not in one
     assert "ratio to the training mean's" in one and "×)" in one and "NLPD (negative log predictive density)" in one
-    assert (out / "seed-0" / "plots" / "confusion.png").exists() and (out / "seed-0" / "plots" / "reliability.png").exists()
+    assert (out / "seed-0" / "plots" / "confusion.png").exists() and (
+        out / "seed-0" / "plots" / "reliability.png"
+    ).exists()
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,x"]) == 2
     assert "'x' is not an integer" in capsys.readouterr().err
     # evaluate on the folder: its seed-<s> report folders evaluated alike; the seeded draws repeat the run's numbers
@@ -206,11 +326,21 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     assert ev["seeds"] == [0, 1] and ev["subsets"][2]["label"]["accuracy"]["values"] == acc["values"]
 
 
-
 def test_train_and_evaluate_over_seeds(project, tmp_path, capsys):
     out = tmp_path / "seeds"
-    args = ["train", str(project / "tiny.toml"), "--out", str(out), "--seeds", "0,1", "--quiet",
-            "--set", "train.epochs=1", "--set", "train.calibrate='none'"]
+    args = [
+        "train",
+        str(project / "tiny.toml"),
+        "--out",
+        str(out),
+        "--seeds",
+        "0,1",
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.calibrate='none'",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "seed 0: best epoch 1" in printed and "over seeds [0, 1]: accuracy" in printed
@@ -234,8 +364,10 @@ def test_train_and_evaluate_over_seeds(project, tmp_path, capsys):
     assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1))
     assert " ± " in report.with_suffix(".md").read_text()
     # a seed's own evaluation gives the same numbers as its row in the report over seeds
-    assert main(["evaluate", str(out / "seed-1"), "--out", str(tmp_path / "one.json"), "--quiet",
-                 "--observed", "a,b"]) == 0
+    assert (
+        main(["evaluate", str(out / "seed-1"), "--out", str(tmp_path / "one.json"), "--quiet", "--observed", "a,b"])
+        == 0
+    )
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["subsets"][0]["label"]["accuracy"] == acc["values"][1]
 
@@ -263,8 +395,16 @@ def test_tune_resumes_and_writes_a_trainable_best_configuration(project, capsys)
 
     (project / "space.toml").write_text(SPACE)
     out = project / "search"
-    args = ["tune", str(project / "tiny.toml"), "--space", str(project / "space.toml"), "--out", str(out),
-            "--set", "train.calibrate='none'"]
+    args = [
+        "tune",
+        str(project / "tiny.toml"),
+        "--space",
+        str(project / "space.toml"),
+        "--out",
+        str(out),
+        "--set",
+        "train.calibrate='none'",
+    ]
     assert main(args + ["--trials", "2"]) == 0
     assert "best trial" in capsys.readouterr().out
     assert main(args + ["--trials", "3"]) == 0  # the same study, one more trial
@@ -284,18 +424,51 @@ def test_tune_prunes_and_reports_bad_spaces(project, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
     (tmp_path / "space.toml").write_text("[train.lr]\nlow = 1e-3\nhigh = 1e-2\n")
-    args = ["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "space.toml"), "--set", "train.calibrate='none'"]
+    args = [
+        "tune",
+        str(project / "tiny.toml"),
+        "--space",
+        str(tmp_path / "space.toml"),
+        "--set",
+        "train.calibrate='none'",
+    ]
     assert main(args + ["--out", str(tmp_path / "s"), "--trials", "2"]) == 0
     study = optuna.load_study(study_name="pyro-mfm", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
     assert sorted(study.trials[1].intermediate_values) == [0]
     (tmp_path / "bad.toml").write_text("[train.lrr]\nlow = 1\nhigh = 2\n")
-    assert main(["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "bad.toml"), "--out",
-                 str(tmp_path / "b"), "--trials", "1"]) == 2
+    assert (
+        main(
+            [
+                "tune",
+                str(project / "tiny.toml"),
+                "--space",
+                str(tmp_path / "bad.toml"),
+                "--out",
+                str(tmp_path / "b"),
+                "--trials",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "[train.lrr] is not a configuration field" in capsys.readouterr().err
     (tmp_path / "bad.toml").write_text("[model.hidden]\nlow = 8\n")
-    assert main(["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "bad.toml"), "--out",
-                 str(tmp_path / "b"), "--trials", "1"]) == 2
+    assert (
+        main(
+            [
+                "tune",
+                str(project / "tiny.toml"),
+                "--space",
+                str(tmp_path / "bad.toml"),
+                "--out",
+                str(tmp_path / "b"),
+                "--trials",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "[model.hidden] needs low and high" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
@@ -314,8 +487,11 @@ def test_predict_on_new_unlabelled_data_and_on_a_report_folder(project, tmp_path
     from pyro_mfm.data import from_arrays, load
 
     test = load(project / "data.h5")["test"]
-    new = from_arrays({m: np.asarray(test.features[m]) for m in ("a", "b")},
-                      present={m: test.present[m] for m in ("a", "b")}, split=np.array(["new"] * len(test)))
+    new = from_arrays(
+        {m: np.asarray(test.features[m]) for m in ("a", "b")},
+        present={m: test.present[m] for m in ("a", "b")},
+        split=np.array(["new"] * len(test)),
+    )
     save(new, tmp_path / "new.h5")
     out = tmp_path / "p.csv"
     assert main(["predict", str(project / "run"), "--data", str(tmp_path / "new.h5"), "--out", str(out)]) == 0
@@ -331,8 +507,13 @@ def test_predict_on_new_unlabelled_data_and_on_a_report_folder(project, tmp_path
 def test_plot_titles_match_their_axes():
     from pyro_mfm import plots
 
-    fig = plots.metric_vs_rate([1, 2], {"MFM": [0.5, 0.7]}, metric="accuracy", xlabel="observed views (count)",
-                               title="accuracy against the number of observed views")
+    fig = plots.metric_vs_rate(
+        [1, 2],
+        {"MFM": [0.5, 0.7]},
+        metric="accuracy",
+        xlabel="observed views (count)",
+        title="accuracy against the number of observed views",
+    )
     assert fig.axes[0].get_title().startswith("accuracy against the number of observed views")
     fig = plots.metric_by_observed([{"observed": ["a"], "accuracy": 0.5}, {"observed": ["a", "b"], "accuracy": 0.7}])
     assert "against the number of observed modalities" in fig.axes[0].get_title()

@@ -22,16 +22,38 @@ from pyro_mfm.infer.train import resolve_device
 
 FIELDS = [(name, f) for cls, name in TABLES.items() for f in dataclasses.fields(cls)]
 HINTS = {name: typing.get_type_hints(cls) for cls, name in TABLES.items()}
-CHOICES = sorted({c for name, f in FIELDS for t in [HINTS[name][f.name]] if typing.get_origin(t) is typing.Literal
-                  for c in typing.get_args(t)})
+CHOICES = sorted(
+    {
+        c
+        for name, f in FIELDS
+        for t in [HINTS[name][f.name]]
+        if typing.get_origin(t) is typing.Literal
+        for c in typing.get_args(t)
+    }
+)
 
-NUMBERS = st.one_of(st.integers(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
-                    st.floats(-2, 2), st.integers(2**31, 2**70))
-SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=12), st.sampled_from(CHOICES),
-                    st.sampled_from(["auto", "cpu", "cuda:0", "gpu", "", " train", "embedded:uci_mfeat", "1e8"]),
-                    st.complex_numbers(max_magnitude=5), st.binary(max_size=4))
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
-                   st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 3)), SCALARS, max_size=3))
+NUMBERS = st.one_of(
+    st.integers(),
+    st.integers(-3, 40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-2, 2),
+    st.integers(2**31, 2**70),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    NUMBERS,
+    st.text(max_size=12),
+    st.sampled_from(CHOICES),
+    st.sampled_from(["auto", "cpu", "cuda:0", "gpu", "", " train", "embedded:uci_mfeat", "1e8"]),
+    st.complex_numbers(max_magnitude=5),
+    st.binary(max_size=4),
+)
+VALUES = st.one_of(
+    SCALARS,
+    st.lists(SCALARS, max_size=3),
+    st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 3)), SCALARS, max_size=3),
+)
 
 
 def _stored_ok(value, tp) -> bool:
@@ -42,8 +64,9 @@ def _stored_ok(value, tp) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_stored_ok(value, t) for t in typing.get_args(tp))
     if origin is dict:
-        return isinstance(value, dict) and all(isinstance(k, str) and _stored_ok(v, typing.get_args(tp)[1])
-                                               for k, v in value.items())
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _stored_ok(v, typing.get_args(tp)[1]) for k, v in value.items()
+        )
     if tp is float:
         return type(value) is float and math.isfinite(value)
     return type(value) is tp
@@ -86,30 +109,33 @@ def test_select_metric_choices_are_the_metrics_with_a_known_direction():
     assert set(SELECT_METRICS) == set(HIGHER_IS_BETTER) | {"auto"}
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.epochs='ten'", "train.epochs = 'ten': expected an integer in [1, "),
-    ("train.epochs=ten", "train.epochs = 'ten': expected an integer"),
-    ("train.epochs=3.5", "train.epochs = 3.5: expected an integer"),
-    ("train.epochs=true", "train.epochs = True: expected an integer"),
-    ("model.z_y_dim=-3", "model.z_y_dim = -3: expected an integer in [1, "),
-    ("model.z_y_dim=0", "model.z_y_dim = 0: expected an integer in [1, "),
-    ("train.lr=0", "train.lr = 0: expected a finite number in (0, "),
-    ("train.lr=-1", "train.lr = -1: expected a finite number in (0, "),
-    ("train.lr=nan", "train.lr = 'nan': expected a finite number"),
-    ("train.lr=1e999", "train.lr = inf: expected a finite number"),
-    ("train.batch_size=0", "train.batch_size = 0: expected an integer in [1, "),
-    ("evaluate.batch_size=0", "evaluate.batch_size = 0: expected an integer in [1, "),
-    ("model.dropout=1.5", "model.dropout = 1.5: expected a finite number in [0, 1)"),
-    ("train.seed=-1", "train.seed = -1: expected an integer in [0, 4294967295]"),
-    ("train.device=tpu", "train.device = 'tpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("evaluate.interval=1.5", "evaluate.interval = 1.5: expected a finite number in (0, 1)"),
-    ("model.hidden=1e8", f"model.hidden = 100000000.0: expected an integer in [1, {MAX_WIDTH}]"),
-    ("model.hidden=100000000", f"model.hidden = 100000000: expected an integer in [1, {MAX_WIDTH}]"),
-    ("model.z_a_dim={'a': 0}", "model.z_a_dim = {'a': 0}: expected an integer in [1, 8192] or a table of modality"),
-    ("train.select_metric=acc", "train.select_metric = 'acc': expected one of 'auto', 'accuracy'"),
-    ("train.progress=2", "train.progress = 2: expected true or false"),
-    ("data.train_split=''", "data.train_split = '': expected a non-empty split name"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs='ten'", "train.epochs = 'ten': expected an integer in [1, "),
+        ("train.epochs=ten", "train.epochs = 'ten': expected an integer"),
+        ("train.epochs=3.5", "train.epochs = 3.5: expected an integer"),
+        ("train.epochs=true", "train.epochs = True: expected an integer"),
+        ("model.z_y_dim=-3", "model.z_y_dim = -3: expected an integer in [1, "),
+        ("model.z_y_dim=0", "model.z_y_dim = 0: expected an integer in [1, "),
+        ("train.lr=0", "train.lr = 0: expected a finite number in (0, "),
+        ("train.lr=-1", "train.lr = -1: expected a finite number in (0, "),
+        ("train.lr=nan", "train.lr = 'nan': expected a finite number"),
+        ("train.lr=1e999", "train.lr = inf: expected a finite number"),
+        ("train.batch_size=0", "train.batch_size = 0: expected an integer in [1, "),
+        ("evaluate.batch_size=0", "evaluate.batch_size = 0: expected an integer in [1, "),
+        ("model.dropout=1.5", "model.dropout = 1.5: expected a finite number in [0, 1)"),
+        ("train.seed=-1", "train.seed = -1: expected an integer in [0, 4294967295]"),
+        ("train.device=tpu", "train.device = 'tpu': expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ("evaluate.interval=1.5", "evaluate.interval = 1.5: expected a finite number in (0, 1)"),
+        ("model.hidden=1e8", f"model.hidden = 100000000.0: expected an integer in [1, {MAX_WIDTH}]"),
+        ("model.hidden=100000000", f"model.hidden = 100000000: expected an integer in [1, {MAX_WIDTH}]"),
+        ("model.z_a_dim={'a': 0}", "model.z_a_dim = {'a': 0}: expected an integer in [1, 8192] or a table of modality"),
+        ("train.select_metric=acc", "train.select_metric = 'acc': expected one of 'auto', 'accuracy'"),
+        ("train.progress=2", "train.progress = 2: expected true or false"),
+        ("data.train_split=''", "data.train_split = '': expected a non-empty split name"),
+    ],
+)
 def test_the_reported_values_are_clear_errors(override, expected):
     with pytest.raises(ConfigError) as e:
         Config().override([override])
@@ -144,17 +170,40 @@ def test_the_smallest_accepted_values_train(tmp_path):
     """The lower edges of the ranges give a correct (tiny) run, not an error from deep inside torch."""
     rng = np.random.default_rng(0)
     n = 12
-    data = from_arrays({"a": rng.normal(size=(n, 2)), "b": rng.normal(size=(n, 3))}, rng.integers(0, 2, n),
-                       label_kind="categorical", split={"train": np.arange(8), "valid": np.arange(8, 12)})
-    cfg = Config().override([
-        "train.progress=False", "model.z_y_dim=1", "model.z_a_dim=1", "model.f_y_dim=1", "model.f_a_dim=1",
-        "model.hidden=1", "model.dropout=0.99", "model.label_samples=1", "model.label_subsets=1",
-        "train.epochs=1", "train.batch_size=1", "train.kl_warmup=0", "train.valid_samples=1", "train.lr=1e-12",
-        "train.clip_norm=0", "train.modality_dropout=1", "train.keep_last=0", "train.patience=0",
-        "train.num_threads=0", "evaluate.batch_size=1", "evaluate.interval=0.01", "train.seed=4294967295"])
+    data = from_arrays(
+        {"a": rng.normal(size=(n, 2)), "b": rng.normal(size=(n, 3))},
+        rng.integers(0, 2, n),
+        label_kind="categorical",
+        split={"train": np.arange(8), "valid": np.arange(8, 12)},
+    )
+    cfg = Config().override(
+        [
+            "train.progress=False",
+            "model.z_y_dim=1",
+            "model.z_a_dim=1",
+            "model.f_y_dim=1",
+            "model.f_a_dim=1",
+            "model.hidden=1",
+            "model.dropout=0.99",
+            "model.label_samples=1",
+            "model.label_subsets=1",
+            "train.epochs=1",
+            "train.batch_size=1",
+            "train.kl_warmup=0",
+            "train.valid_samples=1",
+            "train.lr=1e-12",
+            "train.clip_norm=0",
+            "train.modality_dropout=1",
+            "train.keep_last=0",
+            "train.patience=0",
+            "train.num_threads=0",
+            "evaluate.batch_size=1",
+            "evaluate.interval=0.01",
+            "train.seed=4294967295",
+        ]
+    )
     result = fit(cfg, data, tmp_path / "run")
     assert np.isfinite(result.history[-1]["train_loss"])
-
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +226,16 @@ def test_any_set_on_the_command_line_is_a_run_or_one_line(cli_config, field, val
     from pyro_mfm.infer import train as train_module
 
     table, f = field
-    done = mock.Mock(interrupted="", best={"epoch": 0, "loss": 1.0})
+    done = mock.Mock(interrupted="", resumed=None, best={"epoch": 0, "loss": 1.0})  # a fresh run's result
     err = io.StringIO()
-    with mock.patch.object(train_module, "fit", mock.Mock(return_value=done)) as fit_stub, \
-            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(["train", str(cli_config), "--out", str(cli_config.parent / "run"),
-                       "--set", f"{table}.{f.name}={value!r}"])
+    with (
+        mock.patch.object(train_module, "fit", mock.Mock(return_value=done)) as fit_stub,
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        status = main(
+            ["train", str(cli_config), "--out", str(cli_config.parent / "run"), "--set", f"{table}.{f.name}={value!r}"]
+        )
     text = err.getvalue()
     if status == 0:
         assert fit_stub.called and text == ""

@@ -33,8 +33,12 @@ def test_convert_pickle_needs_trust(tmp_path, capsys):
     import pickle
 
     rng = np.random.default_rng(0)
-    split = {"text": rng.normal(size=(4, 3, 2)), "audio": rng.normal(size=(4, 3, 2)),
-             "vision": rng.normal(size=(4, 2)), "labels": rng.normal(size=(4, 1))}
+    split = {
+        "text": rng.normal(size=(4, 3, 2)),
+        "audio": rng.normal(size=(4, 3, 2)),
+        "vision": rng.normal(size=(4, 2)),
+        "labels": rng.normal(size=(4, 1)),
+    }
     with open(tmp_path / "d.pkl", "wb") as f:
         pickle.dump({"train": split, "test": split}, f)
     args = ["data", "convert", "--from", "pickle", str(tmp_path / "d.pkl"), "--out", str(tmp_path / "d.h5")]
@@ -48,12 +52,30 @@ def test_convert_csd_with_named_feature_file(tmp_path, capsys):
     t = np.arange(0, 2, 0.25)
     write_csd(tmp_path / "f.csd", "F", {"v": (t[:, None], np.stack([t, t + 0.25], 1))})
     out = tmp_path / "o.h5"
-    assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"), f"acoustic={tmp_path / 'f.csd'}",
-                 "--out", str(out), "--steps", "3", "--folds", "none"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "csd",
+                str(tmp_path / "labels.csd"),
+                f"acoustic={tmp_path / 'f.csd'}",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--folds",
+                "none",
+            ]
+        )
+        == 0
+    )
     data = native.load(out)
     assert data.schema["acoustic"].shape == (3, 1) and list(data["train"].ids) == ["v[0]", "v[1]"]
-    assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"),
-                 "--out", str(tmp_path / "p.h5")]) == 2
+    assert (
+        main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"), "--out", str(tmp_path / "p.h5")]) == 2
+    )
     assert "at least one feature .csd" in capsys.readouterr().err
     # an existing --out is refused before the conversion
     assert main(["data", "convert", "--from", "csd", str(tmp_path / "labels.csd"), "--out", str(out)]) == 2

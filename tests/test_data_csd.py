@@ -21,8 +21,11 @@ def test_read_real_labels_csd(mosi_labels):
     y = np.concatenate([x for x, _ in seq.data.values()])
     assert y.min() >= -3 and y.max() <= 3
     assert seq.metadata["dataset name"] == "CMU-MOSI" and seq.metadata["dimension names"] == ["sentiment score"]
-    with pytest.raises(DataError, match=r"CMU_MOSI_Opinion_Labels\.csd: root attribute 'format' is None, expected "
-                                        r"'pyro-mfm' \(this looks like a CMU-MultimodalSDK \.csd file"):
+    with pytest.raises(
+        DataError,
+        match=r"CMU_MOSI_Opinion_Labels\.csd: root attribute 'format' is None, expected "
+        r"'pyro-mfm' \(this looks like a CMU-MultimodalSDK \.csd file",
+    ):
         native.load(mosi_labels)
 
 
@@ -51,10 +54,15 @@ def test_standard_folds_split_the_real_labels_1284_229_686(mosi_labels, tmp_path
 
 
 def small_labels(tmp_path):
-    write_csd(tmp_path / "labels.csd", "Labels", {
-        "vidA": (np.array([[1.0], [-2.0]], np.float32), np.array([[0.0, 2.0], [2.0, 3.0]])),
-        "vidB": (np.array([[0.5]], np.float32), np.array([[10.0, 11.0]])),
-    }, {"dataset name": "tiny", "dimension names": ["score"]})
+    write_csd(
+        tmp_path / "labels.csd",
+        "Labels",
+        {
+            "vidA": (np.array([[1.0], [-2.0]], np.float32), np.array([[0.0, 2.0], [2.0, 3.0]])),
+            "vidB": (np.array([[0.5]], np.float32), np.array([[10.0, 11.0]])),
+        },
+        {"dataset name": "tiny", "dimension names": ["score"]},
+    )
     return tmp_path / "labels.csd"
 
 

@@ -72,9 +72,12 @@ def mult_pickle(path, n=(8, 3, 4), nan=False):
     d = {}
     for split, k in zip(("train", "valid", "test"), n):
         d[split] = {
-            "text": rng.normal(size=(k, 5, 6)).astype(np.float32), "audio": rng.normal(size=(k, 5, 3)),
-            "vision": rng.normal(size=(k, 5, 4)), "labels": rng.uniform(-3, 3, size=(k, 1, 1)),
-            "id": np.array([[f"{split}vid", str(i)] for i in range(k)]), "audio_lengths": np.full(k, 3),
+            "text": rng.normal(size=(k, 5, 6)).astype(np.float32),
+            "audio": rng.normal(size=(k, 5, 3)),
+            "vision": rng.normal(size=(k, 5, 4)),
+            "labels": rng.uniform(-3, 3, size=(k, 1, 1)),
+            "id": np.array([[f"{split}vid", str(i)] for i in range(k)]),
+            "audio_lengths": np.full(k, 3),
         }
     if nan:
         d["valid"]["vision"][1, 2, 0] = np.nan
@@ -130,8 +133,11 @@ def test_uci_views_and_label_agreement(tmp_path):
     features, labels = read_uci_mfeat(tmp_path)
     assert list(features) == ["fou", "fac", "kar", "pix", "zer", "mor"] and features["pix"].shape == (12, 4)
     write_views(tmp_path, bad_view="zer")
-    with pytest.raises(DataError, match=r"mfeat-zer\.csv, modality 'zer': label \d in data row 5 disagrees with .*"
-                                        r"mfeat-fou\.csv"):
+    with pytest.raises(
+        DataError,
+        match=r"mfeat-zer\.csv, modality 'zer': label \d in data row 5 disagrees with .*"
+        r"mfeat-fou\.csv",
+    ):
         read_uci_mfeat(tmp_path)
     (tmp_path / "mfeat-kar.csv").write_text("0,1\n1,x\n")
     with pytest.raises(DataError, match=r"mfeat-kar\.csv: not a numeric CSV"):

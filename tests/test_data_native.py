@@ -24,8 +24,14 @@ def make_data(label_kind="regression") -> MultimodalData:
         y = rng.integers(0, 4, size=n)
     split = np.where(np.arange(n) < 40, "train", np.where(np.arange(n) < 50, "valid", "test"))
     data = from_arrays(
-        {"vec": rng.normal(size=(n, 4)), "seq": seq}, y, label_kind=label_kind, present=present,
-        steps={"seq": steps}, split=split, name="toy", attribution="made by the test",
+        {"vec": rng.normal(size=(n, 4)), "seq": seq},
+        y,
+        label_kind=label_kind,
+        present=present,
+        steps={"seq": steps},
+        split=split,
+        name="toy",
+        attribution="made by the test",
         ids=[f"sample-{i}" for i in range(n)],
     )
     return data
@@ -172,9 +178,13 @@ def test_shape_mismatch_across_modalities(saved):
     def shrink(f):
         del f["train/seq/features"]
         f["train/seq"].create_dataset("features", data=np.zeros((39, 5, 3), np.float32))
+
     edit(saved, shrink)
-    with pytest.raises(DataError, match=r"bad\.h5, split 'train', modality 'seq', key 'features': shape \(39, 5, 3\), "
-                                        r"expected \(40, 5, 3\).*'vec'"):
+    with pytest.raises(
+        DataError,
+        match=r"bad\.h5, split 'train', modality 'seq', key 'features': shape \(39, 5, 3\), "
+        r"expected \(40, 5, 3\).*'vec'",
+    ):
         native.load(saved)
 
 
@@ -184,6 +194,7 @@ def test_nan_and_inf_features(saved):
             x = f["test/vec/features"][()]
             x[3, 1] = value
             f["test/vec/features"][...] = x
+
         return fn
 
     edit(saved, poke(np.nan))
@@ -209,8 +220,11 @@ def test_labels_outside_declared_range(tmp_path):
     data["valid"].labels[2, 0] = 4.5
     data["valid"].label_present[2] = True
     native.save(data, tmp_path / "y.h5")
-    with pytest.raises(DataError, match=r"y\.h5, split 'valid', key 'labels': 1 label\(s\) out of range, first at "
-                                        r"sample 2.*\[-3.0, 3.0\]"):
+    with pytest.raises(
+        DataError,
+        match=r"y\.h5, split 'valid', key 'labels': 1 label\(s\) out of range, first at "
+        r"sample 2.*\[-3.0, 3.0\]",
+    ):
         native.load(tmp_path / "y.h5")
     with pytest.raises(DataError, match=r"key 'labels': 1 label\(s\) out of range"):
         native.load(tmp_path / "y.h5", lazy=True)

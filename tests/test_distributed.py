@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from pyro_mfm.config import Config
-from pyro_mfm.data import LinearGaussianMFM, save
+from pyro_mfm.data import LinearGaussianMFM, load_data, save
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.distributed import Dist, shard
-from pyro_mfm.data import load_data
 
 CONFIG = """
 [data]
@@ -56,9 +55,26 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     save(gen.sample({"train": 90, "valid": 24}, missing=0.2, seed=0), tmp_path / "data.h5")  # last batch: 10
     (tmp_path / "ddp.toml").write_text(CONFIG)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "pyro_mfm", "train", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pyro_mfm",
+            "train",
+            str(tmp_path / "ddp.toml"),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("best epoch") == 1  # only rank 0 prints
     config = Config.load(tmp_path / "ddp.toml")
@@ -70,5 +86,6 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(two["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     # the training loss is reduced over ranks: the mean over all training samples, as in one process
     assert [r["train_loss"] for r in two["state"]["history"]] == pytest.approx(
-        [r["train_loss"] for r in one["state"]["history"]], rel=1e-6)
+        [r["train_loss"] for r in one["state"]["history"]], rel=1e-6
+    )
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -19,14 +19,33 @@ from pyro_mfm.data import LinearGaussianMFM, from_arrays, load, save
 from pyro_mfm.data.schema import DataError
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import CheckpointError, fit, impute, predict
-from pyro_mfm.infer.checkpoint import (epoch_checkpoints, folder_lock, load_model, payload_digest, read_checkpoint,
-                                       read_resume)
+from pyro_mfm.infer.checkpoint import (
+    epoch_checkpoints,
+    folder_lock,
+    load_model,
+    payload_digest,
+    read_checkpoint,
+    read_resume,
+)
 from pyro_mfm.infer.objective import Objective
 from pyro_mfm.model import MFM
 
-TINY = ["train.progress=False", "model.z_y_dim=2", "model.z_a_dim=2", "model.hidden=8", "model.f_y_dim=4",
-        "model.f_a_dim=4", "train.epochs=2", "train.kl_warmup=1", "train.batch_size=16", "train.valid_samples=2",
-        "train.num_threads=1", "train.device='cpu'", "evaluate.num_samples=3", "train.calibrate='none'"]
+TINY = [
+    "train.progress=False",
+    "model.z_y_dim=2",
+    "model.z_a_dim=2",
+    "model.hidden=8",
+    "model.f_y_dim=4",
+    "model.f_a_dim=4",
+    "train.epochs=2",
+    "train.kl_warmup=1",
+    "train.batch_size=16",
+    "train.valid_samples=2",
+    "train.num_threads=1",
+    "train.device='cpu'",
+    "evaluate.num_samples=3",
+    "train.calibrate='none'",
+]
 
 
 def arrays(n=30, seed=0):
@@ -64,26 +83,36 @@ def test_float_class_labels_that_would_be_truncated_are_refused():
 
 
 # ------------------------------------------------------------------------------------ from_arrays: validation
-@pytest.mark.parametrize("kwargs, message", [
-    ({"split": np.array(["train"] * 29)}, r"split: array of shape \(29,\), expected \(30,\)"),
-    ({"split": {"train": np.arange(20), "valid": np.arange(15, 30)}},
-     r"split 'valid': 5 sample\(s\) also in split 'train', first sample 15; expected disjoint splits"),
-    ({"split": {"train": np.array([0, 1, 1])}}, r"split 'train': sample 1 listed 2 times"),
-    ({"split": {"train": np.arange(31)}}, r"split 'train': sample index 30 out of range; expected indices in \[0, 29\]"),
-    ({"split": {"train": np.ones(30, bool)}}, r"split 'train': index array of dtype bool"),
-    ({"present": {"video": np.ones(30, bool)}}, r"present: masks for unknown modalities \['video'\]"),
-    ({"present": {"a": np.ones(29, bool)}}, r"present mask of modality 'a': shape \(29,\), expected \(30,\)"),
-    ({"steps": {"a": np.ones((30, 3), bool)}}, r"steps: mask for modality 'a'.* not a sequence"),
-    ({"label_present": np.ones(31, bool)}, r"label_present mask of labels: shape \(31,\), expected \(30,\)"),
-    ({"ids": np.arange(29).astype(str)}, r"ids: shape \(29,\), expected \(30,\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split": np.array(["train"] * 29)}, r"split: array of shape \(29,\), expected \(30,\)"),
+        (
+            {"split": {"train": np.arange(20), "valid": np.arange(15, 30)}},
+            r"split 'valid': 5 sample\(s\) also in split 'train', first sample 15; expected disjoint splits",
+        ),
+        ({"split": {"train": np.array([0, 1, 1])}}, r"split 'train': sample 1 listed 2 times"),
+        (
+            {"split": {"train": np.arange(31)}},
+            r"split 'train': sample index 30 out of range; expected indices in \[0, 29\]",
+        ),
+        ({"split": {"train": np.ones(30, bool)}}, r"split 'train': index array of dtype bool"),
+        ({"present": {"video": np.ones(30, bool)}}, r"present: masks for unknown modalities \['video'\]"),
+        ({"present": {"a": np.ones(29, bool)}}, r"present mask of modality 'a': shape \(29,\), expected \(30,\)"),
+        ({"steps": {"a": np.ones((30, 3), bool)}}, r"steps: mask for modality 'a'.* not a sequence"),
+        ({"label_present": np.ones(31, bool)}, r"label_present mask of labels: shape \(31,\), expected \(30,\)"),
+        ({"ids": np.arange(29).astype(str)}, r"ids: shape \(29,\), expected \(30,\)"),
+    ],
+)
 def test_from_arrays_rejects_inconsistent_arrays(kwargs, message):
     with pytest.raises(DataError, match=message):
         from_arrays(arrays(), np.zeros(30), **kwargs)
 
 
-@pytest.mark.parametrize("labels, kind, dim", [(np.zeros(0), "regression", 1), (np.zeros((0, 2)), "regression", 2),
-                                               (np.zeros(0, int), "categorical", 1)])
+@pytest.mark.parametrize(
+    "labels, kind, dim",
+    [(np.zeros(0), "regression", 1), (np.zeros((0, 2)), "regression", 2), (np.zeros(0, int), "categorical", 1)],
+)
 def test_from_arrays_with_no_sample_keeps_the_label_shape(labels, kind, dim):
     data = from_arrays({"a": np.zeros((0, 3))}, labels)
     assert (data.schema.label.kind, data.schema.label.dim, len(data["train"])) == (kind, dim, 0)
@@ -178,10 +207,20 @@ def test_a_second_training_into_a_locked_folder_is_refused(project, tmp_path, ca
 def test_two_real_trainings_into_one_folder(project, tmp_path, capsys):
     """A second `pyro-mfm train` into the folder a running one writes to stops at once with one line."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pyro_mfm", "train", str(project / "tiny.toml"), "--out", str(run),
-           "--set", "train.epochs=1000"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyro_mfm",
+        "train",
+        str(project / "tiny.toml"),
+        "--out",
+        str(run),
+        "--set",
+        "train.epochs=1000",
+    ]
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run / "last.pt").exists() and first.poll() is None and time.monotonic() < deadline:
@@ -207,13 +246,22 @@ def test_resume_refuses_a_changed_configuration_unless_allowed(project, tmp_path
     # a longer run is no change of result: allowed, and it says where it resumed
     assert train(project, run, "--resume", "--set", "train.epochs=3") == 0
     assert f"resumed from {run / 'last.pt'} at epoch 3, step 0" in capsys.readouterr().err
-    assert train(project, run, "--resume", "--set", "train.epochs=4", "--set", "train.lr=0.01",
-                 "--allow-config-change") == 0
+    assert (
+        train(project, run, "--resume", "--set", "train.epochs=4", "--set", "train.lr=0.01", "--allow-config-change")
+        == 0
+    )
     assert "configuration changed: train.epochs 3 -> 4; train.lr 0.001 -> 0.01" in capsys.readouterr().err
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     events = [r for r in log if r.get("event") == "resume"]
-    assert events == [{"event": "resume", "from": str(run / "last.pt"), "at_epoch": 3, "at_step": 0,
-                       "changed": {"train.lr": [0.001, 0.01]}}]
+    assert events == [
+        {
+            "event": "resume",
+            "from": str(run / "last.pt"),
+            "at_epoch": 3,
+            "at_step": 0,
+            "changed": {"train.lr": [0.001, 0.01]},
+        }
+    ]
     assert [r["epoch"] for r in log if "event" not in r] == [0, 1, 2, 3] and log[3] == events[0]
     assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.01
 
@@ -254,8 +302,23 @@ def test_run_stops_on_a_signal_in_evaluation_without_a_report(project, tmp_path,
     assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
     assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet"]) == 2  # not empty: --resume
     before = (out / "checkpoint" / "last.pt").read_bytes()
-    assert main(["run", str(project / "tiny.toml"), "--out", str(out), "--quiet", "--overwrite",
-                 "--set", "train.seed=4", "--set", "train.epochs=1"]) == 143
+    assert (
+        main(
+            [
+                "run",
+                str(project / "tiny.toml"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--overwrite",
+                "--set",
+                "train.seed=4",
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 143
+    )
     assert (out / "checkpoint" / "last.pt").read_bytes() != before  # replaced by the new run
 
 
@@ -265,8 +328,10 @@ def test_evaluation_prediction_and_imputation_are_seeded(project, tmp_path):
     for out, extra in ((a, []), (b, []), (c, ["--seed", "7"])):
         assert main(["evaluate", str(project / "trained"), "--out", str(out), "--quiet", *extra]) == 0
     assert a.read_text() == b.read_text()  # two evaluations of one checkpoint: the same numbers
-    assert json.loads(c.read_text())["seed"] == 7 and json.loads(c.read_text())["subsets"] != json.loads(
-        a.read_text())["subsets"]
+    assert (
+        json.loads(c.read_text())["seed"] == 7
+        and json.loads(c.read_text())["subsets"] != json.loads(a.read_text())["subsets"]
+    )
     mfm, _, _ = load_model(project / "trained")
     test = load(project / "data.h5")["test"]
     torch.manual_seed(123)

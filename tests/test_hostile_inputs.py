@@ -23,8 +23,13 @@ from pyro_mfm.data.importers.uci_mfeat import read_view
 from pyro_mfm.data.schema import DataError
 from pyro_mfm.infer import fit
 
-FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 DTYPES = st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_, np.float16])
@@ -63,12 +68,13 @@ def arrays_and_masks(draw):
 @given(arrays_and_masks(), st.booleans())
 def test_from_arrays_then_native_round_trip(tmp_path, case, nan_as_missing):
     mods, present, labels, split = case
-    data = outcome(from_arrays, mods, labels, present=present, split=split if len(split) else None,
-                   nan_as_missing=nan_as_missing)
+    data = outcome(
+        from_arrays, mods, labels, present=present, split=split if len(split) else None, nan_as_missing=nan_as_missing
+    )
     if isinstance(data, DataError):
         return
-    for m, x in mods.items():  # accepted: the features are finite wherever the sample is marked present
-        for s, ds in data.splits.items():
+    for m in mods:  # accepted: the features are finite wherever the sample is marked present
+        for ds in data.splits.values():
             assert np.isfinite(np.asarray(ds.features[m])).all()
     path = tmp_path / f"rt-{np.random.default_rng().integers(1 << 30)}.h5"
     save(data, path)
@@ -87,8 +93,11 @@ def test_from_arrays_then_native_round_trip(tmp_path, case, nan_as_missing):
 @pytest.fixture(scope="module")
 def native_file(tmp_path_factory):
     rng = np.random.default_rng(0)
-    data = from_arrays({"a": rng.normal(size=(40, 3)), "b": rng.normal(size=(40, 4, 2))}, rng.normal(size=40),
-                       split={"train": np.arange(30), "valid": np.arange(30, 40)})
+    data = from_arrays(
+        {"a": rng.normal(size=(40, 3)), "b": rng.normal(size=(40, 4, 2))},
+        rng.normal(size=40),
+        split={"train": np.arange(30), "valid": np.arange(30, 40)},
+    )
     path = tmp_path_factory.mktemp("native") / "good.h5"
     save(data, path)
     return path
@@ -110,7 +119,7 @@ def test_truncated_native_file_is_a_clear_error(tmp_path, native_file, fraction)
 def test_corrupted_bytes_in_a_native_file(tmp_path, native_file, offset, junk):
     raw = bytearray(native_file.read_bytes())
     offset %= len(raw)
-    raw[offset:offset + len(junk)] = junk
+    raw[offset : offset + len(junk)] = junk
     bad = tmp_path / "junk.h5"
     bad.write_bytes(bytes(raw))
     result = outcome(load, bad)
@@ -123,9 +132,13 @@ def test_corrupted_bytes_in_a_native_file(tmp_path, native_file, offset, junk):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["format", "format_version", "schema", "splits"]),
-                       st.one_of(st.text(max_size=20), st.integers(), st.just("[]"), st.just('{"modalities": 3}')),
-                       min_size=1))
+@given(
+    st.dictionaries(
+        st.sampled_from(["format", "format_version", "schema", "splits"]),
+        st.one_of(st.text(max_size=20), st.integers(), st.just("[]"), st.just('{"modalities": 3}')),
+        min_size=1,
+    )
+)
 def test_native_root_attributes_rewritten(tmp_path, native_file, attrs):
     path = tmp_path / "attrs.h5"
     path.write_bytes(native_file.read_bytes())
@@ -137,8 +150,14 @@ def test_native_root_attributes_rewritten(tmp_path, native_file, attrs):
 
 
 @FAST
-@given(st.lists(st.sampled_from(["drop_present", "drop_features", "shape", "dtype", "labels", "split_attr_n"]),
-                min_size=1, max_size=3, unique=True))
+@given(
+    st.lists(
+        st.sampled_from(["drop_present", "drop_features", "shape", "dtype", "labels", "split_attr_n"]),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    )
+)
 def test_native_datasets_removed_or_reshaped(tmp_path, native_file, edits):
     path = tmp_path / "edit.h5"
     path.write_bytes(native_file.read_bytes())
@@ -168,8 +187,11 @@ def test_native_datasets_removed_or_reshaped(tmp_path, native_file, edits):
 
 # --------------------------------------------------------------------------------------------------- importers
 @FAST
-@given(st.dictionaries(st.sampled_from(["x", "y"]),
-                       st.tuples(st.integers(0, 6), st.integers(0, 4), DTYPES, st.booleans()), min_size=1))
+@given(
+    st.dictionaries(
+        st.sampled_from(["x", "y"]), st.tuples(st.integers(0, 6), st.integers(0, 4), DTYPES, st.booleans()), min_size=1
+    )
+)
 def test_mfn_folder_of_random_arrays(tmp_path, spec):
     folder = tmp_path / f"mfn{np.random.default_rng().integers(1 << 30)}"
     folder.mkdir()
@@ -201,11 +223,20 @@ def test_random_bytes_as_every_file_format(tmp_path, blob):
 
 
 @FAST
-@given(st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=5),
-                              hnp.arrays(DTYPES, hnp.array_shapes(max_dims=3, max_side=4), elements=None)),
-                    lambda inner: st.dictionaries(st.sampled_from(["train", "valid", "test", "text", "audio",
-                                                                   "vision", "labels", "id"]), inner, max_size=4),
-                    max_leaves=12))
+@given(
+    st.recursive(
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            hnp.arrays(DTYPES, hnp.array_shapes(max_dims=3, max_side=4), elements=None),
+        ),
+        lambda inner: st.dictionaries(
+            st.sampled_from(["train", "valid", "test", "text", "audio", "vision", "labels", "id"]), inner, max_size=4
+        ),
+        max_leaves=12,
+    )
+)
 def test_trusted_pickle_of_any_shape(tmp_path, obj):
     path = tmp_path / "data.pkl"
     path.write_bytes(pickle.dumps(obj))
@@ -219,7 +250,7 @@ def test_trusted_pickle_of_any_shape(tmp_path, obj):
 def test_untrusted_pickle_is_refused_without_running_it(tmp_path):
     class Boom:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "ran.txt"),))
+            return (exec, (f"open({str(tmp_path / 'ran.txt')!r}, 'w').write('ran')",))
 
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"train": Boom()}))
@@ -229,8 +260,14 @@ def test_untrusted_pickle_is_refused_without_running_it(tmp_path):
 
 
 @FAST
-@given(st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)),
-                         min_size=0, max_size=4), max_size=5))
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3)), min_size=0, max_size=4
+        ),
+        max_size=5,
+    )
+)
 def test_uci_csv_with_random_cells(tmp_path, rows):
     path = tmp_path / "mfeat-fou.csv"
     path.write_text("h\n" + "\n".join(",".join(map(str, r)) for r in rows))
@@ -253,8 +290,18 @@ def test_csd_with_mismatched_rows(tmp_path, n, d, mismatch, nan):
 
 
 # ------------------------------------------------------------------------------------------- training on it
-TINY = ["train.progress=False", "model.z_y_dim=2", "model.z_a_dim=2", "model.hidden=8", "model.f_y_dim=4",
-        "model.f_a_dim=4", "train.epochs=1", "train.kl_warmup=0", "train.batch_size=8", "train.valid_samples=2"]
+TINY = [
+    "train.progress=False",
+    "model.z_y_dim=2",
+    "model.z_a_dim=2",
+    "model.hidden=8",
+    "model.f_y_dim=4",
+    "model.f_a_dim=4",
+    "train.epochs=1",
+    "train.kl_warmup=0",
+    "train.batch_size=8",
+    "train.valid_samples=2",
+]
 
 
 @settings(max_examples=8, deadline=None, derandomize=True, database=None)
@@ -267,8 +314,12 @@ def test_training_on_degenerate_data_is_a_result_or_a_clear_error(n, all_missing
     # the validation split is a copy of the training samples (splits of one array never share a sample)
     twice = lambda v: np.concatenate([v, v])  # noqa: E731
     split = {"train": np.arange(n), "valid": np.arange(n, n if empty_valid else 2 * n)}
-    data = from_arrays({m: twice(v) for m, v in feats.items()}, twice(labels),
-                       present={m: twice(v) for m, v in present.items()}, split=split)
+    data = from_arrays(
+        {m: twice(v) for m, v in feats.items()},
+        twice(labels),
+        present={m: twice(v) for m, v in present.items()},
+        split=split,
+    )
     result = outcome(fit, Config().override(TINY), data)
     if not isinstance(result, DataError):
         assert np.isfinite(result.history[-1]["train_loss"])
@@ -309,9 +360,16 @@ def _classes(n_train=40, n_valid=12, n_test=12, seed=0, names=("a", "b")):
     n = n_train + n_valid + n_test
     y = rng.integers(0, 3, n)
     mods = {m: rng.normal(size=(n, 2 + i)) + y[:, None] for i, m in enumerate(names)}
-    return from_arrays(mods, y, label_kind="categorical",
-                       split={"train": np.arange(n_train), "valid": np.arange(n_train, n_train + n_valid),
-                              "test": np.arange(n_train + n_valid, n)})
+    return from_arrays(
+        mods,
+        y,
+        label_kind="categorical",
+        split={
+            "train": np.arange(n_train),
+            "valid": np.arange(n_train, n_train + n_valid),
+            "test": np.arange(n_train + n_valid, n),
+        },
+    )
 
 
 def _config(folder, data, hidden=8, name="tiny.toml"):
@@ -398,6 +456,7 @@ def test_written_files_honour_the_umask(trained, tmp_path):
     try:
         atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
         from pyro_mfm import plots
+
         plots.save(plots.training_curves([{"epoch": 0, "train_loss": 1.0}]), tmp_path / "p.png")
         save(_classes(4, 0, 0), tmp_path / "d.h5")
     finally:
@@ -415,6 +474,7 @@ def _umask():
 def _strict_json(path):
     def refuse(token):
         raise AssertionError(f"{path}: non-standard JSON token {token}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -425,24 +485,54 @@ def test_json_outputs_are_strict(tmp_path):
 
 def test_evaluate_on_data_of_another_schema(trained, tmp_path, capsys):
     save(_classes(names=("a", "audio")), tmp_path / "other.h5")
-    assert main(["evaluate", str(trained / "run"), "--data", str(tmp_path / "other.h5"),
-                 "--out", str(tmp_path / "e.json"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained / "run"),
+                "--data",
+                str(tmp_path / "other.h5"),
+                "--out",
+                str(tmp_path / "e.json"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "other.h5", "no modality 'b'", "'audio' that the model was not trained on")
     save(_classes(names=("a", "b"), seed=1), tmp_path / "wide.h5")  # same names, other shapes
     data = _classes()
-    wide = from_arrays({"a": np.asarray(data["train"].features["a"]), "b": np.zeros((40, 7))},
-                       np.asarray(data["train"].labels), label_kind="categorical", split={"test": np.arange(40)})
+    wide = from_arrays(
+        {"a": np.asarray(data["train"].features["a"]), "b": np.zeros((40, 7))},
+        np.asarray(data["train"].labels),
+        label_kind="categorical",
+        split={"test": np.arange(40)},
+    )
     save(wide, tmp_path / "wide.h5", overwrite=True)
-    assert main(["evaluate", str(trained / "run"), "--data", str(tmp_path / "wide.h5"),
-                 "--out", str(tmp_path / "e.json"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained / "run"),
+                "--data",
+                str(tmp_path / "wide.h5"),
+                "--out",
+                str(tmp_path / "e.json"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "modality 'b' of shape [7], the model expects [3]")
     assert main(["evaluate", str(trained / "run"), "--split", "nope", "--out", str(tmp_path / "e.json")]) == 2
     one_line_error(capsys, "no split 'nope'")
 
 
 def test_num_samples_on_the_command_line_is_checked(trained, tmp_path, capsys):
-    for command in (["evaluate", "--out", str(tmp_path / "e.json")],
-                    ["impute", "--observed", "a", "--out", str(tmp_path / "i.h5")]):
+    for command in (
+        ["evaluate", "--out", str(tmp_path / "e.json")],
+        ["impute", "--observed", "a", "--out", str(tmp_path / "i.h5")],
+    ):
         for n in ("-5", "0"):
             assert main(command[:1] + [str(trained / "run"), "--num-samples", n] + command[1:]) == 2
             one_line_error(capsys, f"evaluate.num_samples = {n}: expected an integer in [1, ")
@@ -498,8 +588,12 @@ def _run_job(tmp_path, data, capsys):
 
 def test_run_with_one_sample_per_split(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    data = from_arrays({"a": rng.normal(size=(3, 2)), "b": rng.normal(size=(3, 3))}, np.array([0, 1, 0]),
-                       label_kind="categorical", split={"train": [0], "valid": [1], "test": [2]})
+    data = from_arrays(
+        {"a": rng.normal(size=(3, 2)), "b": rng.normal(size=(3, 3))},
+        np.array([0, 1, 0]),
+        label_kind="categorical",
+        split={"train": [0], "valid": [1], "test": [2]},
+    )
     assert _run_job(tmp_path, data, capsys) == 0
     metrics = _strict_json(tmp_path / "report" / "metrics.json")
     assert metrics["single_view_baselines"] == {} and len(metrics["subsets"]) == 3
@@ -509,11 +603,13 @@ def test_run_with_one_sample_per_split(tmp_path, capsys):
 def test_run_with_a_modality_absent_from_the_test_split(tmp_path, capsys):
     data = _classes()
     present = {"b": np.r_[np.ones(52, bool), np.zeros(12, bool)]}
-    data = from_arrays({m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")])
-                        for m in ("a", "b")},
-                       np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")]),
-                       label_kind="categorical", present=present,
-                       split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
+    data = from_arrays(
+        {m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")]) for m in ("a", "b")},
+        np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")]),
+        label_kind="categorical",
+        present=present,
+        split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)},
+    )
     assert _run_job(tmp_path, data, capsys) == 0
     metrics = _strict_json(tmp_path / "report" / "metrics.json")
     by = {tuple(r["observed"]): r for r in metrics["subsets"]}
@@ -521,8 +617,9 @@ def test_run_with_a_modality_absent_from_the_test_split(tmp_path, capsys):
     assert by[("a",)]["imputation"]["b"]["n"] == 0 and by[("a",)]["imputation"]["b"]["mse"] is None
     assert by[("a",)]["label"]["n"] == 12 and set(metrics["single_view_baselines"]) == {"a"}
     assert "| b | - |" in (tmp_path / "report" / "report.md").read_text()
-    assert main(["evaluate", str(tmp_path / "report" / "checkpoint"), "--out", str(tmp_path / "e.json"),
-                 "--quiet"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "report" / "checkpoint"), "--out", str(tmp_path / "e.json"), "--quiet"]) == 0
+    )
     assert _strict_json(tmp_path / "e.json")["subsets"][1]["label"] == {"n": 0}
 
 
@@ -530,14 +627,22 @@ def test_features_near_1e20_in_any_split_are_one_line(trained, tmp_path, capsys)
     import h5py
 
     data = _classes()
-    features = {m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")])
-                for m in ("a", "b")}
+    features = {
+        m: np.concatenate([np.asarray(data[s].features[m]) for s in ("train", "valid", "test")]) for m in ("a", "b")
+    }
     labels = np.concatenate([np.asarray(data[s].labels) for s in ("train", "valid", "test")])
     features["a"][45, 1] = 1e20  # sample 5 of the validation split
-    with pytest.raises(DataError, match="split 'valid', modality 'a', key 'features': sample 5, feature 1 reaches "
-                                        "1e\\+20 in magnitude; expected magnitudes up to 1e\\+18"):
-        from_arrays(features, labels, label_kind="categorical",
-                    split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)})
+    with pytest.raises(
+        DataError,
+        match="split 'valid', modality 'a', key 'features': sample 5, feature 1 reaches "
+        "1e\\+20 in magnitude; expected magnitudes up to 1e\\+18",
+    ):
+        from_arrays(
+            features,
+            labels,
+            label_kind="categorical",
+            split={"train": np.arange(40), "valid": np.arange(40, 52), "test": np.arange(52, 64)},
+        )
     with pytest.raises(DataError, match="1 label\\(s\\) out of range.*up to 1e\\+18 in magnitude"):
         from_arrays({"a": np.ones((4, 2))}, np.array([1.0, -3e20, 2.0, 0.0]))
     # a file whose test split alone holds a huge value: the command that reads it stops in one line, before any work
@@ -576,13 +681,32 @@ def test_train_accepts_nan_as_missing(trained, tmp_path, capsys):
     run = str(trained / "run")
     assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json")]) == 2
     one_line_error(capsys, "--nan-as-missing")
-    assert main(["evaluate", run, "--data", str(path), "--split", "train", "--out", str(tmp_path / "e.json"),
-                 "--nan-as-missing", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                run,
+                "--data",
+                str(path),
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "e.json"),
+                "--nan-as-missing",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
-    p = subprocess.Popen([sys.executable, "-m", "pyro_mfm", "data", "info", "uci_mfeat"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pyro_mfm", "data", "info", "uci_mfeat"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     p.stdout.close()  # the reader is gone before the command writes (as `| head -0` does)
     err = p.stderr.read().decode()
     assert p.wait(60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -23,12 +23,15 @@ def _loads_matplotlib(statement: str) -> bool:
     return out.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize("statement", [
-    "import pyro_mfm",
-    "import pyro_mfm.infer",
-    "import pyro_mfm.infer.metrics, pyro_mfm.infer.evaluate, pyro_mfm.infer.job, pyro_mfm.infer.seeds",
-    "import pyro_mfm.data, pyro_mfm.config, pyro_mfm.cli",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import pyro_mfm",
+        "import pyro_mfm.infer",
+        "import pyro_mfm.infer.metrics, pyro_mfm.infer.evaluate, pyro_mfm.infer.job, pyro_mfm.infer.seeds",
+        "import pyro_mfm.data, pyro_mfm.config, pyro_mfm.cli",
+    ],
+)
 def test_inference_loads_no_plotting(statement):
     assert not _loads_matplotlib(statement)
 

@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from pyro_mfm.infer.metrics import (classification_metrics, imputation_metrics, interval_coverage,
-                                    regression_metrics, sentiment_metrics)
+from pyro_mfm.infer.metrics import (
+    classification_metrics,
+    imputation_metrics,
+    interval_coverage,
+    regression_metrics,
+    sentiment_metrics,
+)
 
 
 def test_sentiment_metrics_follow_the_mosi_conventions():
@@ -58,8 +63,12 @@ def test_per_step_mean_baseline_uses_each_steps_real_training_values():
     x = np.broadcast_to(np.arange(T, dtype=float)[None, :, None], (n, T, 1)) * steps[..., None]
     x = x + 100.0 * ~steps[..., None]  # padding values must never count
     present = np.array([True, True, True, True, True, False])
-    ds = from_arrays({"s": x * present[:, None, None] + 50.0 * ~present[:, None, None]}, np.zeros(n),
-                     steps={"s": steps}, present={"s": present})["train"]
+    ds = from_arrays(
+        {"s": x * present[:, None, None] + 50.0 * ~present[:, None, None]},
+        np.zeros(n),
+        steps={"s": steps},
+        present={"s": present},
+    )["train"]
     per_step = mean_imputation_baseline(ds, ds, per_step=True)["s"]["mse"]
     per_feature = mean_imputation_baseline(ds, ds)["s"]["mse"]
     real = np.arange(T)[None].repeat(n, 0)[steps & present[:, None]].astype(float)

@@ -12,8 +12,11 @@ from pyro_mfm.nets.sequence import align_left, align_right, run_lstm
 def _inputs(B=7, T=6, dims=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     dims = dims or {"a": 3, "b": 4, "c": 2}
-    lengths = {"a": torch.tensor([6, 1, 3, 0, 6, 2, 4]), "b": torch.tensor([6, 2, 3, 5, 0, 6, 1]),
-               "c": torch.tensor([0, 6, 3, 4, 5, 0, 2])}
+    lengths = {
+        "a": torch.tensor([6, 1, 3, 0, 6, 2, 4]),
+        "b": torch.tensor([6, 2, 3, 5, 0, 6, 1]),
+        "c": torch.tensor([0, 6, 3, 4, 5, 0, 2]),
+    }
     x, steps = {}, {}
     for m, d in dims.items():
         steps[m] = torch.arange(T)[None, :] >= (T - lengths[m])[:, None]
@@ -26,7 +29,7 @@ def test_align_left_right_round_trip():
     lengths = steps["a"].sum(-1)
     left = align_left(x["a"], lengths)
     for b, L in enumerate(lengths.tolist()):
-        assert torch.equal(left[b, :L], x["a"][b, 6 - L:])
+        assert torch.equal(left[b, :L], x["a"][b, 6 - L :])
         assert torch.all(left[b, L:] == 0)
     assert torch.equal(align_right(left, lengths), x["a"])
 
@@ -41,10 +44,10 @@ def test_run_lstm_matches_lstm_on_real_steps_only():
         if L == 0:
             assert torch.all(h[b] == 0) and torch.all(last[b] == 0)
             continue
-        ref, _ = lstm(x["a"][b:b + 1, 6 - L:])
-        torch.testing.assert_close(h[b, 6 - L:], ref[0])
+        ref, _ = lstm(x["a"][b : b + 1, 6 - L :])
+        torch.testing.assert_close(h[b, 6 - L :], ref[0])
         torch.testing.assert_close(last[b], ref[0, -1])
-        assert torch.all(h[b, :6 - L] == 0)
+        assert torch.all(h[b, : 6 - L] == 0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -47,8 +47,11 @@ def test_weights_of_the_flat_layout_load_into_model_and_guide(model):
     scaling taken from the likelihoods' statistics: the same weights, the same predictions."""
     data = small_data()
     trained, fresh = build(data, **model), build(data, **model)
-    flat = {k.split(".", 1)[1]: v for k, v in trained.state_dict().items()
-            if not k.startswith(("guide.x_in.", "guide.y_in.", "guide.expert_redundancy"))}
+    flat = {
+        k.split(".", 1)[1]: v
+        for k, v in trained.state_dict().items()
+        if not k.startswith(("guide.x_in.", "guide.y_in.", "guide.expert_redundancy"))
+    }
     assert not any(k.startswith(("model.", "guide.")) for k in flat) and "trunk.a.net.0.weight" in flat
     with torch.no_grad():
         for v in trained.parameters():
@@ -103,8 +106,9 @@ def test_product_of_experts_matches_gaussian_algebra():
     assert torch.allclose(q.mean[3], torch.zeros(k)) and torch.allclose(q.covariance_matrix[3], torch.eye(k))
 
 
-@pytest.mark.parametrize("label,likelihood", [("regression", "normal"), ("regression", "laplace"),
-                                              ("categorical", "categorical")])
+@pytest.mark.parametrize(
+    "label,likelihood", [("regression", "normal"), ("regression", "laplace"), ("categorical", "categorical")]
+)
 def test_label_likelihoods_train_a_step(label, likelihood):
     data = small_data(label)
     mfm = build(data, label_likelihood=likelihood)
@@ -191,7 +195,6 @@ def test_unknown_modality_and_schema_mismatch_are_clear_errors():
     mfm = build(data)
     with pytest.raises(DataError, match=r"unknown modalities \['video'\]"):
         predict(mfm, data["test"], observed=["video"])
-    other = small_data(seed=1)
     other_schema = from_arrays({"a": np.zeros((4, 3))}, np.zeros(4))
     with pytest.raises(DataError, match="do not match the model"):
         impute(mfm, other_schema["train"], observed=["a"])
@@ -221,5 +224,6 @@ def test_enumerating_a_missing_class_label_equals_masking_it():
     masked = Trace_ELBO(max_plate_nesting=1).differentiable_loss(mfm.model, mfm.guide, batch)
     pyro.set_rng_seed(3)
     enumerated = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
-        config_enumerate(mfm.model), mfm.guide, batch.without_labels())
+        config_enumerate(mfm.model), mfm.guide, batch.without_labels()
+    )
     assert torch.allclose(masked, enumerated, rtol=1e-5)

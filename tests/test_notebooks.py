@@ -80,11 +80,14 @@ def test_render_notebooks_to_html(tmp_path, kernel):
     """``make notebooks`` (inference/render_notebooks.py): executed, figures and all, to HTML."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("render_notebooks", NOTEBOOK_DIR.parent / "inference" / "render_notebooks.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_notebooks", NOTEBOOK_DIR.parent / "inference" / "render_notebooks.py"
+    )
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A title"),
-                                         nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# A title"), nbformat.v4.new_code_cell("print(6 * 7)")]
+    )
     nbformat.write(nb, tmp_path / "tiny.ipynb")
     assert render.main([str(tmp_path / "tiny.ipynb"), "--out", str(tmp_path / "html"), "--kernel", kernel]) == 0
     html = (tmp_path / "html" / "tiny.html").read_text()

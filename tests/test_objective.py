@@ -56,8 +56,10 @@ def test_vectorized_particles_equal_pyros():
     mfm, batch = mfm_and_batch()
     params = list(mfm.parameters())
     kw = dict(max_plate_nesting=1, num_particles=4, vectorize_particles=True)
-    assert_same(loss_and_grads(MeanFieldELBO(**kw), mfm.model, mfm.guide, params, batch),
-                loss_and_grads(TraceMeanField_ELBO(**kw), mfm.model, mfm.guide, params, batch))
+    assert_same(
+        loss_and_grads(MeanFieldELBO(**kw), mfm.model, mfm.guide, params, batch),
+        loss_and_grads(TraceMeanField_ELBO(**kw), mfm.model, mfm.guide, params, batch),
+    )
 
 
 def test_latent_without_analytic_kl_falls_back_to_monte_carlo_like_pyro():
@@ -74,8 +76,10 @@ def test_latent_without_analytic_kl_falls_back_to_monte_carlo_like_pyro():
         pyro.sample("rate", dist.LogNormal(loc, 0.3))
 
     elbo_args = dict(max_plate_nesting=1)
-    assert_same(loss_and_grads(MeanFieldELBO(**elbo_args), model, guide, [loc], data),
-                loss_and_grads(TraceMeanField_ELBO(**elbo_args), model, guide, [loc], data))
+    assert_same(
+        loss_and_grads(MeanFieldELBO(**elbo_args), model, guide, [loc], data),
+        loss_and_grads(TraceMeanField_ELBO(**elbo_args), model, guide, [loc], data),
+    )
 
 
 def test_validation_still_rejects_a_site_whose_shape_misses_its_plate():
@@ -134,7 +138,18 @@ def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, 
     monkeypatch.setattr(Objective, "__call__", spy)
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=0)
     data = gen.sample({"train": 64, "valid": 16}, seed=0)
-    fit(Config().override(["train.progress=False", "model.hidden=8", "train.epochs=2", "train.batch_size=32",
-                           "train.valid_samples=2", f"train.validate='{validate}'"]), data)
+    fit(
+        Config().override(
+            [
+                "train.progress=False",
+                "model.hidden=8",
+                "train.epochs=2",
+                "train.batch_size=32",
+                "train.valid_samples=2",
+                f"train.validate='{validate}'",
+            ]
+        ),
+        data,
+    )
     assert seen == expected
     assert is_validation_enabled()  # restored after training

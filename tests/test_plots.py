@@ -62,8 +62,11 @@ def test_metric_by_observed_edge_cases(tmp_path):
     assert any("missing" in t and "n = 3" in t for t in _legend_texts(fig))
     _written(fig, tmp_path, "nan.png")
     # every value missing
-    _written(plots.metric_by_observed([{"observed": ["a"], "f1": math.nan}, {"observed": ["a", "b"]}], "f1"),
-             tmp_path, "allnan.png")
+    _written(
+        plots.metric_by_observed([{"observed": ["a"], "f1": math.nan}, {"observed": ["a", "b"]}], "f1"),
+        tmp_path,
+        "allnan.png",
+    )
 
 
 def test_imputation_error(tmp_path):
@@ -139,10 +142,14 @@ def test_training_curves(tmp_path):
 
 def test_ece_hand_computed():
     # 2 bins: (0, .5] and (.5, 1].
-    probs = np.array([[0.9, 0.05, 0.05],  # conf .9, right
-                      [0.2, 0.7, 0.1],  # conf .7, wrong
-                      [0.4, 0.35, 0.25],  # conf .4, right
-                      [0.3, 0.3, 0.4]])  # conf .4, wrong
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05],  # conf .9, right
+            [0.2, 0.7, 0.1],  # conf .7, wrong
+            [0.4, 0.35, 0.25],  # conf .4, right
+            [0.3, 0.3, 0.4],
+        ]
+    )  # conf .4, wrong
     labels = np.array([0, 0, 0, 1])
     # high bin: acc .5, conf .8 -> .3 * 2/4; low bin: acc .5, conf .4 -> .1 * 2/4
     assert plots.expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.20)
@@ -197,7 +204,7 @@ def test_reliability_diagram(tmp_path):
 
 def test_binomial_interval_matches_direct_sum():
     for n, p in [(10, 0.1), (57, 0.2), (200, 0.05)]:
-        cdf = np.cumsum([math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)])
+        cdf = np.cumsum([math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)])
         lo = int(np.argmax(cdf >= 0.025))
         hi = int(np.argmax(cdf >= 0.975))
         assert plots.binomial_interval(n, p) == (lo, hi)

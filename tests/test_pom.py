@@ -6,19 +6,28 @@ import numpy as np
 import pytest
 
 from pyro_mfm.config import Config
+from pyro_mfm.data import load_data
 from pyro_mfm.infer import fit, impute, predict
 from pyro_mfm.infer.evaluate import evaluate, mean_imputation_baseline
-from pyro_mfm.data import load_data
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 @pytest.fixture(scope="module")
 def pom(shared_datasets):
-    cfg = Config.load(MODELS / "mfm-pom.toml", [
-        f"data.source='{shared_datasets / 'pom'}'", "model.objective='elbo'", "train.epochs=8", "train.patience=0", "train.kl_warmup=2",
-        "train.progress=False", "train.device='cpu'", "train.valid_samples=5",
-    ])
+    cfg = Config.load(
+        MODELS / "mfm-pom.toml",
+        [
+            f"data.source='{shared_datasets / 'pom'}'",
+            "model.objective='elbo'",
+            "train.epochs=8",
+            "train.patience=0",
+            "train.kl_warmup=2",
+            "train.progress=False",
+            "train.device='cpu'",
+            "train.valid_samples=5",
+        ],
+    )
     data = load_data(cfg)
     return data, fit(cfg, data).mfm
 
@@ -73,8 +82,12 @@ def test_imputed_sequences_have_shape_respect_padding_and_beat_or_match_the_trai
         # Audio from video is close to a tie with the training mean on POM (within 0.5% over seeds and random
         # streams). The model must not be worse than the mean by more than two paired standard errors of the
         # difference, over the test videos (each video's squared errors are one paired observation).
-        fill = np.broadcast_to(np.asarray(data["train"].features[hidden])[data["train"].present[hidden]].reshape(
-            -1, x.shape[-1])[data["train"].steps[hidden][data["train"].present[hidden]].reshape(-1)].mean(0), x.shape)
+        fill = np.broadcast_to(
+            np.asarray(data["train"].features[hidden])[data["train"].present[hidden]]
+            .reshape(-1, x.shape[-1])[data["train"].steps[hidden][data["train"].present[hidden]].reshape(-1)]
+            .mean(0),
+            x.shape,
+        )
         w = real[..., None].astype(float)
         d = ((((imp.mean[hidden] - x) ** 2 - (fill - x) ** 2) * w).sum((1, 2)))[recorded]
         count = w.sum() * x.shape[-1]

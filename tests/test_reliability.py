@@ -12,17 +12,26 @@ import pytest
 import torch
 
 from pyro_mfm.config import Config
-from pyro_mfm.data import LinearGaussianMFM, save
+from pyro_mfm.data import LinearGaussianMFM, load_data, save
 from pyro_mfm.infer import CheckpointError, fit
+from pyro_mfm.infer import train as train_module
 from pyro_mfm.infer.checkpoint import epoch_checkpoints, read_resume
 from pyro_mfm.infer.faults import DivergenceError
-from pyro_mfm.data import load_data
-from pyro_mfm.infer import train as train_module
 from pyro_mfm.infer.objective import Objective
 
-TINY = ["train.progress=False", "model.z_y_dim=2", "model.z_a_dim=2", "model.hidden=16", "model.f_y_dim=8",
-        "model.f_a_dim=4", "train.epochs=3", "train.kl_warmup=1", "train.batch_size=16", "train.valid_samples=2",
-        "train.num_threads=1"]
+TINY = [
+    "train.progress=False",
+    "model.z_y_dim=2",
+    "model.z_a_dim=2",
+    "model.hidden=16",
+    "model.f_y_dim=8",
+    "model.f_a_dim=4",
+    "train.epochs=3",
+    "train.kl_warmup=1",
+    "train.batch_size=16",
+    "train.valid_samples=2",
+    "train.num_threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +109,8 @@ def test_resume_with_other_data_is_refused(data, tmp_path):
     cfg = Config().override(TINY + ["train.epochs=1"])
     fit(cfg, data, tmp_path)
     other = LinearGaussianMFM.random({"a": 3, "c": 4}, z_y_dim=2, label="regression", seed=0).sample(
-        {"train": 32}, seed=0)
+        {"train": 32}, seed=0
+    )
     with pytest.raises(CheckpointError, match="another schema"):
         fit(cfg, other, tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
@@ -119,12 +129,19 @@ def poison(monkeypatch, sample, value=float("nan"), modality="a"):
     monkeypatch.setattr(train_module, "drop_modalities", drop)
 
 
-@pytest.mark.parametrize("value, expected", [
-    (float("nan"), "observed site 'x_a': non-finite data in samples [{}]"),  # never reaches the networks
-    (1e30, "guide raised before its first site in samples [{}]: _LinAlgError: linalg.cholesky"),  # finite, but overflows
-])
-def test_divergence_stops_names_site_and_sample_and_keeps_the_last_good_state(data, tmp_path, monkeypatch, value,
-                                                                               expected):
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (float("nan"), "observed site 'x_a': non-finite data in samples [{}]"),  # never reaches the networks
+        (
+            1e30,
+            "guide raised before its first site in samples [{}]: _LinAlgError: linalg.cholesky",
+        ),  # finite, but overflows
+    ],
+)
+def test_divergence_stops_names_site_and_sample_and_keeps_the_last_good_state(
+    data, tmp_path, monkeypatch, value, expected
+):
     cfg = Config().override(TINY)
     sample = int(np.flatnonzero(data["train"].present["a"])[5])
     poison(monkeypatch, sample, value)
@@ -137,7 +154,7 @@ def test_divergence_stops_names_site_and_sample_and_keeps_the_last_good_state(da
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     step = saved["state"]["position"]["step"]
     order = np.random.default_rng(cfg.train.seed * 100003).permutation(len(data["train"]))
-    assert sample in order[step * 16:(step + 1) * 16]  # the checkpoint is the state before the bad step
+    assert sample in order[step * 16 : (step + 1) * 16]  # the checkpoint is the state before the bad step
 
 
 def test_non_finite_log_density_is_named_by_site(data, monkeypatch):
@@ -171,10 +188,13 @@ def test_divergence_skip_drops_the_step_and_goes_on(data, tmp_path, monkeypatch)
 
 
 def test_a_nan_objective_everywhere_stops_with_a_clear_error(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(Objective, "__call__",
-                        lambda self, b, **kwargs: sum(p.sum() for p in self.mfm.parameters()) * np.nan)
-    with pytest.raises(DivergenceError, match="every step of epoch 1"), \
-            pytest.warns(RuntimeWarning, match="non-finite loss at epoch 1, step"):
+    monkeypatch.setattr(
+        Objective, "__call__", lambda self, b, **kwargs: sum(p.sum() for p in self.mfm.parameters()) * np.nan
+    )
+    with (
+        pytest.raises(DivergenceError, match="every step of epoch 1"),
+        pytest.warns(RuntimeWarning, match="non-finite loss at epoch 1, step"),
+    ):
         fit(Config().override(TINY + ["train.on_divergence='skip'"]), data)
 
 
@@ -217,8 +237,9 @@ def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = Config.load(tmp_path / "tiny.toml")
     fit(config, load_data(config), tmp_path / "full")  # uninterrupted, in this process: the same arithmetic
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "cut" / "epoch-0001.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -228,7 +249,8 @@ def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     stopped = weights(tmp_path / "cut" / "last.pt")["state"]
     assert stopped["epoch"] < 2  # it really stopped early
-    resumed = subprocess.run(cmd + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
-                             env=env)
+    resumed = subprocess.run(
+        cmd + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))

@@ -4,7 +4,6 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from torch import nn
 
 from pyro_mfm.config import Config, ConfigError
 from pyro_mfm.data.dataset import Batch
@@ -23,9 +22,18 @@ def data():
 
 
 def _mfm(data, *overrides):
-    cfg = Config().override(["model.hidden=16", "model.sequence_net='lstm'", "model.lstm_hidden=8",
-                             "model.z_y_dim=3", "model.z_a_dim=2", "model.f_y_dim=6", "model.f_a_dim=4"]
-                            + list(overrides))
+    cfg = Config().override(
+        [
+            "model.hidden=16",
+            "model.sequence_net='lstm'",
+            "model.lstm_hidden=8",
+            "model.z_y_dim=3",
+            "model.z_a_dim=2",
+            "model.f_y_dim=6",
+            "model.f_a_dim=4",
+        ]
+        + list(overrides)
+    )
     pyro.set_rng_seed(0)
     return MFM(data.schema, cfg.model, feature_statistics(data["train"]))
 
@@ -80,8 +88,12 @@ def test_padding_and_missing_values_never_count(data, name):
     mfm = _mfm(data, *CONFIGS[name]).eval()
     batch = data["train"][np.arange(48)]
     assert (~batch.present["b"]).any() and (~batch.steps["a"]).any()
-    junk = {m: torch.where((batch.steps[m] & batch.present[m][:, None]).unsqueeze(-1), batch.x[m],
-                           torch.full_like(batch.x[m], 7.0)) for m in batch.x}
+    junk = {
+        m: torch.where(
+            (batch.steps[m] & batch.present[m][:, None]).unsqueeze(-1), batch.x[m], torch.full_like(batch.x[m], 7.0)
+        )
+        for m in batch.x
+    }
     obj = Objective(mfm)
     losses, grads = [], []
     for b in (batch, _batch_with(batch, junk)):

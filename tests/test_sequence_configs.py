@@ -21,8 +21,10 @@ def mosi_like(n=40, T=20, seed=0):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, T + 1, n)
     steps = np.arange(T)[None] >= (T - lengths)[:, None]
-    feats = {m: rng.standard_normal((n, T, d)).astype(np.float32) * steps[..., None]
-             for m, d in (("text", 300), ("audio", 5), ("vision", 20))}
+    feats = {
+        m: rng.standard_normal((n, T, d)).astype(np.float32) * steps[..., None]
+        for m, d in (("text", 300), ("audio", 5), ("vision", 20))
+    }
     y = np.clip(rng.standard_normal(n) * 1.5, -3, 3)
     return from_arrays(feats, y, steps={m: steps for m in feats})
 
@@ -36,8 +38,9 @@ def test_mosi_configurations_build_and_take_a_training_step(name, lambda_mmd, ba
     data = mosi_like()
     pyro.set_rng_seed(0)
     mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
-    assert [mfm.guide.fusion.lstm[m].hidden_size for m in ("text", "audio", "vision")] == \
-        [cfg.model.lstm_hidden[m] for m in ("text", "audio", "vision")]
+    assert [mfm.guide.fusion.lstm[m].hidden_size for m in ("text", "audio", "vision")] == [
+        cfg.model.lstm_hidden[m] for m in ("text", "audio", "vision")
+    ]
     obj = Objective(mfm)
     opt = torch.optim.Adam(mfm.parameters(), lr=cfg.train.lr)
     b = data["train"][np.arange(32)]

@@ -25,12 +25,26 @@ SETTINGS = {
 @pytest.fixture(scope="module", params=list(SETTINGS))
 def trained(request, problem):
     gen, data = problem
-    cfg = Config().override([
-        "model.sequence_net='lstm'", "model.lstm_hidden=16", "model.hidden=32", "model.z_y_dim=2", "model.z_a_dim=2",
-        "model.f_y_dim=16", "model.f_a_dim=8", "train.epochs=30", "train.batch_size=50", "train.lr=3e-3",
-        "train.kl_warmup=3", "train.patience=8", "train.progress=False", "train.device='cpu'",
-        "train.valid_samples=10",
-    ] + SETTINGS[request.param])
+    cfg = Config().override(
+        [
+            "model.sequence_net='lstm'",
+            "model.lstm_hidden=16",
+            "model.hidden=32",
+            "model.z_y_dim=2",
+            "model.z_a_dim=2",
+            "model.f_y_dim=16",
+            "model.f_a_dim=8",
+            "train.epochs=30",
+            "train.batch_size=50",
+            "train.lr=3e-3",
+            "train.kl_warmup=3",
+            "train.patience=8",
+            "train.progress=False",
+            "train.device='cpu'",
+            "train.valid_samples=10",
+        ]
+        + SETTINGS[request.param]
+    )
     return request.param, fit(cfg, data).mfm
 
 
@@ -81,5 +95,5 @@ def test_every_observed_subset_evaluates(problem, trained):
     assert [r["observed"] for r in records] == [["a"], ["b"], ["a", "b"]]
     for r in records:
         assert np.isfinite(r["label"]["mae"])
-        for m, v in r.get("imputation", {}).items():
+        for v in r.get("imputation", {}).values():
             assert np.isfinite(v["mse"])

@@ -41,16 +41,21 @@ def assert_mean(q, expected=0.0, what=""):
 def reg():
     """Regression with 2 outputs; a vector, a sequence (T=6, lengths 3..6) and a small vector modality."""
     return LinearGaussianMFM.random(
-        {"a": 4, "b": (6, 3), "c": 2}, z_y_dim=2, z_a_dims={"a": 1, "b": 2, "c": 1}, label_dim=2,
-        noise={"a": 0.5, "b": 0.7, "c": 0.3}, seed=0,
+        {"a": 4, "b": (6, 3), "c": 2},
+        z_y_dim=2,
+        z_a_dims={"a": 1, "b": 2, "c": 1},
+        label_dim=2,
+        noise={"a": 0.5, "b": 0.7, "c": 0.3},
+        seed=0,
     )
 
 
 @pytest.fixture(scope="module")
 def cat():
     """Ordinal probit with 3 classes; a vector and a sequence (T=5, lengths 3..5)."""
-    return LinearGaussianMFM.random({"a": 3, "b": (5, 2)}, z_y_dim=2, label="categorical", num_classes=3,
-                                    label_noise=0.3, seed=3)
+    return LinearGaussianMFM.random(
+        {"a": 3, "b": (5, 2)}, z_y_dim=2, label="categorical", num_classes=3, label_noise=0.3, seed=3
+    )
 
 
 # ---------------------------------------------------------------------- dense reference
@@ -68,13 +73,13 @@ def dense_conditional(gen, ds, i, observed=None):
         r = np.zeros(total)
         r[:ky] = w
         if j is not None:
-            r[start[j]:start[j + 1]] = v
+            r[start[j] : start[j + 1]] = v
         L.append(r), mu0.append(c), nv.append(noise), block.append(b), obs.append(o), val.append(value)
 
     for k in range(ky):
         row("z", np.eye(ky)[k])
     for k in range(gen.A.shape[0]):
-        row("s", gen.A[k], c=gen.b[k], noise=gen.sigma_y ** 2)
+        row("s", gen.A[k], c=gen.b[k], noise=gen.sigma_y**2)
     for j, m in enumerate(gen.modalities):
         x = np.asarray(ds.features[m.name][i], dtype=np.float64)
         seen = bool(ds.present[m.name][i]) and m.name in use
@@ -84,10 +89,10 @@ def dense_conditional(gen, ds, i, observed=None):
             pos = np.nonzero(steps)[0] if seen else np.arange(m.W.shape[0])
             for t in pos:
                 for d in range(m.W.shape[1]):
-                    row(m.name, m.W[t, d], j, m.V[t, d], m.c[d], m.sigma ** 2, seen, x[t, d])
+                    row(m.name, m.W[t, d], j, m.V[t, d], m.c[d], m.sigma**2, seen, x[t, d])
         else:
             for d in range(m.W.shape[0]):
-                row(m.name, m.W[d], j, m.V[d], m.c[d], m.sigma ** 2, seen, x[d])
+                row(m.name, m.W[d], j, m.V[d], m.c[d], m.sigma**2, seen, x[d])
     L, mu0, obs, val, block = np.array(L), np.array(mu0), np.array(obs), np.array(val), np.array(block)
     C = L @ L.T + np.diag(nv)
     U = ~obs
@@ -192,8 +197,9 @@ def test_missing_rates(reg):
 # ---------------------------------------------------------------------- Monte Carlo checks of the oracle
 def stored_features(ds, names):
     """The stored features of ``names`` flattened, plus a constant: functions of (x_O, pattern)."""
-    return np.concatenate([np.ones((len(ds), 1))] + [np.asarray(ds.features[m], np.float64).reshape(len(ds), -1)
-                                                      for m in names], axis=1)
+    return np.concatenate(
+        [np.ones((len(ds), 1))] + [np.asarray(ds.features[m], np.float64).reshape(len(ds), -1) for m in names], axis=1
+    )
 
 
 def assert_no_linear_predictor_beats(F_train, u_train, F_test, u_test, oracle_test, what):
@@ -205,8 +211,9 @@ def assert_no_linear_predictor_beats(F_train, u_train, F_test, u_test, oracle_te
 
 
 def test_posterior_z_y_monte_carlo(reg):
-    data, lat = reg.sample({"train": 20_000, "test": 20_000}, missing=0.35, min_observed=0, seed=21,
-                           return_latents=True)
+    data, lat = reg.sample(
+        {"train": 20_000, "test": 20_000}, missing=0.35, min_observed=0, seed=21, return_latents=True
+    )
     ds, z = data["test"], lat["test"].z_y
     mu, S = reg.posterior_z_y(ds)
     e = z - mu
@@ -231,11 +238,13 @@ def test_regression_predictive_monte_carlo(reg):
         m, v = reg.predict_y(ds, observed)
         r = y - m
         assert_mean(r / np.sqrt(v), 0.0, f"standardised error {observed}")
-        assert_mean(r ** 2 / v, 1.0, f"MSE matches the predicted variance {observed}")
+        assert_mean(r**2 / v, 1.0, f"MSE matches the predicted variance {observed}")
         F = stored_features(ds, observed or "abc")
         assert_mean(r[:, :, None] * F[:, None, :], 0.0, f"orthogonality {observed}")
-    sets = {s: (stored_features(data[s], "ac"), lat[s].y.astype(np.float64), reg.predict_y(data[s], ["a", "c"])[0])
-            for s in ("train", "test")}
+    sets = {
+        s: (stored_features(data[s], "ac"), lat[s].y.astype(np.float64), reg.predict_y(data[s], ["a", "c"])[0])
+        for s in ("train", "test")
+    }
     assert_no_linear_predictor_beats(*sets["train"][:2], *sets["test"], "y from a, c")
 
 
@@ -249,7 +258,7 @@ def test_imputation_monte_carlo(reg):
         real = ds.steps[m][mis][..., None] * np.ones(3) if m == "b" else np.ones_like(mean, bool)
         r = (x[m][mis] - mean) * real  # sequences: compare on the drawn real steps
         per = lambda a: a.reshape(len(a), -1).sum(axis=1) / real.reshape(len(a), -1).sum(axis=1)  # noqa: E731
-        assert_mean(per(r ** 2 / var), 1.0, f"imputation MSE matches its variance, {m}")
+        assert_mean(per(r**2 / var), 1.0, f"imputation MSE matches its variance, {m}")
         assert_mean(r.reshape(len(r), -1), 0.0, f"imputation residual mean, {m}")
         others = [o for o in "abc" if o != m]
         F = stored_features(ds.subset(np.nonzero(mis)[0]), others)
@@ -261,8 +270,11 @@ def test_imputation_monte_carlo(reg):
     for s in ("train", "test"):
         full = data[s].steps["b"].all(axis=1)
         sub = data[s].subset(np.nonzero(full)[0])
-        sets[s] = (stored_features(sub, "ac"), lat[s].x["b"][full].reshape(full.sum(), -1),
-                   reg.impute(sub, ["a", "c"])["b"][0].reshape(full.sum(), -1))
+        sets[s] = (
+            stored_features(sub, "ac"),
+            lat[s].x["b"][full].reshape(full.sum(), -1),
+            reg.impute(sub, ["a", "c"])["b"][0].reshape(full.sum(), -1),
+        )
     assert_no_linear_predictor_beats(*sets["train"][:2], *sets["test"], "b from a, c")
 
 
@@ -307,13 +319,16 @@ def test_log_predictive_density_importance_sampling(kind, reg, cat):
             st = ds.steps[m.name][i] if m.is_sequence else None
             W = (m.W[st] if m.is_sequence else m.W).reshape(-1, gen.z_y_dim)
             V = (m.V[st] if m.is_sequence else m.V).reshape(len(W), -1)
-            x = np.asarray(ds.features[m.name][i], np.float64)[st].reshape(-1) if m.is_sequence else \
-                np.asarray(ds.features[m.name][i], np.float64)
-            C = V @ V.T + m.sigma ** 2 * np.eye(len(W))
+            x = (
+                np.asarray(ds.features[m.name][i], np.float64)[st].reshape(-1)
+                if m.is_sequence
+                else np.asarray(ds.features[m.name][i], np.float64)
+            )
+            C = V @ V.T + m.sigma**2 * np.eye(len(W))
             r = x - np.tile(m.c, len(W) // len(m.c)) - z @ W.T
             Lc = np.linalg.cholesky(C)
             sol = np.linalg.solve(Lc, r.T)
-            logw += -0.5 * np.sum(sol ** 2, axis=0)  # constants cancel in the ratio
+            logw += -0.5 * np.sum(sol**2, axis=0)  # constants cancel in the ratio
         s_mean = z @ gen.A.T + gen.b
         if kind == "regression":
             f = np.prod(norm.pdf(ds.labels[i], s_mean, gen.sigma_y), axis=1)
@@ -323,7 +338,7 @@ def test_log_predictive_density_importance_sampling(kind, reg, cat):
             f = np.diff(norm.cdf((edges[[k, k + 1]] - s_mean[:, :1]) / gen.sigma_y), axis=1)[:, 0]
         w = np.exp(logw - logw.max())
         p_hat = np.sum(w * f) / w.sum()
-        se = np.sqrt(np.sum(w ** 2 * (f - p_hat) ** 2)) / w.sum()
+        se = np.sqrt(np.sum(w**2 * (f - p_hat) ** 2)) / w.sum()
         assert abs(np.log(p_hat) - lpd[i]) <= K_SIGMA * se / p_hat + 1e-9, (i, np.log(p_hat), lpd[i], se / p_hat)
 
 

@@ -22,8 +22,14 @@ from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.objective import Objective
 from pyro_mfm.model import MFM
 
-SMALL = ["train.progress=False", "model.z_y_dim=4", "model.z_a_dim=4", "model.hidden=64", "model.f_y_dim=16",
-         "model.f_a_dim=8"]
+SMALL = [
+    "train.progress=False",
+    "model.z_y_dim=4",
+    "model.z_a_dim=4",
+    "model.hidden=64",
+    "model.f_y_dim=16",
+    "model.f_a_dim=8",
+]
 
 
 def tiny_data():
@@ -33,8 +39,9 @@ def tiny_data():
 
 def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     data = tiny_data()
-    cfg = Config().override(SMALL + ["train.epochs=4", "train.kl_warmup=2", "train.batch_size=32",
-                                     "train.valid_samples=3"])
+    cfg = Config().override(
+        SMALL + ["train.epochs=4", "train.kl_warmup=2", "train.batch_size=32", "train.valid_samples=3"]
+    )
     full = fit(cfg, data, tmp_path / "full")
     fit(cfg.override(["train.epochs=2"]), data, tmp_path / "cut")  # the "interrupted" run stops after epoch 2
     resumed = fit(cfg, data, tmp_path / "cut", resume=True)
@@ -81,8 +88,9 @@ def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle():
     gen = LinearGaussianMFM.random({"a": 4, "b": 6, "c": 8}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
     data = gen.sample({"train": 4000, "valid": 1000}, missing=0.2, seed=1)
     test = gen.sample({"test": 2000}, missing=0.0, seed=1)["test"]
-    cfg = Config().override(SMALL + ["train.epochs=150", "train.patience=30", "train.select_metric='loss'",
-                                     "model.alpha=0.0"])
+    cfg = Config().override(
+        SMALL + ["train.epochs=150", "train.patience=30", "train.select_metric='loss'", "model.alpha=0.0"]
+    )
     mfm = fit(cfg, data).mfm
     y = test.labels[:, 0]
     failures = []
@@ -112,8 +120,16 @@ def test_unlabelled_samples_improve_the_classifier():
 
     "Clearly": by more than 0.03 and by more than 4 standard errors of the paired difference of accuracies on the
     same 2,000 test samples (McNemar: se = sqrt(discordant fraction / n))."""
-    gen = LinearGaussianMFM.random({"a": 40, "b": 40, "c": 40}, z_y_dim=2, z_a_dims=4, label="categorical",
-                                   num_classes=3, label_noise=0.1, noise=1.0, seed=1)
+    gen = LinearGaussianMFM.random(
+        {"a": 40, "b": 40, "c": 40},
+        z_y_dim=2,
+        z_a_dims=4,
+        label="categorical",
+        num_classes=3,
+        label_noise=0.1,
+        noise=1.0,
+        seed=1,
+    )
     data = gen.sample({"train": 3000}, label_missing=0.9, seed=4)
     data.splits["valid"] = gen.sample({"valid": 500}, seed=4)["valid"]
     test = gen.sample({"test": 2000}, seed=4)["test"]
@@ -136,8 +152,9 @@ def test_uci_all_views_accuracy():
     every view saturates early; the remaining epochs serve the decoders), all 6 views observed: test accuracy
     >= 0.97 (400 test digits: a standard error of about 0.8 points at that accuracy)."""
     data = load_embedded()
-    cfg = Config.load(Path(__file__).parents[1] / "models" / "uci_mfeat.toml",
-                      ["train.progress=False", "train.epochs=12"])
+    cfg = Config.load(
+        Path(__file__).parents[1] / "models" / "uci_mfeat.toml", ["train.progress=False", "train.epochs=12"]
+    )
     pred = predict(fit(cfg, data).mfm, data["test"], num_samples=50)
     accuracy = np.mean(pred.label == data["test"].labels)
     assert accuracy >= 0.97, accuracy
@@ -153,8 +170,16 @@ def built_run(data, cfg):
 
 def test_fit_trains_the_model_optimizer_and_scheduler_it_is_given_and_resumes_them(tmp_path):
     data = tiny_data()
-    cfg = Config().override(SMALL + ["train.epochs=3", "train.kl_warmup=0", "train.valid_samples=2",
-                                     "train.calibrate='none'", "train.batch_size=64"])
+    cfg = Config().override(
+        SMALL
+        + [
+            "train.epochs=3",
+            "train.kl_warmup=0",
+            "train.valid_samples=2",
+            "train.calibrate='none'",
+            "train.batch_size=64",
+        ]
+    )
     mfm, optimizer, scheduler = built_run(data, cfg)
     before = {k: v.clone() for k, v in mfm.state_dict().items()}
     result = fit(cfg, data, tmp_path / "full", model=mfm, optimizer=optimizer, scheduler=scheduler)
@@ -163,14 +188,14 @@ def test_fit_trains_the_model_optimizer_and_scheduler_it_is_given_and_resumes_th
     assert scheduler.last_epoch == 3  # stepped after each epoch
     state = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["state"]
     assert state["scheduler"]["last_epoch"] == 3
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5**3)
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.5  # SGD's state, not the default Adam's
     # a run cut after 2 epochs resumes its optimizer and schedule: the same weights as the uninterrupted run
     m2, o2, s2 = built_run(data, cfg)
     fit(cfg.override(["train.epochs=2"]), data, tmp_path / "cut", model=m2, optimizer=o2, scheduler=s2)
     m3, o3, s3 = built_run(data, cfg)
     fit(cfg, data, tmp_path / "cut", resume=True, model=m3, optimizer=o3, scheduler=s3)
-    assert s3.last_epoch == 3 and o3.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
+    assert s3.last_epoch == 3 and o3.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
     for k in a:
@@ -179,8 +204,16 @@ def test_fit_trains_the_model_optimizer_and_scheduler_it_is_given_and_resumes_th
 
 def test_fit_passes_the_kl_warmup_factor_to_the_objective_it_is_given():
     data = tiny_data()
-    cfg = Config().override(SMALL + ["train.epochs=2", "train.kl_warmup=2", "train.valid_samples=2",
-                                     "train.calibrate='none'", "train.batch_size=50"])
+    cfg = Config().override(
+        SMALL
+        + [
+            "train.epochs=2",
+            "train.kl_warmup=2",
+            "train.valid_samples=2",
+            "train.calibrate='none'",
+            "train.batch_size=50",
+        ]
+    )
     mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
     seen = []
 

@@ -39,8 +39,10 @@ def test_default_gaussian_kernel_is_the_papers():
 
 def _mmd_draws(shift, estimator, reps=300, n=40, k=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    vals = [float(mmd(torch.randn(n, k, generator=g) + shift, torch.randn(n, k, generator=g), estimator=estimator))
-            for _ in range(reps)]
+    vals = [
+        float(mmd(torch.randn(n, k, generator=g) + shift, torch.randn(n, k, generator=g), estimator=estimator))
+        for _ in range(reps)
+    ]
     return np.mean(vals), np.std(vals) / np.sqrt(reps)
 
 
@@ -72,8 +74,10 @@ def seq_data():
 
 
 def _mfm(data, *overrides):
-    cfg = Config().override(["model.hidden=16", "model.objective='wae'", "model.sequence_net='lstm'",
-                             "model.lstm_hidden=8"] + list(overrides))
+    cfg = Config().override(
+        ["model.hidden=16", "model.objective='wae'", "model.sequence_net='lstm'", "model.lstm_hidden=8"]
+        + list(overrides)
+    )
     pyro.set_rng_seed(0)
     return MFM(data.schema, cfg.model, feature_statistics(data["train"]))
 
@@ -87,8 +91,10 @@ def test_wae_guide_codes_are_deterministic_delta_sites(seq_data):
     assert missing.any()
     codes = mfm.codes(batch.without_labels())
     for site in ["z_y", "z_a_a", "z_a_b", "z_a_v"]:
-        assert isinstance(t1.nodes[site]["fn"].base_dist if hasattr(t1.nodes[site]["fn"], "base_dist")
-                          else t1.nodes[site]["fn"], pyro.distributions.Delta)
+        assert isinstance(
+            t1.nodes[site]["fn"].base_dist if hasattr(t1.nodes[site]["fn"], "base_dist") else t1.nodes[site]["fn"],
+            pyro.distributions.Delta,
+        )
         seen = batch.present.get(site[4:], torch.ones(16, dtype=torch.bool))
         assert torch.equal(t1.nodes[site]["value"][seen], t2.nodes[site]["value"][seen])
         torch.testing.assert_close(t1.nodes[site]["value"][seen], codes[site][seen])
@@ -142,8 +148,13 @@ def test_wae_mmd_gradient_pulls_codes_toward_the_prior(seq_data):
     def code_mmd():
         with torch.no_grad():
             code = mfm.codes(batch.without_labels())["z_y"]
-            return float(mmd(code, torch.randn(4000, code.shape[-1], generator=torch.Generator().manual_seed(1)),
-                             estimator="unbiased"))
+            return float(
+                mmd(
+                    code,
+                    torch.randn(4000, code.shape[-1], generator=torch.Generator().manual_seed(1)),
+                    estimator="unbiased",
+                )
+            )
 
     mfm.train()
     with torch.no_grad():  # start far from the prior

@@ -18,8 +18,20 @@ from .inference_data import to_arviz
 from .notebook import NotebookSetup, notebook_setup
 
 __all__ = [
-    "FactorContributions", "NotebookSetup", "baseline_possible", "conditional_generation", "coverage_curve",
+    "FactorContributions",
+    "NotebookSetup",
+    "baseline_possible",
+    "conditional_generation",
+    "coverage_curve",
     "decoder_mean",
-    "factor_contributions", "filled_classifier", "notebook_setup", "pit_values", "posterior_codes", "prediction_sets",
-    "single_view_baselines", "to_arviz", "variance_contributions", "with_missing",
+    "factor_contributions",
+    "filled_classifier",
+    "notebook_setup",
+    "pit_values",
+    "posterior_codes",
+    "prediction_sets",
+    "single_view_baselines",
+    "to_arviz",
+    "variance_contributions",
+    "with_missing",
 ]

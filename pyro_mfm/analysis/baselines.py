@@ -34,8 +34,9 @@ def _design(ds: MultimodalDataset, observed, fill: dict) -> np.ndarray:
     return np.concatenate(cols, 1)
 
 
-def filled_classifier(train: MultimodalDataset, test: MultimodalDataset, subsets: Sequence[Sequence[str]],
-                      fill: str = "mean") -> list[dict]:
+def filled_classifier(
+    train: MultimodalDataset, test: MultimodalDataset, subsets: Sequence[Sequence[str]], fill: str = "mean"
+) -> list[dict]:
     """One linear model on all modalities concatenated; at test time, modalities outside the observed subset are
     replaced by ``fill``: ``"zero"`` (the stored zeros) or ``"mean"`` (the training mean of each feature).
 

@@ -36,8 +36,10 @@ def pit_values(prediction, y, present=None, seed: int = 0) -> np.ndarray:
     if prediction.kind in _REGRESSION:
         draws = np.asarray(prediction.samples, float)
         if draws.ndim < 2 or draws.shape[1] != len(y):
-            raise ValueError(f"pit_values: predictive draws of shape {draws.shape} (kept with keep_samples=True) do "
-                             f"not match {len(y)} labels")
+            raise ValueError(
+                f"pit_values: predictive draws of shape {draws.shape} (kept with keep_samples=True) do "
+                f"not match {len(y)} labels"
+            )
         yy = y.reshape((1,) + draws.shape[1:]).astype(float)
         below, ties = (draws < yy).sum(0), (draws == yy).sum(0)
         u = (below + rng.uniform(size=below.shape) * (1 + ties)) / (draws.shape[0] + 1)

@@ -88,7 +88,9 @@ def _empty_batch(mfm: MFM, n: int) -> Batch:
         x={s.name: torch.zeros((n,) + s.shape, device=dev) for s in mods},
         present={s.name: torch.zeros(n, dtype=torch.bool, device=dev) for s in mods},
         steps={s.name: torch.ones(n, s.shape[0], dtype=torch.bool, device=dev) for s in mods if len(s.shape) == 2},
-        y=None, y_present=None, index=torch.arange(n, device=dev),
+        y=None,
+        y_present=None,
+        index=torch.arange(n, device=dev),
     )
 
 
@@ -98,11 +100,13 @@ def decoder_mean(mfm: MFM, modality: str, z_y, z_a, chunk: int = 4096) -> torch.
     mfm.schema.check_modalities([modality])
     mfm.eval()
     dev = _device(mfm)
-    z_y, z_a = torch.as_tensor(z_y, dtype=torch.float32, device=dev), torch.as_tensor(z_a, dtype=torch.float32,
-                                                                                       device=dev)
+    z_y, z_a = (
+        torch.as_tensor(z_y, dtype=torch.float32, device=dev),
+        torch.as_tensor(z_a, dtype=torch.float32, device=dev),
+    )
     out = []
     for start in range(0, len(z_y), chunk):
-        zy, za = z_y[start:start + chunk], z_a[start:start + chunk]
+        zy, za = z_y[start : start + chunk], z_a[start : start + chunk]
         model = poutine.condition(mfm.model, data={"z_y": zy, f"z_a_{modality}": za})
         trace = poutine.trace(model).get_trace(_empty_batch(mfm, len(zy)))
         out.append(trace.nodes[f"x_{modality}_mean"]["value"])
@@ -110,8 +114,9 @@ def decoder_mean(mfm: MFM, modality: str, z_y, z_a, chunk: int = 4096) -> torch.
 
 
 @torch.no_grad()
-def posterior_codes(mfm: MFM, dataset: MultimodalDataset, observed=None, seed: int = 0,
-                    batch_size: int = 512) -> dict[str, np.ndarray]:
+def posterior_codes(
+    mfm: MFM, dataset: MultimodalDataset, observed=None, seed: int = 0, batch_size: int = 512
+) -> dict[str, np.ndarray]:
     """One guide draw per sample of ``z_y`` and every ``z_a_<m>`` given the ``observed`` modalities (default all).
 
     Together they are draws from the aggregate posterior (the codes the data actually use). A modality that is
@@ -130,8 +135,9 @@ def posterior_codes(mfm: MFM, dataset: MultimodalDataset, observed=None, seed: i
     return {s: torch.cat(v).numpy() for s, v in out.items()}
 
 
-def factor_contributions(mfm: MFM, dataset: MultimodalDataset, modality: str, codes: str = "posterior",
-                         num_codes: int = 64, seed: int = 0) -> FactorContributions:
+def factor_contributions(
+    mfm: MFM, dataset: MultimodalDataset, modality: str, codes: str = "posterior", num_codes: int = 64, seed: int = 0
+) -> FactorContributions:
     """Shared and specific variance of modality ``modality``'s decoder mean (module docstring), per feature.
 
     Args:

@@ -49,8 +49,9 @@ def _point(p_y) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _draw_chain(mfm: MFM, ds: MultimodalDataset, observed, num_samples: int, seed: int, given_labels: bool,
-                batch_size: int) -> dict[str, np.ndarray]:
+def _draw_chain(
+    mfm: MFM, ds: MultimodalDataset, observed, num_samples: int, seed: int, given_labels: bool, batch_size: int
+) -> dict[str, np.ndarray]:
     mfm.eval()
     device = next(mfm.parameters()).device
     posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=["z_y"], parallel=True)
@@ -61,15 +62,25 @@ def _draw_chain(mfm: MFM, ds: MultimodalDataset, observed, num_samples: int, see
             batch = batch.observe_only(observed)
             z_y = posterior(batch if given_labels else batch.without_labels())["z_y"]
             p_y = mfm.label_distribution(z_y)
-            for key, value in (("z_y", z_y), ("y_point", _point(p_y)), ("y_rep", p_y.sample()),
-                               ("log_lik", p_y.log_prob(truth))):
+            for key, value in (
+                ("z_y", z_y),
+                ("y_point", _point(p_y)),
+                ("y_rep", p_y.sample()),
+                ("log_lik", p_y.log_prob(truth)),
+            ):
                 out[key].append(value.cpu())
     return {k: torch.cat(v, 1).numpy() for k, v in out.items()}
 
 
-def to_arviz(mfm: MFM | Sequence[MFM], dataset: MultimodalDataset, observed=None, num_samples: int = 100,
-             seeds: Sequence[int] | None = None, condition_on_labels: bool = False,
-             batch_size: int = 512) -> az.InferenceData:
+def to_arviz(
+    mfm: MFM | Sequence[MFM],
+    dataset: MultimodalDataset,
+    observed=None,
+    num_samples: int = 100,
+    seeds: Sequence[int] | None = None,
+    condition_on_labels: bool = False,
+    batch_size: int = 512,
+) -> az.InferenceData:
     """Guide draws of z_y and the label for the labelled samples of ``dataset``, as ArviZ ``InferenceData``.
 
     Args:
@@ -102,8 +113,9 @@ def to_arviz(mfm: MFM | Sequence[MFM], dataset: MultimodalDataset, observed=None
         raise DataError(f"{dataset._where()}: no labelled samples")
     ds = dataset if len(keep) == len(dataset) else dataset.subset(keep)
     observed = models[0].schema.names if observed is None else models[0].schema.check_modalities(observed)
-    chains = [_draw_chain(m, ds, observed, num_samples, s, condition_on_labels, batch_size)
-              for m, s in zip(models, seeds)]
+    chains = [
+        _draw_chain(m, ds, observed, num_samples, s, condition_on_labels, batch_size) for m, s in zip(models, seeds)
+    ]
     stack = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
     y_obs = np.asarray(ds.labels)
     y_dims = ["sample"] + (["y_dim"] if y_obs.ndim == 2 else [])
@@ -122,11 +134,13 @@ def to_arviz(mfm: MFM | Sequence[MFM], dataset: MultimodalDataset, observed=None
         posterior={"z_y": stack["z_y"], "y_point": stack["y_point"]},
         posterior_predictive={"y": stack["y_rep"]},
         observed_data={"y": y_obs},
-        coords=coords, dims={"z_y": ["sample", "z_y_dim"], "y_point": ["sample", "y_dim"], "y": y_dims},
+        coords=coords,
+        dims={"z_y": ["sample", "z_y_dim"], "y_point": ["sample", "y_dim"], "y": y_dims},
         attrs=attrs,
     )
     # the label's log likelihood is one number per sample (summed over the outputs of a multi-output label)
-    ll = az.from_dict(log_likelihood={"y": stack["log_lik"]}, coords={"sample": keep}, dims={"y": ["sample"]},
-                      attrs=attrs)
+    ll = az.from_dict(
+        log_likelihood={"y": stack["log_lik"]}, coords={"sample": keep}, dims={"y": ["sample"]}, attrs=attrs
+    )
     idata.extend(ll)
     return idata

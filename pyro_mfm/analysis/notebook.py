@@ -25,7 +25,8 @@ class NotebookSetup:
         """``models/uci_mfeat.toml`` trained for ``epochs`` (KL warm-up over the first quarter, no progress bars),
         then ``overrides`` (``"table.key=value"``, as ``--set``)."""
         return Config.load(self.root / UCI_CONFIG).override(
-            [f"train.epochs={epochs}", f"train.kl_warmup={max(1, epochs // 4)}", "train.progress=False", *overrides])
+            [f"train.epochs={epochs}", f"train.kl_warmup={max(1, epochs // 4)}", "train.progress=False", *overrides]
+        )
 
 
 def notebook_setup(seed: int = 0, start=None) -> NotebookSetup:
@@ -34,7 +35,9 @@ def notebook_setup(seed: int = 0, start=None) -> NotebookSetup:
     here = Path.cwd() if start is None else Path(start)
     root = next((p for p in (here, *here.parents) if (p / UCI_CONFIG).exists()), None)
     if root is None:
-        raise FileNotFoundError(f"{here}: no {UCI_CONFIG} here or in a parent folder; expected to run inside the "
-                                "repository (the notebooks read its model configurations)")
+        raise FileNotFoundError(
+            f"{here}: no {UCI_CONFIG} here or in a parent folder; expected to run inside the "
+            "repository (the notebooks read its model configurations)"
+        )
     torch.manual_seed(seed)
     return NotebookSetup(root, load_embedded())

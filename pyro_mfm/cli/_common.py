@@ -13,12 +13,20 @@ from ..data.schema import DataError, schema_differences
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="model configuration file (TOML), e.g. models/uci_mfeat.toml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override one configuration field, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override one configuration field, e.g. --set train.epochs=5 (repeatable)",
+    )
     p.add_argument("--data", help="data source overriding data.source (a native HDF5 file or embedded:NAME)")
-    p.add_argument("--nan-as-missing", action="store_true",
-                   help="mark samples with NaN features missing for that modality instead of failing "
-                        "(data.nan_as_missing)")
+    p.add_argument(
+        "--nan-as-missing",
+        action="store_true",
+        help="mark samples with NaN features missing for that modality instead of failing (data.nan_as_missing)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -34,11 +42,17 @@ def config_from_args(args) -> Config:
 
 
 def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in a non-empty OUT (deletes the files a run writes there first)")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="with --resume: continue with a configuration that changes the run's result (e.g. train.lr); "
-                        "the change is recorded in log.jsonl")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in a non-empty OUT (deletes the files a run writes there first)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue with a configuration that changes the run's result (e.g. train.lr); "
+        "the change is recorded in log.jsonl",
+    )
 
 
 def signal_status(name: str) -> int:
@@ -57,24 +71,37 @@ def parse_observed(text: str | None):
     return None if text in (None, "", "all") else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def add_checkpoint_arguments(p: argparse.ArgumentParser, what: str,
-                             default_split: str = "the configuration's test split") -> None:
-    p.add_argument("checkpoint", metavar="RUN",
-                   help="checkpoint file, training folder (best.pt is used) or `run` report folder")
+def add_checkpoint_arguments(
+    p: argparse.ArgumentParser, what: str, default_split: str = "the configuration's test split"
+) -> None:
+    p.add_argument(
+        "checkpoint", metavar="RUN", help="checkpoint file, training folder (best.pt is used) or `run` report folder"
+    )
     p.add_argument("--data", help="data source (default: the one the model was trained on)")
     p.add_argument("--split", default=None, help=f"split to {what} (default: {default_split})")
     p.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per {what} draw")
-    p.add_argument("--nan-as-missing", action="store_true",
-                   help="mark samples with NaN features missing for that modality instead of failing")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the posterior draws (default: evaluate.seed of the run's configuration)")
+    p.add_argument(
+        "--nan-as-missing",
+        action="store_true",
+        help="mark samples with NaN features missing for that modality instead of failing",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the posterior draws (default: evaluate.seed of the run's configuration)",
+    )
 
 
 def checkpoint_path(run: str) -> Path:
     """The checkpoint named by RUN: a file, a training folder, or the ``checkpoint/`` folder of a report folder."""
     path = Path(run)
-    if path.is_dir() and not (path / "best.pt").exists() and not (path / "last.pt").exists() \
-            and (path / "checkpoint").is_dir():
+    if (
+        path.is_dir()
+        and not (path / "best.pt").exists()
+        and not (path / "last.pt").exists()
+        and (path / "checkpoint").is_dir()
+    ):
         return path / "checkpoint"
     return path
 
@@ -82,16 +109,18 @@ def checkpoint_path(run: str) -> Path:
 def load_for_inference(args, only_split: bool = False):
     """The trained model, its configuration, the split that ``args`` names, and the checkpoint's payload. With
     ``only_split``, a file without the configuration's test split but with a single split gives that split."""
-    from ..infer.checkpoint import load_model
     from ..data.sources import load_data
+    from ..infer.checkpoint import load_model
 
     mfm, config, payload = load_model(checkpoint_path(args.checkpoint))
     overrides = getattr(args, "overrides", [])
     for item in overrides:  # a trained model's architecture and training are fixed; how it is evaluated is not
         key = item.split("=", 1)[0].strip()
         if not (key.startswith(("data.", "evaluate.")) or key == "train.num_threads"):
-            raise ConfigError(f"--set {item}: only [data] and [evaluate] fields and train.num_threads apply to a "
-                              f"trained model; expected e.g. --set evaluate.num_samples=50")
+            raise ConfigError(
+                f"--set {item}: only [data] and [evaluate] fields and train.num_threads apply to a "
+                f"trained model; expected e.g. --set evaluate.num_samples=50"
+            )
     if overrides:  # before the data are loaded: --set data.test_split=valid applies
         config = config.override(overrides)
     if args.num_samples is not None:
@@ -112,6 +141,7 @@ def load_for_inference(args, only_split: bool = False):
         raise DataError(f"{data.source}: no split {split!r}; the data set has {list(data)}")
     found = schema_differences(mfm.schema, data.schema)
     if found:
-        raise DataError(f"{data.source}: not the schema the model {args.checkpoint} was trained on: "
-                        + "; ".join(found))
+        raise DataError(
+            f"{data.source}: not the schema the model {args.checkpoint} was trained on: " + "; ".join(found)
+        )
     return mfm, config, data[split], payload

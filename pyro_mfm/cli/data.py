@@ -1,8 +1,8 @@
 """``pyro-mfm data``: inspect and convert data sets.
 
-    pyro-mfm data info FILE
-    pyro-mfm data convert --from {uci-mfeat,mfn,csd,pickle,native,npz,csv} SRC... --out FILE [--overwrite]
-                          [--trust-pickle] [--nan-as-missing] [--steps T] [--folds NAME] [--label-range LOW HIGH]
+pyro-mfm data info FILE
+pyro-mfm data convert --from {uci-mfeat,mfn,csd,pickle,native,npz,csv} SRC... --out FILE [--overwrite]
+                      [--trust-pickle] [--nan-as-missing] [--steps T] [--folds NAME] [--label-range LOW HIGH]
 """
 
 from __future__ import annotations
@@ -21,50 +21,80 @@ SOURCES = ("uci-mfeat", "mfn", "csd", "pickle", "native", "npz", "csv")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="inspect and convert data sets", description="Inspect and convert data sets.")
+    p = subparsers.add_parser(
+        "data", help="inspect and convert data sets", description="Inspect and convert data sets."
+    )
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     info = sub.add_parser(
-        "info", help="describe a native data file",
+        "info",
+        help="describe a native data file",
         description="Schema, splits, sample counts, presence rate per modality, label summary and attribution of a "
-                    f"native .h5 file (or of an embedded data set: {', '.join(EMBEDDED)}).",
+        f"native .h5 file (or of an embedded data set: {', '.join(EMBEDDED)}).",
     )
     info.add_argument("file", metavar="FILE", help="native .h5 file, or the name of an embedded data set")
     info.set_defaults(func=run_info)
 
     conv = sub.add_parser(
-        "convert", help="convert other formats to the native format",
+        "convert",
+        help="convert other formats to the native format",
         description="Convert a data set to the native HDF5 format. SRC: uci-mfeat: the folder of mfeat-*.csv; "
-                    "mfn: the folder of {modality}_{split}.h5 and y_{split}.h5; csd: the labels .csd, then feature "
-                    ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file; npz: one .npz archive (an array per modality, "
-                    "'label', optional '<modality>_present', '<modality>_steps', 'label_present', 'split', 'ids'); "
-                    "csv: one CSV per modality (each PATH or NAME=PATH) keyed by --id-column, with optional label, "
-                    "split and presence columns; a sample with empty feature cells is missing.",
+        "mfn: the folder of {modality}_{split}.h5 and y_{split}.h5; csd: the labels .csd, then feature "
+        ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file; "
+        "npz: one .npz archive (an array per modality, "
+        "'label', optional '<modality>_present', '<modality>_steps', 'label_present', 'split', 'ids'); "
+        "csv: one CSV per modality (each PATH or NAME=PATH) keyed by --id-column, with optional label, "
+        "split and presence columns; a sample with empty feature cells is missing.",
     )
     conv.add_argument("--from", dest="source", choices=SOURCES, required=True, help="format of SRC")
     conv.add_argument("src", nargs="+", metavar="SRC", help="input file(s) or folder")
     conv.add_argument("--out", required=True, metavar="FILE", help="native .h5 file to write")
     conv.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    conv.add_argument("--trust-pickle", action="store_true",
-                      help="allow unpickling SRC (a pickle can run arbitrary code: only for files you trust)")
-    conv.add_argument("--nan-as-missing", action="store_true",
-                      help="mark samples (csd: steps) with NaN features missing instead of failing")
-    conv.add_argument("--steps", type=int, default=20, metavar="T",
-                      help="csd: steps per sequence (front-padded/truncated); 0 averages each segment (default 20)")
-    conv.add_argument("--folds", default="cmu_mosi", metavar="NAME",
-                      help="csd: standard folds to split by ('cmu_mosi'), or 'none' for one 'train' split")
-    conv.add_argument("--label-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                      help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment)")
+    conv.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling SRC (a pickle can run arbitrary code: only for files you trust)",
+    )
+    conv.add_argument(
+        "--nan-as-missing",
+        action="store_true",
+        help="mark samples (csd: steps) with NaN features missing instead of failing",
+    )
+    conv.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        metavar="T",
+        help="csd: steps per sequence (front-padded/truncated); 0 averages each segment (default 20)",
+    )
+    conv.add_argument(
+        "--folds",
+        default="cmu_mosi",
+        metavar="NAME",
+        help="csd: standard folds to split by ('cmu_mosi'), or 'none' for one 'train' split",
+    )
+    conv.add_argument(
+        "--label-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment)",
+    )
     conv.add_argument("--seed", type=int, default=None, help="uci-mfeat: seed of the stratified split")
     conv.add_argument("--name", default=None, help="data set name stored in the schema")
-    conv.add_argument("--label-kind", default="auto", choices=("auto", "regression", "categorical", "multilabel"),
-                      help="npz, csv: the label's kind (auto: integers and names are classes, other numbers "
-                           "regression, a bool array multilabel)")
+    conv.add_argument(
+        "--label-kind",
+        default="auto",
+        choices=("auto", "regression", "categorical", "multilabel"),
+        help="npz, csv: the label's kind (auto: integers and names are classes, other numbers "
+        "regression, a bool array multilabel)",
+    )
     conv.add_argument("--id-column", default="id", help="csv: column of sample ids (default 'id')")
     conv.add_argument("--label-column", default="label", help="csv: column of labels (default 'label')")
     conv.add_argument("--split-column", default="split", help="csv: column of split names (default 'split')")
-    conv.add_argument("--presence-column", default="present",
-                      help="csv: column of 0/1 presence of the modality (default 'present')")
+    conv.add_argument(
+        "--presence-column", default="present", help="csv: column of 0/1 presence of the modality (default 'present')"
+    )
     conv.set_defaults(func=run_convert)
 
 
@@ -99,17 +129,26 @@ def describe(data: MultimodalData) -> str:
             lines.append(f"  {'':<8} labels: {_label_summary(ds)}")
     if data.imputation is not None:
         imp = data.imputation
-        lines.append(f"imputed: {', '.join(imp.get('imputed') or []) or 'nothing'} from "
-                     f"{', '.join(imp.get('observed') or [])} (values of a model, not data: do not evaluate on them)")
-        lines.append(f"  checkpoint {imp.get('checkpoint')}" + (f" (sha256 {imp['checkpoint_sha256'][:16]}...)"
-                                                               if imp.get("checkpoint_sha256") else ""))
-        lines.append(f"  from file {imp.get('source')}, split {imp.get('split')!r}; {imp.get('num_samples')} "
-                     f"posterior draws, seed {imp.get('seed')}")
+        lines.append(
+            f"imputed: {', '.join(imp.get('imputed') or []) or 'nothing'} from "
+            f"{', '.join(imp.get('observed') or [])} (values of a model, not data: do not evaluate on them)"
+        )
+        lines.append(
+            f"  checkpoint {imp.get('checkpoint')}"
+            + (f" (sha256 {imp['checkpoint_sha256'][:16]}...)" if imp.get("checkpoint_sha256") else "")
+        )
+        lines.append(
+            f"  from file {imp.get('source')}, split {imp.get('split')!r}; {imp.get('num_samples')} "
+            f"posterior draws, seed {imp.get('seed')}"
+        )
         for split, ds in data.splits.items():
             if ds.imputed is None or not ds.n:
                 continue
-            parts = [f"{m} {np.asarray(ds.imputed[m]).mean():.1%} imputed, mean posterior sd "
-                     f"{_imputed_sd(ds, m):.3g}" for m in s.names if np.asarray(ds.imputed[m]).any()]
+            parts = [
+                f"{m} {np.asarray(ds.imputed[m]).mean():.1%} imputed, mean posterior sd {_imputed_sd(ds, m):.3g}"
+                for m in s.names
+                if np.asarray(ds.imputed[m]).any()
+            ]
             lines.append(f"  {split:<8} " + "; ".join(parts))
     if s.attribution:
         lines.append("attribution:")
@@ -181,19 +220,34 @@ def convert(args) -> MultimodalData:
     if args.source == "mfn":
         return load_mfn(_one(args), label_range=rng, name=args.name, nan_as_missing=args.nan_as_missing)
     if args.source == "pickle":
-        return load_pickle(_one(args), trust=args.trust_pickle, label_range=rng, name=args.name,
-                           nan_as_missing=args.nan_as_missing)
+        return load_pickle(
+            _one(args), trust=args.trust_pickle, label_range=rng, name=args.name, nan_as_missing=args.nan_as_missing
+        )
     if args.source == "native":
         return native.load(_one(args), nan_as_missing=args.nan_as_missing)
     if args.source == "npz":
         return load_npz(_one(args), label_kind=args.label_kind, name=args.name, nan_as_missing=args.nan_as_missing)
     if args.source == "csv":
-        return load_csv(_named(args.src), id_column=args.id_column, label_column=args.label_column,
-                        split_column=args.split_column, presence_column=args.presence_column,
-                        label_kind=args.label_kind, name=args.name or "", nan_as_missing=args.nan_as_missing)
+        return load_csv(
+            _named(args.src),
+            id_column=args.id_column,
+            label_column=args.label_column,
+            split_column=args.split_column,
+            presence_column=args.presence_column,
+            label_kind=args.label_kind,
+            name=args.name or "",
+            nan_as_missing=args.nan_as_missing,
+        )
     if len(args.src) < 2:
         raise DataError("--from csd: expected the labels .csd then at least one feature .csd (PATH or NAME=PATH)")
     features = _named(args.src[1:])
     folds = None if args.folds.lower() == "none" else args.folds
-    return align_csd(args.src[0], features, steps=args.steps or None, folds=folds, label_range=rng,
-                     nan_as_missing=args.nan_as_missing, name=args.name)
+    return align_csd(
+        args.src[0],
+        features,
+        steps=args.steps or None,
+        folds=folds,
+        label_range=rng,
+        nan_as_missing=args.nan_as_missing,
+        name=args.name,
+    )

@@ -17,11 +17,22 @@ def register(subparsers) -> None:
     add_checkpoint_arguments(p, "evaluate")
     p.add_argument("--out", required=True, help="JSON report to write; a Markdown table is written beside it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--observed", action="append", default=[], metavar="A,B",
-                   help="evaluate only this subset of observed modalities, e.g. --observed a,b (repeatable; "
-                        "default: every non-empty subset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override a field of the run's configuration, e.g. --set evaluate.num_samples=50")
+    p.add_argument(
+        "--observed",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="evaluate only this subset of observed modalities, e.g. --observed a,b (repeatable; "
+        "default: every non-empty subset)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override a field of the run's configuration, e.g. --set evaluate.num_samples=50",
+    )
     p.set_defaults(func=run)
 
 
@@ -32,16 +43,19 @@ def run(args) -> int:
 
     out = Path(args.out)
     if out.suffix == ".md":
-        raise OutputError(f"--out {out}: the Markdown table is written beside the JSON report as {out.name}; "
-                          "expected the JSON report's name, e.g. eval.json")
+        raise OutputError(
+            f"--out {out}: the Markdown table is written beside the JSON report as {out.name}; "
+            "expected the JSON report's name, e.g. eval.json"
+        )
     for path in (out, out.with_suffix(".md")):  # before the work, not after it
         check_output_file(path, "--out")
     folders = seed_folders(args.checkpoint) if not checkpoint_in(args.checkpoint) else {}
     if folders:
         return _evaluate_seeds(args, out, folders)
     records, ds, config, payload = _evaluate_one(args)
-    write_json(out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed,
-                     "subsets": records})
+    write_json(
+        out, {"checkpoint": payload["path"], "split": ds.split, "seed": config.evaluate.seed, "subsets": records}
+    )
     text = table(records)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)
@@ -63,9 +77,16 @@ def _evaluate_one(args):
     refuse_imputed(ds)
     subsets = [parse_observed(o) or list(mfm.schema.names) for o in args.observed] or None
     with cpu_threads(config.train.num_threads):
-        records = evaluate(mfm, ds, subsets=subsets, num_samples=config.evaluate.num_samples,
-                           interval=config.evaluate.interval, batch_size=config.evaluate.batch_size,
-                           progress=not args.quiet, seed=config.evaluate.seed)
+        records = evaluate(
+            mfm,
+            ds,
+            subsets=subsets,
+            num_samples=config.evaluate.num_samples,
+            interval=config.evaluate.interval,
+            batch_size=config.evaluate.batch_size,
+            progress=not args.quiet,
+            seed=config.evaluate.seed,
+        )
     return records, ds, config, payload
 
 
@@ -82,12 +103,22 @@ def _evaluate_seeds(args, out: Path, folders: dict) -> int:
         per_seed[seed], checkpoints[seed] = records, payload["path"]
     subsets = aggregate_subsets(list(per_seed.values()))
     seeds = list(folders)
-    write_json(out, {"checkpoints": {str(s): c for s, c in checkpoints.items()}, "split": ds.split,
-                     "seeds": seeds, "std": "sample standard deviation over seeds (ddof = 1)",
-                     "evaluation_seed": config.evaluate.seed, "subsets": subsets,
-                     "per_seed": {str(s): r for s, r in per_seed.items()}})
-    text = (f"Runs of seeds {', '.join(map(str, seeds))} ({args.checkpoint}), split {ds.split!r}: mean ± sample "
-            "standard deviation over the seeds.\n\n" + "\n".join(subsets_table(subsets)) + "\n")
+    write_json(
+        out,
+        {
+            "checkpoints": {str(s): c for s, c in checkpoints.items()},
+            "split": ds.split,
+            "seeds": seeds,
+            "std": "sample standard deviation over seeds (ddof = 1)",
+            "evaluation_seed": config.evaluate.seed,
+            "subsets": subsets,
+            "per_seed": {str(s): r for s, r in per_seed.items()},
+        },
+    )
+    text = (
+        f"Runs of seeds {', '.join(map(str, seeds))} ({args.checkpoint}), split {ds.split!r}: mean ± sample "
+        "standard deviation over the seeds.\n\n" + "\n".join(subsets_table(subsets)) + "\n"
+    )
     atomic_write(out.with_suffix(".md"), lambda f: f.write(text.encode()))
     print(text)
     return 0

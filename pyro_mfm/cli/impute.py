@@ -29,11 +29,25 @@ def run(args) -> int:
     mfm, config, ds, payload = load_for_inference(args)
     num_samples = config.evaluate.num_samples
     with cpu_threads(config.train.num_threads):
-        imp = impute(mfm, ds, parse_observed(args.observed), num_samples=num_samples,
-                     batch_size=config.evaluate.batch_size, seed=config.evaluate.seed)
-    data = imputed_data(ds, imp, checkpoint=payload["path"], checkpoint_sha256=payload.get("checksum"),
-                        num_samples=num_samples, seed=config.evaluate.seed)
+        imp = impute(
+            mfm,
+            ds,
+            parse_observed(args.observed),
+            num_samples=num_samples,
+            batch_size=config.evaluate.batch_size,
+            seed=config.evaluate.seed,
+        )
+    data = imputed_data(
+        ds,
+        imp,
+        checkpoint=payload["path"],
+        checkpoint_sha256=payload.get("checksum"),
+        num_samples=num_samples,
+        seed=config.evaluate.seed,
+    )
     native.save(data, args.out, overwrite=args.overwrite)
-    print(f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "
-          f"for {len(ds)} samples -> {args.out}")
+    print(
+        f"imputed {[m for m in ds.schema.names if m not in imp.observed]} from {list(imp.observed)} "
+        f"for {len(ds)} samples -> {args.out}"
+    )
     return 0

@@ -23,15 +23,21 @@ FORMATS = (".csv", ".h5")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="per-sample label predictions from chosen modalities",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "predict", help="per-sample label predictions from chosen modalities", description=__doc__
+    )
     add_checkpoint_arguments(p, "predict", default_split="the configuration's test split, or the file's only split")
     p.add_argument("--observed", default=None, help="comma-separated modalities to condition on (default: all)")
     p.add_argument("--out", required=True, help="predictions file: .csv or .h5 (refuses to overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override an [evaluate] or [data] field of the run's configuration, e.g. "
-                        "--set evaluate.interval=0.5")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override an [evaluate] or [data] field of the run's configuration, e.g. --set evaluate.interval=0.5",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,7 +50,9 @@ def _columns(names, dim: int, prefix: str) -> list[str]:
 def _truth(ds, lab):
     """The labels of ``ds`` and where they are known (none known when the file has no labels)."""
     if ds.labels is None:
-        return np.zeros((len(ds),) + lab.shape, np.int64 if lab.kind == "categorical" else float), np.zeros(len(ds), bool)
+        return np.zeros((len(ds),) + lab.shape, np.int64 if lab.kind == "categorical" else float), np.zeros(
+            len(ds), bool
+        )
     return np.asarray(ds.labels), np.asarray(ds.label_present, bool)
 
 
@@ -62,16 +70,26 @@ def prediction_table(pred, ds, lab) -> tuple[list[str], list[list]]:
     if pred.kind == "categorical":
         classes = list(lab.names) if lab.names else [str(k) for k in range(lab.dim)]
         head += ["predicted"] + [f"prob_{c}" for c in classes] + ["true"]
-        cols = [np.array(classes, dtype=object)[pred.label][:, None], point,
-                np.array(classes, dtype=object)[np.clip(y, 0, lab.dim - 1)][:, None]]
+        cols = [
+            np.array(classes, dtype=object)[pred.label][:, None],
+            point,
+            np.array(classes, dtype=object)[np.clip(y, 0, lab.dim - 1)][:, None],
+        ]
     elif pred.kind == "bernoulli":
-        head += (_columns(lab.names, lab.dim, "predicted") + _columns(lab.names, lab.dim, "prob")
-                 + _columns(lab.names, lab.dim, "true"))
+        head += (
+            _columns(lab.names, lab.dim, "predicted")
+            + _columns(lab.names, lab.dim, "prob")
+            + _columns(lab.names, lab.dim, "true")
+        )
         cols = [pred.label, point, y.astype(np.int64)]
     else:
         level = f"{round(pred.interval * 100):g}"
-        head += (_columns(lab.names, lab.dim, "mean") + _columns(lab.names, lab.dim, f"lower_{level}")
-                 + _columns(lab.names, lab.dim, f"upper_{level}") + _columns(lab.names, lab.dim, "true"))
+        head += (
+            _columns(lab.names, lab.dim, "mean")
+            + _columns(lab.names, lab.dim, f"lower_{level}")
+            + _columns(lab.names, lab.dim, f"upper_{level}")
+            + _columns(lab.names, lab.dim, "true")
+        )
         cols = [point, pred.lower, pred.upper, y.reshape(len(y), -1)]
     head.append("log_density")
     n_true = cols[-1].shape[1]
@@ -80,7 +98,7 @@ def prediction_table(pred, ds, lab) -> tuple[list[str], list[list]]:
         values = [ids[i]]
         for c in cols[:-1]:
             values += [v.item() if hasattr(v, "item") else v for v in c[i]]
-        values += ([v.item() if hasattr(v, "item") else v for v in cols[-1][i]] if known[i] else [""] * n_true)
+        values += [v.item() if hasattr(v, "item") else v for v in cols[-1][i]] if known[i] else [""] * n_true
         values.append(float(pred.log_density[i]) if known[i] else "")
         rows.append(values)
     return head, rows
@@ -135,14 +153,36 @@ def run(args) -> int:
     observed = parse_observed(args.observed)
     ev = config.evaluate
     with cpu_threads(config.train.num_threads):
-        pred = predict(mfm, ds, observed, num_samples=ev.num_samples, interval=ev.interval,
-                       batch_size=ev.batch_size, keep_samples=False, seed=ev.seed)
+        pred = predict(
+            mfm,
+            ds,
+            observed,
+            num_samples=ev.num_samples,
+            interval=ev.interval,
+            batch_size=ev.batch_size,
+            keep_samples=False,
+            seed=ev.seed,
+        )
     if out.suffix.lower() == ".csv":
         write_csv(out, *prediction_table(pred, ds, mfm.schema.label))
     else:
-        write_h5(out, pred, ds, mfm.schema.label, {"observed": json.dumps(list(pred.observed)), "kind": pred.kind,
-                                 "interval": pred.interval, "seed": ev.seed, "split": ds.split,
-                                 "checkpoint": payload["path"], "checkpoint_sha256": payload.get("checksum") or ""})
-    print(f"predicted {mfm.schema.label.kind} labels of {len(ds)} samples ({ds.split}) from {list(pred.observed)} "
-          f"-> {out}")
+        write_h5(
+            out,
+            pred,
+            ds,
+            mfm.schema.label,
+            {
+                "observed": json.dumps(list(pred.observed)),
+                "kind": pred.kind,
+                "interval": pred.interval,
+                "seed": ev.seed,
+                "split": ds.split,
+                "checkpoint": payload["path"],
+                "checkpoint_sha256": payload.get("checksum") or "",
+            },
+        )
+    print(
+        f"predicted {mfm.schema.label.kind} labels of {len(ds)} samples ({ds.split}) from {list(pred.observed)} "
+        f"-> {out}"
+    )
     return 0

@@ -16,9 +16,13 @@ def register(subparsers) -> None:
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.md, plots/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue training from OUT/checkpoint/last.pt")
-    p.add_argument("--seeds", default=None, metavar="S,S,...",
-                   help="run once per seed (train.seed) under OUT/seed-S/; OUT/report.md and OUT/metrics.json give "
-                        "every metric as mean and standard deviation over the seeds")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="run once per seed (train.seed) under OUT/seed-S/; OUT/report.md and OUT/metrics.json give "
+        "every metric as mean and standard deviation over the seeds",
+    )
     add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
@@ -34,17 +38,30 @@ def run(args) -> int:
         if args.seeds is not None:
             from ..infer.seeds import parse_seeds, run_seeds
 
-            report = run_seeds(config, args.out, parse_seeds(args.seeds), resume=args.resume,
-                               overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+            report = run_seeds(
+                config,
+                args.out,
+                parse_seeds(args.seeds),
+                resume=args.resume,
+                overwrite=args.overwrite,
+                allow_config_change=args.allow_config_change,
+            )
         else:
-            report = run_job(config, args.out, resume=args.resume, overwrite=args.overwrite,
-                             allow_config_change=args.allow_config_change)
+            report = run_job(
+                config,
+                args.out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                allow_config_change=args.allow_config_change,
+            )
     except DivergenceError as e:
         return diverged(e)
     if report.get("interrupted"):
         name = report["interrupted"]
-        print(f"stopped by {name}; no report written; checkpoint in {report['checkpoint']} (continue with --resume)",
-              file=sys.stderr)
+        print(
+            f"stopped by {name}; no report written; checkpoint in {report['checkpoint']} (continue with --resume)",
+            file=sys.stderr,
+        )
         return signal_status(name)
     if args.seeds is not None:
         print(f"report over seeds {report['seeds']} written to {args.out}/report.md ({report['total_seconds']:.0f} s)")

@@ -24,18 +24,25 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an MFM with SVI", description=__doc__)
     add_config_arguments(p)
     p.add_argument("--out", required=True, help="run folder for checkpoints (last.pt, best.pt) and log.jsonl")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt (or the newest readable OUT/epoch-XXXX.pt if it is damaged)")
-    p.add_argument("--seeds", default=None, metavar="S,S,...",
-                   help="train once per seed (train.seed) into OUT/seed-S/; OUT/seeds.json gives the best validation "
-                        "score of each and their mean and standard deviation (evaluate OUT evaluates them all)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.pt (or the newest readable OUT/epoch-XXXX.pt if it is damaged)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="train once per seed (train.seed) into OUT/seed-S/; OUT/seeds.json gives the best validation "
+        "score of each and their mean and standard deviation (evaluate OUT evaluates them all)",
+    )
     add_run_folder_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..infer.faults import DivergenceError
     from ..data.sources import load_data
+    from ..infer.faults import DivergenceError
     from ..infer.train import fit
     from ..outputs import check_output_dir
 
@@ -45,30 +52,43 @@ def run(args) -> int:
     if args.seeds is not None:
         return _run_seeds(args, config)
     try:
-        result = fit(config, load_data(config), args.out, resume=args.resume, overwrite=args.overwrite,
-                     allow_config_change=args.allow_config_change)
+        result = fit(
+            config,
+            load_data(config),
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_config_change=args.allow_config_change,
+        )
     except DivergenceError as e:
         return diverged(e)
     if result.resumed and main:
         r = result.resumed
         changed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changed"].items())
-        print(f"resumed from {r['from']} at epoch {r['epoch'] + 1}, step {r['step']}"
-              + (f"; configuration changed: {changed}" if changed else ""), file=sys.stderr)
+        print(
+            f"resumed from {r['from']} at epoch {r['epoch'] + 1}, step {r['step']}"
+            + (f"; configuration changed: {changed}" if changed else ""),
+            file=sys.stderr,
+        )
     if result.interrupted:
         if main:
-            print(f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",
-                  file=sys.stderr)
+            print(
+                f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",
+                file=sys.stderr,
+            )
         return signal_status(result.interrupted)
     if main:
-        print(f"best epoch {result.best['epoch'] + 1}: "
-              + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
-              + f"; checkpoint in {args.out}")
+        print(
+            f"best epoch {result.best['epoch'] + 1}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
+            + f"; checkpoint in {args.out}"
+        )
     return 0
 
 
 def _run_seeds(args, config) -> int:
-    from ..infer.faults import DivergenceError
     from ..data.sources import load_data
+    from ..infer.faults import DivergenceError
     from ..infer.seeds import parse_seeds, train_seeds
 
     def done(seed, result) -> None:
@@ -76,14 +96,25 @@ def _run_seeds(args, config) -> int:
         print(f"seed {seed}: best epoch {result.best['epoch'] + 1}: {scores}; checkpoint in {args.out}/seed-{seed}")
 
     try:
-        summary = train_seeds(config, load_data(config), args.out, parse_seeds(args.seeds), resume=args.resume,
-                              overwrite=args.overwrite, allow_config_change=args.allow_config_change, on_seed=done)
+        summary = train_seeds(
+            config,
+            load_data(config),
+            args.out,
+            parse_seeds(args.seeds),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_config_change=args.allow_config_change,
+            on_seed=done,
+        )
     except DivergenceError as e:
         return diverged(e)
     if summary.get("interrupted"):
         name = summary["interrupted"]
-        print(f"stopped by {name} in seed {summary['seed']}; checkpoint in {summary['folder']}/last.pt "
-              "(continue with --resume)", file=sys.stderr)
+        print(
+            f"stopped by {name} in seed {summary['seed']}; checkpoint in {summary['folder']}/last.pt "
+            "(continue with --resume)",
+            file=sys.stderr,
+        )
         return signal_status(name)
     scores = ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in summary["best"].items() if k != "epoch")
     print(f"over seeds {summary['seeds']}: {scores} (validation); summary in {args.out}/seeds.json")

@@ -15,14 +15,23 @@ from ._common import add_config_arguments, config_from_args
 def register(subparsers) -> None:
     p = subparsers.add_parser("tune", help="hyperparameter search with Optuna", description=__doc__)
     add_config_arguments(p)
-    p.add_argument("--space", required=True, metavar="SPACE.toml",
-                   help="search space: one table per field, [train.lr] low/high/log, [model.hidden] low/high/step, "
-                        "[model.fusion] choices")
+    p.add_argument(
+        "--space",
+        required=True,
+        metavar="SPACE.toml",
+        help="search space: one table per field, [train.lr] low/high/log, [model.hidden] low/high/step, "
+        "[model.fusion] choices",
+    )
     p.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")
     p.add_argument("--out", required=True, help="search folder (study.db, trial-XXXX/, best.toml, best.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (TPE)")
-    p.add_argument("--prune-after", type=int, default=5, metavar="K",
-                   help="finished trials before the median pruner starts stopping trials (default 5)")
+    p.add_argument(
+        "--prune-after",
+        type=int,
+        default=5,
+        metavar="K",
+        help="finished trials before the median pruner starts stopping trials (default 5)",
+    )
     p.set_defaults(func=run)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from .dataset import MultimodalData, MultimodalDataset
 from .schema import DataError, LabelSpec, ModalitySpec, Schema
-
 
 LABEL_KINDS = ("regression", "categorical", "multilabel")
 
@@ -20,8 +19,10 @@ def _infer_label_kind(y: np.ndarray) -> str:
             return "categorical"
         if y.ndim == 2 and np.isin(y, (0, 1)).all():
             return "multilabel"
-        raise DataError(f"labels: integer array of shape {y.shape} is neither class indices (N,) nor 0/1 multilabel "
-                        "targets (N, k); declare label_kind='regression' (or 'categorical', 'multilabel')")
+        raise DataError(
+            f"labels: integer array of shape {y.shape} is neither class indices (N,) nor 0/1 multilabel "
+            "targets (N, k); declare label_kind='regression' (or 'categorical', 'multilabel')"
+        )
     if y.dtype.kind == "f":
         return "regression"
     raise DataError(f"labels: dtype {y.dtype}; expected integer class indices or float values")
@@ -47,28 +48,38 @@ def _assignment(split, n: int) -> dict[str, np.ndarray]:
             if idx.size == 0:
                 idx = idx.astype(np.int64)
             if idx.ndim != 1 or idx.dtype.kind not in "iu":
-                raise DataError(f"split {name!r}: index array of dtype {idx.dtype} and shape {idx.shape}; expected a "
-                                f"1-d array of integer sample indices in [0, {n - 1}]")
+                raise DataError(
+                    f"split {name!r}: index array of dtype {idx.dtype} and shape {idx.shape}; expected a "
+                    f"1-d array of integer sample indices in [0, {n - 1}]"
+                )
             bad = (idx < 0) | (idx >= n)
             if bad.any():
-                raise DataError(f"split {name!r}: sample index {idx[bad][0]} out of range; expected indices in "
-                                f"[0, {n - 1}] (N={n} samples)")
+                raise DataError(
+                    f"split {name!r}: sample index {idx[bad][0]} out of range; expected indices in "
+                    f"[0, {n - 1}] (N={n} samples)"
+                )
             uniq, counts = np.unique(idx, return_counts=True)
             if (counts > 1).any():
-                raise DataError(f"split {name!r}: sample {uniq[counts > 1][0]} listed {counts.max()} times; expected "
-                                "each sample once")
+                raise DataError(
+                    f"split {name!r}: sample {uniq[counts > 1][0]} listed {counts.max()} times; expected "
+                    "each sample once"
+                )
             taken = owner[uniq] >= 0
             if taken.any():
                 other = list(split)[owner[uniq[taken][0]]]
-                raise DataError(f"split {name!r}: {taken.sum()} sample(s) also in split {other!r}, first sample "
-                                f"{uniq[taken][0]}; expected disjoint splits")
+                raise DataError(
+                    f"split {name!r}: {taken.sum()} sample(s) also in split {other!r}, first sample "
+                    f"{uniq[taken][0]}; expected disjoint splits"
+                )
             owner[uniq] = i
             out[name] = uniq.astype(np.int64)
         return out
     names = np.asarray(split)
     if names.shape != (n,):
-        raise DataError(f"split: array of shape {names.shape}, expected ({n},): one split name per sample (or a "
-                        "mapping split name -> index array)")
+        raise DataError(
+            f"split: array of shape {names.shape}, expected ({n},): one split name per sample (or a "
+            "mapping split name -> index array)"
+        )
     names = names.astype(str)
     return {s: np.nonzero(names == s)[0] for s in dict.fromkeys(names.tolist())}
 
@@ -148,8 +159,10 @@ def _check_features(features: dict, present, steps) -> tuple[int, dict, dict]:
     present = {m: _check_mask(f"modality {m!r}", "present", p, (n,)) for m, p in (present or {}).items()}
     for m in steps or {}:
         if features[m].ndim != 3:
-            raise DataError(f"steps: mask for modality {m!r}, whose features {features[m].shape} are not a sequence; "
-                            "expected steps masks for (N, T, d) modalities only")
+            raise DataError(
+                f"steps: mask for modality {m!r}, whose features {features[m].shape} are not a sequence; "
+                "expected steps masks for (N, T, d) modalities only"
+            )
     steps = {m: _check_mask(f"modality {m!r}", "steps", s, features[m].shape[:2]) for m, s in (steps or {}).items()}
     return n, present, steps
 
@@ -177,8 +190,10 @@ def _labels(labels, label_kind, num_classes, label_present, n: int) -> tuple[Lab
     fractional = lp & ~(np.isfinite(v) & (v == np.round(v)))
     if fractional.any():
         i = np.nonzero(fractional)[0][0]
-        raise DataError(f"labels: value {y[i]} at sample {i} is not a class index; expected integer class "
-                        "indices for label_kind='categorical' (or label_kind='regression')")
+        raise DataError(
+            f"labels: value {y[i]} at sample {i} is not a class index; expected integer class "
+            "indices for label_kind='categorical' (or label_kind='regression')"
+        )
     with np.errstate(invalid="ignore"):
         y = np.where(nan | ~lp, 0, y).astype(np.int64)
     k = int(num_classes if num_classes is not None else (y.max() + 1 if n else 1))

@@ -19,8 +19,8 @@ so a file larger than memory is read batch by batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -46,18 +46,24 @@ class Batch:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
-    def map(self, fn) -> "Batch":
+    def map(self, fn) -> Batch:
         """The batch with ``fn`` applied to every tensor (``None`` labels stay ``None``), e.g. a device move or a
         slice of rows."""
         each = lambda d: {k: fn(v) for k, v in d.items()}  # noqa: E731
-        return replace(self, x=each(self.x), present=each(self.present), steps=each(self.steps),
-                       y=None if self.y is None else fn(self.y),
-                       y_present=None if self.y_present is None else fn(self.y_present), index=fn(self.index))
+        return replace(
+            self,
+            x=each(self.x),
+            present=each(self.present),
+            steps=each(self.steps),
+            y=None if self.y is None else fn(self.y),
+            y_present=None if self.y_present is None else fn(self.y_present),
+            index=fn(self.index),
+        )
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return self.map(lambda t: t.to(device))
 
-    def observe_only(self, observed) -> "Batch":
+    def observe_only(self, observed) -> Batch:
         """The same batch with every modality outside ``observed`` marked missing (and zeroed)."""
         present = {}
         x = {}
@@ -68,13 +74,13 @@ class Batch:
                 present[m], x[m] = torch.zeros_like(p), torch.zeros_like(self.x[m])
         return replace(self, x=x, present=present)
 
-    def with_present(self, present: dict) -> "Batch":
+    def with_present(self, present: dict) -> Batch:
         """The same batch observing modality m only where ``present[m]`` (a subset of ``self.present[m]``) is True;
         the hidden entries are zeroed."""
         x = {m: v * present[m].reshape((-1,) + (1,) * (v.dim() - 1)).to(v.dtype) for m, v in self.x.items()}
         return replace(self, x=x, present=dict(present))
 
-    def without_labels(self) -> "Batch":
+    def without_labels(self) -> Batch:
         return replace(self, y=None, y_present=None)
 
 
@@ -122,8 +128,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.n = int(self.features[schema.names[0]].shape[0])
         present = dict(present or {})
         self.present = {
-            m: np.asarray(present[m], dtype=bool) if m in present else np.ones(self.n, dtype=bool)
-            for m in schema.names
+            m: np.asarray(present[m], dtype=bool) if m in present else np.ones(self.n, dtype=bool) for m in schema.names
         }
         steps = dict(steps or {})
         self.steps = {}
@@ -182,11 +187,13 @@ class MultimodalDataset(torch.utils.data.Dataset):
             if tuple(self.labels.shape) != expected:
                 raise DataError(f"{self._where(key='labels')}: shape {tuple(self.labels.shape)}, expected {expected}")
             if self.label_present.shape != (self.n,):
-                raise DataError(f"{self._where(key='label_present')}: shape {self.label_present.shape}, expected ({self.n},)")
+                raise DataError(
+                    f"{self._where(key='label_present')}: shape {self.label_present.shape}, expected ({self.n},)"
+                )
         if self.ids is not None and self.ids.shape != (self.n,):
             raise DataError(f"{self._where(key='ids')}: shape {self.ids.shape}, expected ({self.n},)")
 
-    def validate_values(self, nan_as_missing: bool = False) -> "MultimodalDataset":
+    def validate_values(self, nan_as_missing: bool = False) -> MultimodalDataset:
         """Check features are finite and labels are in range (reads everything once).
 
         With ``nan_as_missing``, a sample whose modality holds any NaN is marked missing for that modality
@@ -212,7 +219,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 raise DataError(
                     f"{self._where(m, 'features')}: {bad.sum()} {kind} value(s) in {len(rows)} sample(s), first at "
                     f"sample {rows[0]}; expected finite features"
-                    + ("" if kind == "inf" else " (pass nan_as_missing=True / --nan-as-missing to mark those samples missing)")
+                    + (
+                        ""
+                        if kind == "inf"
+                        else " (pass nan_as_missing=True / --nan-as-missing to mark those samples missing)"
+                    )
                 )
             peak = np.abs(np.where(self._observed_mask(m, x.shape), x, 0)) if x.size else x
             if x.size and peak.max() > MAX_MAGNITUDE:
@@ -228,7 +239,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         mask = self.steps[m] if m in self.steps else self.present[m]
         return np.asarray(mask, bool).reshape(mask.shape + (1,) * (len(shape) - mask.ndim))
 
-    def validate_labels(self) -> "MultimodalDataset":
+    def validate_labels(self) -> MultimodalDataset:
         """Check observed labels are in the declared range (labels only; cheap for a lazily loaded file)."""
         lab = self.schema.label
         if lab is not None:
@@ -247,8 +258,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 if lab.high is not None:
                     ok &= y <= lab.high
                 bad = obs & ~ok.all(axis=-1)
-                expected = (f"finite values in [{lab.low}, {lab.high}]" if lab.low is not None or lab.high is not None
-                            else f"finite values up to {MAX_MAGNITUDE:.0e} in magnitude (rescale the label)")
+                expected = (
+                    f"finite values in [{lab.low}, {lab.high}]"
+                    if lab.low is not None or lab.high is not None
+                    else f"finite values up to {MAX_MAGNITUDE:.0e} in magnitude (rescale the label)"
+                )
             if bad.any():
                 rows = np.nonzero(bad)[0]
                 raise DataError(
@@ -285,8 +299,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
         batch = Batch(x, present, steps, y, y_present, torch.as_tensor(idx))
         return batch if device is None else batch.to(device)
 
-    def loader(self, batch_size: int, shuffle: bool = False, seed: int | None = None, device=None,
-               drop_last: bool = False) -> Iterator[Batch]:
+    def loader(
+        self, batch_size: int, shuffle: bool = False, seed: int | None = None, device=None, drop_last: bool = False
+    ) -> Iterator[Batch]:
         """Iterate over batches (a fresh permutation per call when ``shuffle``; reproducible with ``seed``)."""
         if shuffle:
             g = np.random.default_rng(seed)
@@ -295,9 +310,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
             order = np.arange(self.n)
         stop = self.n - (self.n % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
-            yield self.batch(order[start:start + batch_size], device)
+            yield self.batch(order[start : start + batch_size], device)
 
-    def _with_imputed(self, other: "MultimodalDataset", idx=None) -> "MultimodalDataset":
+    def _with_imputed(self, other: MultimodalDataset, idx=None) -> MultimodalDataset:
         if self.imputed is not None:
             take = (lambda a: np.asarray(a)) if idx is None else (lambda a: _sorted_read(a, idx))  # noqa: E731
             other.imputed = {m: take(v) for m, v in self.imputed.items()}
@@ -305,28 +320,39 @@ class MultimodalDataset(torch.utils.data.Dataset):
             other.imputation = self.imputation
         return other
 
-    def to_memory(self) -> "MultimodalDataset":
+    def to_memory(self) -> MultimodalDataset:
         """A copy with every array read into memory."""
-        return self._with_imputed(MultimodalDataset(
-            self.schema, {m: np.asarray(self.features[m]) for m in self.schema.names},
-            {m: self.present[m].copy() for m in self.schema.names},
-            {m: s.copy() for m, s in self.steps.items()},
-            None if self.labels is None else np.asarray(self.labels),
-            None if self.label_present is None else self.label_present.copy(),
-            source=self.source, split=self.split, ids=None if self.ids is None else self.ids.copy(),
-        ))
+        return self._with_imputed(
+            MultimodalDataset(
+                self.schema,
+                {m: np.asarray(self.features[m]) for m in self.schema.names},
+                {m: self.present[m].copy() for m in self.schema.names},
+                {m: s.copy() for m, s in self.steps.items()},
+                None if self.labels is None else np.asarray(self.labels),
+                None if self.label_present is None else self.label_present.copy(),
+                source=self.source,
+                split=self.split,
+                ids=None if self.ids is None else self.ids.copy(),
+            )
+        )
 
-    def subset(self, index) -> "MultimodalDataset":
+    def subset(self, index) -> MultimodalDataset:
         """An in-memory data set of the samples ``index``."""
         idx = np.sort(np.asarray(index, dtype=np.int64))
-        return self._with_imputed(MultimodalDataset(
-            self.schema, {m: _sorted_read(self.features[m], idx) for m in self.schema.names},
-            {m: self.present[m][idx] for m in self.schema.names},
-            {m: s[idx] for m, s in self.steps.items()},
-            None if self.labels is None else _sorted_read(self.labels, idx),
-            None if self.label_present is None else self.label_present[idx],
-            source=self.source, split=self.split, ids=None if self.ids is None else self.ids[idx],
-        ), idx)
+        return self._with_imputed(
+            MultimodalDataset(
+                self.schema,
+                {m: _sorted_read(self.features[m], idx) for m in self.schema.names},
+                {m: self.present[m][idx] for m in self.schema.names},
+                {m: s[idx] for m, s in self.steps.items()},
+                None if self.labels is None else _sorted_read(self.labels, idx),
+                None if self.label_present is None else self.label_present[idx],
+                source=self.source,
+                split=self.split,
+                ids=None if self.ids is None else self.ids[idx],
+            ),
+            idx,
+        )
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{s.name}{list(s.shape)}:{self.present[s.name].mean():.0%}" for s in self.schema.modalities)
@@ -353,7 +379,7 @@ class MultimodalData:
             self.handle.close()
             self.handle = None
 
-    def __enter__(self) -> "MultimodalData":
+    def __enter__(self) -> MultimodalData:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -371,7 +397,7 @@ class MultimodalData:
     def __iter__(self):
         return iter(self.splits)
 
-    def validate_values(self, nan_as_missing: bool = False) -> "MultimodalData":
+    def validate_values(self, nan_as_missing: bool = False) -> MultimodalData:
         for ds in self.splits.values():
             ds.validate_values(nan_as_missing)
         return self

@@ -31,5 +31,6 @@ def with_present(ds: MultimodalDataset, present: Mapping[str, np.ndarray]) -> Mu
         x = np.asarray(ds.features[m])
         masks[m] = np.asarray(present[m], bool) if m in present else np.asarray(ds.present[m], bool)
         features[m] = (x * masks[m].reshape((-1,) + (1,) * (x.ndim - 1))).astype(x.dtype)
-    return MultimodalDataset(ds.schema, features, masks, ds.steps, ds.labels, ds.label_present, ids=ds.ids,
-                             split=ds.split)
+    return MultimodalDataset(
+        ds.schema, features, masks, ds.steps, ds.labels, ds.label_present, ids=ds.ids, split=ds.split
+    )

@@ -99,8 +99,13 @@ def _write(f: h5py.File, data: MultimodalData) -> None:
                 gm.create_dataset("steps", data=np.asarray(ds.steps[m], dtype=bool))
             if ds.imputed is not None:
                 gm.create_dataset("imputed", data=np.asarray(ds.imputed[m], dtype=bool))
-                gm.create_dataset("imputed_std", data=np.asarray(ds.imputed_std[m], dtype=np.float32),
-                                  compression="gzip", compression_opts=4, shuffle=True)
+                gm.create_dataset(
+                    "imputed_std",
+                    data=np.asarray(ds.imputed_std[m], dtype=np.float32),
+                    compression="gzip",
+                    compression_opts=4,
+                    shuffle=True,
+                )
         if data.schema.label is not None:
             dtype = np.int64 if data.schema.label.kind == "categorical" else np.float32
             g.create_dataset("labels", data=np.asarray(ds.labels, dtype=dtype))
@@ -116,12 +121,17 @@ def _write_features(group: h5py.Group, x, shape: tuple[int, ...]) -> None:
         return
     rows = max(1, min(shape[0], CHUNK_BYTES // row_bytes))
     out = group.create_dataset(
-        "features", shape=shape, dtype=np.float32, chunks=(rows,) + shape[1:],
-        compression="gzip", compression_opts=4, shuffle=True,
+        "features",
+        shape=shape,
+        dtype=np.float32,
+        chunks=(rows,) + shape[1:],
+        compression="gzip",
+        compression_opts=4,
+        shuffle=True,
     )
     step = max(1, COPY_ROWS_BYTES // row_bytes)  # a lazily loaded source is copied block by block
     for start in range(0, shape[0], step):
-        out[start:start + step] = np.asarray(x[start:start + step], dtype=np.float32)
+        out[start : start + step] = np.asarray(x[start : start + step], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------- loading
@@ -171,7 +181,9 @@ def read_schema(f: h5py.File, path) -> Schema:
         hint = ""
         roots = [f[k] for k in f.keys()]
         if len(roots) == 1 and isinstance(roots[0], h5py.Group) and "data" in roots[0]:
-            hint = " (this looks like a CMU-MultimodalSDK .csd file: convert it with `pyro-mfm data convert --from csd`)"
+            hint = (
+                " (this looks like a CMU-MultimodalSDK .csd file: convert it with `pyro-mfm data convert --from csd`)"
+            )
         raise DataError(f"file {path}: root attribute 'format' is {fmt!r}, expected {FORMAT!r}{hint}")
     version = _attr_str(f.attrs.get("format_version"))
     if version != str(FORMAT_VERSION):
@@ -249,8 +261,16 @@ def _read_split(f, path, split, schema: Schema, lazy: bool, validate: bool) -> M
         label_present = _get(g, "label_present", path, split, None, "a bool mask of shape (N,)")[()]
     ids = g["ids"].asstr()[()] if "ids" in g else None
     ds = MultimodalDataset(
-        schema, features, present, steps, labels, label_present,
-        source=str(path), split=split, validate=False, ids=ids,
+        schema,
+        features,
+        present,
+        steps,
+        labels,
+        label_present,
+        source=str(path),
+        split=split,
+        validate=False,
+        ids=ids,
     )
     if any("imputed" in g[spec.name] for spec in schema.modalities):
         ds.imputed, ds.imputed_std = {}, {}
@@ -260,12 +280,13 @@ def _read_split(f, path, split, schema: Schema, lazy: bool, validate: bool) -> M
             std = _get(g[m], "imputed_std", path, split, m, "float32 posterior sd shaped as the features")
             ds.imputed_std[m] = std if lazy else np.asarray(std[()], np.float32)
             if ds.imputed[m].shape != (ds.n,) or tuple(std.shape) != tuple(features[m].shape):
-                raise DataError(f"file {path}, split {split!r}, modality {m!r}, key 'imputed': shapes "
-                                f"{ds.imputed[m].shape} and {tuple(std.shape)}, expected ({ds.n},) and "
-                                f"{tuple(features[m].shape)}")
+                raise DataError(
+                    f"file {path}, split {split!r}, modality {m!r}, key 'imputed': shapes "
+                    f"{ds.imputed[m].shape} and {tuple(std.shape)}, expected ({ds.n},) and "
+                    f"{tuple(features[m].shape)}"
+                )
     if validate or lazy:  # shapes are cheap and a lazy reader relies on them
         ds.validate_shapes()
         if lazy:
             ds.validate_labels()
     return ds
-

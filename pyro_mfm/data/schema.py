@@ -42,9 +42,7 @@ class ModalitySpec:
                 f"modality {self.name!r}: shape {self.shape} — expected (d,) for a vector or (T, d) for a sequence"
             )
         if self.feature_names is not None and len(self.feature_names) != self.dim:
-            raise DataError(
-                f"modality {self.name!r}: {len(self.feature_names)} feature names for {self.dim} features"
-            )
+            raise DataError(f"modality {self.name!r}: {len(self.feature_names)} feature names for {self.dim} features")
 
     @property
     def kind(self) -> str:
@@ -146,16 +144,22 @@ class Schema:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schema":
+    def from_dict(cls, d: dict) -> Schema:
         mods = tuple(
-            ModalitySpec(m["name"], tuple(m["shape"]), None if m.get("feature_names") is None else tuple(m["feature_names"]))
+            ModalitySpec(
+                m["name"], tuple(m["shape"]), None if m.get("feature_names") is None else tuple(m["feature_names"])
+            )
             for m in d["modalities"]
         )
         lab = d.get("label")
         label = None
         if lab is not None:
             label = LabelSpec(
-                lab["kind"], lab["dim"], None if lab.get("names") is None else tuple(lab["names"]), lab.get("low"), lab.get("high")
+                lab["kind"],
+                lab["dim"],
+                None if lab.get("names") is None else tuple(lab["names"]),
+                lab.get("low"),
+                lab.get("high"),
             )
         return cls(mods, label, d.get("name", ""), d.get("attribution", ""), dict(d.get("extra", {})))
 
@@ -175,8 +179,7 @@ def schema_differences(expected: Schema, got: Schema, strict: bool = False) -> l
         out.append(f"modality {', '.join(map(repr, extra))} that the model was not trained on")
     for name in exp:
         if name in new and exp[name].shape != new[name].shape:
-            out.append(f"modality {name!r} of shape {list(new[name].shape)}, the model expects "
-                       f"{list(exp[name].shape)}")
+            out.append(f"modality {name!r} of shape {list(new[name].shape)}, the model expects {list(exp[name].shape)}")
         elif strict and name in new and exp[name].feature_names != new[name].feature_names:
             out.append(f"modality {name!r} with other feature names")
     el, gl = expected.label, got.label

@@ -23,8 +23,6 @@ class FeatureStats:
     label_std: np.ndarray
 
 
-
-
 def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float = 1e-3) -> FeatureStats:
     """Statistics of ``ds`` (read in chunks, so a lazily loaded file is never held in memory whole).
 
@@ -54,8 +52,10 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
             yp = batch.y_present.numpy()
             y = batch.y.double().numpy()[yp]
             if y.size and np.abs(y).max() > MAX_MAGNITUDE:
-                raise DataError(f"split {ds.split!r}: a regression label reaches {np.abs(y).max():.3g}; expected "
-                                f"magnitudes up to {MAX_MAGNITUDE:.0e} (rescale the label)")
+                raise DataError(
+                    f"split {ds.split!r}: a regression label reaches {np.abs(y).max():.3g}; expected "
+                    f"magnitudes up to {MAX_MAGNITUDE:.0e} (rescale the label)"
+                )
             y_sum = y_sum + y.sum(0)
             y_sq = y_sq + (y * y).sum(0)
             y_n += int(yp.sum())
@@ -65,9 +65,11 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
             raise DataError(f"split {ds.split!r}, modality {name!r}: never observed; cannot standardise it")
         if peak[name].max() > MAX_MAGNITUDE:
             j = int(peak[name].argmax())
-            raise DataError(f"split {ds.split!r}, modality {name!r}: feature {j} reaches {peak[name][j]:.3g} in "
-                            f"magnitude; expected magnitudes up to {MAX_MAGNITUDE:.0e}, which the likelihood can "
-                            "square in float32 (rescale the features)")
+            raise DataError(
+                f"split {ds.split!r}, modality {name!r}: feature {j} reaches {peak[name][j]:.3g} in "
+                f"magnitude; expected magnitudes up to {MAX_MAGNITUDE:.0e}, which the likelihood can "
+                "square in float32 (rescale the features)"
+            )
         mean[name] = sums[name] / counts[name]
         std[name] = np.sqrt(np.maximum(sq[name] / counts[name] - mean[name] ** 2, 0.0)).clip(min_std)
     k = lab.dim if lab is not None and lab.kind == "regression" else 1

@@ -30,8 +30,8 @@ C_m^{-1} W_m is computed by the Woodbury identity, so a long sequence costs O(L 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ class LinearGaussianMFM:
             object.__setattr__(self, "thresholds", t)
             if self.A.shape[0] != 1 or len(t) < 1 or np.any(np.diff(t) <= 0):
                 raise DataError(f"categorical label: needs a one-row A and increasing thresholds: {self.A.shape}, {t}")
-        self.schema  # validates the names and shapes
+        _ = self.schema  # validates the names and shapes
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,7 +118,7 @@ class LinearGaussianMFM:
         specific_scale: float = 1.0,
         min_steps: int | Mapping[str, int] | None = None,
         seed: int = 0,
-    ) -> "LinearGaussianMFM":
+    ) -> LinearGaussianMFM:
         """Random parameters: ``modalities`` maps a name to ``d`` (vector) or ``(T, d)`` (sequence).
 
         Entries of W (V) are N(0, shared_scale^2 / k_y) (N(0, specific_scale^2 / k_m)), so z_y (z_a,m) adds variance
@@ -151,7 +151,7 @@ class LinearGaussianMFM:
         if label != "categorical" or num_classes < 2:
             raise DataError(f"label {label!r}, {num_classes} classes: expected 'regression' or 'categorical' (K >= 2)")
         A = rng.standard_normal((1, z_y_dim)) / np.sqrt(z_y_dim)
-        sd = np.sqrt(np.sum(A ** 2) + label_noise ** 2)
+        sd = np.sqrt(np.sum(A**2) + label_noise**2)
         q = torch.special.ndtri(torch.arange(1, num_classes, dtype=torch.float64) / num_classes).numpy()
         return cls(tuple(mods), A, np.zeros(1), float(label_noise), sd * q)
 
@@ -167,7 +167,9 @@ class LinearGaussianMFM:
     def schema(self) -> Schema:
         k = self.A.shape[0] if self.thresholds is None else len(self.thresholds) + 1
         return Schema(
-            tuple(m.spec for m in self.modalities), LabelSpec(self.label_kind, k), name=SCHEMA_NAME,
+            tuple(m.spec for m in self.modalities),
+            LabelSpec(self.label_kind, k),
+            name=SCHEMA_NAME,
             attribution="synthetic: pyro_mfm.data.synthetic.LinearGaussianMFM",
             extra={"z_y_dim": self.z_y_dim, "z_a_dims": {m.name: m.V.shape[-1] for m in self.modalities}},
         )
@@ -239,8 +241,13 @@ class LinearGaussianMFM:
         }
         labels = y * label_present.reshape((-1,) + (1,) * (y.ndim - 1)).astype(y.dtype)
         ds = MultimodalDataset(
-            self.schema, features, {m.name: present[:, i] for i, m in enumerate(self.modalities)}, steps, labels,
-            label_present, split=split,
+            self.schema,
+            features,
+            {m.name: present[:, i] for i, m in enumerate(self.modalities)},
+            steps,
+            labels,
+            label_present,
+            split=split,
         )
         return ds, SyntheticLatents(z_y, z_a, full, y, score)
 
@@ -249,8 +256,10 @@ class LinearGaussianMFM:
         """Features (float64) and what each sample is conditioned on: (N,) masks, or (N, T) masks for sequences."""
         specs = tuple(ds.schema.modalities)
         if tuple((s.name, s.shape) for s in specs) != tuple((s.name, s.shape) for s in self.schema.modalities):
-            raise DataError(f"data set modalities {[(s.name, s.shape) for s in specs]} do not match the generator's "
-                            f"{[(s.name, s.shape) for s in self.schema.modalities]}")
+            raise DataError(
+                f"data set modalities {[(s.name, s.shape) for s in specs]} do not match the generator's "
+                f"{[(s.name, s.shape) for s in self.schema.modalities]}"
+            )
         use = self.schema.names if observed is None else self.schema.check_modalities(observed)
         X, masks = {}, {}
         for m in self.modalities:
@@ -273,7 +282,7 @@ class LinearGaussianMFM:
             prec, h, col = np.eye(ky), np.zeros((len(idx), ky)), 0
             for m in self.modalities:
                 width = m.W.shape[0] if m.is_sequence else 1
-                sel, col = pattern[col:col + width], col + width
+                sel, col = pattern[col : col + width], col + width
                 if not sel.any():
                     continue
                 cache_key = (m.name, sel.tobytes())
@@ -290,7 +299,7 @@ class LinearGaussianMFM:
 
     def _score_predictive(self, ds, observed) -> tuple[np.ndarray, np.ndarray]:
         mu, sigma = self.posterior_z_y(ds, observed)
-        cov = np.einsum("ij,njk,lk->nil", self.A, sigma, self.A) + self.sigma_y ** 2 * np.eye(len(self.b))
+        cov = np.einsum("ij,njk,lk->nil", self.A, sigma, self.A) + self.sigma_y**2 * np.eye(len(self.b))
         return mu @ self.A.T + self.b, cov
 
     def _log_class_probs(self, m: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -336,7 +345,7 @@ class LinearGaussianMFM:
         out = {}
         for m in self.modalities:
             mean = np.einsum("...dk,nk->n...d", m.W, mu) + m.c
-            var = np.einsum("...dk,nkl,...dl->n...d", m.W, sigma, m.W) + np.sum(m.V ** 2, axis=-1) + m.sigma ** 2
+            var = np.einsum("...dk,nkl,...dl->n...d", m.W, sigma, m.W) + np.sum(m.V**2, axis=-1) + m.sigma**2
             seen = masks[m.name].any(axis=1) if m.is_sequence else masks[m.name]
             shape = (-1,) + (1,) * (mean.ndim - 1)
             out[m.name] = (np.where(seen.reshape(shape), X[m.name], mean), np.where(seen.reshape(shape), 0.0, var))

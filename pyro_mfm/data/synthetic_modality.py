@@ -72,7 +72,7 @@ class LinearGaussianModality:
         W, V = (self.W, self.V) if steps is None else (self.W[steps], self.V[steps])
         rows = int(np.prod(W.shape[:-1]))
         W, V = W.reshape(rows, W.shape[-1]), V.reshape(rows, V.shape[-1])
-        s2 = self.sigma ** 2
+        s2 = self.sigma**2
         inner = s2 * np.eye(V.shape[1]) + V.T @ V  # Woodbury: C^-1 = (I - V inner^-1 V^T) / s2
         ciw = (W - V @ np.linalg.solve(inner, V.T @ W)) / s2
         info = W.T @ ciw

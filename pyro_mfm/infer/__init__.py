@@ -7,6 +7,16 @@ from .predict import Imputation, Prediction, impute, predict
 from .train import TrainResult, fit
 
 __all__ = [
-    "CheckpointError", "Imputation", "Objective", "Prediction", "TrainResult", "classification_metrics", "fit",
-    "impute", "load_model", "predict", "regression_metrics", "sentiment_metrics",
+    "CheckpointError",
+    "Imputation",
+    "Objective",
+    "Prediction",
+    "TrainResult",
+    "classification_metrics",
+    "fit",
+    "impute",
+    "load_model",
+    "predict",
+    "regression_metrics",
+    "sentiment_metrics",
 ]

@@ -88,8 +88,9 @@ class HeldOutNLPD:
         self.fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
         if self.poe:  # per batch: which modality each subset observes for each sample, (S, M, N)
             member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=self.device)
-            self.observed = [member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None]
-                             for b, _, _, _ in parts]
+            self.observed = [
+                member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None] for b, _, _, _ in parts
+            ]
             # subsets per step: tensors that fit in cache
             self.chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))
 
@@ -104,8 +105,9 @@ class HeldOutNLPD:
         for i, ((batch, y, keep, experts), eps) in enumerate(zip(self.parts, self.noise)):
             if self.poe:
                 for s in range(0, len(self.subsets), self.chunk):
-                    lp = self.log_predictive(self.product_draws(experts, self.observed[i][s:s + self.chunk], t, r,
-                                                                eps), y)  # (S, N)
+                    lp = self.log_predictive(
+                        self.product_draws(experts, self.observed[i][s : s + self.chunk], t, r, eps), y
+                    )  # (S, N)
                     total = total - lp[:, keep].sum()
                     count += int(keep.sum()) * lp.shape[0]
             else:
@@ -138,8 +140,9 @@ class HeldOutNLPD:
                     q = self.mfm.posterior_z_y(sub)
                     self.fixed[i, obs] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
                 else:
-                    self.fixed[i, obs] = {s: v.expand((self.num_samples,) + v.shape)
-                                          for s, v in self.mfm.codes(sub).items()}
+                    self.fixed[i, obs] = {
+                        s: v.expand((self.num_samples,) + v.shape) for s, v in self.mfm.codes(sub).items()
+                    }
         return self.fixed[i, obs]
 
 
@@ -150,8 +153,15 @@ def _symmetric(values, size: int):
     return r + r.T
 
 
-def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size: int = 512, seed: int = 0,
-              max_iter: int = 100, experts: bool = True) -> dict:
+def calibrate(
+    mfm: MFM,
+    ds: MultimodalDataset,
+    num_samples: int = 16,
+    batch_size: int = 512,
+    seed: int = 0,
+    max_iter: int = 100,
+    experts: bool = True,
+) -> dict:
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
     Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
@@ -164,8 +174,9 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
     device, was_training, names = next(mfm.parameters()).device, mfm.training, mfm.names
     mfm.eval()
     experts_on = experts and mfm.config.fusion == "poe" and mfm.shared
-    objective = HeldOutNLPD(mfm, _encoded(mfm, ds, batch_size, device), calibration_subsets(names, seed=seed),
-                            num_samples, seed)
+    objective = HeldOutNLPD(
+        mfm, _encoded(mfm, ds, batch_size, device), calibration_subsets(names, seed=seed), num_samples, seed
+    )
     t_x = torch.zeros(len(names), device=device, requires_grad=experts_on)
     r_x = torch.zeros(len(names) * (len(names) - 1) // 2, device=device, requires_grad=experts_on)  # one per pair
     t_y = torch.zeros_like(mfm.D.log_temperature, requires_grad=True)
@@ -176,8 +187,9 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
     try:
         with torch.no_grad():
             before = float(nlpd())
-        opt = torch.optim.LBFGS([t_y] + ([t_x, r_x] if experts_on else []), lr=1.0, max_iter=max_iter,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [t_y] + ([t_x, r_x] if experts_on else []), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe"
+        )
 
         def closure():
             opt.zero_grad()
@@ -204,5 +216,7 @@ def calibrate(mfm: MFM, ds: MultimodalDataset, num_samples: int = 16, batch_size
         "expert_log_temperature": {m: float(t) for m, t in zip(names, mfm.expert_log_temperature)},
         "expert_redundancy": {f"{names[a]}+{names[b]}": float(v) for a, b, v in zip(*pairs, r_x.detach().tolist())},
         "label_log_temperature": [float(t) for t in mfm.D.log_temperature],
-        "nlpd_before": before, "nlpd_after": after, "subsets": len(objective.subsets),
+        "nlpd_before": before,
+        "nlpd_after": after,
+        "subsets": len(objective.subsets),
     }

@@ -41,8 +41,16 @@ class CheckpointError(RuntimeError):
 
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("last.pt", "best.pt", "epoch-*.pt", "log.jsonl", "config.json", "calibration.json", "tensorboard",
-             ".*.tmp")
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "epoch-*.pt",
+    "log.jsonl",
+    "config.json",
+    "calibration.json",
+    "tensorboard",
+    ".*.tmp",
+)
 """What a training run folder holds (``--overwrite`` deletes only these)."""
 
 
@@ -60,8 +68,10 @@ def folder_lock(folder, what: str = "run folder"):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise CheckpointError(f"{what} {folder} is in use by another process (it holds the lock {folder / LOCK_FILE}); "
-                              "expected one process writing to it at a time") from None
+        raise CheckpointError(
+            f"{what} {folder} is in use by another process (it holds the lock {folder / LOCK_FILE}); "
+            "expected one process writing to it at a time"
+        ) from None
     try:
         yield folder
     finally:
@@ -81,12 +91,16 @@ def prepare_folder(folder, resume: bool, overwrite: bool, owned=RUN_FILES, what:
     names = [p.name + ("/" if p.is_dir() else "") for p in entries]
     listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     if not overwrite:
-        raise CheckpointError(f"{what} {folder} is not empty (it holds {listed}); expected a new or empty folder, "
-                              "--resume to continue the run in it, or --overwrite to replace it")
+        raise CheckpointError(
+            f"{what} {folder} is not empty (it holds {listed}); expected a new or empty folder, "
+            "--resume to continue the run in it, or --overwrite to replace it"
+        )
     foreign = [n for p, n in zip(entries, names) if not any(fnmatch(p.name, pat) for pat in owned)]
     if foreign:
-        raise CheckpointError(f"{what} {folder}: --overwrite deletes only what pyro-mfm writes, and it also holds "
-                              f"{', '.join(foreign[:5])}; expected a folder of a run (move those files first)")
+        raise CheckpointError(
+            f"{what} {folder}: --overwrite deletes only what pyro-mfm writes, and it also holds "
+            f"{', '.join(foreign[:5])}; expected a folder of a run (move those files first)"
+        )
     for p in entries:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
@@ -153,8 +167,9 @@ def epoch_checkpoints(out_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_run(out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict, names=("last.pt",),
-             keep_last: int = 0) -> None:
+def save_run(
+    out_dir, mfm: MFM, config: Config, stats: FeatureStats, state: dict, names=("last.pt",), keep_last: int = 0
+) -> None:
     """Serialise one checkpoint once and write it (atomically) under each of ``names`` in ``out_dir``; with
     ``keep_last``, delete all but the newest ``keep_last`` epoch checkpoints."""
     payload = {
@@ -210,8 +225,11 @@ def read_checkpoint(path) -> dict:
     path = Path(path)
     if path.is_dir():
         if not (path / "best.pt").exists() and (path / "last.pt").exists():
-            warnings.warn(f"run folder {path} has no best.pt (training did not finish?); using last.pt",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"run folder {path} has no best.pt (training did not finish?); using last.pt",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             path = path / "last.pt"
         else:
             path = path / "best.pt"
@@ -231,8 +249,10 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt ({e})") from None
     if payload.get("checksum") != digest:
         what = "has no checksum" if "checksum" not in payload else "does not match its checksum"
-        raise CheckpointError(f"checkpoint {path} is corrupt: its content {what} (expected SHA-256 {digest}; "
-                              "damaged on disk or in a copy?)")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its content {what} (expected SHA-256 {digest}; "
+            "damaged on disk or in a copy?)"
+        )
     payload["path"] = str(path)
     return payload
 
@@ -248,8 +268,10 @@ def load_model(path, device=None) -> tuple[MFM, Config, dict]:
     try:
         mfm.load_state_dict(payload["model"])
     except RuntimeError:
-        raise CheckpointError(f"checkpoint {payload['path']}: weights do not match its configuration "
-                              f"({weights_mismatch(mfm, payload['model'])})") from None
+        raise CheckpointError(
+            f"checkpoint {payload['path']}: weights do not match its configuration "
+            f"({weights_mismatch(mfm, payload['model'])})"
+        ) from None
     mfm.to(device or "cpu").eval()
     return mfm, config, payload
 
@@ -261,13 +283,15 @@ def weights_mismatch(module: torch.nn.Module, state: dict) -> str:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    resized = [k for k in own
-               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    resized = [
+        k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     parts = []
     if resized:
         k = resized[0]
-        parts.append(f"{len(resized)} of another shape, e.g. {k}: {list(state[k].shape)} stored, "
-                     f"{list(own[k].shape)} expected")
+        parts.append(
+            f"{len(resized)} of another shape, e.g. {k}: {list(state[k].shape)} stored, {list(own[k].shape)} expected"
+        )
     if missing:
         parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
     if unexpected:

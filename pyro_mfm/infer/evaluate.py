@@ -29,9 +29,18 @@ def _truth_weight(ds: MultimodalDataset, m: str) -> np.ndarray:
     return (ds.steps[m] & present[:, None]) if m in ds.steps else present
 
 
-def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 100, impute_samples: int = 20,
-             interval: float = 0.9, batch_size: int = 512, progress: bool = True, seed: int | None = 0,
-             predictions: dict | None = None) -> list[dict]:
+def evaluate(
+    mfm: MFM,
+    ds: MultimodalDataset,
+    subsets=None,
+    num_samples: int = 100,
+    impute_samples: int = 20,
+    interval: float = 0.9,
+    batch_size: int = 512,
+    progress: bool = True,
+    seed: int | None = 0,
+    predictions: dict | None = None,
+) -> list[dict]:
     """One record per observed subset: ``{"observed": [...], "label": {...}, "imputation": {m: {...}}}``.
 
     Every prediction and imputation is seeded with ``seed`` (``None``: drawn from the global random state), so two
@@ -57,8 +66,16 @@ def evaluate(mfm: MFM, ds: MultimodalDataset, subsets=None, num_samples: int = 1
             records.append(rec)
             continue
         if mfm.D is not None and ds.labels is not None and ds.label_present.any():
-            pred = predict(mfm, ds, obs, num_samples=num_samples, interval=interval, batch_size=batch_size,
-                           keep_samples=False, seed=seed)
+            pred = predict(
+                mfm,
+                ds,
+                obs,
+                num_samples=num_samples,
+                interval=interval,
+                batch_size=batch_size,
+                keep_samples=False,
+                seed=seed,
+            )
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
             if predictions is not None:
                 predictions[tuple(obs)] = pred
@@ -84,8 +101,9 @@ def mean_imputation_baseline(train: MultimodalDataset, ds: MultimodalDataset, pe
         if per_step and m in ds.steps:
             w = (train.steps[m] & train.present[m][:, None])[..., None].astype(float)
             count = w.sum(0)
-            fill = np.where(count > 0, (np.asarray(train.features[m], float) * w).sum(0) / np.maximum(count, 1),
-                            mean[m])
+            fill = np.where(
+                count > 0, (np.asarray(train.features[m], float) * w).sum(0) / np.maximum(count, 1), mean[m]
+            )
             fill = np.broadcast_to(fill, x.shape)
         out[m] = imputation_metrics(x, fill, _truth_weight(ds, m))
     return out
@@ -97,15 +115,26 @@ def table(records: list[dict], metrics=None, baseline: dict | None = None) -> st
     training-mean imputation's MSE: below 1 beats it)."""
     scored = [r["label"] for r in records if r.get("label", {}).get("n")]
     label_keys = metrics or ([k for k in scored[0] if k != "n"] if scored else [])
-    head = ["observed"] + label_keys + ["imputation MSE (hidden modalities)" if baseline is None else
-                                        "imputation MSE of hidden modalities (ratio to the training mean's)"]
+    head = (
+        ["observed"]
+        + label_keys
+        + [
+            "imputation MSE (hidden modalities)"
+            if baseline is None
+            else "imputation MSE of hidden modalities (ratio to the training mean's)"
+        ]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lab = r.get("label", {})
         cells = ["+".join(r["observed"])] + [format_cell(lab.get(k), ".4g") for k in label_keys]
         imp = r.get("imputation", {})
-        cells.append(", ".join(f"{m} {format_cell(v.get('mse'), '.3g')}{_ratio(v.get('mse'), baseline, m)}"
-                               for m, v in imp.items()) or "-")
+        cells.append(
+            ", ".join(
+                f"{m} {format_cell(v.get('mse'), '.3g')}{_ratio(v.get('mse'), baseline, m)}" for m, v in imp.items()
+            )
+            or "-"
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -41,7 +41,7 @@ class StopRequested:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
-    def __enter__(self) -> "StopRequested":
+    def __enter__(self) -> StopRequested:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._before[s] = signal.signal(s, self._handle)
@@ -70,14 +70,20 @@ def _samples(idx: list, limit: int = 8) -> str:
 
 def _take(batch: Batch, i: int) -> Batch:
     """Row ``i`` of ``batch`` as a batch of one."""
-    cut = lambda d: {k: v[i:i + 1] for k, v in d.items()}  # noqa: E731
-    return Batch(cut(batch.x), cut(batch.present), cut(batch.steps), None if batch.y is None else batch.y[i:i + 1],
-                 None if batch.y_present is None else batch.y_present[i:i + 1], batch.index[i:i + 1])
+    cut = lambda d: {k: v[i : i + 1] for k, v in d.items()}  # noqa: E731
+    return Batch(
+        cut(batch.x),
+        cut(batch.present),
+        cut(batch.steps),
+        None if batch.y is None else batch.y[i : i + 1],
+        None if batch.y_present is None else batch.y_present[i : i + 1],
+        batch.index[i : i + 1],
+    )
 
 
 def _trace_faults(mfm, batch: Batch) -> list[tuple[str, str]]:
-    """``(what, detail)`` for the sites of the guide and of the model (replayed on the guide) with a non-finite value or log-density on
-    ``batch``, or where the program raised (named by the last site it completed)."""
+    """``(what, detail)`` for the sites of the guide and of the model (replayed on the guide) with a non-finite value
+    or log-density on ``batch``, or where the program raised (named by the last site it completed)."""
     faults = []
     guide = poutine.trace(mfm.guide)
     for where, handler in (("guide", guide), ("model", None)):
@@ -87,8 +93,11 @@ def _trace_faults(mfm, batch: Batch) -> list[tuple[str, str]]:
             tr = handler.get_trace(batch)
             tr.compute_log_prob()
         except Exception as e:  # e.g. a Cholesky factorisation of a non-finite precision
-            done = [n for n, site in handler.msngr.trace.nodes.items()
-                    if site["type"] == "sample" and not site_is_subsample(site)]
+            done = [
+                n
+                for n, site in handler.msngr.trace.nodes.items()
+                if site["type"] == "sample" and not site_is_subsample(site)
+            ]
             after = f"after site {done[-1]!r}" if done else "before its first site"
             faults.append((f"{where} raised {after}", f"{type(e).__name__}: {str(e).splitlines()[0]}"))
             return faults
@@ -124,18 +133,22 @@ def diagnose(mfm, batch: Batch, named_params=(), limit: int = 512) -> list[str]:
                     by_fault.setdefault(fault, []).append(int(batch.index[i]))
     finally:
         mfm.train(was_training)
-    found += [f"{what} in {_samples(idx)}" + (f": {detail}" if detail else "") for (what, detail), idx in
-              by_fault.items()]
+    found += [
+        f"{what} in {_samples(idx)}" + (f": {detail}" if detail else "") for (what, detail), idx in by_fault.items()
+    ]
     bad = [n for n, p in named_params if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
-        found.append(f"non-finite gradients of {len(bad)} parameters: {', '.join(bad[:6])}"
-                     + (" ..." if len(bad) > 6 else ""))
+        found.append(
+            f"non-finite gradients of {len(bad)} parameters: {', '.join(bad[:6])}" + (" ..." if len(bad) > 6 else "")
+        )
     return found
 
 
 def divergence_report(epoch: int, step: int, loss, norm, batch: Batch, found: list[str]) -> str:
     what = "loss" if not is_finite(loss) else "gradient norm"
-    head = (f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (loss {float(loss.detach()):.4g}, "
-            f"gradient norm {float(norm):.4g}); batch of {len(batch)} training samples {batch.index[:8].tolist()}"
-            + (" ..." if len(batch) > 8 else ""))
+    head = (
+        f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (loss {float(loss.detach()):.4g}, "
+        f"gradient norm {float(norm):.4g}); batch of {len(batch)} training samples {batch.index[:8].tolist()}"
+        + (" ..." if len(batch) > 8 else "")
+    )
     return head + "".join(f"\n  - {line}" for line in found or ["no site found non-finite when traced again"])

@@ -24,7 +24,6 @@ from .faults import StopRequested
 from .predict import impute, imputed_data
 from .train import cpu_threads, fit
 
-
 REPORT_FILES = ("checkpoint", "metrics.json", "report.md", "imputed_*.h5", "plots", ".*.tmp")
 """What a report folder holds (``overwrite`` deletes only these)."""
 
@@ -33,8 +32,9 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived during the evaluation stages of the job."""
 
 
-def run(config: Config, out_dir, resume: bool = False, overwrite: bool = False,
-        allow_config_change: bool = False) -> dict:
+def run(
+    config: Config, out_dir, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False
+) -> dict:
     """Train, evaluate every observed subset on the test split, impute, write the report. Returns the metrics, or
     ``{"interrupted": "SIGTERM", "checkpoint": ...}`` when a signal stopped the job (no report is written then).
     ``resume``, ``overwrite`` and ``allow_config_change`` as in :func:`pyro_mfm.infer.train.fit`."""
@@ -72,15 +72,28 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
     mfm, test = result.mfm, data[config.data.test_split]
     ev = config.evaluate
     predictions: dict = {}
-    records = evaluate(mfm, test, num_samples=ev.num_samples, interval=ev.interval, batch_size=ev.batch_size,
-                       progress=config.train.progress, seed=ev.seed, predictions=predictions)
+    records = evaluate(
+        mfm,
+        test,
+        num_samples=ev.num_samples,
+        interval=ev.interval,
+        batch_size=ev.batch_size,
+        progress=config.train.progress,
+        seed=ev.seed,
+        predictions=predictions,
+    )
     check()
     mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
     for m in mfm.schema.names:  # each modality imputed from all the others, written in the native format
         others = [n for n in mfm.schema.names if n != m]
         if others:
             imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size, seed=ev.seed)
-            native.save(imputed_data(test, imp, checkpoint=out / "checkpoint" / "best.pt", num_samples=ev.num_samples,
-                                     seed=ev.seed), out / f"imputed_{m}.h5", overwrite=True)
+            native.save(
+                imputed_data(
+                    test, imp, checkpoint=out / "checkpoint" / "best.pt", num_samples=ev.num_samples, seed=ev.seed
+                ),
+                out / f"imputed_{m}.h5",
+                overwrite=True,
+            )
             check()
     return write_report(config, out, data, result, records, predictions, mean_baseline, t0, t_train, check)

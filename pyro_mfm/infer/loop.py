@@ -49,7 +49,11 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=
     hidden = {m: kept[:, i] for i, m in enumerate(names)}
     return Batch(
         x={m: batch.x[m] * hidden[m].reshape((-1,) + (1,) * (batch.x[m].dim() - 1)) for m in names},
-        present=hidden, steps=batch.steps, y=batch.y, y_present=batch.y_present, index=batch.index,
+        present=hidden,
+        steps=batch.steps,
+        y=batch.y,
+        y_present=batch.y_present,
+        index=batch.index,
     )
 
 
@@ -59,12 +63,19 @@ def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.
     ds = data[config.data.valid_split]
     mfm.eval()
     with torch.no_grad():
-        losses = [float(objective(b, beta=beta)) * len(b)
-                  for b in ds.loader(config.evaluate.batch_size, device=_dev(mfm))]
+        losses = [
+            float(objective(b, beta=beta)) * len(b) for b in ds.loader(config.evaluate.batch_size, device=_dev(mfm))
+        ]
     scores = {"loss": sum(losses) / len(ds)}
     if mfm.D is not None and metric != "loss":
-        pred = predict(mfm, ds, num_samples=config.train.valid_samples, batch_size=config.evaluate.batch_size,
-                       keep_samples=False, interval=config.evaluate.interval)
+        pred = predict(
+            mfm,
+            ds,
+            num_samples=config.train.valid_samples,
+            batch_size=config.evaluate.batch_size,
+            keep_samples=False,
+            interval=config.evaluate.interval,
+        )
         scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
     return scores
 
@@ -103,8 +114,7 @@ class Progress:
         position = None
         if self.in_epoch:
             total, count = self.totals()
-            position = {"epoch": self.epoch, "step": self.step, "total": total, "count": count,
-                        "skipped": self.skipped}
+            position = {"epoch": self.epoch, "step": self.step, "total": total, "count": count, "skipped": self.skipped}
         return {"epoch": self.epoch - 1, "position": position}
 
     def load_state_dict(self, state: dict) -> None:
@@ -242,8 +252,7 @@ class DivergenceGuard:
         reported, naming what :func:`diagnose` finds not finite (and the error the objective raised, if any)."""
         if error is None and is_finite(loss) and is_finite(norm):
             return True
-        found = ([] if error is None else
-                 [f"the objective raised {type(error).__name__}: {str(error).splitlines()[0]}"])
+        found = [] if error is None else [f"the objective raised {type(error).__name__}: {str(error).splitlines()[0]}"]
         found += diagnose(self.mfm, batch, self.named)
         self.optimizer.zero_grad()
         self.diverged(divergence_report(epoch, step, loss, norm, batch, found))
@@ -255,8 +264,10 @@ class DivergenceGuard:
             return True
         self.mfm.load_state_dict(self.good[0])
         self.optimizer.load_state_dict(self.good[1])
-        self.diverged(f"non-finite parameters after the optimizer step at epoch {epoch + 1}, step {step + 1}; "
-                      "rolled back to the start of the epoch")
+        self.diverged(
+            f"non-finite parameters after the optimizer step at epoch {epoch + 1}, step {step + 1}; "
+            "rolled back to the start of the epoch"
+        )
         return False
 
     def diverged(self, report: str) -> None:

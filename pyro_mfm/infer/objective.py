@@ -53,8 +53,9 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace),
-                                    graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
+            *args, **kwargs
+        )
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
         model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
@@ -63,7 +64,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":  # Pyro's check, on the shape a log density would have
                         fn, value = site["fn"], site["value"]
-                        batch = value.shape[:value.dim() - len(fn.event_shape)]
+                        batch = value.shape[: value.dim() - len(fn.event_shape)]
                         log_prob = value.new_empty(()).expand(torch.broadcast_shapes(fn.batch_shape, batch))
                         check_site_shape({**site, "log_prob": log_prob}, self.max_plate_nesting)
             _check_mean_field_requirement(model_trace, guide_trace)
@@ -162,8 +163,9 @@ class Objective:
     def __init__(self, mfm: MFM):
         cfg = mfm.config
         elbo_cls = MeanFieldELBO if cfg.analytic_kl else Trace_ELBO
-        self.elbo = elbo_cls(num_particles=cfg.num_particles, vectorize_particles=cfg.num_particles > 1,
-                             max_plate_nesting=1)
+        self.elbo = elbo_cls(
+            num_particles=cfg.num_particles, vectorize_particles=cfg.num_particles > 1, max_plate_nesting=1
+        )
         self.mfm = mfm
         self.alpha = cfg.alpha
         factors = (["z_y"] if mfm.shared else []) + (list(mfm.names) if mfm.private else [])
@@ -171,8 +173,10 @@ class Objective:
         if isinstance(lam, dict):
             missing = [f for f in factors if f not in lam]
             if missing:
-                raise ConfigError(f"model.lambda_mmd: no weight for {missing} (table has {sorted(lam)}; keys are "
-                                  "'z_y' and modality names)")
+                raise ConfigError(
+                    f"model.lambda_mmd: no weight for {missing} (table has {sorted(lam)}; keys are "
+                    "'z_y' and modality names)"
+                )
             self.lambda_mmd = {f: float(lam[f]) for f in factors}
         else:
             self.lambda_mmd = {f: float(lam) for f in factors}
@@ -208,8 +212,9 @@ class Objective:
         guide_tr = poutine.trace(self.mfm.guide).get_trace(batch)
         model_tr = poutine.trace(poutine.replay(self.mfm.model, trace=guide_tr)).get_trace(batch, means=False)
         model_tr.compute_log_prob()
-        loss = -sum(site["log_prob_sum"] for site in model_tr.nodes.values()
-                    if site["type"] == "sample" and site["is_observed"])
+        loss = -sum(
+            site["log_prob_sum"] for site in model_tr.nodes.values() if site["type"] == "sample" and site["is_observed"]
+        )
         if beta == 0.0:
             return loss
         for factor, weight in self.lambda_mmd.items():
@@ -219,7 +224,7 @@ class Objective:
                 code = guide_tr.nodes[f"z_a_{factor}"]["value"][batch.present[factor]]
             if weight and len(code) > 1:
                 prior = torch.randn_like(code)
-                loss = loss + len(batch) * beta * weight * mmd(code, prior, self.mfm.config.mmd_kernel,
-                                                                 self.mfm.config.mmd_scale,
-                                                                 self.mfm.config.mmd_estimator)
+                loss = loss + len(batch) * beta * weight * mmd(
+                    code, prior, self.mfm.config.mmd_kernel, self.mfm.config.mmd_scale, self.mfm.config.mmd_estimator
+                )
         return loss

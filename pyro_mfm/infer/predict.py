@@ -113,8 +113,16 @@ def _check_counts(**counts) -> None:
 
 
 @torch.no_grad()
-def predict(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, interval: float = 0.9,
-            batch_size: int = 512, keep_samples: bool = True, seed: int | None = None) -> Prediction:
+def predict(
+    mfm: MFM,
+    dataset: MultimodalDataset,
+    observed=None,
+    num_samples: int = 100,
+    interval: float = 0.9,
+    batch_size: int = 512,
+    keep_samples: bool = True,
+    seed: int | None = None,
+) -> Prediction:
     """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
 
     A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
@@ -146,8 +154,11 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
         if mfm.shared:
             q_z_y = mfm.posterior_z_y(batch)
             z_mean = q_z_y.mean
-            z_y = z_mean.expand((num_samples,) + z_mean.shape) if mfm.guide.deterministic else \
-                q_z_y.sample((num_samples,))  # the guide's Delta code, or draws of q(z_y | x_obs)
+            z_y = (
+                z_mean.expand((num_samples,) + z_mean.shape)
+                if mfm.guide.deterministic
+                else q_z_y.sample((num_samples,))
+            )  # the guide's Delta code, or draws of q(z_y | x_obs)
             p_y = mfm.label_distribution(z_y)
         else:  # the label reads every z_a,m
             p_y, z_mean = mfm.label_distribution(posterior(batch)), mfm.representation(batch)
@@ -166,9 +177,15 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             log_dens.append(torch.full((len(batch),), float("nan")))
     cat = lambda xs, dim=0: torch.cat(xs, dim).numpy() if xs else None  # noqa: E731
     return Prediction(
-        point=cat(points), lower=cat(lowers), upper=cat(uppers),
-        samples=cat(samples, 1) if keep_samples else np.empty(0), log_density=cat(log_dens), z_y=cat(z_means),
-        observed=observed, interval=interval, kind=mfm.D.kind,
+        point=cat(points),
+        lower=cat(lowers),
+        upper=cat(uppers),
+        samples=cat(samples, 1) if keep_samples else np.empty(0),
+        log_density=cat(log_dens),
+        z_y=cat(z_means),
+        observed=observed,
+        interval=interval,
+        kind=mfm.D.kind,
     )
 
 
@@ -204,8 +221,15 @@ def _padding_mask(mfm: MFM, batch, m: str):
 
 
 @torch.no_grad()
-def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int = 100, batch_size: int = 512,
-           keep_samples: bool = False, seed: int | None = None) -> Imputation:
+def impute(
+    mfm: MFM,
+    dataset: MultimodalDataset,
+    observed=None,
+    num_samples: int = 100,
+    batch_size: int = 512,
+    keep_samples: bool = False,
+    seed: int | None = None,
+) -> Imputation:
     """Posterior predictive of every modality given the modalities in ``observed``.
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
@@ -220,15 +244,17 @@ def impute(mfm: MFM, dataset: MultimodalDataset, observed=None, num_samples: int
 def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Imputation:
     check_schema(mfm, dataset)
     if not mfm.generative:
-        raise DataError(f"{dataset._where()}: the model has no decoders to impute with "
-                        f"(model.ablation = {mfm.config.ablation!r})")
+        raise DataError(
+            f"{dataset._where()}: the model has no decoders to impute with (model.ablation = {mfm.config.ablation!r})"
+        )
     _check_counts(num_samples=num_samples, batch_size=batch_size)
     observed = _observed(mfm, observed)
     mfm.eval()
     names = mfm.schema.names
     sites = [f"x_{m}" for m in names] + [f"x_{m}_mean" for m in names]
-    predictive = Predictive(poutine.uncondition(mfm.model), guide=mfm.guide, num_samples=num_samples,
-                            return_sites=sites, parallel=True)
+    predictive = Predictive(
+        poutine.uncondition(mfm.model), guide=mfm.guide, num_samples=num_samples, return_sites=sites, parallel=True
+    )
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
     draws = {m: [] for m in names}
@@ -249,9 +275,14 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
 
 
-def imputed_data(ds: MultimodalDataset, imp: Imputation, checkpoint: str | None = None,
-                 checkpoint_sha256: str | None = None, num_samples: int | None = None,
-                 seed: int | None = None) -> MultimodalData:
+def imputed_data(
+    ds: MultimodalDataset,
+    imp: Imputation,
+    checkpoint: str | None = None,
+    checkpoint_sha256: str | None = None,
+    num_samples: int | None = None,
+    seed: int | None = None,
+) -> MultimodalData:
     """``ds`` with every modality replaced by its imputed mean, as a one-split data set for the native format.
 
     Observed entries are unchanged and keep their presence mask; a modality outside ``imp.observed`` is marked
@@ -263,13 +294,28 @@ def imputed_data(ds: MultimodalDataset, imp: Imputation, checkpoint: str | None 
     present = {m: ds.present[m] if m in imp.observed else np.ones(len(ds), bool) for m in names}
     # a missing entry of an observed modality stays missing: zero, as the format stores missing entries
     keep = {m: present[m].reshape((-1,) + (1,) * (imp.mean[m].ndim - 1)) for m in names}
-    out = MultimodalDataset(ds.schema, {m: np.where(keep[m], imp.mean[m], 0).astype(np.float32) for m in names},
-                            present, ds.steps, ds.labels, ds.label_present, split=ds.split, ids=ds.ids)
+    out = MultimodalDataset(
+        ds.schema,
+        {m: np.where(keep[m], imp.mean[m], 0).astype(np.float32) for m in names},
+        present,
+        ds.steps,
+        ds.labels,
+        ds.label_present,
+        split=ds.split,
+        ids=ds.ids,
+    )
     out.imputed = {m: np.full(len(ds), m not in imp.observed) for m in names}
     out.imputed_std = {m: np.where(keep[m], imp.std[m], 0).astype(np.float32) for m in names}
-    info = {"observed": list(imp.observed), "imputed": [m for m in names if m not in imp.observed],
-            "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_sha256": checkpoint_sha256,
-            "source": ds.source, "split": ds.split, "num_samples": num_samples, "seed": seed}
+    info = {
+        "observed": list(imp.observed),
+        "imputed": [m for m in names if m not in imp.observed],
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
+        "source": ds.source,
+        "split": ds.split,
+        "num_samples": num_samples,
+        "seed": seed,
+    }
     out.imputation = info
     return MultimodalData(ds.schema, {ds.split: out}, imputation=info)
 
@@ -281,7 +327,9 @@ def refuse_imputed(ds: MultimodalDataset) -> None:
         return
     hidden = [m for m, v in ds.imputed.items() if np.asarray(v).any()]
     info = ds.imputation or {}
-    origin = (f" from {info.get('observed')} by checkpoint {info.get('checkpoint')}" if info else "")
-    raise DataError(f"{ds._where()}: modalities {hidden} hold values imputed{origin}; evaluating against them "
-                    f"scores a model against imputations, not data; expected recorded data"
-                    + (f" (the imputation was made from {info['source']})" if info.get("source") else ""))
+    origin = f" from {info.get('observed')} by checkpoint {info.get('checkpoint')}" if info else ""
+    raise DataError(
+        f"{ds._where()}: modalities {hidden} hold values imputed{origin}; evaluating against them "
+        f"scores a model against imputations, not data; expected recorded data"
+        + (f" (the imputation was made from {info['source']})" if info.get("source") else "")
+    )

@@ -9,11 +9,22 @@ from ..data.dataset import MultimodalData
 from ..data.schema import Schema, schema_differences
 from .checkpoint import CheckpointError, read_resume
 
-RESUME_FREE = frozenset({
-    "train.epochs", "train.patience", "train.progress", "train.num_threads", "train.keep_last", "train.device",
-    "train.validate", "data.source", "evaluate.num_samples", "evaluate.interval", "evaluate.batch_size",
-    "evaluate.seed",
-})
+RESUME_FREE = frozenset(
+    {
+        "train.epochs",
+        "train.patience",
+        "train.progress",
+        "train.num_threads",
+        "train.keep_last",
+        "train.device",
+        "train.validate",
+        "data.source",
+        "evaluate.num_samples",
+        "evaluate.interval",
+        "evaluate.batch_size",
+        "evaluate.seed",
+    }
+)
 """Configuration fields a resumed run may change freely: how long it runs, where and how it reports, where the data
 file lies. Any other change alters the run's result and needs ``allow_config_change``."""
 
@@ -37,9 +48,11 @@ def resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_c
     payload = read_resume(out_dir)
     if payload["schema"] != data.schema.to_dict():
         found = schema_differences(Schema.from_dict(payload["schema"]), data.schema, strict=True)
-        raise CheckpointError(f"checkpoint {payload['path']}: trained on data with another schema than "
-                              f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
-                              "modalities and label it was trained on")
+        raise CheckpointError(
+            f"checkpoint {payload['path']}: trained on data with another schema than "
+            f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
+            "modalities and label it was trained on"
+        )
     try:  # the stored configuration with today's defaults for fields it predates
         stored_config = Config.from_dict(payload["config"], where=payload["path"])
     except ConfigError:  # not valid today: compared as stored, which names every field that differs
@@ -47,15 +60,19 @@ def resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_c
     if stored_config is not None:
         arch = stored_config.differences(config, tables=("model",))
         if arch:
-            raise CheckpointError(f"checkpoint {payload['path']}: trained with another architecture "
-                                  f"({'; '.join(arch)}); resuming needs the [model] table it was trained with")
+            raise CheckpointError(
+                f"checkpoint {payload['path']}: trained with another architecture "
+                f"({'; '.join(arch)}); resuming needs the [model] table it was trained with"
+            )
     stored = stored_config.to_dict() if stored_config is not None else payload["config"]
     changed = config_changes(stored, config.to_dict())
     fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
     if fixed and not allow_config_change:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
-        raise CheckpointError(f"checkpoint {payload['path']}: resuming with another configuration ({listed}) would "
-                              f"change the run's result; expected the run's configuration ({Path(out_dir) / 'config.json'})"
-                              ", or allow_config_change / --allow-config-change to continue with the new one")
+        raise CheckpointError(
+            f"checkpoint {payload['path']}: resuming with another configuration ({listed}) would "
+            f"change the run's result; expected the run's configuration ({Path(out_dir) / 'config.json'})"
+            ", or allow_config_change / --allow-config-change to continue with the new one"
+        )
     payload["changed"] = changed
     return payload

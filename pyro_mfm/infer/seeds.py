@@ -76,16 +76,23 @@ def aggregate(reports: list[dict], seeds) -> dict:
     subsets = aggregate_subsets([r["subsets"] for r in reports])
     metric = next((k for k in first["best"] if k != "epoch"), None)
     return {
-        "data": first["data"], "attribution": first["attribution"], "test_samples": first["test_samples"],
-        "seeds": list(seeds), "std": "sample standard deviation over seeds (ddof = 1)",
-        "best": {"epoch": summary([r["best"]["epoch"] + 1 for r in reports]),  # counted from 1
-                 **({metric: summary([r["best"].get(metric, np.nan) for r in reports])} if metric else {})},
+        "data": first["data"],
+        "attribution": first["attribution"],
+        "test_samples": first["test_samples"],
+        "seeds": list(seeds),
+        "std": "sample standard deviation over seeds (ddof = 1)",
+        "best": {
+            "epoch": summary([r["best"]["epoch"] + 1 for r in reports]),  # counted from 1
+            **({metric: summary([r["best"].get(metric, np.nan) for r in reports])} if metric else {}),
+        },
         "subsets": subsets,
         "mean_imputation_baseline": _merge([r["mean_imputation_baseline"] for r in reports]),
         "single_view_baselines": _merge([r["single_view_baselines"] for r in reports])
-        if first["single_view_baselines"] else {},
+        if first["single_view_baselines"]
+        else {},
         "train_seconds": summary([r["train_seconds"] for r in reports]),
-        "per_seed": [f"seed-{s}" for s in seeds], "config": first["config"],
+        "per_seed": [f"seed-{s}" for s in seeds],
+        "config": first["config"],
     }
 
 
@@ -96,7 +103,9 @@ def parse_seeds(text: str) -> list[int]:
         try:
             seeds.append(int(item.strip()))
         except ValueError:
-            raise DataError(f"--seeds {text!r}: {item.strip()!r} is not an integer; expected e.g. --seeds 0,1,2") from None
+            raise DataError(
+                f"--seeds {text!r}: {item.strip()!r} is not an integer; expected e.g. --seeds 0,1,2"
+            ) from None
     return seeds
 
 
@@ -110,16 +119,20 @@ def _cell(s: dict) -> str:
 def markdown(summary_: dict) -> str:
     seeds = summary_["seeds"]
     subsets = summary_["subsets"]
-    lines = [f"# MFM report: {summary_['data']}, {len(seeds)} seeds\n",
-             f"Seeds {', '.join(map(str, seeds))} (one report folder each: "
-             f"{', '.join(summary_['per_seed'])}). Every cell is the mean ± the sample standard deviation over the "
-             f"seeds. Test samples: {summary_['test_samples']}. Best epoch (counted from 1): "
-             f"{_cell(summary_['best']['epoch'])}.\n",
-             "## Every subset of observed modalities (test split)\n"]
+    lines = [
+        f"# MFM report: {summary_['data']}, {len(seeds)} seeds\n",
+        f"Seeds {', '.join(map(str, seeds))} (one report folder each: "
+        f"{', '.join(summary_['per_seed'])}). Every cell is the mean ± the sample standard deviation over the "
+        f"seeds. Test samples: {summary_['test_samples']}. Best epoch (counted from 1): "
+        f"{_cell(summary_['best']['epoch'])}.\n",
+        "## Every subset of observed modalities (test split)\n",
+    ]
     lines += subsets_table(subsets)
     base = summary_["mean_imputation_baseline"]
-    lines += ["\n## Training-mean imputation baseline (MSE)\n",
-              ", ".join(f"{m} {_cell(v['mse'])}" for m, v in base.items())]
+    lines += [
+        "\n## Training-mean imputation baseline (MSE)\n",
+        ", ".join(f"{m} {_cell(v['mse'])}" for m, v in base.items()),
+    ]
     if summary_["attribution"]:
         lines += ["\n## Data attribution\n", summary_["attribution"]]
     return "\n".join(lines) + "\n"
@@ -129,8 +142,9 @@ SEEDS_FILES = ("seed-*", "metrics.json", "report.md", ".*.tmp")
 """What a folder of runs over seeds holds (``overwrite`` deletes only these)."""
 
 
-def run_seeds(config: Config, out_dir, seeds, resume: bool = False, overwrite: bool = False,
-              allow_config_change: bool = False) -> dict:
+def run_seeds(
+    config: Config, out_dir, seeds, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False
+) -> dict:
     """Run the main job once per seed under ``out_dir/seed-<s>/``, then write the summary over seeds.
 
     ``out_dir`` is locked and refused when non-empty, as a report folder of :func:`pyro_mfm.infer.job.run` is. With
@@ -156,8 +170,13 @@ def run_seeds(config: Config, out_dir, seeds, resume: bool = False, overwrite: b
                 continue
             started = resume and any((folder / "checkpoint").glob("*.pt"))
             # with resume, a seed folder that never reached a checkpoint starts again (overwrite clears it)
-            report = run(config.override([f"train.seed={s}"]), folder, resume=started,
-                         overwrite=resume and not started, allow_config_change=allow_config_change)
+            report = run(
+                config.override([f"train.seed={s}"]),
+                folder,
+                resume=started,
+                overwrite=resume and not started,
+                allow_config_change=allow_config_change,
+            )
             if report.get("interrupted"):
                 return report
             reports.append(report)
@@ -186,8 +205,16 @@ TRAIN_SEEDS_FILES = ("seed-*", "seeds.json", ".*.tmp")
 """What a folder of trainings over seeds holds (``overwrite`` deletes only these)."""
 
 
-def train_seeds(config: Config, data, out_dir, seeds, resume: bool = False, overwrite: bool = False,
-                allow_config_change: bool = False, on_seed=None) -> dict:
+def train_seeds(
+    config: Config,
+    data,
+    out_dir,
+    seeds,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
+    on_seed=None,
+) -> dict:
     """Train once per seed (``train.seed``) into ``out_dir/seed-<s>/``, then write ``out_dir/seeds.json``: each
     seed's best epoch and validation score, and their mean and standard deviation.
 
@@ -208,8 +235,14 @@ def train_seeds(config: Config, data, out_dir, seeds, resume: bool = False, over
             folder = out / f"seed-{s}"
             started = resume and any(folder.glob("*.pt"))
             # with resume, a seed folder that never reached a checkpoint starts again (overwrite clears it)
-            result = fit(config.override([f"train.seed={s}"]), data, folder, resume=started,
-                         overwrite=resume and not started, allow_config_change=allow_config_change)
+            result = fit(
+                config.override([f"train.seed={s}"]),
+                data,
+                folder,
+                resume=started,
+                overwrite=resume and not started,
+                allow_config_change=allow_config_change,
+            )
             if result.interrupted:
                 return {"interrupted": result.interrupted, "seed": s, "folder": str(folder)}
             if on_seed is not None:
@@ -217,10 +250,13 @@ def train_seeds(config: Config, data, out_dir, seeds, resume: bool = False, over
             best[s] = result.best
         metric = next((k for k in best[seeds[0]] if k != "epoch"), None)
         summary_ = {
-            "seeds": seeds, "std": "sample standard deviation over seeds (ddof = 1)",
+            "seeds": seeds,
+            "std": "sample standard deviation over seeds (ddof = 1)",
             "folders": [f"seed-{s}" for s in seeds],
-            "best": {"epoch": summary([best[s]["epoch"] + 1 for s in seeds]),  # counted from 1
-                     **({metric: summary([best[s].get(metric, np.nan) for s in seeds])} if metric else {})},
+            "best": {
+                "epoch": summary([best[s]["epoch"] + 1 for s in seeds]),  # counted from 1
+                **({metric: summary([best[s].get(metric, np.nan) for s in seeds])} if metric else {}),
+            },
             "per_seed": {str(s): best[s] for s in seeds},
         }
         write_json(out / "seeds.json", summary_)

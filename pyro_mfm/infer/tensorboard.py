@@ -63,8 +63,9 @@ class TrainingLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run (``start_epoch`` epochs finished) drops any event an interrupted one logged past them
-            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"),
-                                        purge_step=start_epoch + 1 if start_epoch else None)
+            self.writer = SummaryWriter(
+                log_dir=str(Path(out_dir) / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None
+            )
 
     def epoch(self, record: dict, mfm: MFM, optimizer, batch: Batch | None) -> None:
         if self.writer is None:
@@ -74,7 +75,7 @@ class TrainingLog:
         w.add_scalar("loss/train", record["train_loss"], step)
         for key, value in record.items():
             if key.startswith("valid_") and isinstance(value, (int, float)):
-                w.add_scalar(f"valid/{key[len('valid_'):]}", value, step)
+                w.add_scalar(f"valid/{key[len('valid_') :]}", value, step)
         w.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
         if batch is not None:
             was_training = mfm.training

@@ -30,8 +30,17 @@ from . import distributed
 from .calibrate import calibrate
 from .checkpoint import folder_lock, prepare_folder
 from .faults import DivergenceError, StopRequested, is_finite
-from .loop import (Checkpointer, DivergenceGuard, KLWarmup, ModelSelection, Progress, RandomState, drop_modalities,
-                   select_metric, validation_score)
+from .loop import (
+    Checkpointer,
+    DivergenceGuard,
+    KLWarmup,
+    ModelSelection,
+    Progress,
+    RandomState,
+    drop_modalities,
+    select_metric,
+    validation_score,
+)
 from .objective import Objective
 from .progress import bars_enabled
 from .resume import RESUME_FREE, config_changes, resume_payload  # noqa: F401  (config_changes: re-exported)
@@ -57,11 +66,15 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine (PyTorch "
-                              f"{torch.__version__}); expected 'cpu' or 'auto'")
+            raise ConfigError(
+                f"train.device = {name!r}: CUDA is not available on this machine (PyTorch "
+                f"{torch.__version__}); expected 'cpu' or 'auto'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA "
-                              f"device(s); expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'")
+            raise ConfigError(
+                f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s); expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'"
+            )
     return device
 
 
@@ -86,18 +99,29 @@ class TrainResult:
     (epoch and step 0-based; empty for a fresh run)."""
 
 
-def fit(config: Config, data: MultimodalData, out_dir=None, resume: bool = False, overwrite: bool = False,
-        allow_config_change: bool = False, on_epoch=None, *, model: MFM | None = None, objective=None,
-        optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> TrainResult:
+def fit(
+    config: Config,
+    data: MultimodalData,
+    out_dir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
+    on_epoch=None,
+    *,
+    model: MFM | None = None,
+    objective=None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+) -> TrainResult:
     """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``.
 
     With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``, holding an
     exclusive lock on the folder (a second training into it fails at once); a non-empty folder is refused unless
     ``resume`` or ``overwrite`` (which deletes the old run's files first). With ``resume``, continues from
     ``out_dir/last.pt`` (or the newest readable epoch checkpoint), at the very step where the run stopped; a
-    configuration that differs from the run's in a field outside :data:`~pyro_mfm.infer.resume.RESUME_FREE` is refused unless
-    ``allow_config_change`` (the change is then recorded in ``log.jsonl``). SIGINT/SIGTERM stop training at the next
-    step boundary after a checkpoint. Under ``torchrun``, trains data-parallel (see
+    configuration that differs from the run's in a field outside :data:`~pyro_mfm.infer.resume.RESUME_FREE` is
+    refused unless ``allow_config_change`` (the change is then recorded in ``log.jsonl``). SIGINT/SIGTERM stop
+    training at the next step boundary after a checkpoint. Under ``torchrun``, trains data-parallel (see
     :mod:`pyro_mfm.infer.distributed`). Returns the best model (by the validation metric), in eval mode.
     ``on_epoch(record)``, if given, is called with each epoch's ``log.jsonl`` record (on rank 0), e.g. to report the
     validation metric to a hyperparameter search that may stop the run by raising.
@@ -135,7 +159,8 @@ def _step(loss_fn, batch: Batch, global_size: int, beta: float, params, clip_nor
     (some raise on it, e.g. a Cholesky factorisation); an error raised by the objective itself is returned."""
     nan = torch.tensor(float("nan"))
     inputs_ok = all(torch.isfinite(x).all() for x in batch.x.values()) and (
-        batch.y is None or not batch.y.is_floating_point() or bool(torch.isfinite(batch.y).all()))
+        batch.y is None or not batch.y.is_floating_point() or bool(torch.isfinite(batch.y).all())
+    )
     if distributed.all_sum([not inputs_ok], group, device)[0]:
         return nan, nan, None
     try:
@@ -157,13 +182,32 @@ class _Run:
     """One training run: the model, its objective and optimizer, and the parts of the loop
     (:mod:`pyro_mfm.infer.loop`). Its ``state_dict`` is the ``state`` of a checkpoint."""
 
-    def __init__(self, config: Config, data: MultimodalData, out_dir, group, device, stats: FeatureStats, mfm: MFM,
-                 objective, optimizer, scheduler, loss_fn, metric: str, has_valid: bool):
+    def __init__(
+        self,
+        config: Config,
+        data: MultimodalData,
+        out_dir,
+        group,
+        device,
+        stats: FeatureStats,
+        mfm: MFM,
+        objective,
+        optimizer,
+        scheduler,
+        loss_fn,
+        metric: str,
+        has_valid: bool,
+    ):
         tc = config.train
         self.config, self.data, self.train = config, data, data[config.data.train_split]
         self.group, self.device, self.stats, self.has_valid = group, device, stats, has_valid
-        self.mfm, self.objective, self.optimizer, self.scheduler, self.loss_fn = (mfm, objective, optimizer,
-                                                                                  scheduler, loss_fn)
+        self.mfm, self.objective, self.optimizer, self.scheduler, self.loss_fn = (
+            mfm,
+            objective,
+            optimizer,
+            scheduler,
+            loss_fn,
+        )
         self.params = list(mfm.parameters())
         self.validated = False  # Pyro's checks ran on a step (see train.validate)
         self.progress = Progress(group, device)
@@ -189,15 +233,25 @@ class _Run:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
-def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, group, device,
-         allow_config_change: bool, on_epoch, built: dict) -> TrainResult:
+def _fit(
+    config: Config,
+    data: MultimodalData,
+    out_dir,
+    resume: bool,
+    group,
+    device,
+    allow_config_change: bool,
+    on_epoch,
+    built: dict,
+) -> TrainResult:
     tc = config.train
     run, resumed = _prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
     result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed)
     log_split = data[config.data.valid_split] if run.has_valid else run.train  # its first batch shows the loss terms
-    log_batch = (log_split.batch(np.arange(min(len(log_split), config.evaluate.batch_size)), device)
-                 if ckpt.writer else None)
+    log_batch = (
+        log_split.batch(np.arange(min(len(log_split), config.evaluate.batch_size)), device) if ckpt.writer else None
+    )
     log = TrainingLog(ckpt.out_dir if ckpt.writer else None, start_epoch=run.progress.epoch)  # TensorBoard events
     with closing(log), StopRequested() as stop:
         while run.progress.epoch < tc.epochs:
@@ -216,26 +270,35 @@ def _fit(config: Config, data: MultimodalData, out_dir, resume: bool, group, dev
     result.history, result.best, result.skipped = run.selection.history, run.selection.best, run.guard.reports
     run.mfm.eval()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
-        result.calibration = calibrate(run.mfm, data[config.data.valid_split], seed=tc.seed,
-                                       batch_size=config.evaluate.batch_size, experts=tc.calibrate == "all")
+        result.calibration = calibrate(
+            run.mfm,
+            data[config.data.valid_split],
+            seed=tc.seed,
+            batch_size=config.evaluate.batch_size,
+            experts=tc.calibrate == "all",
+        )
         ckpt.save_calibration(result.calibration)
     return result
 
 
-def _prepare(config: Config, data: MultimodalData, out_dir, resume: bool, group, device, allow_config_change: bool,
-             built: dict) -> tuple[_Run, dict]:
+def _prepare(
+    config: Config, data: MultimodalData, out_dir, resume: bool, group, device, allow_config_change: bool, built: dict
+) -> tuple[_Run, dict]:
     """The run, built from the configuration (or ``built``) and, with ``resume``, restored from its checkpoint;
     and where it resumed (empty for a fresh run)."""
     tc = config.train
     train = data[config.data.train_split]
     if len(train) == 0:
-        raise DataError(f"{config.data.source}: split {config.data.train_split!r} has no samples; expected at least "
-                        "one training sample")
+        raise DataError(
+            f"{config.data.source}: split {config.data.train_split!r} has no samples; expected at least "
+            "one training sample"
+        )
     has_valid = config.data.valid_split in data and len(data[config.data.valid_split]) > 0
     payload = None
     if resume:  # rank 0 reads the run folder; the other ranks need not see it
         payload = distributed.broadcast(
-            resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group)
+            resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group
+        )
     if payload is not None:
         s = payload["stats"]
         stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
@@ -245,19 +308,39 @@ def _prepare(config: Config, data: MultimodalData, out_dir, resume: bool, group,
     mfm = (built["model"] if built["model"] is not None else MFM(data.schema, config.model, stats)).to(device)
     optimizer = built["optimizer"]
     if optimizer is None:
-        optimizer = (torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay) if tc.weight_decay
-                     else torch.optim.Adam(mfm.parameters(), lr=tc.lr))
+        optimizer = (
+            torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            if tc.weight_decay
+            else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
+        )
     objective = built["objective"] if built["objective"] is not None else Objective(mfm)
     loss_fn = distributed.DataParallelLoss(mfm, objective, group)
     if group.rank:
         torch.manual_seed(tc.seed * 1000003 + group.rank)  # each rank draws its own noise
     metric = select_metric(config, mfm) if has_valid else "loss"
     if metric != "loss" and not np.asarray(data[config.data.valid_split].label_present).any():
-        warnings.warn(f"{config.data.source}: split {config.data.valid_split!r} has no labelled sample; selecting "
-                      f"on the validation loss instead of {metric}", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"{config.data.source}: split {config.data.valid_split!r} has no labelled sample; selecting "
+            f"on the validation loss instead of {metric}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         metric = "loss"
-    run = _Run(config, data, out_dir, group, device, stats, mfm, objective, optimizer, built["scheduler"], loss_fn,
-               metric, has_valid)
+    run = _Run(
+        config,
+        data,
+        out_dir,
+        group,
+        device,
+        stats,
+        mfm,
+        objective,
+        optimizer,
+        built["scheduler"],
+        loss_fn,
+        metric,
+        has_valid,
+    )
     resumed = _restore(run, payload) if payload is not None else {}
     run.ckpt.start(run.selection.history)
     return run, resumed
@@ -270,11 +353,15 @@ def _restore(run: _Run, payload: dict) -> dict:
     epoch, step, changed = run.progress.epoch, run.progress.step, payload["changed"]
     fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
     if fixed:  # allowed by allow_config_change: the log says from where the run is another one
-        run.ckpt.events.append({"event": "resume", "from": payload["path"], "at_epoch": epoch, "at_step": step,
-                                "changed": fixed})
+        run.ckpt.events.append(
+            {"event": "resume", "from": payload["path"], "at_epoch": epoch, "at_step": step, "changed": fixed}
+        )
     if run.group.main and run.config.train.progress:
-        tqdm.write(f"resuming {payload['path']} at epoch {epoch + 1}, step {step}"
-                   + (f"; changed {changed}" if changed else ""), file=sys.stderr)
+        tqdm.write(
+            f"resuming {payload['path']} at epoch {epoch + 1}, step {step}"
+            + (f"; changed {changed}" if changed else ""),
+            file=sys.stderr,
+        )
     return {"from": payload["path"], "epoch": epoch, "step": step, "changed": changed}
 
 
@@ -292,10 +379,16 @@ def _run_epoch(run: _Run, stop: StopRequested) -> bool:
     order = np.random.default_rng(tc.seed * 100003 + p.epoch).permutation(n)  # depends on (seed, epoch) only
     run.guard.begin_epoch()
     p.in_epoch = True
-    bar = tqdm(range(p.step, steps), total=steps, initial=p.step, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
-               disable=not (bars_enabled(tc.progress) and run.group.main), leave=False)
+    bar = tqdm(
+        range(p.step, steps),
+        total=steps,
+        initial=p.step,
+        desc=f"epoch {p.epoch + 1}/{tc.epochs}",
+        disable=not (bars_enabled(tc.progress) and run.group.main),
+        leave=False,
+    )
     for step in bar:
-        idx = order[step * size:(step + 1) * size]
+        idx = order[step * size : (step + 1) * size]
         # (a last global batch smaller than the number of ranks is left out)
         if len(idx) >= run.group.world and _train_step(run, step, idx, steps) and p.count:
             bar.set_postfix(loss=f"{p.total / p.count:.3f}")
@@ -336,14 +429,19 @@ def _end_epoch(run: _Run, log: TrainingLog, log_batch, on_epoch) -> None:
     epoch = p.epoch
     total, count = p.totals()
     if count == 0:
-        raise DivergenceError(f"every step of epoch {epoch + 1} had a non-finite loss or gradient and was "
-                              f"skipped; expected a finite objective (check the data and train.lr)")
+        raise DivergenceError(
+            f"every step of epoch {epoch + 1} had a non-finite loss or gradient and was "
+            f"skipped; expected a finite objective (check the data and train.lr)"
+        )
     record = {"epoch": epoch, "train_loss": total / count}
     if p.skipped:
         record["skipped_steps"] = p.skipped
     if run.has_valid:
-        scores = (validation_score(run.mfm, run.data, run.config, selection.metric, run.objective, run.warmup.beta)
-                  if group.main else None)
+        scores = (
+            validation_score(run.mfm, run.data, run.config, selection.metric, run.objective, run.warmup.beta)
+            if group.main
+            else None
+        )
         record.update({f"valid_{k}": v for k, v in distributed.broadcast(scores, group).items()})
     improved = selection.update(record, scored=run.warmup.complete(epoch))
     if group.main:
@@ -355,9 +453,11 @@ def _end_epoch(run: _Run, log: TrainingLog, log_batch, on_epoch) -> None:
         plateau = isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         run.scheduler.step(selection.score(record)) if plateau else run.scheduler.step()
     if tc.progress and group.main:
-        tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
-                   + (f", valid {selection.metric} {selection.score(record):.4f}" if run.has_valid else "")
-                   + (" *" if improved else ""))
+        tqdm.write(
+            f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
+            + (f", valid {selection.metric} {selection.score(record):.4f}" if run.has_valid else "")
+            + (" *" if improved else "")
+        )
     run.ckpt.end_epoch(epoch, improved, selection.history)
 
 
@@ -365,9 +465,12 @@ def _load_best(run: _Run) -> None:
     """Load the best epoch's weights; when no epoch was scored (all within the KL warm-up), the last is the best."""
     if run.selection.settle():
         best_file = run.ckpt.best_file
-        warnings.warn(f"training ended after {len(run.selection.history)} epoch(s), within the KL warm-up "
-                      f"(train.kl_warmup = {run.config.train.kl_warmup}): no epoch was scored on the final "
-                      "objective; the best model is the last epoch" + (f" ({best_file})" if best_file else ""),
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"training ended after {len(run.selection.history)} epoch(s), within the KL warm-up "
+            f"(train.kl_warmup = {run.config.train.kl_warmup}): no epoch was scored on the final "
+            "objective; the best model is the last epoch" + (f" ({best_file})" if best_file else ""),
+            RuntimeWarning,
+            stacklevel=4,
+        )
         run.ckpt.keep_best()
     run.ckpt.load_best(run.group)

@@ -48,23 +48,31 @@ def load_space(path) -> dict[str, dict]:
     space = {}
     for table, fields in raw.items():
         if not isinstance(fields, dict) or not all(isinstance(v, dict) for v in fields.values()) or not fields:
-            raise ConfigError(f"search space {path}: [{table}] must hold one table per field, e.g. [{table}.KEY] "
-                              "with low/high or choices")
+            raise ConfigError(
+                f"search space {path}: [{table}] must hold one table per field, e.g. [{table}.KEY] "
+                "with low/high or choices"
+            )
         for key, spec in fields.items():
             name = f"{table}.{key}"
             unknown = set(spec) - {"low", "high", "log", "step", "choices"}
             if unknown:
-                raise ConfigError(f"search space {path}: [{name}] has unknown keys {sorted(unknown)}; expected low, "
-                                  "high, log, step or choices")
+                raise ConfigError(
+                    f"search space {path}: [{name}] has unknown keys {sorted(unknown)}; expected low, "
+                    "high, log, step or choices"
+                )
             if "choices" in spec:
                 if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
                     raise ConfigError(f"search space {path}: [{name}] choices must be a non-empty list, alone")
             elif not {"low", "high"} <= set(spec):
                 raise ConfigError(f"search space {path}: [{name}] needs low and high (or choices)")
-            elif not all(isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) for k in ("low", "high")) \
-                    or spec["low"] > spec["high"]:
-                raise ConfigError(f"search space {path}: [{name}] low {spec['low']!r} and high {spec['high']!r}: "
-                                  "expected numbers with low <= high")
+            elif (
+                not all(isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) for k in ("low", "high"))
+                or spec["low"] > spec["high"]
+            ):
+                raise ConfigError(
+                    f"search space {path}: [{name}] low {spec['low']!r} and high {spec['high']!r}: "
+                    "expected numbers with low <= high"
+                )
             space[name] = spec
     if not space:
         raise ConfigError(f"search space {path}: no fields; expected tables such as [train.lr] with low and high")
@@ -78,11 +86,13 @@ def suggest(trial, space: dict) -> dict:
         if "choices" in spec:
             out[name] = trial.suggest_categorical(name, spec["choices"])
         elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not isinstance(spec.get("step"), float):
-            out[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
-                                          log=spec.get("log", False))
+            out[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+            )
         else:
-            out[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                            log=spec.get("log", False))
+            out[name] = trial.suggest_float(
+                name, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=spec.get("log", False)
+            )
     return out
 
 
@@ -100,7 +110,10 @@ def selection_metric(config: Config, data) -> str:
     lab = data.schema.label
     if lab is None:
         return "loss"
-    discrete = lab.kind in ("categorical", "multilabel") or config.model.label_likelihood in ("categorical", "bernoulli")
+    discrete = lab.kind in ("categorical", "multilabel") or config.model.label_likelihood in (
+        "categorical",
+        "bernoulli",
+    )
     return "accuracy" if discrete else "mae"
 
 
@@ -110,16 +123,18 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     import optuna
     import tomli_w
 
-    from .faults import DivergenceError
     from ..data.sources import load_data
+    from .faults import DivergenceError
     from .train import fit
 
     space = load_space(space_path)
     for name in space:  # every field must exist in the configuration (checked before any training)
         table, _, key = name.partition(".")
         if not hasattr(getattr(config, table, None), key) or table == "path":
-            raise ConfigError(f"search space {space_path}: [{name}] is not a configuration field (expected "
-                              "TABLE.KEY as in --set, e.g. train.lr)")
+            raise ConfigError(
+                f"search space {space_path}: [{name}] is not a configuration field (expected "
+                "TABLE.KEY as in --set, e.g. train.lr)"
+            )
         if name == "train.select_metric":
             raise ConfigError(f"search space {space_path}: [{name}] cannot be searched (it is the search's metric)")
     if trials < 1:
@@ -127,17 +142,23 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     out = Path(out_dir)
     db = out / STUDY_FILE
     if out.exists() and any(out.iterdir()) and not db.exists():
-        raise ConfigError(f"search folder {out}: exists and holds no {STUDY_FILE}; expected a new folder or one "
-                          "of an earlier search to resume")
+        raise ConfigError(
+            f"search folder {out}: exists and holds no {STUDY_FILE}; expected a new folder or one "
+            "of an earlier search to resume"
+        )
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config)
     metric = selection_metric(config, data)
     direction = "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=f"sqlite:///{db.resolve()}", study_name=STUDY_NAME, load_if_exists=True, direction=direction,
+        storage=f"sqlite:///{db.resolve()}",
+        study_name=STUDY_NAME,
+        load_if_exists=True,
+        direction=direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after, n_warmup_steps=config.train.kl_warmup))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after, n_warmup_steps=config.train.kl_warmup),
+    )
     if study.direction.name.lower() != direction:
         raise ConfigError(f"search folder {out}: its study {direction[:-1]}s another metric; expected a new folder")
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -163,8 +184,12 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
 
     done = len(study.get_trials(deepcopy=False, states=finished))
     if done < trials:
-        study.optimize(objective, n_trials=trials - done, catch=(DivergenceError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+        study.optimize(
+            objective,
+            n_trials=trials - done,
+            catch=(DivergenceError,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+        )
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError(f"search folder {out}: no trial completed (all pruned or failed); expected at least one")
@@ -172,13 +197,23 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     best_config = config.override(overrides(best.params))
     atomic_write(out / "best.toml", lambda f: f.write(tomli_w.dumps(best_config.to_dict()).encode()))
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
-    summary = {"metric": f"valid_{metric}", "direction": direction, "best_trial": best.number,
-               "best_value": best.value, "best_params": best.params, "folder": best.user_attrs.get("folder"),
-               "trials": {k: v for k, v in counts.items() if v}, "study": str(db), "study_name": STUDY_NAME}
+    summary = {
+        "metric": f"valid_{metric}",
+        "direction": direction,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "folder": best.user_attrs.get("folder"),
+        "trials": {k: v for k, v in counts.items() if v},
+        "study": str(db),
+        "study_name": STUDY_NAME,
+    }
     write_json(out / "best.json", summary)
     return summary
 
 
 def describe(summary: dict) -> str:
-    return (f"best trial {summary['best_trial']} ({summary['folder']}): {summary['metric']} "
-            f"{summary['best_value']:.4g} with {json.dumps(summary['best_params'])}; trials {summary['trials']}")
+    return (
+        f"best trial {summary['best_trial']} ({summary['folder']}): {summary['metric']} "
+        f"{summary['best_value']:.4g} with {json.dumps(summary['best_params'])}; trials {summary['trials']}"
+    )

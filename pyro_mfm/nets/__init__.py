@@ -7,6 +7,16 @@ from .modalities import ModalityDecoder, ModalityEncoder, make_decoder, make_enc
 from .sequence import SequenceDecoder, SequenceEncoder
 
 __all__ = [
-    "ExpertEncoder", "InformationExpert", "FactorNet", "MemoryFusion", "ModalityDecoder", "ModalityEncoder",
-    "SequenceDecoder", "SequenceEncoder", "make_decoder", "make_encoder", "mlp", "product_of_experts",
+    "ExpertEncoder",
+    "InformationExpert",
+    "FactorNet",
+    "MemoryFusion",
+    "ModalityDecoder",
+    "ModalityEncoder",
+    "SequenceDecoder",
+    "SequenceEncoder",
+    "make_decoder",
+    "make_encoder",
+    "mlp",
+    "product_of_experts",
 ]

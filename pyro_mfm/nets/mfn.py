@@ -83,9 +83,10 @@ class MemoryFusion(nn.Module):
         c_hat = torch.softmax(self.attention(c_star), -1) * c_star
         u_hat = torch.tanh(self.propose(c_hat))
         first1, first2 = self.gate1[0], self.gate2[0]
-        pre = torch.cat([c_hat @ first1.weight[:, :2 * C].T + first1.bias,
-                         c_hat @ first2.weight[:, :2 * C].T + first2.bias], -1)
-        w_u = torch.cat([first1.weight[:, 2 * C:], first2.weight[:, 2 * C:]], 0).T
+        pre = torch.cat(
+            [c_hat @ first1.weight[:, : 2 * C].T + first1.bias, c_hat @ first2.weight[:, : 2 * C].T + first2.bias], -1
+        )
+        w_u = torch.cat([first1.weight[:, 2 * C :], first2.weight[:, 2 * C :]], 0).T
         mid1, mid2, last1, last2 = self.gate1[1:-1], self.gate2[1:-1], self.gate1[-1], self.gate2[-1]
         active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1)
         u = forget.new_zeros(B, self.memory)
@@ -103,8 +104,10 @@ class MemoryFusion(nn.Module):
         state stays at zero until its first real step (front padding) and all along when it is missing; the
         memory is held at steps where no modality is real.
         """
-        weights = {m: (self.lstm[m].weight_ih_l0, self.lstm[m].weight_hh_l0, self.lstm[m].bias_ih_l0,
-                       self.lstm[m].bias_hh_l0) for m in self.names}
+        weights = {
+            m: (self.lstm[m].weight_ih_l0, self.lstm[m].weight_hh_l0, self.lstm[m].bias_ih_l0, self.lstm[m].bias_hh_l0)
+            for m in self.names
+        }
         B, T = steps[self.names[0]].shape
         h = {m: x[m].new_zeros(B, self.lstm[m].hidden_size) for m in self.names}
         c = {m: x[m].new_zeros(B, self.lstm[m].hidden_size) for m in self.names}

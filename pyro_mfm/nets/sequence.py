@@ -99,8 +99,12 @@ class SequenceDecoder(nn.Module):
         h, c = cell(inp)
         if self.spec.steps > 1:
             none = inp.new_zeros(inp.shape[0], self.spec.steps - 1, 1)  # an input of zeros, read by zero weights
-            weights = [inp.new_zeros(cell.weight_ih.shape[0], 1), cell.weight_ih + cell.weight_hh,
-                       cell.bias_ih, cell.bias_hh]
+            weights = [
+                inp.new_zeros(cell.weight_ih.shape[0], 1),
+                cell.weight_ih + cell.weight_hh,
+                cell.bias_ih,
+                cell.bias_hh,
+            ]
             rest = torch.lstm(none, (h[None], c[None]), weights, True, 1, 0.0, self.training, False, True)[0]
             states = torch.cat([h.unsqueeze(-2), rest], -2)
         else:

@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from ..metric_directions import lower_is_better  # noqa: F401  (the plots import it here)
 from ..outputs import atomic_write
 
-
 # Units shown on axis labels.
 _METRIC_UNITS = {
     "accuracy": "fraction correct",
@@ -51,7 +50,7 @@ def metric_label(metric: str) -> str:
     """Axis label for a metric: its name and, where known, its unit."""
     name = metric.lower()
     if name.startswith("valid_"):
-        name = name[len("valid_"):]
+        name = name[len("valid_") :]
     unit = _METRIC_UNITS.get(name)
     if unit is None:
         for key, u in _METRIC_UNITS.items():

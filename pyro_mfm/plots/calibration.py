@@ -14,8 +14,15 @@ from matplotlib.figure import Figure
 from ..infer.metrics import calibration_bins, expected_calibration_error, interval_coverage
 from ._base import as_float_array, new_axes
 
-__all__ = ["binomial_interval", "calibration_bins", "expected_calibration_error", "interval_coverage", "interval_plot",
-           "pit_histogram", "reliability_diagram"]
+__all__ = [
+    "binomial_interval",
+    "calibration_bins",
+    "expected_calibration_error",
+    "interval_coverage",
+    "interval_plot",
+    "pit_histogram",
+    "reliability_diagram",
+]
 
 
 def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
@@ -26,24 +33,43 @@ def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = No
     ece = expected_calibration_error(probs, labels, n_bins)
     left, width = b["edges"][:-1], 1.0 / n_bins
     nz = b["count"] > 0
-    ax.bar(left[nz], b["accuracy"][nz], width, align="edge", color="C0", edgecolor="white",
-           label="accuracy in bin")
+    ax.bar(left[nz], b["accuracy"][nz], width, align="edge", color="C0", edgecolor="white", label="accuracy in bin")
     # Gap between confidence and accuracy, hatched.
     lo = np.minimum(b["accuracy"], b["confidence"])[nz]
-    ax.bar(left[nz], np.abs(b["accuracy"] - b["confidence"])[nz], width, bottom=lo, align="edge",
-           facecolor="none", edgecolor="C3", hatch="///", lw=0.6, label="gap to mean confidence")
+    ax.bar(
+        left[nz],
+        np.abs(b["accuracy"] - b["confidence"])[nz],
+        width,
+        bottom=lo,
+        align="edge",
+        facecolor="none",
+        edgecolor="C3",
+        hatch="///",
+        lw=0.6,
+        label="gap to mean confidence",
+    )
     ax.plot(b["confidence"][nz], b["accuracy"][nz], "o", color="C3", ms=4, label="(mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
     top = np.maximum(b["accuracy"], b["confidence"])[nz]
     for x0, c, a in zip(left[nz], b["count"][nz], top):
-        ax.text(x0 + width / 2, min(a, 1.0) + 0.012, f"{int(c)}", ha="center", va="bottom", fontsize=7,
-                color="0.25", rotation=90 if n_bins > 12 else 0)
+        ax.text(
+            x0 + width / 2,
+            min(a, 1.0) + 0.012,
+            f"{int(c)}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="0.25",
+            rotation=90 if n_bins > 12 else 0,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("confidence of predicted class (probability)")
     ax.set_ylabel("accuracy (fraction correct)")
-    ax.set_title(f"Reliability diagram: ECE = {ece:.3f} ({n_bins} bins, n = {int(b['count'].sum())})\n"
-                 "numbers: examples per bin", fontsize=10)
+    ax.set_title(
+        f"Reliability diagram: ECE = {ece:.3f} ({n_bins} bins, n = {int(b['count'].sum())})\nnumbers: examples per bin",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     return fig
@@ -85,8 +111,16 @@ def pit_histogram(pit, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
     lo, hi = binomial_interval(n, 1.0 / n_bins, 0.95)
     outside = (counts < lo) | (counts > hi)
     colors = np.where(outside, "C3", "C0")
-    ax.bar(edges[:-1], counts, 1.0 / n_bins, align="edge", color=colors, edgecolor="white", alpha=0.75,
-           label="PIT count (red: outside band)")
+    ax.bar(
+        edges[:-1],
+        counts,
+        1.0 / n_bins,
+        align="edge",
+        color=colors,
+        edgecolor="white",
+        alpha=0.75,
+        label="PIT count (red: outside band)",
+    )
     ax.axhspan(lo, hi, color="C2", alpha=0.18, zorder=3, label=f"95% band if uniform, per bin [{lo}, {hi}]")
     for level in (lo, hi):
         ax.axhline(level, color="C2", ls="--", lw=1.0, zorder=3)
@@ -102,16 +136,19 @@ def pit_histogram(pit, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
     return fig
 
 
-def interval_plot(y_true, mean, lower, upper, max_points: int = 200, *, level: float | None = None,
-                  ax: Axes | None = None) -> Figure:
+def interval_plot(
+    y_true, mean, lower, upper, max_points: int = 200, *, level: float | None = None, ax: Axes | None = None
+) -> Figure:
     """Predictive intervals and held-out labels, examples sorted by predicted mean.
 
     Coverage (over all examples, not only those drawn) and mean width are in the title; with ``level`` the
     nominal coverage is shown too. At most ``max_points`` examples, evenly spaced in the sorted order, are drawn.
     """
     fig, ax = new_axes(ax, figsize=(7.5, 4.4))
-    y, m, lo, hi = (as_float_array(a, n).reshape(-1) for a, n in
-                    ((y_true, "y_true"), (mean, "mean"), (lower, "lower"), (upper, "upper")))
+    y, m, lo, hi = (
+        as_float_array(a, n).reshape(-1)
+        for a, n in ((y_true, "y_true"), (mean, "mean"), (lower, "lower"), (upper, "upper"))
+    )
     if not (len(y) == len(m) == len(lo) == len(hi)):
         raise ValueError(f"lengths differ: y_true {len(y)}, mean {len(m)}, lower {len(lo)}, upper {len(hi)}")
     cov = interval_coverage(y, lo, hi)
@@ -126,12 +163,10 @@ def interval_plot(y_true, mean, lower, upper, max_points: int = 200, *, level: f
     ax.fill_between(r, lo[idx], hi[idx], step="mid", color="C0", alpha=0.25, label="predictive interval")
     ax.plot(r, m[idx], color="C0", lw=1.5, label="predictive mean")
     ax.scatter(r[inside], y[idx][inside], s=10, color="k", label="held-out label (inside)", zorder=3)
-    ax.scatter(r[~inside], y[idx][~inside], s=16, color="C3", marker="x", label="held-out label (outside)",
-               zorder=3)
+    ax.scatter(r[~inside], y[idx][~inside], s=16, color="C3", marker="x", label="held-out label (outside)", zorder=3)
     nominal = f" (nominal {level:.0%})" if level is not None else ""
     shown = f", {len(idx)} of {int(ok.sum())} shown" if len(idx) < ok.sum() else ""
-    ax.set_title(f"Predictive intervals: coverage {cov:.1%}{nominal}, mean width {width:.3g}{shown}",
-                 fontsize=10)
+    ax.set_title(f"Predictive intervals: coverage {cov:.1%}{nominal}, mean width {width:.3g}{shown}", fontsize=10)
     ax.set_xlabel("examples sorted by predicted mean (rank)")
     ax.set_ylabel("label (label units)")
     ax.legend(fontsize=8, loc="upper left")

@@ -23,8 +23,15 @@ def _is_categorical(labels: np.ndarray, class_names) -> bool:
     return len(finite) > 0 and np.all(finite == np.round(finite)) and len(np.unique(finite)) <= 20
 
 
-def latent_projection(z, labels, method: str = "pca", class_names: Sequence[str] | None = None, *,
-                      max_points: int = 3000, ax: Axes | None = None) -> Figure:
+def latent_projection(
+    z,
+    labels,
+    method: str = "pca",
+    class_names: Sequence[str] | None = None,
+    *,
+    max_points: int = 3000,
+    ax: Axes | None = None,
+) -> Figure:
     """2-D projection of the shared factor z_y, coloured by label.
 
     Args:
@@ -67,8 +74,13 @@ def latent_projection(z, labels, method: str = "pca", class_names: Sequence[str]
     else:
         from sklearn.manifold import TSNE
 
-        xy = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3.0), init="pca", random_state=0,
-                  method="exact" if n <= 1000 else "barnes_hut").fit_transform(z)  # exact is faster when small
+        xy = TSNE(
+            n_components=2,
+            perplexity=min(30.0, (n - 1) / 3.0),
+            init="pca",
+            random_state=0,
+            method="exact" if n <= 1000 else "barnes_hut",
+        ).fit_transform(z)  # exact is faster when small
         xlabel, ylabel, how = "t-SNE 1 (arbitrary units)", "t-SNE 2 (arbitrary units)", "t-SNE"
 
     if _is_categorical(lab, class_names):
@@ -82,14 +94,22 @@ def latent_projection(z, labels, method: str = "pca", class_names: Sequence[str]
             sel = lab == c
             ci = int(c) if numeric and class_names is not None else i
             name = class_names[ci] if numeric and class_names is not None and 0 <= ci < len(class_names) else str(c)
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=10, alpha=0.7, color=palette(ci % palette.N),
-                       label=f"{name} (n={int(sel.sum())})", edgecolor="none")
+            ax.scatter(
+                xy[sel, 0],
+                xy[sel, 1],
+                s=10,
+                alpha=0.7,
+                color=palette(ci % palette.N),
+                label=f"{name} (n={int(sel.sum())})",
+                edgecolor="none",
+            )
         if len(classes) <= _MAX_LEGEND_CLASSES:
             ax.legend(fontsize=7, markerscale=1.5, loc="best", title="class", title_fontsize=8)
     else:
         vals = lab.astype(float)
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, cmap="coolwarm", s=10, alpha=0.8, edgecolor="none",
-                        plotnonfinite=True)
+        sc = ax.scatter(
+            xy[:, 0], xy[:, 1], c=vals, cmap="coolwarm", s=10, alpha=0.8, edgecolor="none", plotnonfinite=True
+        )
         fig.colorbar(sc, ax=ax, label="label (label units)")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -98,8 +118,9 @@ def latent_projection(z, labels, method: str = "pca", class_names: Sequence[str]
     return fig
 
 
-def training_curves(log: Sequence[Mapping], metric: str | None = None, *, higher_is_better: bool | None = None,
-                    ax: Axes | None = None) -> Figure:
+def training_curves(
+    log: Sequence[Mapping], metric: str | None = None, *, higher_is_better: bool | None = None, ax: Axes | None = None
+) -> Figure:
     """Training loss (left axis) and a validation metric (right axis) per epoch, best epoch marked.
 
     Args:
@@ -133,16 +154,20 @@ def training_curves(log: Sequence[Mapping], metric: str | None = None, *, higher
         ok = np.isfinite(mv)
         target = ax if metric == "valid_loss" else ax.twinx()
         if target is not ax:
-            handles += target.plot(epochs[ok], mv[ok], "-o", color="C1", ms=3, lw=1.4,
-                                   label=metric.replace("_", " "))
+            handles += target.plot(epochs[ok], mv[ok], "-o", color="C1", ms=3, lw=1.4, label=metric.replace("_", " "))
             target.set_ylabel(metric_label(metric), color="C1")
         if ok.any():
             hib = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
             best = int(np.nanargmax(mv) if hib else np.nanargmin(mv))
-            handles.append(ax.axvline(epochs[best], color="C2", ls=":", lw=1.5,
-                                      label=f"best epoch {epochs[best]:g}"))
-            handles += target.plot(epochs[best], mv[best], "*", color="C2", ms=14,
-                                   label=f"best {metric.replace('_', ' ')} = {mv[best]:.4g}")
+            handles.append(ax.axvline(epochs[best], color="C2", ls=":", lw=1.5, label=f"best epoch {epochs[best]:g}"))
+            handles += target.plot(
+                epochs[best],
+                mv[best],
+                "*",
+                color="C2",
+                ms=14,
+                label=f"best {metric.replace('_', ' ')} = {mv[best]:.4g}",
+            )
             title += f": best {metric.replace('_', ' ')} {mv[best]:.4g} at epoch {epochs[best]:g}"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -151,8 +176,9 @@ def training_curves(log: Sequence[Mapping], metric: str | None = None, *, higher
     return fig
 
 
-def confusion_matrix(y_true, y_pred, class_names: Sequence[str] | None = None, *, normalize: bool = True,
-                     ax: Axes | None = None) -> Figure:
+def confusion_matrix(
+    y_true, y_pred, class_names: Sequence[str] | None = None, *, normalize: bool = True, ax: Axes | None = None
+) -> Figure:
     """Confusion matrix: rows are true classes, columns predictions; cells coloured by row fraction
     (``normalize``) or count, annotated with counts. Accuracy in the title."""
     yt = np.asarray(y_true).reshape(-1)
@@ -179,10 +205,21 @@ def confusion_matrix(y_true, y_pred, class_names: Sequence[str] | None = None, *
     if k <= 25:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k <= 12 else 6,
-                        color="white" if shown[i, j] > 0.6 * (1 if normalize else cm.max()) else "black")
-    ax.set_xticks(range(k), names, rotation=45 if max(map(len, names), default=0) > 3 else 0, ha="right"
-                  if max(map(len, names), default=0) > 3 else "center")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if k <= 12 else 6,
+                    color="white" if shown[i, j] > 0.6 * (1 if normalize else cm.max()) else "black",
+                )
+    ax.set_xticks(
+        range(k),
+        names,
+        rotation=45 if max(map(len, names), default=0) > 3 else 0,
+        ha="right" if max(map(len, names), default=0) > 3 else "center",
+    )
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -198,8 +235,15 @@ def _runs(mask: np.ndarray):
     return zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))
 
 
-def sequence_imputation(x_true, x_imputed, steps_mask, features: Sequence[int] = (0, 1, 2), *,
-                        feature_names: Sequence[str] | None = None, ax=None) -> Figure:
+def sequence_imputation(
+    x_true,
+    x_imputed,
+    steps_mask,
+    features: Sequence[int] = (0, 1, 2),
+    *,
+    feature_names: Sequence[str] | None = None,
+    ax=None,
+) -> Figure:
     """True against imputed trajectories of a sequence modality for a few features, padded steps shaded.
 
     Args:

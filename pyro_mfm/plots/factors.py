@@ -11,8 +11,9 @@ from matplotlib.figure import Figure
 from ._base import as_float_array, lower_is_better, metric_label, new_axes
 
 
-def factor_fractions(fractions: Mapping[str, Sequence[float]], overall: Mapping[str, float] | None = None, *,
-                     ax: Axes | None = None) -> Figure:
+def factor_fractions(
+    fractions: Mapping[str, Sequence[float]], overall: Mapping[str, float] | None = None, *, ax: Axes | None = None
+) -> Figure:
     """Per modality, the fraction of each feature's reconstruction variance driven by the shared factor z_y.
 
     Args:
@@ -23,21 +24,20 @@ def factor_fractions(fractions: Mapping[str, Sequence[float]], overall: Mapping[
     fig, ax = new_axes(ax, figsize=(max(5.5, 1.0 + 0.9 * len(mods)), 4.4))
     xs = np.arange(len(mods))
     if overall is not None:
-        ax.bar(xs, [overall.get(m, np.nan) for m in mods], 0.6, color="C0", alpha=0.35,
-               label="over all features")
+        ax.bar(xs, [overall.get(m, np.nan) for m in mods], 0.6, color="C0", alpha=0.35, label="over all features")
     rng = np.random.default_rng(0)
     for x, m in zip(xs, mods):
         f = as_float_array(fractions[m], m).reshape(-1)
         f = f[np.isfinite(f)]
-        ax.scatter(x + rng.uniform(-0.2, 0.2, len(f)), f, s=6, color="C0", alpha=0.6,
-                   label="one feature" if x == 0 else None)
+        ax.scatter(
+            x + rng.uniform(-0.2, 0.2, len(f)), f, s=6, color="C0", alpha=0.6, label="one feature" if x == 0 else None
+        )
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
     ax.set_xticks(xs, mods)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("modality")
     ax.set_ylabel("shared fraction = Var from z_y / (Var from z_y + Var from z_a,m)")
-    ax.set_title("How much of each reconstruction the shared factor drives\n(1: only z_y, 0: only z_a,m)",
-                 fontsize=10)
+    ax.set_title("How much of each reconstruction the shared factor drives\n(1: only z_y, 0: only z_a,m)", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -69,8 +69,15 @@ def contributions_over_time(shared_fraction, truth=None, per_feature=None, *, ax
     return fig
 
 
-def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None, *,
-               title: str | None = None, cmap: str = "gray_r", same_scale: bool = True) -> Figure:
+def image_grid(
+    images,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    cmap: str = "gray_r",
+    same_scale: bool = True,
+) -> Figure:
     """A grid of small images ``(R, C, H, W)`` (e.g. generated digits: rows one z_y, columns one z_a,m)."""
     img = as_float_array(images, "images", 4)
     r, c = img.shape[:2]
@@ -92,10 +99,17 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
     return fig
 
 
-def metric_vs_rate(rates, values: Mapping[str, Sequence[float]], metric: str = "relative MSE", *,
-                   xlabel: str = "missing rate in training (fraction of modalities hidden)",
-                   reference: float | None = None, reference_label: str = "reference",
-                   title: str | None = None, ax: Axes | None = None) -> Figure:
+def metric_vs_rate(
+    rates,
+    values: Mapping[str, Sequence[float]],
+    metric: str = "relative MSE",
+    *,
+    xlabel: str = "missing rate in training (fraction of modalities hidden)",
+    reference: float | None = None,
+    reference_label: str = "reference",
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
     """One line per series (e.g. per modality) of a metric against a rate, with an optional reference line.
     ``title`` replaces the default "<metric> against the rate" (for an x axis that is not a rate)."""
     fig, ax = new_axes(ax, figsize=(6.6, 4.4))

@@ -13,8 +13,16 @@ from ._base import as_float_array, new_axes
 from .calibration import binomial_interval
 
 
-def coverage_curve(levels, coverage, expected=None, n: int | None = None, size=None, *, size_label: str = "size",
-                   ax: Axes | None = None) -> Figure:
+def coverage_curve(
+    levels,
+    coverage,
+    expected=None,
+    n: int | None = None,
+    size=None,
+    *,
+    size_label: str = "size",
+    ax: Axes | None = None,
+) -> Figure:
     """Observed coverage of predictive sets (intervals or class sets) against their nominal mass.
 
     Args:
@@ -52,12 +60,13 @@ def _basis(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre, the two leading principal directions ``(2, k)`` and their share of variance."""
     centre = points.mean(0)
     _, s, vt = np.linalg.svd(points - centre, full_matrices=False)
-    var = s ** 2 / max(np.sum(s ** 2), 1e-300)
+    var = s**2 / max(np.sum(s**2), 1e-300)
     return centre, vt[:2], var[:2]
 
 
-def posterior_ellipses(means, covariances, names: Sequence[str], background=None, background_labels=None, *,
-                       ax: Axes | None = None) -> Figure:
+def posterior_ellipses(
+    means, covariances, names: Sequence[str], background=None, background_labels=None, *, ax: Axes | None = None
+) -> Figure:
     """Posterior means and 2-standard-deviation ellipses of z_y, projected on a 2-D plane.
 
     Args:

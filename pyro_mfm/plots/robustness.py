@@ -59,19 +59,44 @@ def metric_by_observed(
         ax.plot(levels, means, "-o", color="C1", lw=2, ms=6, label="mean over subsets", zorder=3)
     if np.any(~ok):
         trans = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.scatter(x[~ok], np.full((~ok).sum(), 0.03), marker="x", color="0.45", transform=trans,
-                   clip_on=False, label=f"missing value (NaN), n = {(~ok).sum()}", zorder=4)
+        ax.scatter(
+            x[~ok],
+            np.full((~ok).sum(), 0.03),
+            marker="x",
+            color="0.45",
+            transform=trans,
+            clip_on=False,
+            label=f"missing value (NaN), n = {(~ok).sum()}",
+            zorder=4,
+        )
 
     if isinstance(baseline, Mapping):
         bnames = list(baseline)
         bvals = np.array([_value(baseline, k) for k in bnames])
         bx = 1 + np.linspace(-0.16, 0.16, len(bnames)) if len(bnames) > 1 else np.ones(1)
-        ax.scatter(bx, bvals, marker="D", s=30, facecolor="none", edgecolor="C3", lw=1.3,
-                   label=f"{baseline_label} (per single view)", zorder=4)
+        ax.scatter(
+            bx,
+            bvals,
+            marker="D",
+            s=30,
+            facecolor="none",
+            edgecolor="C3",
+            lw=1.3,
+            label=f"{baseline_label} (per single view)",
+            zorder=4,
+        )
         for xi, yi, n in zip(bx, bvals, bnames):
             if np.isfinite(yi):
-                ax.annotate(n, (xi, yi), xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
-                            fontsize=7, color="C3")
+                ax.annotate(
+                    n,
+                    (xi, yi),
+                    xytext=(-4, 0),
+                    textcoords="offset points",
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                    color="C3",
+                )
     elif baseline is not None and np.isfinite(float(baseline)):
         ax.axhline(float(baseline), color="C3", ls="--", lw=1.2, label=f"{baseline_label} = {float(baseline):.3g}")
 
@@ -82,10 +107,16 @@ def metric_by_observed(
         marks = [(best, "best single view")] + ([(worst, "worst single view")] if worst != best else [])
         for i, what in marks:
             above = values[i] >= values[order[-1]]  # the larger value is labelled above, the smaller below
-            ax.annotate(f"{what}: {names[i]} ({values[i]:.3g})", (x[i], values[i]),
-                        xytext=(14, 14 if above else -18), textcoords="offset points", fontsize=8,
-                        va="center", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
-                        arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8))
+            ax.annotate(
+                f"{what}: {names[i]} ({values[i]:.3g})",
+                (x[i], values[i]),
+                xytext=(14, 14 if above else -18),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
+                arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8),
+            )
 
     ax.set_xticks(levels if len(levels) else [1])
     ax.set_xlim((levels.min() if len(levels) else 1) - 0.6, (levels.max() if len(levels) else 1) + 0.6)
@@ -93,8 +124,9 @@ def metric_by_observed(
     ax.set_ylabel(metric_label(metric))
     arrow = "higher is better" if higher_is_better else "lower is better"
     subsets = f"{len(results)} subset" + ("" if len(results) == 1 else "s")
-    ax.set_title(f"{metric.replace('_', ' ')} against the number of observed modalities ({subsets}; {arrow})",
-                 fontsize=10)
+    ax.set_title(
+        f"{metric.replace('_', ' ')} against the number of observed modalities ({subsets}; {arrow})", fontsize=10
+    )
     ax.margins(y=0.12)  # room for the annotations
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -135,8 +167,15 @@ def imputation_error(
         text = "n/a" if not np.isfinite(v) else (f"r = {r:.2f}" if np.isfinite(r) else "")
         if text:
             top = b.get_height() if np.isfinite(v) and b.get_height() > 0 else (pos.min() if len(pos) else 0)
-            ax.annotate(text, (b.get_x() + b.get_width() / 2, top), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                text,
+                (b.get_x() + b.get_width() / 2, top),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     if log_scale and len(pos):
         ax.set_yscale("log")
         ax.set_ylim(pos.min() / 2, pos.max() * 3)
@@ -145,8 +184,11 @@ def imputation_error(
     ax.set_xticks(xs, mods, rotation=30 if max((len(m) for m in mods), default=0) > 6 else 0)
     ax.set_xlabel("imputed modality")
     ax.set_ylabel("MSE (squared feature units)" + (", log scale" if log_scale else ""))
-    ax.set_title("Imputation MSE vs held-out values per modality (lower is better)\n"
-                 "r = correlation of imputed with held-out values", fontsize=10)
+    ax.set_title(
+        "Imputation MSE vs held-out values per modality (lower is better)\n"
+        "r = correlation of imputed with held-out values",
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -15,6 +15,17 @@ from .pickled import load_pickle
 from .uci_mfeat import convert_uci_mfeat, read_uci_mfeat, stratified_split
 
 __all__ = [
-    "CMU_MOSI_FOLDS", "ComputationalSequence", "align_csd", "convert_uci_mfeat", "front_padding_mask", "load_csv", "load_mfn", "load_npz",
-    "load_pickle", "read_csd", "read_uci_mfeat", "stratified_split", "write_csd",
+    "CMU_MOSI_FOLDS",
+    "ComputationalSequence",
+    "align_csd",
+    "convert_uci_mfeat",
+    "front_padding_mask",
+    "load_csv",
+    "load_mfn",
+    "load_npz",
+    "load_pickle",
+    "read_csd",
+    "read_uci_mfeat",
+    "stratified_split",
+    "write_csd",
 ]

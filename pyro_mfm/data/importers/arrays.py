@@ -45,8 +45,9 @@ def _finish(data: MultimodalData, source, label_names=None, feature_names=None) 
     if label_names is not None:
         schema = replace(schema, label=LabelSpec("categorical", len(label_names), tuple(label_names)))
     if feature_names:
-        schema = replace(schema, modalities=tuple(
-            replace(m, feature_names=feature_names.get(m.name)) for m in schema.modalities))
+        schema = replace(
+            schema, modalities=tuple(replace(m, feature_names=feature_names.get(m.name)) for m in schema.modalities)
+        )
     data.schema = schema
     data.source = str(source)
     for ds in data.splits.values():
@@ -65,23 +66,29 @@ def load_npz(path, label_kind: str = "auto", name: str | None = None, nan_as_mis
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:
-        raise DataError(f"file {path}: an array holds Python objects ({e}); expected numeric arrays, and string "
-                        "arrays for 'split' and 'ids'") from None
+        raise DataError(
+            f"file {path}: an array holds Python objects ({e}); expected numeric arrays, and string "
+            "arrays for 'split' and 'ids'"
+        ) from None
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(f"file {path}: not a readable .npz archive: {e}") from None
     masks = {k for k in arrays if k.endswith(("_present", "_steps")) and k not in NPZ_RESERVED}
     features = {k: v for k, v in arrays.items() if k not in NPZ_RESERVED and k not in masks}
     if not features:
-        raise DataError(f"file {path}: no modality arrays (keys {sorted(arrays)}); expected one (N, d) or (N, T, d) "
-                        f"array per modality besides {', '.join(NPZ_RESERVED)}")
+        raise DataError(
+            f"file {path}: no modality arrays (keys {sorted(arrays)}); expected one (N, d) or (N, T, d) "
+            f"array per modality besides {', '.join(NPZ_RESERVED)}"
+        )
     for k, v in features.items():
         if v.dtype.kind not in "fiub":
             raise DataError(f"file {path}, modality {k!r}: dtype {v.dtype}, expected numbers")
     for k in sorted(masks):
         m = k.rsplit("_", 1)[0]
         if m not in features:
-            raise DataError(f"file {path}, key {k!r}: a mask of modality {m!r}, which the archive does not hold "
-                            f"(modalities: {sorted(features)})")
+            raise DataError(
+                f"file {path}, key {k!r}: a mask of modality {m!r}, which the archive does not hold "
+                f"(modalities: {sorted(features)})"
+            )
     present = {m: arrays[f"{m}_present"] for m in features if f"{m}_present" in arrays}
     steps = {m: arrays[f"{m}_steps"] for m in features if f"{m}_steps" in arrays}
     n = next(iter(features.values())).shape[0]
@@ -96,17 +103,27 @@ def load_npz(path, label_kind: str = "auto", name: str | None = None, nan_as_mis
             label_names = sorted(set(y.tolist()))
             y = np.array([label_names.index(v) for v in y.tolist()], np.int64)
         kind = _label_kind(label_kind, y) if label_names is None else "categorical"
-    for m, s in steps.items():
+    for m in steps:
         if features[m].ndim != 3:
-            raise DataError(f"file {path}, key '{m}_steps': modality {m!r} is not a sequence (shape "
-                            f"{features[m].shape}); expected steps only for (N, T, d) arrays")
+            raise DataError(
+                f"file {path}, key '{m}_steps': modality {m!r} is not a sequence (shape "
+                f"{features[m].shape}); expected steps only for (N, T, d) arrays"
+            )
     for m in features:
         if features[m].ndim == 3 and m not in steps:
             steps[m] = np.ones(features[m].shape[:2], bool)
-    data = from_arrays(features, y, label_kind=kind, present=present or None, steps=steps or None,
-                       label_present=arrays.get("label_present"), split=arrays.get("split"),
-                       name=name if name is not None else path.stem, nan_as_missing=nan_as_missing,
-                       ids=arrays["ids"].astype(str) if "ids" in arrays else None)
+    data = from_arrays(
+        features,
+        y,
+        label_kind=kind,
+        present=present or None,
+        steps=steps or None,
+        label_present=arrays.get("label_present"),
+        split=arrays.get("split"),
+        name=name if name is not None else path.stem,
+        nan_as_missing=nan_as_missing,
+        ids=arrays["ids"].astype(str) if "ids" in arrays else None,
+    )
     return _finish(data, path, label_names)
 
 
@@ -135,9 +152,16 @@ def _number(path, row, column, text) -> float:
         raise DataError(f"file {path}, row {row}, column {column!r}: {text!r} is not a number") from None
 
 
-def load_csv(files: dict, id_column: str = "id", label_column: str = "label", split_column: str = "split",
-             presence_column: str = "present", label_kind: str = "auto", name: str = "",
-             nan_as_missing: bool = False) -> MultimodalData:
+def load_csv(
+    files: dict,
+    id_column: str = "id",
+    label_column: str = "label",
+    split_column: str = "split",
+    presence_column: str = "present",
+    label_kind: str = "auto",
+    name: str = "",
+    nan_as_missing: bool = False,
+) -> MultimodalData:
     """Read one CSV per modality (``{modality: path}``) keyed by ``id_column``, as the module docstring says."""
     if not files:
         raise DataError("--from csv: expected at least one CSV file (NAME=PATH or PATH)")
@@ -164,14 +188,21 @@ def load_csv(files: dict, id_column: str = "id", label_column: str = "label", sp
         features[m], present[m] = _features(path, rows, [index[s] + 2 for s in order], col, fcols, presence_column)
         feature_names[m] = tuple(fcols)
         _merge_shared(path, shared, where, col, order, rows)
-    y, kind, label_names = _csv_labels(shared[label_column], order, label_kind, where.get(label_column),
-                                       label_column)
+    y, kind, label_names = _csv_labels(shared[label_column], order, label_kind, where.get(label_column), label_column)
     split = None
     if shared[split_column]:
         split = np.array([shared[split_column][s] or "train" for s in order])
-    data = from_arrays(features, y, label_kind=kind, present=present, split=split, name=name,
-                       nan_as_missing=nan_as_missing, ids=np.array(order),
-                       num_classes=len(label_names) if label_names else None)
+    data = from_arrays(
+        features,
+        y,
+        label_kind=kind,
+        present=present,
+        split=split,
+        name=name,
+        nan_as_missing=nan_as_missing,
+        ids=np.array(order),
+        num_classes=len(label_names) if label_names else None,
+    )
     return _finish(data, first, label_names, feature_names)
 
 
@@ -188,26 +219,34 @@ def _ids(path: Path, body: list, column: int, id_column: str) -> list[str]:
     return ids
 
 
-def _check_same_ids(path: Path, m: str, ids: list, order: list, first: Path, id_column: str,
-                    presence_column: str) -> None:
+def _check_same_ids(
+    path: Path, m: str, ids: list, order: list, first: Path, id_column: str, presence_column: str
+) -> None:
     """Raise unless the file lists the same samples as the first one."""
     seen = set(ids)
     extra, absent = sorted(seen - set(order)), [s for s in order if s not in seen]
     if extra or absent:
         what = []
         if absent:
-            what.append(f"lacks {len(absent)} ids of {first} ({', '.join(map(repr, absent[:5]))}"
-                        f"{' ...' if len(absent) > 5 else ''})")
+            what.append(
+                f"lacks {len(absent)} ids of {first} ({', '.join(map(repr, absent[:5]))}"
+                f"{' ...' if len(absent) > 5 else ''})"
+            )
         if extra:
-            what.append(f"has {len(extra)} ids that {first} lacks ({', '.join(map(repr, extra[:5]))}"
-                        f"{' ...' if len(extra) > 5 else ''})")
-        raise DataError(f"file {path} (modality {m!r}): {' and '.join(what)}; expected every file to list "
-                        f"the same samples in column {id_column!r} (mark a missing sample with empty "
-                        f"cells or {presence_column}=0)")
+            what.append(
+                f"has {len(extra)} ids that {first} lacks ({', '.join(map(repr, extra[:5]))}"
+                f"{' ...' if len(extra) > 5 else ''})"
+            )
+        raise DataError(
+            f"file {path} (modality {m!r}): {' and '.join(what)}; expected every file to list "
+            f"the same samples in column {id_column!r} (mark a missing sample with empty "
+            f"cells or {presence_column}=0)"
+        )
 
 
-def _features(path: Path, rows: list, row_numbers: list, col: dict, fcols: list,
-              presence_column: str) -> tuple[np.ndarray, np.ndarray]:
+def _features(
+    path: Path, rows: list, row_numbers: list, col: dict, fcols: list, presence_column: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The features and the presence of one modality's rows (``row_numbers``: their lines in the file)."""
     x = np.zeros((len(rows), len(fcols)), np.float64)
     pres = np.ones(len(rows), bool)
@@ -216,16 +255,19 @@ def _features(path: Path, rows: list, row_numbers: list, col: dict, fcols: list,
         if presence_column in col:
             flag = r[col[presence_column]].strip().lower()
             if flag not in TRUE + FALSE:
-                raise DataError(f"file {path}, row {row}, column {presence_column!r}: {flag!r}, expected 0/1 or "
-                                "true/false")
+                raise DataError(
+                    f"file {path}, row {row}, column {presence_column!r}: {flag!r}, expected 0/1 or true/false"
+                )
             pres[i] = flag in TRUE
         if not any(cells):
             pres[i] = False
         elif pres[i]:
             if not all(cells):
                 empty = fcols[cells.index("")]
-                raise DataError(f"file {path}, row {row}, column {empty!r}: empty cell in a sample with other "
-                                "features; expected all features, or all cells empty for a missing sample")
+                raise DataError(
+                    f"file {path}, row {row}, column {empty!r}: empty cell in a sample with other "
+                    "features; expected all features, or all cells empty for a missing sample"
+                )
             x[i] = [_number(path, row, h, c) for h, c in zip(fcols, cells)]
     return x, pres
 
@@ -238,8 +280,10 @@ def _merge_shared(path: Path, shared: dict, where: dict, col: dict, order: list,
             got = {s: r[col[key]].strip() for s, r in zip(order, rows)}
             for s, v in got.items():
                 if v and values.get(s) and values[s] != v:
-                    raise DataError(f"file {path}, id {s!r}, column {key!r}: {v!r}, but {where[key]} has "
-                                    f"{values[s]!r}; expected the files to agree")
+                    raise DataError(
+                        f"file {path}, id {s!r}, column {key!r}: {v!r}, but {where[key]} has "
+                        f"{values[s]!r}; expected the files to agree"
+                    )
                 if v or s not in values:  # an empty cell leaves another file's value
                     values[s] = v
             where.setdefault(key, path)
@@ -258,9 +302,11 @@ def _csv_labels(labels: dict, order: list, label_kind: str, path, label_column: 
         numeric = False
     if not numeric:
         if label_kind not in ("auto", "categorical"):
-            raise DataError(f"file {path}, column {label_column!r}: values such as "
-                            f"{next(t for t in known if not _is_number(t))!r} are not numbers; expected a "
-                            f"{label_kind} label")
+            raise DataError(
+                f"file {path}, column {label_column!r}: values such as "
+                f"{next(t for t in known if not _is_number(t))!r} are not numbers; expected a "
+                f"{label_kind} label"
+            )
         label_names = sorted(set(known))
         return np.array([label_names.index(t) if t else np.nan for t in text]), "categorical", label_names
     integral = all(v.is_integer() for v in values)
@@ -268,11 +314,11 @@ def _csv_labels(labels: dict, order: list, label_kind: str, path, label_column: 
     auto = "categorical" if integral and values and min(values) >= 0 else "regression"
     kind = auto if label_kind == "auto" else _label_kind(label_kind, y)
     if kind == "multilabel":
-        raise DataError(f"file {path}, column {label_column!r}: a multilabel label needs one "
-                        "column per label; use an .npz archive")
+        raise DataError(
+            f"file {path}, column {label_column!r}: a multilabel label needs one column per label; use an .npz archive"
+        )
     if kind == "categorical" and not integral:
-        raise DataError(f"file {path}, column {label_column!r}: non-integer values for a "
-                        "categorical label")
+        raise DataError(f"file {path}, column {label_column!r}: non-integer values for a categorical label")
     return y, kind, None
 
 

@@ -16,9 +16,9 @@ no overlapping step (or a video absent from the feature file) has that modality 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -130,8 +130,9 @@ def _overlapping(iv: np.ndarray, start: float, end: float) -> np.ndarray:
     return (s < end) & ((e > start) | ((e == s) & (s >= start)))
 
 
-def _cut(seq: ComputationalSequence, name: str, video: str, start: float, end: float, steps: int | None,
-         nan_as_missing: bool):
+def _cut(
+    seq: ComputationalSequence, name: str, video: str, start: float, end: float, steps: int | None, nan_as_missing: bool
+):
     """One segment of one feature sequence: (features, step mask or None, present)."""
     d = seq.dim
     empty = (np.zeros((steps, d), np.float32), np.zeros(steps, bool)) if steps else (np.zeros(d, np.float32), None)
@@ -156,8 +157,8 @@ def _cut(seq: ComputationalSequence, name: str, video: str, start: float, end: f
         return rows.mean(axis=0).astype(np.float32), None, True
     rows = rows[-steps:]
     out, mask = empty
-    out[steps - len(rows):] = rows
-    mask[steps - len(rows):] = True
+    out[steps - len(rows) :] = rows
+    mask[steps - len(rows) :] = True
     return out, mask, True
 
 
@@ -199,19 +200,19 @@ def align_csd(
     steps_of = {m: (steps.get(m) if isinstance(steps, Mapping) else steps) or None for m in seqs}
     assignment = _assign_folds(lab, folds)
 
-    mods = tuple(
-        ModalitySpec(m, (steps_of[m], s.dim) if steps_of[m] else (s.dim,)) for m, s in seqs.items()
-    )
+    mods = tuple(ModalitySpec(m, (steps_of[m], s.dim) if steps_of[m] else (s.dim,)) for m, s in seqs.items())
     k = lab.dim
     names = lab.metadata.get("dimension names")
     names = tuple(names) if isinstance(names, list) and len(names) == k else None
     low, high = label_range if label_range is not None else (None, None)
     schema = Schema(
-        mods, LabelSpec("regression", k, names, low, high),
+        mods,
+        LabelSpec("regression", k, names, low, high),
         name=name if name is not None else str(lab.metadata.get("dataset name", lab.root)),
         attribution=_attribution(lab, seqs),
         extra={
-            "source": "csd", "labels_file": lab.path.name,
+            "source": "csd",
+            "labels_file": lab.path.name,
             "feature_files": {m: s.path.name for m, s in seqs.items()},
             "folds": folds if isinstance(folds, str) or folds is None else "custom",
             "videos_without_fold": sorted(set(lab.data) - {v for vs in assignment.values() for v in vs}),
@@ -263,8 +264,11 @@ def _split(schema, lab, seqs, steps_of, videos, split, nan_as_missing) -> Multim
         {s.name: stack(feats[s.name], s.shape, np.float32) for s in schema.modalities},
         {m: np.asarray(p, dtype=bool) for m, p in present.items()},
         {s.name: stack(masks[s.name], s.shape[:1], bool) for s in schema.modalities if s.is_sequence},
-        np.where(y_ok[:, None], y, 0).astype(np.float32), y_ok,
-        source=str(lab.path), split=split, ids=np.asarray(ids, dtype=str),
+        np.where(y_ok[:, None], y, 0).astype(np.float32),
+        y_ok,
+        source=str(lab.path),
+        split=split,
+        ids=np.asarray(ids, dtype=str),
     )
 
 

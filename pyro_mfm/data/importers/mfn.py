@@ -13,8 +13,8 @@ real steps.) This is how the POM and CMU-MOSI files of the MFN code are stored.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -72,9 +72,7 @@ def load_mfn(
         raise DataError(f"folder {folder}: does not exist")
     if modalities is None:
         pattern = re.compile(rf"(.+)_{re.escape(splits[0])}\.h5$")
-        modalities = sorted(
-            m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name)) and m.group(1) != "y"
-        )
+        modalities = sorted(m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name)) and m.group(1) != "y")
         if not modalities:
             raise DataError(f"folder {folder}: no <modality>_{splits[0]}.h5 files (expected the MFN release layout)")
     raw = {s: {m: read_array(folder / f"{m}_{s}.h5") for m in modalities} for s in splits}
@@ -85,8 +83,9 @@ def load_mfn(
     for m in modalities:
         x = first[m]
         if x.ndim not in (2, 3):
-            raise DataError(f"file {folder / f'{m}_{splits[0]}.h5'}, modality {m!r}: shape {x.shape}, "
-                            "expected (N, T, d) or (N, d)")
+            raise DataError(
+                f"file {folder / f'{m}_{splits[0]}.h5'}, modality {m!r}: shape {x.shape}, expected (N, T, d) or (N, d)"
+            )
         mods.append(ModalitySpec(m, x.shape[1:]))
     y0 = ys[splits[0]]
     if label_kind == "categorical":
@@ -95,8 +94,13 @@ def load_mfn(
         k = 1 if y0.ndim == 1 else int(np.prod(y0.shape[1:]))
         low, high = label_range if label_range is not None else (None, None)
         label = LabelSpec(label_kind, k, label_names, low, high)
-    schema = Schema(tuple(mods), label, name=name if name is not None else folder.name, attribution=attribution,
-                    extra={"source": "mfn", "folder": folder.name})
+    schema = Schema(
+        tuple(mods),
+        label,
+        name=name if name is not None else folder.name,
+        attribution=attribution,
+        extra={"source": "mfn", "folder": folder.name},
+    )
     data = MultimodalData(schema, {}, source=str(folder))
     for s in splits:
         data.splits[s] = _split(folder, schema, raw[s], ys[s], s)
@@ -110,8 +114,10 @@ def _split(folder: Path, schema: Schema, arrays: dict, y: np.ndarray, split: str
         m, x = spec.name, arrays[spec.name]
         where = f"file {folder / f'{m}_{split}.h5'}, modality {m!r}"
         if x.shape != (n,) + spec.shape:
-            raise DataError(f"{where}: shape {x.shape}, expected {(n,) + spec.shape} "
-                            f"(N={n} as in {folder / f'y_{split}.h5'}, step and feature sizes as in the first split)")
+            raise DataError(
+                f"{where}: shape {x.shape}, expected {(n,) + spec.shape} "
+                f"(N={n} as in {folder / f'y_{split}.h5'}, step and feature sizes as in the first split)"
+            )
         if spec.is_sequence:
             steps[m] = front_padding_mask(x)
             present[m] = steps[m].any(axis=1)

@@ -15,8 +15,8 @@ Unpickling runs code chosen by whoever wrote the file, so :func:`load_pickle` re
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -69,15 +69,19 @@ def load_pickle(
     for m in modalities:
         x = _array(first, path, splits[0], m)
         if x.ndim not in (2, 3):
-            raise DataError(f"file {path}, split {splits[0]!r}, modality {m!r}: shape {x.shape}, "
-                            "expected (N, T, d) or (N, d)")
+            raise DataError(
+                f"file {path}, split {splits[0]!r}, modality {m!r}: shape {x.shape}, expected (N, T, d) or (N, d)"
+            )
         mods.append(ModalitySpec(m, x.shape[1:]))
     y0 = _array(first, path, splits[0], label_key)
     k = int(np.prod(y0.shape[1:])) if y0.ndim > 1 else 1
     low, high = label_range if label_range is not None else (None, None)
-    schema = Schema(tuple(mods), LabelSpec("regression", k, None, low, high),
-                    name=name if name is not None else path.stem,
-                    extra={"source": "pickle", "file": path.name, "label_key": label_key})
+    schema = Schema(
+        tuple(mods),
+        LabelSpec("regression", k, None, low, high),
+        name=name if name is not None else path.stem,
+        extra={"source": "pickle", "file": path.name, "label_key": label_key},
+    )
     data = MultimodalData(schema, {}, source=str(path))
     for s in splits:
         data.splits[s] = _split(_entry(raw, path, s), path, s, schema, label_key)
@@ -108,8 +112,10 @@ def _split(entry: dict, path, split: str, schema: Schema, label_key: str) -> Mul
         m = spec.name
         x = _array(entry, path, split, m)
         if x.shape != (n,) + spec.shape:
-            raise DataError(f"file {path}, split {split!r}, modality {m!r}: shape {x.shape}, expected "
-                            f"{(n,) + spec.shape} (N={n} as the labels {label_key!r}; sizes as in split 'train')")
+            raise DataError(
+                f"file {path}, split {split!r}, modality {m!r}: shape {x.shape}, expected "
+                f"{(n,) + spec.shape} (N={n} as the labels {label_key!r}; sizes as in split 'train')"
+            )
         if x.dtype.kind not in "fiub":
             raise DataError(f"file {path}, split {split!r}, modality {m!r}: dtype {x.dtype}, expected numbers")
         features[m] = x.astype(np.float32)
@@ -118,16 +124,25 @@ def _split(entry: dict, path, split: str, schema: Schema, label_key: str) -> Mul
             steps[m] = np.arange(spec.steps)[None, :] < lengths[:, None]
     y = y.reshape(n, -1)
     if y.shape[1] != schema.label.dim:
-        raise DataError(f"file {path}, split {split!r}, key {label_key!r}: {y.shape[1]} label values per sample, "
-                        f"expected {schema.label.dim}")
+        raise DataError(
+            f"file {path}, split {split!r}, key {label_key!r}: {y.shape[1]} label values per sample, "
+            f"expected {schema.label.dim}"
+        )
     y_ok = np.isfinite(y).all(axis=1)
     ids = None
     if "id" in entry:
         raw_ids = np.asarray(entry["id"]).reshape(n, -1)
         ids = np.array(["/".join(_text(v) for v in row) for row in raw_ids], dtype=str)
     return MultimodalDataset(
-        schema, features, None, steps, np.where(y_ok[:, None], y, 0).astype(np.float32), y_ok,
-        source=str(path), split=split, ids=ids,
+        schema,
+        features,
+        None,
+        steps,
+        np.where(y_ok[:, None], y, 0).astype(np.float32),
+        y_ok,
+        source=str(path),
+        split=split,
+        ids=ids,
     )
 
 

@@ -55,7 +55,9 @@ def read_view(path) -> tuple[np.ndarray, np.ndarray]:
     y = table[:, -1]
     if not np.all(y == np.round(y)) or y.min() < 0:
         row = int(np.nonzero((y != np.round(y)) | (y < 0))[0][0])
-        raise DataError(f"file {path}: label {y[row]} in data row {row}, expected a class index 0..9 in the last column")
+        raise DataError(
+            f"file {path}: label {y[row]} in data row {row}, expected a class index 0..9 in the last column"
+        )
     return table[:, :-1], y.astype(np.int64)
 
 
@@ -88,8 +90,8 @@ def stratified_split(labels: np.ndarray, fractions=FRACTIONS, seed: int = SEED) 
         idx = rng.permutation(np.nonzero(labels == c)[0])
         n_train, n_valid = round(fractions[0] * len(idx)), round(fractions[1] * len(idx))
         parts["train"].append(idx[:n_train])
-        parts["valid"].append(idx[n_train:n_train + n_valid])
-        parts["test"].append(idx[n_train + n_valid:])
+        parts["valid"].append(idx[n_train : n_train + n_valid])
+        parts["test"].append(idx[n_train + n_valid :])
     return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
 
 
@@ -98,17 +100,28 @@ def convert_uci_mfeat(folder, seed: int = SEED, fractions=FRACTIONS) -> Multimod
     features, labels = read_uci_mfeat(folder)
     split = stratified_split(labels, fractions, seed)
     data = from_arrays(
-        {v: x.astype(np.float32) for v, x in features.items()}, labels, label_kind="categorical", num_classes=10,
-        split=split, name="uci_mfeat", attribution=ATTRIBUTION, ids=np.array([str(i) for i in range(len(labels))]),
+        {v: x.astype(np.float32) for v, x in features.items()},
+        labels,
+        label_kind="categorical",
+        num_classes=10,
+        split=split,
+        name="uci_mfeat",
+        attribution=ATTRIBUTION,
+        ids=np.array([str(i) for i in range(len(labels))]),
     )
     schema = replace(
         data.schema,
         label=LabelSpec("categorical", 10, tuple(str(c) for c in range(10))),
         extra={
-            "source": "uci-mfeat", "views": VIEW_DESCRIPTIONS,
-            "split": {"method": "stratified by class", "fractions": list(fractions), "seed": seed,
-                      "rng": "numpy.random.default_rng, one permutation per class in class order",
-                      "ids": "row number in the mfeat-*.csv files (0-based, header excluded)"},
+            "source": "uci-mfeat",
+            "views": VIEW_DESCRIPTIONS,
+            "split": {
+                "method": "stratified by class",
+                "fractions": list(fractions),
+                "seed": seed,
+                "rng": "numpy.random.default_rng, one permutation per class in class order",
+                "ids": "row number in the mfeat-*.csv files (0-based, header excluded)",
+            },
         },
     )
     data.schema = schema
