@@ -10,9 +10,8 @@ parameters (``train.on_divergence``, :mod:`pyro_mfm.infer.faults`).
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,61 +20,20 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..data.dataset import Batch, MultimodalData
-from ..data.schema import DataError
-from ..data.stats import FeatureStats, feature_statistics
+from ..data.stats import FeatureStats
 from ..model import MFM
 from . import distributed
 from .calibrate import calibrate
 from .checkpoint import folder_lock, prepare_folder
+from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
-from .loop import (
-    Checkpointer,
-    DivergenceGuard,
-    KLWarmup,
-    ModelSelection,
-    Progress,
-    RandomState,
-    drop_modalities,
-    select_metric,
-    validation_score,
-)
-from .objective import Objective
+from .loop import drop_modalities, validation_score
 from .progress import bars_enabled
-from .resume import RESUME_FREE, config_changes, resume_payload  # noqa: F401  (config_changes: re-exported)
+from .resume import RESUME_FREE, config_changes  # noqa: F401  (re-exported)
+from .run import Run, prepare
 from .tensorboard import TrainingLog
-
-
-@contextmanager
-def cpu_threads(n: int):
-    """Run a block with ``n`` PyTorch CPU threads (``0``: leave the setting alone), restoring it afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device ``train.device`` names; :class:`ConfigError` for a CUDA device this machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"train.device = {name!r}: CUDA is not available on this machine (PyTorch "
-                f"{torch.__version__}); expected 'cpu' or 'auto'"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"train.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s); expected 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'"
-            )
-    return device
 
 
 @dataclass
@@ -178,61 +136,6 @@ def _step(loss_fn, batch: Batch, global_size: int, beta: float, params, clip_nor
     return (nan, nan, None) if bad and is_finite(loss) and is_finite(norm) else (loss, norm, None)
 
 
-class _Run:
-    """One training run: the model, its objective and optimizer, and the parts of the loop
-    (:mod:`pyro_mfm.infer.loop`). Its ``state_dict`` is the ``state`` of a checkpoint."""
-
-    def __init__(
-        self,
-        config: Config,
-        data: MultimodalData,
-        out_dir,
-        group,
-        device,
-        stats: FeatureStats,
-        mfm: MFM,
-        objective,
-        optimizer,
-        scheduler,
-        loss_fn,
-        metric: str,
-        has_valid: bool,
-    ):
-        tc = config.train
-        self.config, self.data, self.train = config, data, data[config.data.train_split]
-        self.group, self.device, self.stats, self.has_valid = group, device, stats, has_valid
-        self.mfm, self.objective, self.optimizer, self.scheduler, self.loss_fn = (
-            mfm,
-            objective,
-            optimizer,
-            scheduler,
-            loss_fn,
-        )
-        self.params = list(mfm.parameters())
-        self.validated = False  # Pyro's checks ran on a step (see train.validate)
-        self.progress = Progress(group, device)
-        self.selection = ModelSelection(metric, tc.patience)
-        self.rng = RandomState(tc.seed, group)
-        self.warmup = KLWarmup(tc.kl_warmup)
-        self.ckpt = Checkpointer(out_dir, group, mfm, config, stats, self.state_dict, tc.keep_last)
-        self.guard = DivergenceGuard(tc.on_divergence, mfm, optimizer, self.ckpt.save_position, self.ckpt.out_dir)
-
-    def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict()}
-        for part in (self.rng, self.progress, self.selection, self.ckpt):
-            state.update(part.state_dict())
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        for part in (self.rng, self.progress, self.selection, self.ckpt):
-            part.load_state_dict(state)
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-
-
 def _fit(
     config: Config,
     data: MultimodalData,
@@ -245,7 +148,7 @@ def _fit(
     built: dict,
 ) -> TrainResult:
     tc = config.train
-    run, resumed = _prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
+    run, resumed = prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
     result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed)
     log_split = data[config.data.valid_split] if run.has_valid else run.train  # its first batch shows the loss terms
@@ -281,96 +184,12 @@ def _fit(
     return result
 
 
-def _prepare(
-    config: Config, data: MultimodalData, out_dir, resume: bool, group, device, allow_config_change: bool, built: dict
-) -> tuple[_Run, dict]:
-    """The run, built from the configuration (or ``built``) and, with ``resume``, restored from its checkpoint;
-    and where it resumed (empty for a fresh run)."""
-    tc = config.train
-    train = data[config.data.train_split]
-    if len(train) == 0:
-        raise DataError(
-            f"{config.data.source}: split {config.data.train_split!r} has no samples; expected at least "
-            "one training sample"
-        )
-    has_valid = config.data.valid_split in data and len(data[config.data.valid_split]) > 0
-    payload = None
-    if resume:  # rank 0 reads the run folder; the other ranks need not see it
-        payload = distributed.broadcast(
-            resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group
-        )
-    if payload is not None:
-        s = payload["stats"]
-        stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
-    else:
-        stats = feature_statistics(train)
-    pyro.set_rng_seed(tc.seed)
-    mfm = (built["model"] if built["model"] is not None else MFM(data.schema, config.model, stats)).to(device)
-    optimizer = built["optimizer"]
-    if optimizer is None:
-        optimizer = (
-            torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-            if tc.weight_decay
-            else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
-        )
-    objective = built["objective"] if built["objective"] is not None else Objective(mfm)
-    loss_fn = distributed.DataParallelLoss(mfm, objective, group)
-    if group.rank:
-        torch.manual_seed(tc.seed * 1000003 + group.rank)  # each rank draws its own noise
-    metric = select_metric(config, mfm) if has_valid else "loss"
-    if metric != "loss" and not np.asarray(data[config.data.valid_split].label_present).any():
-        warnings.warn(
-            f"{config.data.source}: split {config.data.valid_split!r} has no labelled sample; selecting "
-            f"on the validation loss instead of {metric}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        metric = "loss"
-    run = _Run(
-        config,
-        data,
-        out_dir,
-        group,
-        device,
-        stats,
-        mfm,
-        objective,
-        optimizer,
-        built["scheduler"],
-        loss_fn,
-        metric,
-        has_valid,
-    )
-    resumed = _restore(run, payload) if payload is not None else {}
-    run.ckpt.start(run.selection.history)
-    return run, resumed
-
-
-def _restore(run: _Run, payload: dict) -> dict:
-    """Load a checkpoint's weights and training state into ``run``; where it resumes (``TrainResult.resumed``)."""
-    run.mfm.load_state_dict(payload["model"])
-    run.load_state_dict(payload["state"])
-    epoch, step, changed = run.progress.epoch, run.progress.step, payload["changed"]
-    fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
-    if fixed:  # allowed by allow_config_change: the log says from where the run is another one
-        run.ckpt.events.append(
-            {"event": "resume", "from": payload["path"], "at_epoch": epoch, "at_step": step, "changed": fixed}
-        )
-    if run.group.main and run.config.train.progress:
-        tqdm.write(
-            f"resuming {payload['path']} at epoch {epoch + 1}, step {step}"
-            + (f"; changed {changed}" if changed else ""),
-            file=sys.stderr,
-        )
-    return {"from": payload["path"], "epoch": epoch, "step": step, "changed": changed}
-
-
-def _stop_requested(run: _Run, stop: StopRequested) -> bool:
+def _stop_requested(run: Run, stop: StopRequested) -> bool:
     """Whether SIGINT or SIGTERM reached any rank."""
     return bool(distributed.all_sum([stop.signum is not None], run.group, run.device)[0])
 
 
-def _run_epoch(run: _Run, stop: StopRequested) -> bool:
+def _run_epoch(run: Run, stop: StopRequested) -> bool:
     """Run the rest of the current epoch; whether a signal stopped it at a step boundary (after writing last.pt)."""
     tc, p = run.config.train, run.progress
     n, size = len(run.train), tc.batch_size
@@ -399,7 +218,7 @@ def _run_epoch(run: _Run, stop: StopRequested) -> bool:
     return False
 
 
-def _train_step(run: _Run, step: int, idx: np.ndarray, steps: int) -> bool:
+def _train_step(run: Run, step: int, idx: np.ndarray, steps: int) -> bool:
     """One optimizer step on the global batch ``idx`` (this rank's shard of it); whether it was applied (not
     dropped by the divergence guard)."""
     tc, group, p = run.config.train, run.group, run.progress
@@ -423,7 +242,7 @@ def _train_step(run: _Run, step: int, idx: np.ndarray, steps: int) -> bool:
     return True
 
 
-def _end_epoch(run: _Run, log: TrainingLog, log_batch, on_epoch) -> None:
+def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
     """Score the finished epoch, record it, step the scheduler, advance, and write the checkpoints."""
     tc, p, selection, group = run.config.train, run.progress, run.selection, run.group
     epoch = p.epoch
@@ -461,7 +280,7 @@ def _end_epoch(run: _Run, log: TrainingLog, log_batch, on_epoch) -> None:
     run.ckpt.end_epoch(epoch, improved, selection.history)
 
 
-def _load_best(run: _Run) -> None:
+def _load_best(run: Run) -> None:
     """Load the best epoch's weights; when no epoch was scored (all within the KL warm-up), the last is the best."""
     if run.selection.settle():
         best_file = run.ckpt.best_file

@@ -121,7 +121,7 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     """Run the search until the study holds ``trials`` finished (complete or pruned) trials; returns the summary
     written to ``best.json``."""
     import optuna
-    import tomli_w
+    import tomli_w  # noqa: F401  (used by _write_best; imported here so that a missing one fails before any trial)
 
     from ..data.sources import load_data
     from .faults import DivergenceError
@@ -162,6 +162,26 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
     if study.direction.name.lower() != direction:
         raise ConfigError(f"search folder {out}: its study {direction[:-1]}s another metric; expected a new folder")
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    objective = _trial_objective(fit, config, data, space, metric, out)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if done < trials:
+        study.optimize(
+            objective,
+            n_trials=trials - done,
+            catch=(DivergenceError,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
+        )
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ConfigError(f"search folder {out}: no trial completed (all pruned or failed); expected at least one")
+    return _write_best(study, config, out, db, metric, direction)
+
+
+def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: Path):
+    """The study's objective: train with the trial's values into ``out/trial-XXXX`` (reporting each epoch's
+    validation ``metric`` so that the pruner may stop it) and return the best epoch's ``metric`` (the last epoch's when
+    none was scored)."""
+    import optuna
 
     def objective(trial) -> float:
         values = suggest(trial, space)
@@ -182,17 +202,14 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
         last = result.history[-1] if result.history else {}
         return float(last.get(f"valid_{metric}", last.get("train_loss", float("nan"))))
 
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    if done < trials:
-        study.optimize(
-            objective,
-            n_trials=trials - done,
-            catch=(DivergenceError,),
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)],
-        )
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        raise ConfigError(f"search folder {out}: no trial completed (all pruned or failed); expected at least one")
+    return objective
+
+
+def _write_best(study, config: Config, out: Path, db: Path, metric: str, direction: str) -> dict:
+    """Write ``best.toml`` (``config`` with the best trial's values) and ``best.json`` (the summary, returned)."""
+    import optuna
+    import tomli_w
+
     best = study.best_trial
     best_config = config.override(overrides(best.params))
     atomic_write(out / "best.toml", lambda f: f.write(tomli_w.dumps(best_config.to_dict()).encode()))

@@ -1,0 +1,161 @@
+"""One training run of :func:`pyro_mfm.infer.train.fit`: its model, objective, optimizer and the parts of the loop
+(:mod:`pyro_mfm.infer.loop`), built from the configuration and, when resuming, restored from a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pyro
+import torch
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.dataset import MultimodalData
+from ..data.schema import DataError
+from ..data.stats import FeatureStats, feature_statistics
+from ..model import MFM
+from . import distributed
+from .loop import Checkpointer, DivergenceGuard, KLWarmup, ModelSelection, Progress, RandomState, select_metric
+from .objective import Objective
+from .resume import RESUME_FREE, resume_payload
+
+
+class Run:
+    """One training run: the model, its objective and optimizer, and the parts of the loop
+    (:mod:`pyro_mfm.infer.loop`). Its ``state_dict`` is the ``state`` of a checkpoint."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: MultimodalData,
+        out_dir,
+        group,
+        device,
+        stats: FeatureStats,
+        mfm: MFM,
+        objective,
+        optimizer,
+        scheduler,
+        loss_fn,
+        metric: str,
+        has_valid: bool,
+    ):
+        tc = config.train
+        self.config, self.data, self.train = config, data, data[config.data.train_split]
+        self.group, self.device, self.stats, self.has_valid = group, device, stats, has_valid
+        self.mfm, self.objective, self.optimizer, self.scheduler, self.loss_fn = (
+            mfm,
+            objective,
+            optimizer,
+            scheduler,
+            loss_fn,
+        )
+        self.params = list(mfm.parameters())
+        self.validated = False  # Pyro's checks ran on a step (see train.validate)
+        self.progress = Progress(group, device)
+        self.selection = ModelSelection(metric, tc.patience)
+        self.rng = RandomState(tc.seed, group)
+        self.warmup = KLWarmup(tc.kl_warmup)
+        self.ckpt = Checkpointer(out_dir, group, mfm, config, stats, self.state_dict, tc.keep_last)
+        self.guard = DivergenceGuard(tc.on_divergence, mfm, optimizer, self.ckpt.save_position, self.ckpt.out_dir)
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        for part in (self.rng, self.progress, self.selection, self.ckpt):
+            state.update(part.state_dict())
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        for part in (self.rng, self.progress, self.selection, self.ckpt):
+            part.load_state_dict(state)
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def prepare(
+    config: Config, data: MultimodalData, out_dir, resume: bool, group, device, allow_config_change: bool, built: dict
+) -> tuple[Run, dict]:
+    """The run, built from the configuration (or ``built``) and, with ``resume``, restored from its checkpoint;
+    and where it resumed (empty for a fresh run)."""
+    tc = config.train
+    train = data[config.data.train_split]
+    if len(train) == 0:
+        raise DataError(
+            f"{config.data.source}: split {config.data.train_split!r} has no samples; expected at least "
+            "one training sample"
+        )
+    has_valid = config.data.valid_split in data and len(data[config.data.valid_split]) > 0
+    payload = None
+    if resume:  # rank 0 reads the run folder; the other ranks need not see it
+        payload = distributed.broadcast(
+            resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group
+        )
+    if payload is not None:
+        s = payload["stats"]
+        stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
+    else:
+        stats = feature_statistics(train)
+    pyro.set_rng_seed(tc.seed)
+    mfm = (built["model"] if built["model"] is not None else MFM(data.schema, config.model, stats)).to(device)
+    optimizer = built["optimizer"]
+    if optimizer is None:
+        optimizer = (
+            torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            if tc.weight_decay
+            else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
+        )
+    objective = built["objective"] if built["objective"] is not None else Objective(mfm)
+    loss_fn = distributed.DataParallelLoss(mfm, objective, group)
+    if group.rank:
+        torch.manual_seed(tc.seed * 1000003 + group.rank)  # each rank draws its own noise
+    metric = select_metric(config, mfm) if has_valid else "loss"
+    if metric != "loss" and not np.asarray(data[config.data.valid_split].label_present).any():
+        warnings.warn(
+            f"{config.data.source}: split {config.data.valid_split!r} has no labelled sample; selecting "
+            f"on the validation loss instead of {metric}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        metric = "loss"
+    run = Run(
+        config,
+        data,
+        out_dir,
+        group,
+        device,
+        stats,
+        mfm,
+        objective,
+        optimizer,
+        built["scheduler"],
+        loss_fn,
+        metric,
+        has_valid,
+    )
+    resumed = restore(run, payload) if payload is not None else {}
+    run.ckpt.start(run.selection.history)
+    return run, resumed
+
+
+def restore(run: Run, payload: dict) -> dict:
+    """Load a checkpoint's weights and training state into ``run``; where it resumes (``TrainResult.resumed``)."""
+    run.mfm.load_state_dict(payload["model"])
+    run.load_state_dict(payload["state"])
+    epoch, step, changed = run.progress.epoch, run.progress.step, payload["changed"]
+    fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
+    if fixed:  # allowed by allow_config_change: the log says from where the run is another one
+        run.ckpt.events.append(
+            {"event": "resume", "from": payload["path"], "at_epoch": epoch, "at_step": step, "changed": fixed}
+        )
+    if run.group.main and run.config.train.progress:
+        tqdm.write(
+            f"resuming {payload['path']} at epoch {epoch + 1}, step {step}"
+            + (f"; changed {changed}" if changed else ""),
+            file=sys.stderr,
+        )
+    return {"from": payload["path"], "epoch": epoch, "step": step, "changed": changed}
