@@ -32,6 +32,85 @@ def _subtitle(fig, text: str) -> None:
     ax.set_title(f"{ax.get_title()}\n" + textwrap.fill(text, width), fontsize=9)
 
 
+def _robustness_plot(pdir: Path, records: list, baselines: dict, metric: str) -> list:
+    """The label metric against the number of observed modalities, the one-view baselines marked."""
+    flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
+    if not any("label" in r for r in records):
+        return []
+    single = {m: v[metric] for m, v in baselines.items() if metric in v}
+    fig = plots.metric_by_observed(flat, metric, baseline=single or None, baseline_label="linear model on one view")
+    return [plots.save(fig, pdir / f"{metric}_by_observed.png")]
+
+
+def _imputation_plot(pdir: Path, mfm: MFM, records: list, mean_baseline: dict) -> list:
+    """The imputation error of each modality when it alone is hidden (imputed from all others)."""
+    errors = {}
+    for r in records:
+        hidden = [m for m in mfm.schema.names if m not in r["observed"]]
+        if len(hidden) == 1 and hidden[0] in r.get("imputation", {}):
+            m = hidden[0]
+            errors[m] = {**r["imputation"][m], "baseline_mse": mean_baseline[m]["mse"]}
+    if not errors:
+        return []
+    fig = plots.imputation_error(errors)
+    _subtitle(fig, "each modality imputed from all the others; baseline: the training mean of each feature")
+    return [plots.save(fig, pdir / "imputation_error.png")]
+
+
+def _label_plots(pdir: Path, mfm: MFM, test: MultimodalDataset, predictions: dict | None, seed: int | None) -> list:
+    """The shared factor's projection and, from all modalities, the calibration and confusion plots (categorical
+    label) or the predictive intervals (normal or Laplace label)."""
+    written = []
+    full = tuple(mfm.schema.names)
+    pred = (predictions or {}).get(full) or predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
+    shown = f"observed: all modalities ({'+'.join(full)}), as in the table's last row"
+    keep = test.label_present
+    names = list(mfm.schema.label.names) if mfm.schema.label.names else None
+    y = np.asarray(test.labels)
+    written.append(
+        plots.save(
+            plots.latent_projection(
+                pred.z_y[keep],
+                y[keep] if y.ndim == 1 else y[keep, 0],
+                class_names=names if mfm.D.kind == "categorical" else None,
+            ),
+            pdir / "z_y_projection.png",
+        )
+    )
+    if mfm.D.kind == "categorical":
+        for fig, name in (
+            (plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
+            (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion"),
+        ):
+            _subtitle(fig, shown)
+            written.append(plots.save(fig, pdir / f"{name}.png"))
+    elif mfm.D.kind in ("normal", "laplace"):
+        fig = plots.interval_plot(
+            y[keep][:, 0],
+            pred.point[keep][:, 0],
+            pred.lower[keep][:, 0],
+            pred.upper[keep][:, 0],
+            level=pred.interval,
+        )
+        _subtitle(fig, shown)
+        written.append(plots.save(fig, pdir / "intervals.png"))
+    return written
+
+
+def _training_plot(pdir: Path, history: list, config: Config | None) -> list:
+    """The training curves, epochs counted from 1 as the console counts them."""
+    if not history:
+        return []
+    fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
+    if config is not None:
+        _subtitle(
+            fig,
+            f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
+            f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality",
+        )
+    return [plots.save(fig, pdir / "training_curves.png")]
+
+
 def write_plots(
     out: Path,
     mfm: MFM,
@@ -49,73 +128,11 @@ def write_plots(
     confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
     of a prediction made here."""
     pdir = out / "plots"
-    written = []
-    flat = [{"observed": r["observed"], **r.get("label", {})} for r in records]
-    if any("label" in r for r in records):
-        single = {m: v[metric] for m, v in baselines.items() if metric in v}
-        written.append(
-            plots.save(
-                plots.metric_by_observed(
-                    flat, metric, baseline=single or None, baseline_label="linear model on one view"
-                ),
-                pdir / f"{metric}_by_observed.png",
-            )
-        )
-    # imputation error of each modality when it alone is hidden (imputed from all others)
-    errors = {}
-    for r in records:
-        hidden = [m for m in mfm.schema.names if m not in r["observed"]]
-        if len(hidden) == 1 and hidden[0] in r.get("imputation", {}):
-            m = hidden[0]
-            errors[m] = {**r["imputation"][m], "baseline_mse": mean_baseline[m]["mse"]}
-    if errors:
-        fig = plots.imputation_error(errors)
-        _subtitle(fig, "each modality imputed from all the others; baseline: the training mean of each feature")
-        written.append(plots.save(fig, pdir / "imputation_error.png"))
+    written = _robustness_plot(pdir, records, baselines, metric)
+    written += _imputation_plot(pdir, mfm, records, mean_baseline)
     if mfm.D is not None:
-        full = tuple(mfm.schema.names)
-        pred = (predictions or {}).get(full) or predict(mfm, test, num_samples=50, keep_samples=False, seed=seed)
-        shown = f"observed: all modalities ({'+'.join(full)}), as in the table's last row"
-        keep = test.label_present
-        names = list(mfm.schema.label.names) if mfm.schema.label.names else None
-        y = np.asarray(test.labels)
-        written.append(
-            plots.save(
-                plots.latent_projection(
-                    pred.z_y[keep],
-                    y[keep] if y.ndim == 1 else y[keep, 0],
-                    class_names=names if mfm.D.kind == "categorical" else None,
-                ),
-                pdir / "z_y_projection.png",
-            )
-        )
-        if mfm.D.kind == "categorical":
-            for fig, name in (
-                (plots.reliability_diagram(pred.point[keep], y[keep]), "reliability"),
-                (plots.confusion_matrix(y[keep], pred.label[keep], names), "confusion"),
-            ):
-                _subtitle(fig, shown)
-                written.append(plots.save(fig, pdir / f"{name}.png"))
-        elif mfm.D.kind in ("normal", "laplace"):
-            fig = plots.interval_plot(
-                y[keep][:, 0],
-                pred.point[keep][:, 0],
-                pred.lower[keep][:, 0],
-                pred.upper[keep][:, 0],
-                level=pred.interval,
-            )
-            _subtitle(fig, shown)
-            written.append(plots.save(fig, pdir / "intervals.png"))
-    if history:
-        # epochs counted from 1, as the console counts them
-        fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
-        if config is not None:
-            _subtitle(
-                fig,
-                f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
-                f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality",
-            )
-        written.append(plots.save(fig, pdir / "training_curves.png"))
+        written += _label_plots(pdir, mfm, test, predictions, seed)
+    written += _training_plot(pdir, history, config)
     return [str(p) for p in written]
 
 
@@ -139,6 +156,47 @@ def best_epoch_line(result) -> str:
         return "No epoch was selected (no validation score after the KL warm-up)."
     scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
     return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores})."
+
+
+def _baseline_lines(data: MultimodalData, baselines: dict) -> list[str]:
+    """The table of the linear models trained on one modality alone, and a note on the modalities without one."""
+    md = []
+    if baselines:
+        md += [
+            "\n## Linear model trained on one modality alone (test split)\n",
+            "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
+            "|---|" + "---|" * len(next(iter(baselines.values()))),
+        ]
+        md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
+    unscored = [m for m in data.schema.names if m not in baselines]
+    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
+        md += [
+            f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
+            "(a training sample of two classes at least, or of the regression label, and a test sample)."
+        ]
+    return md
+
+
+def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
+    """The lines of ``report.md``: the metrics of ``report`` (the content of ``metrics.json``) as text and tables."""
+    mean_baseline, written = report["mean_imputation_baseline"], report["plots"]
+    md = [
+        f"# MFM report: {report['data']}\n",
+        f"Test samples: {report['test_samples']}. {best_epoch_line(result)}",
+        f"Training {report['train_seconds']:.0f} s, total {report['total_seconds']:.0f} s.\n",
+        "## Every subset of observed modalities (test split)\n",
+        METRIC_NOTES + "\n",
+        table(report["subsets"], baseline=mean_baseline),
+    ]
+    md += _baseline_lines(data, report["single_view_baselines"])
+    md += [
+        "\n## Training-mean imputation baseline (MSE, squared feature units)\n",
+        ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
+        "\n## Plots\n",
+    ] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
+    if data.schema.attribution:
+        md += ["\n## Data attribution\n", data.schema.attribution]
+    return md
 
 
 def write_report(
@@ -193,33 +251,6 @@ def write_report(
         "config": config.to_dict(),
     }
     write_json(out / "metrics.json", report)
-    md = [
-        f"# MFM report: {report['data']}\n",
-        f"Test samples: {len(test)}. {best_epoch_line(result)}",
-        f"Training {t_train:.0f} s, total {report['total_seconds']:.0f} s.\n",
-        "## Every subset of observed modalities (test split)\n",
-        METRIC_NOTES + "\n",
-        table(records, baseline=mean_baseline),
-    ]
-    if baselines:
-        md += [
-            "\n## Linear model trained on one modality alone (test split)\n",
-            "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
-            "|---|" + "---|" * len(next(iter(baselines.values()))),
-        ]
-        md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
-    unscored = [m for m in data.schema.names if m not in baselines]
-    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
-        md += [
-            f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
-            "(a training sample of two classes at least, or of the regression label, and a test sample)."
-        ]
-    md += [
-        "\n## Training-mean imputation baseline (MSE, squared feature units)\n",
-        ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
-        "\n## Plots\n",
-    ] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in written]
-    if data.schema.attribution:
-        md += ["\n## Data attribution\n", data.schema.attribution]
+    md = _markdown(report, data, result)
     atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
     return report

@@ -23,28 +23,9 @@ def _is_categorical(labels: np.ndarray, class_names) -> bool:
     return len(finite) > 0 and np.all(finite == np.round(finite)) and len(np.unique(finite)) <= 20
 
 
-def latent_projection(
-    z,
-    labels,
-    method: str = "pca",
-    class_names: Sequence[str] | None = None,
-    *,
-    max_points: int = 3000,
-    ax: Axes | None = None,
-) -> Figure:
-    """2-D projection of the shared factor z_y, coloured by label.
-
-    Args:
-        z: ``(N, d)`` latent codes; drawn directly if ``d == 2`` (``d == 1`` is drawn against a jittered axis).
-        labels: ``(N,)`` class indices (categorical colours + legend) or real values (colormap + colorbar);
-            labels are treated as classes when integer-valued with at most 20 distinct values, or when
-            ``class_names`` is given.
-        method: ``"pca"`` (sklearn PCA, axes labelled with explained variance) or ``"tsne"`` (sklearn t-SNE).
-        max_points: at most this many examples (a fixed random subset) are projected and drawn.
-    """
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
-    fig, ax = new_axes(ax, figsize=(6.2, 5.2))
+def _finite_subset(z, labels, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``z`` (as ``(N, d)``) and ``labels`` with finite codes, at most ``max_points`` of them (a fixed
+    random subset)."""
     z = as_float_array(z, "z")
     if z.ndim == 1:
         z = z[:, None]
@@ -55,7 +36,11 @@ def latent_projection(
     idx = np.flatnonzero(keep)
     if len(idx) > max_points:
         idx = np.sort(np.random.default_rng(0).choice(idx, max_points, replace=False))
-    z, lab = z[idx], lab[idx]
+    return z[idx], lab[idx]
+
+
+def _project_2d(z: np.ndarray, method: str) -> tuple[np.ndarray, str, str, str]:
+    """Two coordinates per row of ``z``, with the axis labels and the name of the projection."""
     n, d = z.shape
     xlabel, ylabel, how = "z_y[0] (latent units)", "z_y[1] (latent units)", "raw coordinates"
     if d == 1:
@@ -82,35 +67,70 @@ def latent_projection(
             method="exact" if n <= 1000 else "barnes_hut",
         ).fit_transform(z)  # exact is faster when small
         xlabel, ylabel, how = "t-SNE 1 (arbitrary units)", "t-SNE 2 (arbitrary units)", "t-SNE"
+    return xy, xlabel, ylabel, how
 
-    if _is_categorical(lab, class_names):
-        import matplotlib as mpl
 
-        numeric = lab.dtype.kind in "iuf"
-        classes = np.unique(lab[np.isfinite(lab)] if lab.dtype.kind == "f" else lab)
-        n_colors = max(len(classes), len(class_names) if class_names is not None else 0)
-        palette = mpl.colormaps["tab10" if n_colors <= 10 else "tab20"]
-        for i, c in enumerate(classes):
-            sel = lab == c
-            ci = int(c) if numeric and class_names is not None else i
-            name = class_names[ci] if numeric and class_names is not None and 0 <= ci < len(class_names) else str(c)
-            ax.scatter(
-                xy[sel, 0],
-                xy[sel, 1],
-                s=10,
-                alpha=0.7,
-                color=palette(ci % palette.N),
-                label=f"{name} (n={int(sel.sum())})",
-                edgecolor="none",
-            )
-        if len(classes) <= _MAX_LEGEND_CLASSES:
-            ax.legend(fontsize=7, markerscale=1.5, loc="best", title="class", title_fontsize=8)
-    else:
-        vals = lab.astype(float)
-        sc = ax.scatter(
-            xy[:, 0], xy[:, 1], c=vals, cmap="coolwarm", s=10, alpha=0.8, edgecolor="none", plotnonfinite=True
+def _scatter_classes(ax: Axes, xy: np.ndarray, lab: np.ndarray, class_names) -> None:
+    """One colour per class, named from ``class_names`` where the labels index them; a legend if few classes."""
+    import matplotlib as mpl
+
+    numeric = lab.dtype.kind in "iuf"
+    classes = np.unique(lab[np.isfinite(lab)] if lab.dtype.kind == "f" else lab)
+    n_colors = max(len(classes), len(class_names) if class_names is not None else 0)
+    palette = mpl.colormaps["tab10" if n_colors <= 10 else "tab20"]
+    for i, c in enumerate(classes):
+        sel = lab == c
+        ci = int(c) if numeric and class_names is not None else i
+        name = class_names[ci] if numeric and class_names is not None and 0 <= ci < len(class_names) else str(c)
+        ax.scatter(
+            xy[sel, 0],
+            xy[sel, 1],
+            s=10,
+            alpha=0.7,
+            color=palette(ci % palette.N),
+            label=f"{name} (n={int(sel.sum())})",
+            edgecolor="none",
         )
-        fig.colorbar(sc, ax=ax, label="label (label units)")
+    if len(classes) <= _MAX_LEGEND_CLASSES:
+        ax.legend(fontsize=7, markerscale=1.5, loc="best", title="class", title_fontsize=8)
+
+
+def _scatter_values(fig: Figure, ax: Axes, xy: np.ndarray, lab: np.ndarray) -> None:
+    """Points coloured by a real-valued label, with a colorbar."""
+    vals = lab.astype(float)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=vals, cmap="coolwarm", s=10, alpha=0.8, edgecolor="none", plotnonfinite=True)
+    fig.colorbar(sc, ax=ax, label="label (label units)")
+
+
+def latent_projection(
+    z,
+    labels,
+    method: str = "pca",
+    class_names: Sequence[str] | None = None,
+    *,
+    max_points: int = 3000,
+    ax: Axes | None = None,
+) -> Figure:
+    """2-D projection of the shared factor z_y, coloured by label.
+
+    Args:
+        z: ``(N, d)`` latent codes; drawn directly if ``d == 2`` (``d == 1`` is drawn against a jittered axis).
+        labels: ``(N,)`` class indices (categorical colours + legend) or real values (colormap + colorbar);
+            labels are treated as classes when integer-valued with at most 20 distinct values, or when
+            ``class_names`` is given.
+        method: ``"pca"`` (sklearn PCA, axes labelled with explained variance) or ``"tsne"`` (sklearn t-SNE).
+        max_points: at most this many examples (a fixed random subset) are projected and drawn.
+    """
+    if method not in ("pca", "tsne"):
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    fig, ax = new_axes(ax, figsize=(6.2, 5.2))
+    z, lab = _finite_subset(z, labels, max_points)
+    n, d = z.shape
+    xy, xlabel, ylabel, how = _project_2d(z, method)
+    if _is_categorical(lab, class_names):
+        _scatter_classes(ax, xy, lab, class_names)
+    else:
+        _scatter_values(fig, ax, xy, lab)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"Shared factor z_y (d = {d}), {how}, n = {n}")

@@ -21,6 +21,84 @@ def _value(entry: Mapping, metric: str) -> float:
         return math.nan
 
 
+def _draw_subsets(ax: Axes, x: np.ndarray, counts: np.ndarray, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """One point per subset, the mean over subsets per count, and the missing values as grey crosses on the x axis;
+    returns the counts drawn (sorted, unique)."""
+    ax.scatter(x[ok], values[ok], s=22, alpha=0.65, color="C0", edgecolor="none", label="one observed subset")
+    levels = np.unique(counts)
+    means = np.array([np.nanmean(values[counts == k]) if np.any(ok & (counts == k)) else np.nan for k in levels])
+    if np.any(np.isfinite(means)):
+        ax.plot(levels, means, "-o", color="C1", lw=2, ms=6, label="mean over subsets", zorder=3)
+    if np.any(~ok):
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(
+            x[~ok],
+            np.full((~ok).sum(), 0.03),
+            marker="x",
+            color="0.45",
+            transform=trans,
+            clip_on=False,
+            label=f"missing value (NaN), n = {(~ok).sum()}",
+            zorder=4,
+        )
+    return levels
+
+
+def _draw_baseline(ax: Axes, baseline: float | Mapping[str, float] | None, baseline_label: str) -> None:
+    """A horizontal line for a number; one named marker per single view at x = 1 for a mapping."""
+    if isinstance(baseline, Mapping):
+        bnames = list(baseline)
+        bvals = np.array([_value(baseline, k) for k in bnames])
+        bx = 1 + np.linspace(-0.16, 0.16, len(bnames)) if len(bnames) > 1 else np.ones(1)
+        ax.scatter(
+            bx,
+            bvals,
+            marker="D",
+            s=30,
+            facecolor="none",
+            edgecolor="C3",
+            lw=1.3,
+            label=f"{baseline_label} (per single view)",
+            zorder=4,
+        )
+        for xi, yi, n in zip(bx, bvals, bnames):
+            if np.isfinite(yi):
+                ax.annotate(
+                    n,
+                    (xi, yi),
+                    xytext=(-4, 0),
+                    textcoords="offset points",
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                    color="C3",
+                )
+    elif baseline is not None and np.isfinite(float(baseline)):
+        ax.axhline(float(baseline), color="C3", ls="--", lw=1.2, label=f"{baseline_label} = {float(baseline):.3g}")
+
+
+def _mark_single_views(
+    ax: Axes, x: np.ndarray, values: np.ndarray, single: np.ndarray, names: list[str], higher_is_better: bool
+) -> None:
+    """Annotate the best and the worst of the single-view subsets (indices ``single``, finite values)."""
+    if len(single) >= 1:
+        order = single[np.argsort(values[single])]
+        best, worst = (order[-1], order[0]) if higher_is_better else (order[0], order[-1])
+        marks = [(best, "best single view")] + ([(worst, "worst single view")] if worst != best else [])
+        for i, what in marks:
+            above = values[i] >= values[order[-1]]  # the larger value is labelled above, the smaller below
+            ax.annotate(
+                f"{what}: {names[i]} ({values[i]:.3g})",
+                (x[i], values[i]),
+                xytext=(14, 14 if above else -18),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
+                arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8),
+            )
+
+
 def metric_by_observed(
     results: Sequence[Mapping],
     metric: str = "accuracy",
@@ -52,71 +130,9 @@ def metric_by_observed(
     x = counts + rng.uniform(-0.16, 0.16, size=len(counts))
     ok = np.isfinite(values)
 
-    ax.scatter(x[ok], values[ok], s=22, alpha=0.65, color="C0", edgecolor="none", label="one observed subset")
-    levels = np.unique(counts)
-    means = np.array([np.nanmean(values[counts == k]) if np.any(ok & (counts == k)) else np.nan for k in levels])
-    if np.any(np.isfinite(means)):
-        ax.plot(levels, means, "-o", color="C1", lw=2, ms=6, label="mean over subsets", zorder=3)
-    if np.any(~ok):
-        trans = blended_transform_factory(ax.transData, ax.transAxes)
-        ax.scatter(
-            x[~ok],
-            np.full((~ok).sum(), 0.03),
-            marker="x",
-            color="0.45",
-            transform=trans,
-            clip_on=False,
-            label=f"missing value (NaN), n = {(~ok).sum()}",
-            zorder=4,
-        )
-
-    if isinstance(baseline, Mapping):
-        bnames = list(baseline)
-        bvals = np.array([_value(baseline, k) for k in bnames])
-        bx = 1 + np.linspace(-0.16, 0.16, len(bnames)) if len(bnames) > 1 else np.ones(1)
-        ax.scatter(
-            bx,
-            bvals,
-            marker="D",
-            s=30,
-            facecolor="none",
-            edgecolor="C3",
-            lw=1.3,
-            label=f"{baseline_label} (per single view)",
-            zorder=4,
-        )
-        for xi, yi, n in zip(bx, bvals, bnames):
-            if np.isfinite(yi):
-                ax.annotate(
-                    n,
-                    (xi, yi),
-                    xytext=(-4, 0),
-                    textcoords="offset points",
-                    ha="right",
-                    va="center",
-                    fontsize=7,
-                    color="C3",
-                )
-    elif baseline is not None and np.isfinite(float(baseline)):
-        ax.axhline(float(baseline), color="C3", ls="--", lw=1.2, label=f"{baseline_label} = {float(baseline):.3g}")
-
-    single = np.flatnonzero((counts == 1) & ok)
-    if len(single) >= 1:
-        order = single[np.argsort(values[single])]
-        best, worst = (order[-1], order[0]) if higher_is_better else (order[0], order[-1])
-        marks = [(best, "best single view")] + ([(worst, "worst single view")] if worst != best else [])
-        for i, what in marks:
-            above = values[i] >= values[order[-1]]  # the larger value is labelled above, the smaller below
-            ax.annotate(
-                f"{what}: {names[i]} ({values[i]:.3g})",
-                (x[i], values[i]),
-                xytext=(14, 14 if above else -18),
-                textcoords="offset points",
-                fontsize=8,
-                va="center",
-                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
-                arrowprops=dict(arrowstyle="-", color="0.4", lw=0.8),
-            )
+    levels = _draw_subsets(ax, x, counts, values, ok)
+    _draw_baseline(ax, baseline, baseline_label)
+    _mark_single_views(ax, x, values, np.flatnonzero((counts == 1) & ok), names, higher_is_better)
 
     ax.set_xticks(levels if len(levels) else [1])
     ax.set_xlim((levels.min() if len(levels) else 1) - 0.6, (levels.max() if len(levels) else 1) + 0.6)
