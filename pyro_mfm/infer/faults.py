@@ -70,15 +70,7 @@ def _samples(idx: list, limit: int = 8) -> str:
 
 def _take(batch: Batch, i: int) -> Batch:
     """Row ``i`` of ``batch`` as a batch of one."""
-    cut = lambda d: {k: v[i : i + 1] for k, v in d.items()}  # noqa: E731
-    return Batch(
-        cut(batch.x),
-        cut(batch.present),
-        cut(batch.steps),
-        None if batch.y is None else batch.y[i : i + 1],
-        None if batch.y_present is None else batch.y_present[i : i + 1],
-        batch.index[i : i + 1],
-    )
+    return batch.map(lambda t: t[i : i + 1])
 
 
 def _trace_faults(mfm, batch: Batch) -> list[tuple[str, str]]:

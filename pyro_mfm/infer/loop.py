@@ -46,15 +46,7 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=
     first = torch.zeros_like(present)
     first.scatter_(-1, present.float().argmax(-1, keepdim=True), True)
     kept = torch.where(kept.any(-1, keepdim=True), kept, present & first)
-    hidden = {m: kept[:, i] for i, m in enumerate(names)}
-    return Batch(
-        x={m: batch.x[m] * hidden[m].reshape((-1,) + (1,) * (batch.x[m].dim() - 1)) for m in names},
-        present=hidden,
-        steps=batch.steps,
-        y=batch.y,
-        y_present=batch.y_present,
-        index=batch.index,
-    )
+    return batch.with_present({m: kept[:, i] for i, m in enumerate(names)})
 
 
 def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.0) -> dict:
