@@ -11,16 +11,14 @@ from ..config import Config, ConfigError
 from ..data.schema import DataError, schema_differences
 
 
+def add_set_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set TABLE.KEY=VALUE`` (repeatable), collected in ``args.overrides``."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE", help=help)
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="model configuration file (TOML), e.g. models/uci_mfeat.toml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override one configuration field, e.g. --set train.epochs=5 (repeatable)",
-    )
+    add_set_argument(p, "override one configuration field, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--data", help="data source overriding data.source (a native HDF5 file or embedded:NAME)")
     p.add_argument(
         "--nan-as-missing",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import add_checkpoint_arguments, checkpoint_path, load_for_inference, parse_observed
+from ._common import add_checkpoint_arguments, add_set_argument, checkpoint_path, load_for_inference, parse_observed
 
 
 def register(subparsers) -> None:
@@ -25,14 +25,7 @@ def register(subparsers) -> None:
         help="evaluate only this subset of observed modalities, e.g. --observed a,b (repeatable; "
         "default: every non-empty subset)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override a field of the run's configuration, e.g. --set evaluate.num_samples=50",
-    )
+    add_set_argument(p, "override a field of the run's configuration, e.g. --set evaluate.num_samples=50")
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.schema import DataError
-from ._common import add_checkpoint_arguments, load_for_inference, parse_observed
+from ._common import add_checkpoint_arguments, add_set_argument, load_for_inference, parse_observed
 
 FORMATS = (".csv", ".h5")
 
@@ -30,13 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--observed", default=None, help="comma-separated modalities to condition on (default: all)")
     p.add_argument("--out", required=True, help="predictions file: .csv or .h5 (refuses to overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="override an [evaluate] or [data] field of the run's configuration, e.g. --set evaluate.interval=0.5",
+    add_set_argument(
+        p, "override an [evaluate] or [data] field of the run's configuration, e.g. --set evaluate.interval=0.5"
     )
     p.set_defaults(func=run)
 
