@@ -165,6 +165,21 @@ class ModelConfig(_Table):
     surrogate_weight: float = setting(1.0, ge=0)
     ablation: Literal["none", "no_shared", "shared_only", "discriminative"] = "none"
 
+    @property
+    def has_z_y(self) -> bool:
+        """The model has the shared factor z_y (every ablation but ``no_shared``)."""
+        return self.ablation != "no_shared"
+
+    @property
+    def has_z_a(self) -> bool:
+        """The model has the modality factors z_a,m (no ablation, or ``no_shared``)."""
+        return self.ablation in ("none", "no_shared")
+
+    @property
+    def has_decoders(self) -> bool:
+        """The model has the modalities' likelihoods x_m (every ablation but ``discriminative``)."""
+        return self.ablation != "discriminative"
+
     def per_modality(self, key: str, names) -> dict:
         value = getattr(self, key)
         if isinstance(value, dict):

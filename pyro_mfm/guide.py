@@ -56,8 +56,7 @@ class Guide(nn.Module):
         h, dropout = config.hidden, config.dropout
         z_a = config.per_modality("z_a_dim", self.names)
         lstm_h = config.per_modality("lstm_hidden", self.names)
-        self.shared = config.ablation != "no_shared"
-        self.private = config.ablation in ("none", "no_shared")
+        self.shared, self.private = config.has_z_y, config.has_z_a
         self.deterministic = config.objective == "wae"
         self.x_in = nn.ModuleDict({m: Standardise(stats.mean[m], stats.std[m]) for m in self.names})
         self.y_in = None

@@ -59,8 +59,8 @@ class Model(nn.Module):
             for s in schema.modalities
         }
         # the latent factors, and what each likelihood reads
-        self.shared_sites = [] if config.ablation == "no_shared" else ["z_y"]
-        private = config.ablation in ("none", "no_shared")
+        self.shared_sites = ["z_y"] if config.has_z_y else []
+        private = config.has_z_a
         self.private_sites = {m: [f"z_a_{m}"] if private else [] for m in self.names}
         self.size = {"z_y": config.z_y_dim, **{f"z_a_{m}": z_a[m] for m in self.names}}
         self.reads = {f"x_{m}": self.shared_sites + self.private_sites[m] for m in self.names}
@@ -70,7 +70,7 @@ class Model(nn.Module):
         if private:
             self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, dropout) for m in self.names})
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
-        decoded = [] if config.ablation == "discriminative" else schema.modalities
+        decoded = schema.modalities if config.has_decoders else []
         self.F = nn.ModuleDict(
             {
                 s.name: make_decoder(
@@ -209,9 +209,7 @@ class MFM(nn.Module):
         super().__init__()
         config.validate()
         self.schema, self.config, self.names = schema, config, schema.names
-        self.shared = config.ablation != "no_shared"  # the model has z_y
-        self.private = config.ablation in ("none", "no_shared")  # the model has z_a,m
-        self.generative = config.ablation != "discriminative"  # the model has x_m
+        self.shared, self.private, self.generative = config.has_z_y, config.has_z_a, config.has_decoders
         self.model = Model(schema, config, stats)
         kind = resolve_label_kind(schema.label, config.label_likelihood) if schema.label is not None else None
         self.guide = Guide(schema, config, stats, kind)

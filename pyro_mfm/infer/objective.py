@@ -185,7 +185,7 @@ class Objective:
         """The loss on ``batch``, its KL (``elbo``) or MMD (``wae``) terms weighted by ``beta`` (the KL warm-up's
         annealing factor; 1: the true objective)."""
         cfg = self.mfm.config
-        beta = 0.0 if cfg.ablation == "discriminative" else beta
+        beta = beta if cfg.has_decoders else 0.0
         loss = self.wae_loss(batch, beta) if cfg.objective == "wae" else self.elbo_loss(batch, beta)
         if cfg.missing == "surrogate":
             loss = loss + cfg.surrogate_weight * self.mfm.surrogate_loss(batch)
