@@ -12,8 +12,9 @@ encoder also reads the drawn z_y, as the true posterior does: given x_m, what z_
 not (a guide blind to z_y would pull the model towards explaining x_m with z_a,m alone).
 
 Options: the Memory Fusion Network reads every modality's sequence and gives a diagonal Gaussian q(z_y | x_obs)
-(``fusion = "mfn"``); the ``wae`` objective's deterministic codes (Delta sites at the means); the paper's surrogate
-inference of a missing modality's code from the observed ones (``missing = "surrogate"``).
+(``fusion = "mfn"``); the ``wae`` objective's deterministic codes (the handler :class:`point_codes`: Delta sites at
+the means, as :meth:`Guide.codes` uses too); the paper's surrogate inference of a missing modality's code from the
+observed ones (``missing = "surrogate"``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .config import ConfigError, ModelConfig
@@ -98,26 +101,28 @@ class Guide(nn.Module):
         return {s.name: s.dim for s in self.schema.modalities}
 
     # ------------------------------------------------------------------ the guide program
-    def forward(self, batch: Batch) -> Features:
-        """q(z_y | x_obs [, y]) prod_m q(z_a,m | x_m, z_y); Delta codes at their means for the ``wae`` objective.
-        Returns the :class:`Features` it computed."""
-        features = self.features(batch)
+    def forward(self, batch: Batch, features: Features | None = None) -> Features:
+        """q(z_y | x_obs [, y]) prod_m q(z_a,m | x_m, z_y) (:meth:`program`); for the ``wae`` objective, its codes
+        (:class:`point_codes`: Delta sites at the means, a draw of q where x_m is missing). Returns the
+        :class:`Features` it computed (``features``: already computed from ``batch``)."""
+        program = point_codes(masked="sample")(self.program) if self.deterministic else self.program
+        return program(batch, features)
+
+    def program(self, batch: Batch, features: Features | None = None) -> Features:
+        """The variational distribution: z_y from the product of experts (or the MFN), then each z_a,m given x_m and
+        the drawn z_y, masked where x_m is missing."""
+        features = self.features(batch) if features is None else features
         with pyro.plate("data", len(batch)):
             z_y = None
-            if self.shared:
-                q_z_y = self.posterior_z_y(batch.without_labels() if self.deterministic else batch, features)
-                z_y = pyro.sample("z_y", self._code(q_z_y.mean, q_z_y))
+            if self.shared:  # the wae codes read the modalities alone
+                z_y = pyro.sample(
+                    "z_y", self.posterior_z_y(batch.without_labels() if self.deterministic else batch, features)
+                )
             for m in self.names if self.private else ():
                 loc_a, scale_a = self.posterior_z_a(batch, features.h, m, z_y)
-                q_a = dist.Normal(loc_a, scale_a).to_event(1)
-                if self.deterministic:  # the code where x_m is observed; a draw of the prior (or surrogate) elsewhere
-                    loc_a = torch.where(batch.present[m].unsqueeze(-1), loc_a, q_a.sample())
                 with poutine.mask(mask=batch.present[m]):
-                    pyro.sample(f"z_a_{m}", self._code(loc_a, q_a))
+                    pyro.sample(f"z_a_{m}", dist.Normal(loc_a, scale_a).to_event(1))
         return features
-
-    def _code(self, loc, q):
-        return dist.Delta(loc, event_dim=1) if self.deterministic else q
 
     # ------------------------------------------------------------------ encoders
     def inputs(self, batch: Batch) -> dict:
@@ -212,12 +217,33 @@ class Guide(nn.Module):
         return self.S[m](torch.cat(parts, dim=-1))
 
     def codes(self, batch: Batch, features: Features | None = None) -> dict:
-        """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (one pass, no sampling); ``features`` as for
-        :meth:`posterior_z_y`."""
-        features = self.features(batch) if features is None else features
-        out, z_y = {}, None
-        if self.shared:
-            z_y = out["z_y"] = self.posterior_z_y(batch, features).mean
-        for m in self.names if self.private else ():
-            out[f"z_a_{m}"] = self.posterior_z_a(batch, features.h, m, z_y)[0]
-        return out
+        """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (:meth:`program` under :class:`point_codes`: one
+        pass, no sampling); ``features`` as for :meth:`posterior_z_y`."""
+        with poutine.block():  # a computation of its own: no site reaches a trace around the caller
+            trace = poutine.trace(point_codes()(self.program)).get_trace(batch, features)
+        return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+class point_codes(Messenger):
+    """Put every latent sample site of a guide at its distribution's mean, as a point mass (``Delta``): the ``wae``
+    objective's deterministic codes, and :meth:`Guide.codes`.
+
+    Where a site is masked out (a missing modality's z_a,m), the point is the mean too (``masked = "mean"``) or a
+    draw of the site's distribution (``"sample"``: the prior or the surrogate's code, as the ``wae`` guide uses).
+    """
+
+    def __init__(self, masked: str = "mean"):
+        if masked not in ("mean", "sample"):
+            raise ValueError(f"point_codes: masked must be 'mean' or 'sample', not {masked!r}")
+        super().__init__()
+        self.masked = masked
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or site_is_subsample(msg):
+            return
+        fn, mask = msg["fn"], msg["mask"]
+        value = fn.mean
+        if self.masked == "sample" and torch.is_tensor(mask):
+            keep = mask.reshape(mask.shape + (1,) * fn.event_dim)
+            value = torch.where(keep, value, fn.sample())
+        msg["fn"] = dist.Delta(value, event_dim=fn.event_dim)

@@ -11,7 +11,8 @@ Generative story, for each sample, with modalities m = 1..M::
 A missing modality or label is an unobserved leaf of this graph: masking its likelihood (``.mask(present)``)
 integrates it out exactly, in training and at test time. Imputation and prediction sample those sites from the
 model (``poutine.uncondition`` + ``Predictive``). The guide, q(z_y | x_obs) prod_m q(z_a,m | x_m, z_y), is
-:class:`pyro_mfm.guide.Guide`; :class:`MFM` holds the two and the discriminative term that ties them.
+:class:`pyro_mfm.guide.Guide`; :class:`MFM` holds the two and the discriminative term that ties them, a Pyro
+program of its own (:meth:`MFM.classify`, the ss-VAE's ``model_classify``).
 
 The paper's ablations (``model.ablation``) change which factors exist and what each likelihood reads, fixed once
 when the model is built: no z_y (the label reads every f_a,m), no z_a,m (every decoder reads f_y alone), or no
@@ -261,28 +262,45 @@ class MFM(nn.Module):
         return torch.cat([codes[s] for s in self.label_sites], dim=-1)
 
     # ------------------------------------------------------------------ auxiliary terms of the objective
-    def discriminative_loss(self, batch: Batch, features: Features | None = None):
-        """The ss-VAE's auxiliary loss, summed over labelled samples, on the observed modalities and on
-        ``model.label_subsets`` random subsets of them (each of a uniformly drawn size, so that every subset, single
-        modalities included, is trained to predict the label on its own):
+    def classify(self, batch: Batch, features: Features | None = None):
+        """The discriminative term as a Pyro program, as in the ss-VAE's ``model_classify``: an observed site per
+        pass of :meth:`label_log_predictives` (``y_aux`` on the observed modalities, ``y_aux_1``, ... on the random
+        subsets), each the labelled samples' log predictive density of their label, scaled by alpha / the number of
+        passes. It has no latent sites: with an empty guide, ``Trace_ELBO``'s loss of it is
+        ``alpha * discriminative_loss(batch)``, which the ``elbo`` objective adds."""
+        passes = self.label_log_predictives(batch, features)
+        if not passes:
+            return
+        scale = self.config.alpha / len(passes)  # the mean over the passes: alpha keeps its meaning
+        with pyro.plate("data", len(batch)), poutine.scale(scale=scale), poutine.mask(mask=batch.y_present):
+            for i, log_p in enumerate(passes):
+                pyro.factor(f"y_aux_{i}" if i else "y_aux", log_p)
 
-        * ``model.label_samples = 0``: -log p(y | D(E_q[codes | x_S])), the label likelihood of the mean code;
-        * ``model.label_samples = K``: -log (1/K) sum_k p(y | D(z_k)), z_k ~ q(z_y | x_S) reparameterised: the
+    def discriminative_loss(self, batch: Batch, features: Features | None = None):
+        """-(1 / passes) sum over passes and labelled samples of :meth:`label_log_predictives` (0 without labels)."""
+        passes = self.label_log_predictives(batch, features)
+        if not passes:
+            return torch.zeros(())
+        keep = batch.y_present
+        return -sum(torch.where(keep, log_p, torch.zeros_like(log_p)).sum() for log_p in passes) / len(passes)
+
+    def label_log_predictives(self, batch: Batch, features: Features | None = None) -> list:
+        """The ss-VAE's auxiliary term, per sample: log p(y | x_S) on the observed modalities and on
+        ``model.label_subsets`` random subsets of them (each of a uniformly drawn size, so that every subset, single
+        modalities included, is trained to predict the label on its own), one ``(B,)`` tensor per pass:
+
+        * ``model.label_samples = 0``: log p(y | D(E_q[codes | x_S])), the label likelihood of the mean code;
+        * ``model.label_samples = K``: log (1/K) sum_k p(y | D(z_k)), z_k ~ q(z_y | x_S) reparameterised: the
           posterior predictive that prediction reports, so its spread is trained as well as its centre.
 
         ``features``: what the guide computed from ``batch`` (:meth:`Guide.forward`), reused on the observed
-        modalities.
+        modalities. Empty without a label or without labels in ``batch``.
         """
         if self.D is None or batch.y is None:
-            return torch.zeros(())
+            return []
         unlabelled = batch.without_labels()
         batches = [unlabelled] + [_random_subset(unlabelled) for _ in range(self.config.label_subsets)]
-        keep = batch.y_present.to(torch.get_default_dtype())
-        loss = 0.0
-        for i, b in enumerate(batches):
-            log_p = self._label_log_predictive(b, batch.y, features if i == 0 else None)
-            loss = loss - (log_p * keep.to(log_p.dtype)).sum()
-        return loss / len(batches)  # the mean over the passes: alpha keeps its meaning
+        return [self._label_log_predictive(b, batch.y, features if i == 0 else None) for i, b in enumerate(batches)]
 
     def _label_log_predictive(self, batch: Batch, y, features: Features | None):
         k = self.config.label_samples
@@ -294,21 +312,36 @@ class MFM(nn.Module):
         log_p = self.label_distribution(q.rsample((k,))).log_prob(y)
         return torch.logsumexp(log_p, 0) - math.log(k)
 
+    def fit_surrogates(self, batch: Batch):
+        """The surrogates' regression as a Pyro program with no latent sites, like :meth:`classify`: a factor site
+        ``surrogate_<m>`` per modality, -||S_m(x without m) - code_m(full x)||^2 over the samples where m is present,
+        scaled by ``model.surrogate_weight`` (:meth:`surrogate_errors`). With an empty guide, ``Trace_ELBO``'s loss
+        of it is ``surrogate_weight * surrogate_loss(batch)``, which the objective adds."""
+        errors = self.surrogate_errors(batch)
+        with pyro.plate("data", len(batch)), poutine.scale(scale=self.config.surrogate_weight):
+            for m, err in errors.items():
+                with poutine.mask(mask=batch.present[m]):
+                    pyro.factor(f"surrogate_{m}", -err)
+
     def surrogate_loss(self, batch: Batch):
-        """sum over samples and present modalities m of ||S_m(x without m) - code_m(full x)||^2.
+        """sum over samples and present modalities m of ||S_m(x without m) - code_m(full x)||^2."""
+        return sum((err * batch.present[m].to(err.dtype)).sum() for m, err in self.surrogate_errors(batch).items())
+
+    def surrogate_errors(self, batch: Batch) -> dict:
+        """``{m: ||S_m(x without m) - code_m(full x)||^2}`` per sample, the surrogate's inference of z_a,m from the
+        other modalities against the encoder's code of x_m (meaningful where x_m is present).
 
         Targets and inputs are the encoders' codes, detached: this term trains the surrogates alone.
         """
         batch = batch.without_labels()
         guide = self.guide
         with torch.no_grad():
-            h = guide.encode(batch)
-            full = self.codes(batch)
-        loss = torch.zeros((), device=h[self.names[0]].device)
+            features = guide.features(batch)
+            full = guide.codes(batch, features)
+        errors = {}
         for m in self.names:
             without = batch.observe_only([n for n in self.names if n != m])
             with torch.no_grad():
-                z_y = guide.posterior_z_y(without, guide.features(without, h)).mean if self.shared else None
-            err = (guide.surrogate(without, h, m, z_y) - full[f"z_a_{m}"]).pow(2).sum(-1)
-            loss = loss + (err * batch.present[m].to(err.dtype)).sum()
-        return loss
+                z_y = guide.posterior_z_y(without, guide.features(without, features.h)).mean if self.shared else None
+            errors[m] = (guide.surrogate(without, features.h, m, z_y) - full[f"z_a_{m}"]).pow(2).sum(-1)
+        return errors

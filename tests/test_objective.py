@@ -5,12 +5,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_mfm.config import ModelConfig
 from pyro_mfm.data import LinearGaussianMFM
 from pyro_mfm.data.stats import feature_statistics
-from pyro_mfm.infer.objective import MeanFieldELBO, scale_latents
+from pyro_mfm.infer.objective import MeanFieldELBO, empty_guide, scale_latents
 from pyro_mfm.model import MFM
 
 
@@ -153,3 +153,48 @@ def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, 
     )
     assert seen == expected
     assert is_validation_enabled()  # restored after training
+
+
+@pytest.mark.parametrize("ablation", ["none", "no_shared"])
+def test_discriminative_term_is_a_program_of_scaled_observed_label_sites(ablation):
+    """MFM.classify (the ss-VAE's model_classify): one observed site per pass, scaled by alpha / passes and masked
+    to the labelled samples; Trace_ELBO's loss of it with an empty guide is alpha * discriminative_loss."""
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=1)
+    data = gen.sample({"train": 48}, missing=0.3, seed=1)
+    cfg = ModelConfig(hidden=16, alpha=2.5, label_subsets=2, label_samples=4 * (ablation == "none"), ablation=ablation)
+    mfm = MFM(data.schema, cfg, feature_statistics(data["train"])).eval()
+    batch = data["train"].batch(np.arange(48))
+    batch.y_present[::4] = False
+    pyro.set_rng_seed(3)
+    trace = pyro.poutine.trace(mfm.classify).get_trace(batch)
+    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"}
+    assert sorted(sites) == ["y_aux", "y_aux_1", "y_aux_2"]  # no latent site: the guide's codes stay local
+    for site in sites.values():
+        assert site["is_observed"] and site["scale"] == pytest.approx(2.5 / 3)
+        assert torch.equal(site["mask"], batch.y_present)
+    pyro.set_rng_seed(3)
+    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(mfm.classify, empty_guide, batch)
+    pyro.set_rng_seed(3)
+    term = mfm.discriminative_loss(batch)
+    torch.testing.assert_close(loss, 2.5 * term)
+    assert term.requires_grad and torch.isfinite(term)
+    assert Trace_ELBO().differentiable_loss(mfm.classify, empty_guide, batch.without_labels()) == 0
+
+
+def test_surrogate_term_is_a_program_of_factor_sites_that_trains_the_surrogates_alone():
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=1)
+    data = gen.sample({"train": 48}, missing=0.3, seed=1)
+    cfg = ModelConfig(hidden=16, missing="surrogate", surrogate_weight=0.7)
+    mfm = MFM(data.schema, cfg, feature_statistics(data["train"])).eval()
+    batch = data["train"].batch(np.arange(48))
+    trace = pyro.poutine.trace(mfm.fit_surrogates).get_trace(batch)
+    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"}
+    assert sorted(sites) == ["surrogate_a", "surrogate_b"]
+    for m in ("a", "b"):
+        assert sites[f"surrogate_{m}"]["scale"] == pytest.approx(0.7)
+        assert torch.equal(sites[f"surrogate_{m}"]["mask"], batch.present[m])
+    loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(mfm.fit_surrogates, empty_guide, batch)
+    torch.testing.assert_close(loss, 0.7 * mfm.surrogate_loss(batch))
+    grads = torch.autograd.grad(loss, [p for p in mfm.parameters()], allow_unused=True)
+    trained = {n for (n, _), g in zip(mfm.named_parameters(), grads) if g is not None and g.abs().sum() > 0}
+    assert trained and all(n.startswith("guide.S.") for n in trained)

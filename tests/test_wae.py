@@ -10,6 +10,7 @@ import torch
 from pyro_mfm.config import Config, ConfigError
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.data.synthetic import LinearGaussianMFM
+from pyro_mfm.guide import point_codes
 from pyro_mfm.infer.objective import Objective, kernel, mmd
 from pyro_mfm.model import MFM
 
@@ -165,3 +166,25 @@ def test_wae_mmd_gradient_pulls_codes_toward_the_prior(seq_data):
         obj(batch).backward()
         opt.step()
     assert code_mmd() < before / 4
+
+
+def test_point_codes_puts_each_latent_site_at_its_mean_and_draws_only_where_masked(seq_data):
+    mfm = _mfm(seq_data, "model.objective='elbo'").eval()
+    batch = seq_data["train"][np.arange(32)].without_labels()
+    guide = mfm.guide
+    features = guide.features(batch)
+    q_y = guide.posterior_z_y(batch, features)
+    codes = guide.codes(batch, features)
+    torch.testing.assert_close(codes["z_y"], q_y.mean)
+    for m in ("a", "b", "v"):  # each z_a,m at its mean given the mean of z_y; the prior's mean 0 where x_m is missing
+        torch.testing.assert_close(codes[f"z_a_{m}"], guide.posterior_z_a(batch, features.h, m, q_y.mean)[0])
+    missing = ~batch.present["b"]
+    assert missing.any() and torch.all(codes["z_a_b"][missing] == 0)
+
+    draws = [pyro.poutine.trace(point_codes(masked="sample")(guide.program)).get_trace(batch) for _ in range(2)]
+    values = [t.nodes["z_a_b"]["value"] for t in draws]
+    torch.testing.assert_close(values[0][~missing], codes["z_a_b"][~missing])
+    assert torch.equal(values[0][~missing], values[1][~missing])
+    assert not torch.equal(values[0][missing], values[1][missing])  # draws of the prior N(0, I) where x_b is missing
+    with pytest.raises(ValueError, match="masked must be"):
+        point_codes(masked="median")

@@ -146,6 +146,10 @@ def mmd(x, y, kind: str = "gaussian", scale: float = 0.0, estimator: str = "bias
     return off(kxx, n) + off(kyy, m) - 2 * kxy.mean()
 
 
+def empty_guide(*args, **kwargs):
+    """The guide of a program without latent sites (:meth:`MFM.classify`, :meth:`MFM.fit_surrogates`)."""
+
+
 class Objective:
     """``loss(batch)``, per sample, for ``model.objective``:
 
@@ -157,7 +161,9 @@ class Objective:
       of the samples where modality m is present.
 
     ``ablation = "discriminative"`` drops the prior matching (beta = 0). With ``missing = "surrogate"``,
-    ``surrogate_weight * surrogate_loss / len(batch)`` is added.
+    ``surrogate_weight * surrogate_loss / len(batch)`` is added. The discriminative and the surrogate terms are the
+    ``Trace_ELBO`` losses of Pyro programs with observed sites only (:meth:`MFM.classify`,
+    :meth:`MFM.fit_surrogates`), as the ss-VAE's ``model_classify``.
     """
 
     def __init__(self, mfm: MFM):
@@ -166,6 +172,7 @@ class Objective:
         self.elbo = elbo_cls(
             num_particles=cfg.num_particles, vectorize_particles=cfg.num_particles > 1, max_plate_nesting=1
         )
+        self.aux = Trace_ELBO(max_plate_nesting=1)  # the terms of programs without latent sites
         self.mfm = mfm
         self.alpha = cfg.alpha
         factors = (["z_y"] if mfm.shared else []) + (list(mfm.names) if mfm.private else [])
@@ -187,12 +194,13 @@ class Objective:
         cfg = self.mfm.config
         beta = beta if cfg.has_decoders else 0.0
         loss = self.wae_loss(batch, beta) if cfg.objective == "wae" else self.elbo_loss(batch, beta)
-        if cfg.missing == "surrogate":
-            loss = loss + cfg.surrogate_weight * self.mfm.surrogate_loss(batch)
+        if cfg.missing == "surrogate":  # a Pyro program with no latent sites (MFM.fit_surrogates)
+            loss = loss + self.aux.differentiable_loss(self.mfm.fit_surrogates, empty_guide, batch)
         return loss / len(batch)
 
     def elbo_loss(self, batch: Batch, beta: float) -> torch.Tensor:
-        """-ELBO_beta(batch) + alpha * discriminative_loss(batch), summed over the batch."""
+        """-ELBO_beta(batch) + alpha * discriminative_loss(batch), summed over the batch: the guide's features are
+        kept and passed to the discriminative term."""
         features = []
 
         def guide(batch):  # the guide, keeping what it computed: the discriminative term reuses its features
@@ -203,8 +211,8 @@ class Objective:
         if beta != 1.0:
             model, guide = scale_latents(beta)(model), scale_latents(beta)(guide)
         loss = self.elbo.differentiable_loss(model, guide, batch)
-        if self.alpha:
-            loss = loss + self.alpha * self.mfm.discriminative_loss(batch, features[0])
+        if self.alpha:  # the discriminative term, a Pyro program with no latent sites (MFM.classify)
+            loss = loss + self.aux.differentiable_loss(self.mfm.classify, empty_guide, batch, features[0])
         return loss
 
     def wae_loss(self, batch: Batch, beta: float) -> torch.Tensor:
