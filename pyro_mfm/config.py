@@ -84,6 +84,9 @@ class ModelConfig(_Table):
         f_y_dim, f_a_dim: sizes of the factor features f_y = G_y(z_y), f_a,m = G_m(z_a,m) (int or table).
         hidden: hidden width of every MLP (encoders, G, decoders F_m, label head D).
         dropout: dropout rate inside the MLPs (the paper's Linear-ReLU-Dropout-Linear-ReLU).
+        input_dropout: dropout rate of the guide's standardised inputs x_m in training (0: none). On a linear
+            model, dropping inputs is a ridge penalty scaled to each feature's spread (Wager et al., NeurIPS 2013):
+            it keeps an expert from claiming evidence from single features that does not carry over to new samples.
         label_likelihood: ``"auto"`` (Normal for regression, Categorical for classes, Bernoulli for multilabel),
             or one of ``"normal"``, ``"laplace"`` (the paper's L1 loss), ``"categorical"``, ``"bernoulli"``.
         x_scale: ``"learned"`` (a Normal scale per feature) or ``"fixed"`` (scale ``x_fixed_scale`` in
@@ -140,6 +143,7 @@ class ModelConfig(_Table):
     f_a_dim: int | dict[str, int] = setting(16, ge=1, le=MAX_WIDTH)
     hidden: int = setting(128, ge=1, le=MAX_WIDTH)
     dropout: float = setting(0.0, ge=0, lt=1)
+    input_dropout: float = setting(0.0, ge=0, lt=1)
     label_likelihood: Literal["auto", "normal", "laplace", "categorical", "bernoulli"] = "auto"
     x_scale: Literal["learned", "fixed"] = "learned"
     x_fixed_scale: float = setting(1.0, gt=0)

@@ -62,6 +62,8 @@ class Guide(nn.Module):
         self.shared, self.private = config.has_z_y, config.has_z_a
         self.deterministic = config.objective == "wae"
         self.x_in = nn.ModuleDict({m: Standardise(stats.mean[m], stats.std[m]) for m in self.names})
+        # dropout of the standardised inputs in training (model.input_dropout; none at 0, which draws nothing)
+        self.drop_x = nn.Dropout(config.input_dropout) if config.input_dropout else nn.Identity()
         self.y_in = None
         if schema.label is not None:
             self.y_in = LabelEncoding(schema.label, label_kind, stats.label_mean, stats.label_std)
@@ -101,24 +103,25 @@ class Guide(nn.Module):
         return {s.name: s.dim for s in self.schema.modalities}
 
     # ------------------------------------------------------------------ the guide program
-    def forward(self, batch: Batch, features: Features | None = None) -> Features:
+    def forward(self, batch: Batch, features: Features | None = None, modalities=None) -> Features:
         """q(z_y | x_obs [, y]) prod_m q(z_a,m | x_m, z_y) (:meth:`program`); for the ``wae`` objective, its codes
         (:class:`point_codes`: Delta sites at the means, a draw of q where x_m is missing). Returns the
-        :class:`Features` it computed (``features``: already computed from ``batch``)."""
+        :class:`Features` it computed (``features``: already computed from ``batch``; ``modalities``: as for
+        :meth:`program`)."""
         program = point_codes(masked="sample")(self.program) if self.deterministic else self.program
-        return program(batch, features)
+        return program(batch, features, modalities)
 
-    def program(self, batch: Batch, features: Features | None = None) -> Features:
+    def program(self, batch: Batch, features: Features | None = None, modalities=None) -> Features:
         """The variational distribution: z_y from the product of experts (or the MFN), then each z_a,m given x_m and
-        the drawn z_y, masked where x_m is missing."""
+        the drawn z_y, masked where x_m is missing. ``modalities``: the z_a,m to draw (default: every modality's;
+        a consumer that reads only some of them, such as imputation, names those)."""
         features = self.features(batch) if features is None else features
         with pyro.plate("data", len(batch)):
             z_y = None
             if self.shared:  # the wae codes read the modalities alone
-                z_y = pyro.sample(
-                    "z_y", self.posterior_z_y(batch.without_labels() if self.deterministic else batch, features)
-                )
-            for m in self.names if self.private else ():
+                q_z_y = self.posterior_z_y(batch.without_labels() if self.deterministic else batch, features)
+                z_y = pyro.sample("z_y", q_z_y)
+            for m in (self.names if modalities is None else modalities) if self.private else ():
                 loc_a, scale_a = self.posterior_z_a(batch, features.h, m, z_y)
                 with poutine.mask(mask=batch.present[m]):
                     pyro.sample(f"z_a_{m}", dist.Normal(loc_a, scale_a).to_event(1))
@@ -127,7 +130,7 @@ class Guide(nn.Module):
     # ------------------------------------------------------------------ encoders
     def inputs(self, batch: Batch) -> dict:
         """Every modality standardised, zero where missing or padded."""
-        return {m: self.x_in[m](batch.x[m]) * self._input_mask(batch, m) for m in self.names}
+        return {m: self.drop_x(self.x_in[m](batch.x[m])) * self._input_mask(batch, m) for m in self.names}
 
     def steps(self, batch: Batch, m: str):
         """The real steps of sequence modality ``m`` where it is present (``None`` for a vector)."""

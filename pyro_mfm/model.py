@@ -147,6 +147,13 @@ class Model(nn.Module):
         with poutine.scale(scale=self.config.lambda_y):
             pyro.sample("y", p_y, obs=batch.y)
 
+    def modality_distribution(self, m: str, latents: dict, steps=None):
+        """p(x_m | F_m(.)) for given codes: a dict holding the sites in ``reads["x_<m>"]`` (``steps``: which steps of a
+        sequence are real, as ``batch.steps[m]``)."""
+        site = f"x_{m}"
+        f = {s: self.factor(s, latents[s]) for s in self.reads[site]}
+        return self.p_x[m].distribution(self.F[m](self.read(site, f)), steps=steps)
+
     def label_distribution(self, latents):
         """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in ``reads["y"]``."""
         if not isinstance(latents, dict):

@@ -5,11 +5,13 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import Predictive
 
 from pyro_mfm.config import Config, ConfigError, ModelConfig
 from pyro_mfm.data import DataError, LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import Objective, impute, predict
+from pyro_mfm.infer.predict import guide_draws
 from pyro_mfm.model import MFM
 from pyro_mfm.nets import product_of_experts
 
@@ -188,6 +190,29 @@ def test_predict_and_impute_shapes_and_pass_through():
     assert np.all(imp.std["a"][a_obs] == 0)
     assert np.all(imp.std["b"] > 0), "b is hidden: every entry must be drawn"
     assert not np.allclose(imp.mean["a"][~a_obs], 0)
+
+
+def test_imputation_decodes_only_what_some_sample_lacks_and_matches_the_model_program():
+    """The decoders of modalities that every sample observes never run; what is imputed is distributed as the
+    unconditioned model's x_m at the guide's draws (Predictive of the whole model given the same factor draws)."""
+    data = small_data()
+    mfm = build(data).eval()
+    test = data["test"].subset(np.flatnonzero(data["test"].present["a"]))  # a is observed for every sample
+    calls = {m: 0 for m in mfm.names}
+    hooks = [mfm.model.F[m].register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1)) for m in calls]
+    try:
+        imp = impute(mfm, test, observed=["a"], num_samples=4, seed=0)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls["a"] == 0 and all(calls[m] > 0 for m in calls if m != "a")
+    # the same factor draws through the whole model: the means of the hidden modalities agree
+    batch = test.batch(np.arange(len(test))).observe_only(["a"]).without_labels()
+    pyro.set_rng_seed(0)
+    z = guide_draws(mfm, batch, 4, modalities=["b", "s"])
+    assert sorted(z) == ["z_a_b", "z_a_s", "z_y"] and z["z_y"].shape == (4, len(test), mfm.config.z_y_dim)
+    full = Predictive(poutine.uncondition(mfm.model), posterior_samples=z, return_sites=["x_b_mean"], parallel=True)
+    torch.testing.assert_close(torch.as_tensor(imp.mean["b"]), full(batch)["x_b_mean"].mean(0), rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_modality_and_schema_mismatch_are_clear_errors():

@@ -76,7 +76,7 @@ def test_imputed_sequences_have_shape_respect_padding_and_beat_or_match_the_trai
     seen = test.present[observed]
     np.testing.assert_array_equal(imp.mean[observed][seen], np.asarray(test.features[observed])[seen])
     real = test.steps[hidden] & recorded[:, None]
-    mse = float(((imp.mean[hidden] - x) ** 2)[real].mean())
+    mse = float(((imp.mean[hidden].astype(float) - x) ** 2)[real].mean())  # float64, as the baseline's
     baseline = mean_imputation_baseline(data["train"], test)[hidden]["mse"]
     if hidden == "audio":
         # Audio from video is close to a tie with the training mean on POM (within 0.5% over seeds and random

@@ -1,8 +1,9 @@
 """Posterior prediction of the label and imputation of modalities, given any subset of observed modalities.
 
-Both draw the factors from the guide on the observed modalities with Pyro's ``Predictive``. Imputation runs the
-model unconditioned (``poutine.uncondition``), so every modality is drawn from the posterior predictive;
-prediction only needs the label's likelihood p(y | D(G_y(z_y))) at the drawn z_y.
+Both draw the factors from the guide on the observed modalities (:func:`guide_draws`, vectorized over the draws).
+Prediction then needs only the label's likelihood p(y | D(G_y(z_y))) at the drawn z_y, imputation only the
+likelihoods p(x_m | F_m(.)) of the modalities that are not observed, at the drawn factors they read: each is drawn
+from the posterior predictive.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Predictive
+from pyro.poutine.util import site_is_subsample
 
 from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError, schema_differences
@@ -144,7 +145,6 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     mfm.eval()
     # The posterior predictive p(y | x_obs) = E_q[p(y | D(.))] reads only the label's sites: no decoder pass, and
     # with z_y, no draw of any z_a,m (the guide's q(z_y | x_obs) alone).
-    posterior = Predictive(mfm.guide, num_samples=num_samples, return_sites=mfm.label_sites, parallel=True)
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
@@ -161,7 +161,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             )  # the guide's Delta code, or draws of q(z_y | x_obs)
             p_y = mfm.label_distribution(z_y)
         else:  # the label reads every z_a,m
-            p_y, z_mean = mfm.label_distribution(posterior(batch)), mfm.representation(batch)
+            p_y, z_mean = mfm.label_distribution(guide_draws(mfm, batch, num_samples)), mfm.representation(batch)
         points.append(mfm.D.point(p_y).mean(0).cpu())
         if regression:
             lo, hi = mixture_quantiles(p_y, q)
@@ -211,6 +211,20 @@ def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.T
     return (lo + hi) / 2
 
 
+def guide_draws(mfm: MFM, batch, num_samples: int, modalities=None) -> dict:
+    """``num_samples`` draws of the latent sites of the guide on ``batch``, ``{site: (S, B, ...)}`` (z_y, and the
+    z_a,m of ``modalities``, default all): one pass of the guide under a plate of the draws (the guide's own plate
+    is the batch's, at dim -1), as ``Predictive(guide, parallel=True)`` draws them without its two passes that find
+    the plates and the sites' shapes."""
+    with pyro.plate("posterior_draws", num_samples, dim=-2):
+        trace = poutine.trace(mfm.guide).get_trace(batch, modalities=modalities)
+    return {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }
+
+
 def _padding_mask(mfm: MFM, batch, m: str):
     """1 at the steps an imputation of ``m`` fills: its real steps where known, every step otherwise."""
     if not mfm.schema[m].is_sequence:
@@ -251,24 +265,29 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
     observed = _observed(mfm, observed)
     mfm.eval()
     names = mfm.schema.names
-    sites = [f"x_{m}" for m in names] + [f"x_{m}_mean" for m in names]
-    predictive = Predictive(
-        poutine.uncondition(mfm.model), guide=mfm.guide, num_samples=num_samples, return_sites=sites, parallel=True
-    )
+    # the posterior of the factors from the guide (one pass); then each modality that some sample lacks is decoded
+    # from the factors its likelihood reads, and drawn: the decoders of what every sample observes never run
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
     draws = {m: [] for m in names}
     for batch in dataset.loader(batch_size, device=_device(mfm)):
         batch = batch.observe_only(observed).without_labels()
-        out = predictive(batch)
+        hidden = [m for m in names if not bool(batch.present[m].all())]
+        z = guide_draws(mfm, batch, num_samples, modalities=hidden) if hidden else {}
         for m in names:
-            keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
             x = batch.x[m]
-            pad = _padding_mask(mfm, batch, m)
-            x_draws = torch.where(keep, x, out[f"x_{m}"] * pad)
-            # E[x] averages the decoder means; Var[x] = E[Var] + Var[E] is estimated from the draws.
-            means[m].append(torch.where(keep, x, out[f"x_{m}_mean"].mean(0) * pad).cpu())
-            stds[m].append(x_draws.std(0).cpu() if num_samples > 1 else torch.zeros_like(x).cpu())
+            if m in hidden:
+                keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
+                p_x = mfm.model.modality_distribution(m, z, steps=batch.steps.get(m))
+                pad = _padding_mask(mfm, batch, m)
+                x_draws = torch.where(keep, x, p_x.sample() * pad)
+                # E[x] averages the decoder means; Var[x] = E[Var] + Var[E] is estimated from the draws.
+                mean = torch.where(keep, x, p_x.mean.mean(0) * pad)
+                std = x_draws.std(0) if num_samples > 1 else torch.zeros_like(x)
+            else:  # observed for every sample: passed through
+                x_draws, mean, std = x.expand((num_samples,) + x.shape), x, torch.zeros_like(x)
+            means[m].append(mean.cpu())
+            stds[m].append(std.cpu())
             if keep_samples:
                 draws[m].append(x_draws.cpu())
     join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
