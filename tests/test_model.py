@@ -252,3 +252,22 @@ def test_enumerating_a_missing_class_label_equals_masking_it():
         config_enumerate(mfm.model), mfm.guide, batch.without_labels()
     )
     assert torch.allclose(masked, enumerated, rtol=1e-5)
+
+
+def test_input_dropout_drops_the_guides_standardised_inputs_in_training_only():
+    data = small_data()
+    batch = data["train"].batch(np.arange(64))
+    mfm = build(data, input_dropout=0.5)
+    plain = build(data).train()
+    state = torch.get_rng_state()
+    clean = plain.guide.inputs(batch)
+    assert torch.equal(torch.get_rng_state(), state)  # none configured: nothing drawn
+    dropped = mfm.train().guide.inputs(batch)
+    for m in ("a", "b"):
+        entries = clean[m] != 0  # present modalities' entries
+        zero = (dropped[m] == 0) & entries
+        share = zero.sum() / entries.sum()  # about half of them (binomial sd below 0.06 here), the rest scaled by 2
+        assert 0.3 < share < 0.7
+        torch.testing.assert_close(dropped[m][~zero], 2 * clean[m][~zero])
+    for m, x in mfm.eval().guide.inputs(batch).items():
+        assert torch.equal(x, clean[m])
