@@ -227,3 +227,18 @@ def test_fit_passes_the_kl_warmup_factor_to_the_objective_it_is_given():
     assert seen == pytest.approx([s / 8 for s in range(8)])  # 4 steps an epoch, rising to 1 over 2 epochs
     with pytest.raises(ValueError, match="needs the model"):
         fit(cfg, data, optimizer=torch.optim.SGD(mfm.parameters(), lr=0.1))
+
+
+def test_cosine_schedule_anneals_the_learning_rate_to_zero_over_the_epochs(tmp_path):
+    data = tiny_data()
+    base = SMALL + ["train.kl_warmup=0", "train.valid_samples=2", "train.calibrate='none'", "train.lr=0.01"]
+    cfg = Config().override(base + ["train.epochs=4", "train.lr_schedule='cosine'"])
+    fit(cfg, data, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state"]
+    assert state["scheduler"]["last_epoch"] == 4 and state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0)
+    # after the second of four epochs: half way down the half cosine
+    epoch2 = torch.load(tmp_path / "run" / "epoch-0002.pt", weights_only=False)["state"]
+    assert epoch2["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005)
+    fit(Config().override(base + ["train.epochs=2"]), data, tmp_path / "constant")
+    state = torch.load(tmp_path / "constant" / "last.pt", weights_only=False)["state"]
+    assert state.get("scheduler") is None and state["optimizer"]["param_groups"][0]["lr"] == 0.01

@@ -109,6 +109,9 @@ def prepare(
             if tc.weight_decay
             else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
         )
+    scheduler = built["scheduler"]
+    if scheduler is None and built["optimizer"] is None and tc.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
     objective = built["objective"] if built["objective"] is not None else Objective(mfm)
     loss_fn = distributed.DataParallelLoss(mfm, objective, group)
     if group.rank:
@@ -132,7 +135,7 @@ def prepare(
         mfm,
         objective,
         optimizer,
-        built["scheduler"],
+        scheduler,
         loss_fn,
         metric,
         has_valid,
