@@ -200,13 +200,18 @@ class Guide(nn.Module):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the
         surrogate's prediction from the observed modalities (scale 1e-3: a point code)."""
         lead = z_y.shape[:-1] if z_y is not None else h[m].shape[:-1]
+        present = batch.present[m].unsqueeze(-1)
+        if not torch.is_grad_enabled() and self.config.missing != "surrogate" and not bool(present.any()):
+            # no sample of the batch has x_m (imputing it): the prior, without running the encoder for nothing
+            # (in training it runs, so that every step gives its parameters a gradient, zero or not, alike)
+            zeros = h[m].new_zeros(lead + (self.q_a[m].z_dim,))
+            return zeros, torch.ones_like(zeros)
         inp = [h[m].expand(lead + h[m].shape[-1:])] + ([z_y] if z_y is not None else [])
         loc, scale = self.q_a[m](torch.cat(inp, dim=-1))
         if self.config.missing == "surrogate":
             fill_loc, fill_scale = self.surrogate(batch, h, m, z_y), torch.full_like(scale, 1e-3)
         else:
             fill_loc, fill_scale = torch.zeros_like(loc), torch.ones_like(scale)
-        present = batch.present[m].unsqueeze(-1)
         return torch.where(present, loc, fill_loc), torch.where(present, scale, fill_scale)
 
     def surrogate(self, batch: Batch, h: dict, m: str, z_y=None):

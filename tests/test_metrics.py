@@ -5,6 +5,7 @@ import pytest
 
 from pyro_mfm.infer.metrics import (
     classification_metrics,
+    columnwise_pearson,
     imputation_metrics,
     interval_coverage,
     regression_metrics,
@@ -37,6 +38,19 @@ def test_regression_and_classification_metrics():
     assert c["accuracy"] == 0.75
     assert c["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert interval_coverage(np.array([0.0, 1.0, 2.0]), np.array([-1, 1.5, 1]), np.array([1, 2, 3])) == 2 / 3
+
+
+def test_columnwise_pearson_is_numpys_correlation_of_each_column():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 4))
+    b = a * [1.0, -2.0, 0.0, 0.3] + rng.normal(size=(50, 4))
+    b[:, 3] = 7.0  # constant in b
+    a[:, 2] = -1.0  # constant in a
+    r = columnwise_pearson(a, b)
+    for j in (0, 1):
+        assert r[j] == pytest.approx(np.corrcoef(a[:, j], b[:, j])[0, 1], abs=1e-12)
+    assert np.isnan(r[2]) and np.isnan(r[3])
+    assert np.isnan(columnwise_pearson(a[:1], b[:1])).all()
 
 
 def test_imputation_metrics_score_only_held_out_real_steps():

@@ -108,6 +108,28 @@ def test_product_of_experts_matches_gaussian_algebra():
     assert torch.allclose(q.mean[3], torch.zeros(k)) and torch.allclose(q.covariance_matrix[3], torch.eye(k))
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (2, 3)])
+def test_posterior_draws_are_torchs_draws(shape):
+    """The product of experts draws many samples with one product per Cholesky factor; the draws are torch's
+    MultivariateNormal's for the same noise (float64), with a sample shape or a batch expanded by a plate, and the
+    gradient reaches the experts."""
+    torch.manual_seed(1)
+    k, b = 4, 5
+    a = torch.randn(b, k, k, dtype=torch.float64)
+    eta = torch.randn(b, k, dtype=torch.float64, requires_grad=True)
+    q = product_of_experts([eta], [a @ a.transpose(-1, -2)], [torch.ones(b, dtype=torch.bool)])
+    ref = torch.distributions.MultivariateNormal(q.loc, precision_matrix=q.precision_matrix)
+    for mine, theirs, sample_shape in ((q, ref, shape), (q.expand(shape + (b,)), ref.expand(shape + (b,)), ())):
+        torch.manual_seed(2)
+        x = mine.rsample(sample_shape)
+        torch.manual_seed(2)
+        y = theirs.rsample(sample_shape)
+        assert x.shape == shape + (b, k)
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    x.sum().backward()
+    assert eta.grad is not None and torch.isfinite(eta.grad).all()
+
+
 @pytest.mark.parametrize(
     "label,likelihood", [("regression", "normal"), ("regression", "laplace"), ("categorical", "categorical")]
 )

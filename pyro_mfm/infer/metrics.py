@@ -11,17 +11,29 @@ from ..metric_directions import HIGHER_IS_BETTER  # noqa: F401  (model selection
 
 
 def pearson(a, b) -> float:
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    """The Pearson correlation of ``a`` and ``b`` (flattened); NaN if either is constant or has fewer than 2 values."""
+    return float(columnwise_pearson(np.ravel(a)[:, None], np.ravel(b)[:, None])[0])
+
+
+def columnwise_pearson(a, b) -> np.ndarray:
+    """The Pearson correlation of each column of ``a`` with the same column of ``b`` (both ``(N, d)``): NaN for a
+    column that is constant in either, or with fewer than 2 rows."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2:
+        return np.full(a.shape[1], np.nan)
+    da, db = a - a.mean(0), b - b.mean(0)
+    sa, sb = np.sqrt((da**2).sum(0)), np.sqrt((db**2).sum(0))
+    constant = (a.std(0) == 0) | (b.std(0) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (da * db).sum(0) / (sa * sb)
+    return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
 
 
 def regression_metrics(y_true, y_pred) -> dict:
     """MAE, MSE and Pearson correlation (averaged over outputs for multi-output labels)."""
     y_true = np.asarray(y_true, float).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, float).reshape(len(y_pred), -1)
-    corr = [pearson(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])]
+    corr = columnwise_pearson(y_true, y_pred)
     return {
         "mae": float(np.abs(y_true - y_pred).mean()),
         "mse": float(((y_true - y_pred) ** 2).mean()),
@@ -86,7 +98,7 @@ def imputation_metrics(x_true, x_imputed, weight) -> dict:
     d = x_true.shape[-1]
     rows = np.broadcast_to(w.reshape(w.shape + (1,) * (x_true.ndim - 1 - w.ndim)), x_true.shape[:-1]).reshape(-1)
     a, b = x_true.reshape(-1, d)[rows], x_imputed.reshape(-1, d)[rows]
-    corr = [pearson(a[:, j], b[:, j]) for j in range(d)]
+    corr = columnwise_pearson(a, b)
     return {
         "mse": float(np.mean((a - b) ** 2)),
         "corr": float(np.nanmean(corr)) if not np.all(np.isnan(corr)) else float("nan"),

@@ -248,8 +248,11 @@ def impute(
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
     all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior (or the
-    surrogate's code). An imputed sequence is zero at its padding steps where they are known (the modality was
-    recorded and hidden); a sample that never recorded the modality gets all T steps. ``seed`` as in :func:`predict`.
+    surrogate's code). The imputed mean and standard deviation are those of the predictive mixture over the
+    ``num_samples`` draws of the factors (the standard deviation 0 where observed); ``keep_samples`` keeps one
+    draw of x_m per draw of the factors as well. An imputed sequence is zero at its padding steps where they are
+    known (the modality was recorded and hidden); a sample that never recorded the modality gets all T steps.
+    ``seed`` as in :func:`predict`.
     """
     with _seeded(seed, mfm):
         return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples)
@@ -280,16 +283,21 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
                 keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
                 p_x = mfm.model.modality_distribution(m, z, steps=batch.steps.get(m))
                 pad = _padding_mask(mfm, batch, m)
-                x_draws = torch.where(keep, x, p_x.sample() * pad)
-                # E[x] averages the decoder means; Var[x] = E[Var] + Var[E] is estimated from the draws.
-                mean = torch.where(keep, x, p_x.mean.mean(0) * pad)
-                std = x_draws.std(0) if num_samples > 1 else torch.zeros_like(x)
+                # over the K draws of the factors, E[x] = mean_k E[x | z_k] and, by the law of total variance,
+                # Var[x] = mean_k Var[x | z_k] + var_k E[x | z_k]: exact given the draws, no x drawn to estimate it
+                loc = p_x.mean
+                centre = loc.mean(0)
+                variance = p_x.variance.mean(0) + (loc - centre).square().mean(0)  # (torch's var(0) is slower)
+                mean = torch.where(keep, x, centre * pad)
+                std = torch.where(keep, torch.zeros_like(x), variance.sqrt() * pad)
+                if keep_samples:
+                    draws[m].append(torch.where(keep, x, p_x.sample() * pad).cpu())
             else:  # observed for every sample: passed through
-                x_draws, mean, std = x.expand((num_samples,) + x.shape), x, torch.zeros_like(x)
+                mean, std = x, torch.zeros_like(x)
+                if keep_samples:
+                    draws[m].append(x.expand((num_samples,) + x.shape).cpu())
             means[m].append(mean.cpu())
             stds[m].append(std.cpu())
-            if keep_samples:
-                draws[m].append(x_draws.cpu())
     join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
 
