@@ -293,3 +293,14 @@ def test_input_dropout_drops_the_guides_standardised_inputs_in_training_only():
         torch.testing.assert_close(dropped[m][~zero], 2 * clean[m][~zero])
     for m, x in mfm.eval().guide.inputs(batch).items():
         assert torch.equal(x, clean[m])
+
+
+def test_prediction_passes_keep_cpu_activations_in_cache():
+    """On a CPU a pass holds at most CPU_ROWS_PER_PASS samples x draws (at least one sample); a GPU takes the batch
+    as given."""
+    from pyro_mfm.infer.predict import CPU_ROWS_PER_PASS, pass_size
+
+    assert pass_size(512, 100, "cpu") == CPU_ROWS_PER_PASS // 100 < 512
+    assert pass_size(16, 100, "cpu") == 16
+    assert pass_size(512, 10**6, "cpu") == 1
+    assert pass_size(512, 100, "cuda") == 512

@@ -106,6 +106,19 @@ def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
         raise DataError(f"{dataset._where()}: modalities do not match the model's: {'; '.join(found)}")
 
 
+# samples x draws per pass on a CPU: the label head's and decoders' activations of a pass (8192 rows of 128
+# floats, 4 MiB) stay in cache; larger passes make the elementwise work memory-bound (benchmarks/README.md)
+CPU_ROWS_PER_PASS = 8192
+
+
+def pass_size(batch_size: int, num_samples: int, device) -> int:
+    """Samples per pass of ``num_samples`` draws each: ``batch_size``, and on a CPU at most
+    :data:`CPU_ROWS_PER_PASS` / ``num_samples`` (a GPU takes the batch as given)."""
+    if torch.device(device).type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_ROWS_PER_PASS // num_samples))
+
+
 def _check_counts(**counts) -> None:
     """Each of ``counts`` (posterior draws, batch size) is an integer >= 1."""
     for name, v in counts.items():
@@ -148,7 +161,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
-    for batch in dataset.loader(batch_size, device=_device(mfm)):
+    for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
         truth, y_present = batch.y, batch.y_present
         batch = batch.observe_only(observed).without_labels()
         if mfm.shared:
@@ -273,7 +286,7 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
     draws = {m: [] for m in names}
-    for batch in dataset.loader(batch_size, device=_device(mfm)):
+    for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
         batch = batch.observe_only(observed).without_labels()
         hidden = [m for m in names if not bool(batch.present[m].all())]
         z = guide_draws(mfm, batch, num_samples, modalities=hidden) if hidden else {}
