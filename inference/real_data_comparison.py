@@ -17,7 +17,7 @@
 Every MFM metric is a mean and standard deviation over the seeds. For each pair of nested subsets S inside S', the
 paired difference of S' against S (accuracy, or MAE) is averaged over the seeds per test sample; "worse" means worse
 by more than one standard error of that per-sample paired difference. ``--set`` overrides apply to every MFM.
-Prints Markdown tables; ``--out`` writes every number as JSON.
+Prints Markdown tables; ``--out`` writes every number as JSON, each seed's too.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
     return out
 
 
+def per_seed(runs, subsets, keys):
+    """Each metric's value for every seed, per subset (for paired comparisons of two runs over the same seeds)."""
+    return {name(obs): {k: [float(r[obs]["metrics"][k]) for r in runs] for k in keys} for obs in subsets}
+
+
 def summary(runs, subsets, keys):
     """Mean and standard deviation over seeds of each metric, per subset."""
     return {
@@ -205,6 +210,7 @@ def compare_uci(seeds, overrides, num_samples):
         "mfm": {name(o): v for o, v in s.items()},
         "logistic_regression": {name(o): v for o, v in base_acc.items()},
         "nested": pairs,
+        "per_seed": per_seed(runs, subsets, ["accuracy", "ece"]),
     }
     return "\n".join(lines), record
 
@@ -245,6 +251,7 @@ def compare_pom(data, config, seeds, num_samples, label):
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in base.items()},
         "nested": pairs,
+        "per_seed": per_seed(runs, subsets, ["mae", "corr", "coverage"]),
     }
     return "\n".join(lines), record
 
