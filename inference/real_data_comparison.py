@@ -119,7 +119,7 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
     return out
 
 
-def per_seed(runs, subsets, keys):
+def seed_values(runs, subsets, keys):
     """Each metric's value for every seed, per subset (for paired comparisons of two runs over the same seeds)."""
     return {name(obs): {k: [float(r[obs]["metrics"][k]) for r in runs] for k in keys} for obs in subsets}
 
@@ -210,7 +210,7 @@ def compare_uci(seeds, overrides, num_samples):
         "mfm": {name(o): v for o, v in s.items()},
         "logistic_regression": {name(o): v for o, v in base_acc.items()},
         "nested": pairs,
-        "per_seed": per_seed(runs, subsets, ["accuracy", "ece"]),
+        "per_seed": seed_values(runs, subsets, ["accuracy", "ece"]),
     }
     return "\n".join(lines), record
 
@@ -251,7 +251,7 @@ def compare_pom(data, config, seeds, num_samples, label):
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in base.items()},
         "nested": pairs,
-        "per_seed": per_seed(runs, subsets, ["mae", "corr", "coverage"]),
+        "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
     return "\n".join(lines), record
 
