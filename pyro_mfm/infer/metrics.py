@@ -22,11 +22,10 @@ def columnwise_pearson(a, b) -> np.ndarray:
     if len(a) < 2:
         return np.full(a.shape[1], np.nan)
     da, db = a - a.mean(0), b - b.mean(0)
-    sa, sb = np.sqrt((da**2).sum(0)), np.sqrt((db**2).sum(0))
-    constant = (a.std(0) == 0) | (b.std(0) == 0)
+    sa, sb = np.sqrt((da**2).sum(0)), np.sqrt((db**2).sum(0))  # zero exactly where a column is constant
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (da * db).sum(0) / (sa * sb)
-    return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+    return np.where((sa == 0) | (sb == 0), np.nan, np.clip(r, -1.0, 1.0))
 
 
 def regression_metrics(y_true, y_pred) -> dict:
