@@ -80,6 +80,7 @@ class HeldOutNLPD:
 
     def __init__(self, mfm: MFM, parts: list, subsets: list, num_samples: int, seed: int):
         self.mfm, self.parts, self.subsets, self.num_samples = mfm, parts, subsets, num_samples
+        self.draws = num_samples  # the first ``draws`` of the fixed draws enter the objective (see :func:`calibrate`)
         self.device = next(mfm.parameters()).device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         k = mfm.config.z_y_dim
@@ -97,12 +98,13 @@ class HeldOutNLPD:
     def log_predictive(self, latents, y):
         """log (1/K) sum_k p(y | z_k) for draws ``latents`` of shape (K, ..., N, k)."""
         lp = self.mfm.label_distribution(latents).log_prob(y)
-        return torch.logsumexp(lp, 0) - math.log(self.num_samples)
+        return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
 
     def __call__(self, t, r, t_y):
         self.mfm.D.log_temperature = t_y
         total, count = 0.0, 0
         for i, ((batch, y, keep, experts), eps) in enumerate(zip(self.parts, self.noise)):
+            eps = eps[: self.draws]
             if self.poe:
                 for s in range(0, len(self.subsets), self.chunk):
                     lp = self.log_predictive(
@@ -133,17 +135,17 @@ class HeldOutNLPD:
         return loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
 
     def codes(self, i, batch, obs, eps):
-        if (i, obs) not in self.fixed:
+        if (i, obs, len(eps)) not in self.fixed:
             with torch.no_grad():
                 sub = batch.observe_only(obs)
                 if self.mfm.shared:
                     q = self.mfm.posterior_z_y(sub)
-                    self.fixed[i, obs] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+                    self.fixed[i, obs, len(eps)] = q.loc + (q.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
                 else:
-                    self.fixed[i, obs] = {
-                        s: v.expand((self.num_samples,) + v.shape) for s, v in self.mfm.codes(sub).items()
+                    self.fixed[i, obs, len(eps)] = {
+                        s: v.expand((len(eps),) + v.shape) for s, v in self.mfm.codes(sub).items()
                     }
-        return self.fixed[i, obs]
+        return self.fixed[i, obs, len(eps)]
 
 
 def _symmetric(values, size: int):
@@ -187,17 +189,27 @@ def calibrate(
     try:
         with torch.no_grad():
             before = float(nlpd())
-        opt = torch.optim.LBFGS(
-            [t_y] + ([t_x, r_x] if experts_on else []), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe"
-        )
+        # Coarse to fine: L-BFGS first on a quarter of the draws (a quarter of the cost per evaluation), then on
+        # all of them from there, where a few steps suffice. It stops when a step changes the objective by less
+        # than 1e-5 of its value, far below its sampling error on any validation split (0.1-1% at best).
+        params = [t_y] + ([t_x, r_x] if experts_on else [])
+        for draws in dict.fromkeys((max(1, num_samples // 4), num_samples)):
+            objective.draws = draws
+            opt = torch.optim.LBFGS(
+                params,
+                lr=1.0,
+                max_iter=max_iter,
+                tolerance_change=1e-5 * max(abs(before), 1e-3),
+                line_search_fn="strong_wolfe",
+            )
 
-        def closure():
-            opt.zero_grad()
-            loss = nlpd()
-            loss.backward()
-            return loss
+            def closure():
+                opt.zero_grad()
+                loss = nlpd()
+                loss.backward()
+                return loss
 
-        opt.step(closure)
+            opt.step(closure)
         with torch.no_grad():
             after = float(nlpd())
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
