@@ -141,7 +141,7 @@ def private_codes(mfm, batch, h, z_y) -> dict:
 
 
 def wae_codes(mfm, batch, h, x, steps):
-    z_y = mfm.guide.q_y_fused(mfm.guide.fusion(x, steps)).chunk(2, -1)[0]
+    z_y = mfm.guide.q_y_fused(mfm.guide.fusion(x, steps))
     return z_y, private_codes(mfm, batch, h, z_y)
 
 

@@ -91,16 +91,39 @@ def overhead(device, reps, warmup, quick, checks: list) -> list:
     return rows
 
 
-def throughput(device, reps, warmup, quick, checks: list) -> list:
-    """Training samples per second, the library's ``wae`` step against the step-by-step reference's."""
+# the MOSI configurations of section 2: MMSA's port's networks and the authors'
+THROUGHPUT_CONFIGS = {"MMSA's sizes": "mfm-mmsa-mosi.toml", "the paper's sizes": "mfm-paper-mosi.toml"}
+
+
+def parameters(quick) -> list:
+    """Parameters by part of each configuration of section 2: the library's networks, and the public MFM code's
+    network at the same widths (:func:`setups.reference_parameter_counts`)."""
     rows = []
-    for size in (16,) if quick else (32, 64):
-        s = setups.mosi("wae", batch_size=size, device=device, quick=quick)
+    for label, name in THROUGHPUT_CONFIGS.items():
+        s = setups.mosi("wae", quick=quick, config=name)
+        ours = setups.parameter_counts(s.mfm)
+        ref = setups.reference_parameter_counts(setups.Config.load(setups.MODELS / name), setups.MOSI_DIMS)
+        for part in [*ours, "total"]:
+            a = sum(ours.values()) if part == "total" else ours[part]
+            b = sum(ref.values()) if part == "total" else ref[part]
+            if quick:  # tiny networks: the reference at the configuration's widths is not what was built
+                rows.append([label, part, "", f"{a:,}", ""])
+            else:
+                rows.append([label, part, f"{b:,}", f"{a:,}", f"{a / b:.2f}"])
+    return rows
+
+
+def throughput(device, reps, warmup, quick, checks: list) -> list:
+    """Training samples per second, the library's ``wae`` step against the step-by-step reference's, for each
+    configuration of :data:`THROUGHPUT_CONFIGS`."""
+    rows = []
+    for (label, name), size in [(c, b) for c in THROUGHPUT_CONFIGS.items() for b in ((16,) if quick else (32, 64))]:
+        s = setups.mosi("wae", batch_size=size, device=device, quick=quick, config=name)
         mfm, batch = s.mfm, s.batch
         obj = Objective(mfm)
         checks.append(
             check_equal(
-                f"MOSI wae, batch {size}: library = step-by-step reference",
+                f"MOSI wae, {label}, batch {size}: library = step-by-step reference",
                 lambda: obj(batch),
                 lambda: stepwise.wae_loss(mfm, batch),
                 mfm,
@@ -127,6 +150,7 @@ def throughput(device, reps, warmup, quick, checks: list) -> list:
             bound = f"{ref.median / (1e-3 * matmul_ms(train_step(mfm, lambda: obj(batch), False))):.2f}"
         rows.append(
             [
+                label,
                 f"batch {size}",
                 f"{size / ref.median:.0f} ({ref.ms()} ms)",
                 f"{size / lib.median:.0f} ({lib.ms()} ms)",

@@ -79,6 +79,18 @@ def uci(batch_size: int = 64, device="cpu", missing: float = 0.3, quick: bool = 
     return _build("UCI vectors", config, hidden, batch_size, device)
 
 
+# the per-modality tables of the MOSI configurations (``factor_hidden`` has a ``z_y`` key besides)
+PER_MODALITY = (
+    "lstm_hidden",
+    "z_a_dim",
+    "f_a_dim",
+    "lambda_x",
+    "encoder_lstm_hidden",
+    "encoder_hidden",
+    "factor_hidden",
+)
+
+
 def mosi(
     objective: str = "wae",
     batch_size: int = 64,
@@ -88,22 +100,79 @@ def mosi(
     missing: float = 0.0,
     quick: bool = False,
     seed: int = 0,
+    config: str = "mfm-paper-mosi.toml",
 ) -> Setup:
-    """``models/mfm-paper-mosi.toml`` (MFN fusion, LSTM encoders and decoders, the paper's sizes) on MOSI-shaped
-    sequences; ``objective = "elbo"`` swaps in the ELBO with analytic KL for the same networks, with the ss-VAE's
-    label term on the observed modalities (``label_subsets = 0``), the term the plain-PyTorch reference writes out."""
+    """``models/mfm-paper-mosi.toml`` (MFN fusion, LSTM encoders and decoders, the paper's sizes), or another
+    configuration of ``models/``, on MOSI-shaped sequences; ``objective = "elbo"`` swaps in the ELBO with analytic
+    KL for the same networks, with the ss-VAE's label term on the observed modalities (``label_subsets = 0``), the
+    term the plain-PyTorch reference writes out. Modalities of ``dims`` beyond MOSI's take the first modality's
+    widths."""
     dims = dims or MOSI_DIMS
     overrides = [f"model.objective='{objective}'", "model.label_subsets=0"]
-    config = Config.load(MODELS / "mfm-paper-mosi.toml", overrides)
-    m = config.model
-    for key in ("lstm_hidden", "z_a_dim", "f_a_dim", "lambda_x"):
+    cfg = Config.load(MODELS / config, overrides)
+    m = cfg.model
+    for key in PER_MODALITY:
         table = getattr(m, key)
-        setattr(m, key, {name: table.get(name, next(iter(table.values()))) for name in dims})
+        if isinstance(table, dict):
+            keep = {k: v for k, v in table.items() if k not in MOSI_DIMS}
+            setattr(m, key, {**keep, **{name: table.get(name, next(iter(table.values()))) for name in dims}})
     if quick:
         m.hidden, m.lstm_hidden, m.mfn_memory = 16, {name: 8 for name in dims}, 8
+        m.encoder_lstm_hidden = m.encoder_hidden = m.factor_hidden = m.label_hidden = m.mfn_hidden = 0
         T = min(T, 6)
     data = mosi_shaped(max(batch_size, 64), T, dims, seed=seed, missing=missing)
-    return _build(f"MOSI sequences ({objective})", config, data, batch_size, device, seed)
+    return _build(f"MOSI sequences ({objective})", cfg, data, batch_size, device, seed)
+
+
+def parameter_counts(mfm: MFM) -> dict:
+    """The MFM's parameters by part, in the parts of :func:`reference_parameter_counts` (``encoders``: the z_a,m
+    encoders' trunks and experts; ``MFN``; ``z_y head``: the Linear from the MFN's output; ``factor nets``: G_y and
+    every G_m; ``decoders``; ``label head``: D)."""
+    n = lambda *mods: sum(p.numel() for mod in mods for p in mod.parameters())  # noqa: E731
+    g, m = mfm.guide, mfm.model
+    return {
+        "encoders": n(g.trunk, g.q_a),
+        "MFN": n(g.fusion),
+        "z_y head": n(g.q_y_fused),
+        "factor nets": n(m.G_y, m.G),
+        "decoders": n(m.F),
+        "label head": n(m.D),
+    }
+
+
+def reference_parameter_counts(config: Config, dims: dict, out_dim: int = 1) -> dict:
+    """Parameters of the public MFM's network (the authors' code and MMSA's port, which share its layers) at the
+    widths of ``config`` (an MFN configuration of ``models/``), by part: per modality an ``LSTMCell`` as wide as
+    z_a,m and a ``Linear`` of that width (the code); the MFN (an ``LSTMCell`` per modality, its attention, proposal
+    and gate MLPs, each Linear-ReLU-Linear); a ``Linear`` from [h_T; u_T] to z_y; the factor nets
+    Linear(z, f)-ReLU-Linear(f, f); per modality an ``LSTMCell`` decoder as wide as [f_y; f_m] and a ``Linear`` to
+    d_m; the label head Linear(f_y, f_y)-ReLU-Linear(f_y, out). The MFN's own output head, which the MFM never
+    reads, is not counted."""
+    m = config.model
+    names = list(dims)
+    lin = lambda a, b: a * b + b  # noqa: E731
+    cell = lambda d, h: 4 * h * (d + h) + 8 * h  # noqa: E731  (weights and both biases)
+    z_a, f_a, H = (m.per_modality(k, names) for k in ("z_a_dim", "f_a_dim", "lstm_hidden"))
+    w = m.widths("mfn_hidden", ("attention", "propose", "gate1", "gate2"), m.hidden)
+    c, u = sum(H.values()), m.mfn_memory
+    return {
+        "encoders": sum(cell(dims[n], z_a[n]) + lin(z_a[n], z_a[n]) for n in names),
+        "MFN": sum(cell(dims[n], H[n]) for n in names)
+        + lin(2 * c, w["attention"])
+        + lin(w["attention"], 2 * c)
+        + lin(2 * c, w["propose"])
+        + lin(w["propose"], u)
+        + lin(2 * c + u, w["gate1"])
+        + lin(w["gate1"], u)
+        + lin(2 * c + u, w["gate2"])
+        + lin(w["gate2"], u),
+        "z_y head": lin(c + u, m.z_y_dim),
+        "factor nets": sum(
+            lin(z, f) + lin(f, f) for z, f in [(m.z_y_dim, m.f_y_dim), *((z_a[n], f_a[n]) for n in names)]
+        ),
+        "decoders": sum(cell(m.f_y_dim + f_a[n], m.f_y_dim + f_a[n]) + lin(m.f_y_dim + f_a[n], dims[n]) for n in names),
+        "label head": lin(m.f_y_dim, m.f_y_dim) + lin(m.f_y_dim, out_dim),
+    }
 
 
 def to_device(device: str) -> torch.device:

@@ -55,7 +55,7 @@ def wae_loss(mfm, batch) -> torch.Tensor:
     """The paper's objective / B with every recurrence stepped in Python."""
     x, steps = plain.inputs(mfm, batch)
     h = {m: encoder(mfm.guide.trunk[m], x[m], steps[m]) for m in mfm.names}
-    z_y = mfm.guide.q_y_fused(fusion(mfm.guide.fusion, x, steps)).chunk(2, -1)[0]
+    z_y = mfm.guide.q_y_fused(fusion(mfm.guide.fusion, x, steps))
     z_a = plain.private_codes(mfm, batch, h, z_y)
     loss = plain.reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a, decode=lambda m, f: decoder(mfm.model.F[m], f))
     return (loss + plain.mmd_terms(mfm, batch, z_y, z_a)) / len(batch)

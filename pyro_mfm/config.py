@@ -82,7 +82,18 @@ class ModelConfig(_Table):
         z_y_dim: size of the shared multimodal discriminative factor z_y.
         z_a_dim: size of each modality-specific generative factor z_a,m (one int, or a table modality -> int).
         f_y_dim, f_a_dim: sizes of the factor features f_y = G_y(z_y), f_a,m = G_m(z_a,m) (int or table).
-        hidden: hidden width of every MLP (encoders, G, decoders F_m, label head D).
+        hidden: hidden width of every MLP (encoders, G, decoders F_m, label head D), unless one of the part widths
+            below says otherwise for its part.
+        encoder_hidden: width of each modality's encoder features h_m (the trunk's output, read by the experts;
+            int or table modality -> int; 0: ``hidden``).
+        encoder_lstm_hidden: hidden size of each sequence modality's encoder LSTM (int or table; 0: ``lstm_hidden``).
+        expert_layers: hidden layers of every expert's MLP (h_m -> the expert of z_y; [h_m; z_y] -> q(z_a,m)),
+            each ``hidden`` wide; 0 makes an expert one Linear layer.
+        factor_hidden: hidden width of the factor nets G_y and G_m (an int, or a table with keys ``z_y`` and
+            modality names; 0: ``hidden``). MMSA's and the authors' MFM make each as wide as its features f.
+        label_hidden: hidden width of the label head D (0: ``hidden``).
+        mfn_hidden: hidden widths of the MFN's four MLPs (an int, or a table with keys ``attention``,
+            ``propose``, ``gate1``, ``gate2``; 0: ``hidden``). MMSA's MFM on MOSI: 32 / 64 / 32 / 64.
         dropout: dropout rate inside the MLPs (the paper's Linear-ReLU-Dropout-Linear-ReLU).
         input_dropout: dropout rate of the guide's standardised inputs x_m in training (0: none). On a linear
             model, dropping inputs is a ridge penalty scaled to each feature's spread (Wager et al., NeurIPS 2013):
@@ -144,6 +155,12 @@ class ModelConfig(_Table):
     f_y_dim: int = setting(32, ge=1, le=MAX_WIDTH)
     f_a_dim: int | dict[str, int] = setting(16, ge=1, le=MAX_WIDTH)
     hidden: int = setting(128, ge=1, le=MAX_WIDTH)
+    encoder_hidden: int | dict[str, int] = setting(0, ge=0, le=MAX_WIDTH)
+    encoder_lstm_hidden: int | dict[str, int] = setting(0, ge=0, le=MAX_WIDTH)
+    expert_layers: int = setting(2, ge=0, le=16)
+    factor_hidden: int | dict[str, int] = setting(0, ge=0, le=MAX_WIDTH)
+    label_hidden: int = setting(0, ge=0, le=MAX_WIDTH)
+    mfn_hidden: int | dict[str, int] = setting(0, ge=0, le=MAX_WIDTH)
     dropout: float = setting(0.0, ge=0, lt=1)
     input_dropout: float = setting(0.0, ge=0, lt=1)
     label_likelihood: Literal["auto", "normal", "laplace", "categorical", "bernoulli"] = "auto"
@@ -194,6 +211,22 @@ class ModelConfig(_Table):
                 raise ConfigError(f"model.{key}: no value for modalities {missing} (table has {sorted(value)})")
             return {m: value[m] for m in names}
         return {m: value for m in names}
+
+    def widths(self, key: str, parts, default) -> dict:
+        """The width of each of ``parts`` that the part-width field ``key`` gives (an int or a table part -> int),
+        with 0 meaning ``default`` (an int, or a table part -> int)."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            missing = [p for p in parts if p not in value]
+            unknown = sorted(set(value) - set(parts))
+            if missing or unknown:
+                raise ConfigError(
+                    f"model.{key}: the table has keys {sorted(value)}; expected exactly {list(parts)}"
+                    + (f" (missing {missing})" if missing else "")
+                )
+        fallback = default if isinstance(default, dict) else dict.fromkeys(parts, default)
+        given = value if isinstance(value, dict) else dict.fromkeys(parts, value)
+        return {p: given[p] or fallback[p] for p in parts}
 
     def validate(self, where: str = "<config>") -> ModelConfig:
         return self.check(where)

@@ -36,6 +36,10 @@ from .data.stats import FeatureStats
 from .likelihoods import LabelEncoding, Standardise
 from .nets import ExpertEncoder, InformationExpert, MemoryFusion, make_encoder, mlp, product_of_experts
 
+# the standard deviation with which the wae objective's MFN code of z_y stands as a Gaussian (for consumers that
+# take a distribution; draws from it are the code to 1e-6)
+POINT_SCALE = 1e-6
+
 
 class Features(NamedTuple):
     """What the guide computed from one batch's observed modalities, returned by :meth:`Guide.forward` so that a
@@ -56,9 +60,11 @@ class Guide(nn.Module):
     def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats, label_kind: str | None = None):
         super().__init__()
         self.schema, self.config, self.names = schema, config, schema.names
-        h, dropout = config.hidden, config.dropout
+        h, dropout, layers = config.hidden, config.dropout, config.expert_layers
         z_a = config.per_modality("z_a_dim", self.names)
         lstm_h = config.per_modality("lstm_hidden", self.names)
+        enc_h = config.widths("encoder_hidden", self.names, h)
+        enc_lstm = config.widths("encoder_lstm_hidden", self.names, lstm_h)
         self.shared, self.private = config.has_z_y, config.has_z_a
         self.deterministic = config.objective == "wae"
         self.x_in = nn.ModuleDict({m: Standardise(stats.mean[m], stats.std[m]) for m in self.names})
@@ -68,21 +74,30 @@ class Guide(nn.Module):
         if schema.label is not None:
             self.y_in = LabelEncoding(schema.label, label_kind, stats.label_mean, stats.label_std)
         self.trunk = nn.ModuleDict(
-            {s.name: make_encoder(s, config.sequence_net, h, lstm_h[s.name], dropout) for s in schema.modalities}
+            {
+                s.name: make_encoder(s, config.sequence_net, enc_h[s.name], enc_lstm[s.name], dropout)
+                for s in schema.modalities
+            }
         )
         k_y = config.z_y_dim * self.shared
         self.q_y = None
         if self.shared and config.fusion == "mfn":
-            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, h, dropout)
-            self.q_y_fused = nn.Linear(self.fusion.out_dim, 2 * config.z_y_dim)
+            mfn_h = config.widths("mfn_hidden", MemoryFusion.PARTS, h)
+            self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, mfn_h, dropout)
+            # the MFN's output to q(z_y | x): loc and scale, or for wae, whose z_y is a point code, the code alone
+            self.q_y_fused = nn.Linear(self.fusion.out_dim, (1 if self.deterministic else 2) * config.z_y_dim)
+            if self.deterministic:
+                self._register_load_state_dict_pre_hook(self._point_code_rows)
         elif self.shared:
-            self.q_y = nn.ModuleDict({m: InformationExpert(h, config.z_y_dim, h, dropout) for m in self.names})
+            self.q_y = nn.ModuleDict(
+                {m: InformationExpert(enc_h[m], config.z_y_dim, h, dropout, layers) for m in self.names}
+            )
             if self.y_in is not None:
-                self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, dropout)
+                self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, dropout, layers)
         if self.private:
-            self.q_a = nn.ModuleDict({m: ExpertEncoder(h + k_y, z_a[m], h, dropout) for m in self.names})
+            self.q_a = nn.ModuleDict({m: ExpertEncoder(enc_h[m] + k_y, z_a[m], h, dropout, layers) for m in self.names})
         if config.missing == "surrogate":
-            others = {m: sum(h + 1 for n in self.names if n != m) for m in self.names}
+            others = {m: sum(enc_h[n] + 1 for n in self.names if n != m) for m in self.names}
             self.S = nn.ModuleDict({m: mlp([k_y + others[m], h, h, z_a[m]], dropout) for m in self.names})
         # log temperature of each modality's expert of z_y (its precision and information vector are multiplied by
         # exp(.)), fitted on held-out data after training by pyro_mfm.infer.calibrate; 0 (no change) in training
@@ -91,6 +106,13 @@ class Guide(nn.Module):
         # temperature is lowered by r_mn, so that two views that carry the same evidence are not counted twice;
         # fitted with the temperatures (pyro_mfm.infer.calibrate, train.calibrate = "all"); 0 in training
         self.register_buffer("expert_redundancy", torch.zeros(len(self.names), len(self.names)))
+
+    def _point_code_rows(self, state, prefix, *args):
+        """A ``wae`` checkpoint written when ``q_y_fused`` gave a scale as well keeps its code rows (the scale rows
+        were never trained: the objective reads the code alone)."""
+        for key in (prefix + "q_y_fused.weight", prefix + "q_y_fused.bias"):
+            if key in state and state[key].shape[0] == 2 * self.config.z_y_dim:
+                state[key] = state[key][: self.config.z_y_dim]
 
     def _mfn_dims(self) -> dict:
         lengths = {s.name: s.steps for s in self.schema.modalities}
@@ -172,8 +194,12 @@ class Guide(nn.Module):
         """
         features = self.features(batch) if features is None else features
         if self.config.fusion == "mfn":
-            loc, raw = features.fused.chunk(2, dim=-1)
-            return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(nn.functional.softplus(raw) + 1e-4))
+            if self.deterministic:  # the point code, as a Gaussian of negligible spread
+                loc, raw = features.fused, torch.full_like(features.fused, POINT_SCALE)
+            else:
+                loc, raw = features.fused.chunk(2, dim=-1)
+                raw = nn.functional.softplus(raw) + 1e-4
+            return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(raw))
         masks = [batch.present[m] for m in self.names]
         experts = self.tempered(features.experts, masks)
         if self.y_in is not None and batch.y is not None:

@@ -66,10 +66,11 @@ class Model(nn.Module):
         self.size = {"z_y": config.z_y_dim, **{f"z_a_{m}": z_a[m] for m in self.names}}
         self.reads = {f"x_{m}": self.shared_sites + self.private_sites[m] for m in self.names}
         self.reads["y"] = self.shared_sites or [s for m in self.names for s in self.private_sites[m]]
+        g_h = config.widths("factor_hidden", ["z_y", *self.names], h)
         if self.shared_sites:
-            self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, h, dropout)
+            self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, g_h["z_y"], dropout)
         if private:
-            self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], h, dropout) for m in self.names})
+            self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], g_h[m], dropout) for m in self.names})
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
         decoded = schema.modalities if config.has_decoders else []
         self.F = nn.ModuleDict(
@@ -94,7 +95,7 @@ class Model(nn.Module):
                 schema.label,
                 config.label_likelihood,
                 sum(f_dim[r] for r in self.reads["y"]),
-                h,
+                config.label_hidden or h,
                 stats.label_mean,
                 stats.label_std,
                 dropout,

@@ -50,11 +50,19 @@ def test_run_lstm_matches_lstm_on_real_steps_only():
         assert torch.all(h[b, : 6 - L] == 0)
 
 
+# one width for the four MLPs, and a width of each (the gates' differ: the loop splits their first layers' output)
+WIDTHS = [8, {"attention": 3, "propose": 7, "gate1": 4, "gate2": 9}]
+
+
+@pytest.mark.parametrize("hidden", WIDTHS, ids=["one width", "a width each"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_vectorized_mfn_equals_stepwise_reference_outputs_and_gradients(seed):
+def test_vectorized_mfn_equals_stepwise_reference_outputs_and_gradients(seed, hidden):
     dims, x, steps = _inputs(seed=seed)
     torch.manual_seed(seed)
-    net = MemoryFusion(dims, {"a": 5, "b": 4, "c": 3}, memory=6, hidden=8).double()
+    net = MemoryFusion(dims, {"a": 5, "b": 4, "c": 3}, memory=6, hidden=hidden).double()
+    if isinstance(hidden, dict):
+        assert [net.attention[0].out_features, net.propose[0].out_features] == [3, 7]
+        assert [net.gate1[0].out_features, net.gate2[0].out_features] == [4, 9]
     out = net(x, steps)
     ref = net.stepwise(x, steps)
     assert out.shape == (7, 5 + 4 + 3 + 6)

@@ -105,3 +105,91 @@ def test_pom_configuration_ablations_are_one_flag_away(ablation):
     loss = Objective(mfm)(data["train"][np.arange(24)])
     loss.backward()
     assert torch.isfinite(loss)
+
+
+# MMSA's MFM on MOSI (thuiar/MMSA, models/singleTask/MFM.py with its MOSI configuration), parameters by part, as
+# counted from its modules: what benchmarks/setups.reference_parameter_counts must give for mfm-mmsa-mosi.toml
+MMSA_PARTS = {
+    "encoders": 171_296,
+    "MFN": 448_320,
+    "z_y head": 28_240,
+    "factor nets": 23_392,
+    "decoders": 290_517,
+    "label head": 4_225,
+}
+MMSA_MFN_OUTPUT_HEAD = 45_313  # the MFN's own output head, in MMSA's module but never read by its MFM
+
+
+def test_mmsa_configuration_has_mmsas_layers_and_parameter_count():
+    import sys
+
+    sys.path.insert(0, str(MODELS.parent))
+    from benchmarks import setups
+
+    cfg = Config.load(MODELS / "mfm-mmsa-mosi.toml")
+    assert setups.reference_parameter_counts(cfg, setups.MOSI_DIMS) == MMSA_PARTS
+    data = mosi_like()
+    mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
+    ours = setups.parameter_counts(mfm)
+    assert sum(ours.values()) == sum(p.numel() for p in mfm.parameters())
+    # the parts built alike have MMSA's counts exactly; the encoders differ in that q(z_a,m | x_m, z_y) reads z_y
+    for part in ("MFN", "z_y head", "factor nets", "decoders", "label head"):
+        assert ours[part] == MMSA_PARTS[part], part
+    assert abs(sum(ours.values()) / (sum(MMSA_PARTS.values()) + MMSA_MFN_OUTPUT_HEAD) - 1) < 0.10
+    g = mfm.guide
+    assert [g.trunk[m].lstm.hidden_size for m in ("text", "audio", "vision")] == [64, 80, 80]
+    assert [len([x for x in g.q_a[m].net if isinstance(x, torch.nn.Linear)]) for m in g.q_a] == [1, 1, 1]
+
+
+def test_part_widths_default_to_hidden_and_bad_tables_are_named():
+    from pyro_mfm.config import ConfigError
+
+    data = mosi_like()
+    stats = feature_statistics(data["train"])
+    base = Config.load(MODELS / "mfm-pom.toml").model
+    cfg = Config.load(
+        MODELS / "mfm-pom.toml",
+        [
+            "model.factor_hidden={'z_y': 5, 'text': 6, 'audio': 0, 'vision': 7}",
+            "model.label_hidden=9",
+            "model.mfn_hidden=11",
+        ],
+    )
+    mfm = MFM(data.schema, cfg.model, stats)
+    assert mfm.model.G_y.net[0].out_features == 5
+    assert [mfm.model.G[m].net[0].out_features for m in ("text", "audio", "vision")] == [6, base.hidden, 7]
+    assert mfm.model.D.head[0].out_features == 9
+    assert mfm.guide.fusion.gate2[0].out_features == 11
+    assert mfm.guide.trunk["text"].out_dim == base.hidden  # encoder_hidden = 0: model.hidden
+    bad = Config.load(MODELS / "mfm-pom.toml", ["model.mfn_hidden={'attention': 4, 'gates': 4}"])
+    with pytest.raises(ConfigError, match=r"model\.mfn_hidden: .*expected exactly \['attention', 'propose'"):
+        MFM(data.schema, bad.model, stats)
+
+
+def test_wae_codes_z_y_alone_and_loads_a_checkpoint_that_held_a_scale():
+    cfg = Config.load(MODELS / "mfm-paper-mosi.toml")
+    data = mosi_like()
+    stats = feature_statistics(data["train"])
+    pyro.set_rng_seed(0)
+    mfm = MFM(data.schema, cfg.model, stats)
+    k = cfg.model.z_y_dim
+    assert mfm.guide.q_y_fused.out_features == k
+    b = data["train"][np.arange(8)].without_labels()
+    q = mfm.posterior_z_y(b)
+    torch.testing.assert_close(q.mean, mfm.codes(b)["z_y"])
+    assert float(q.stddev.max()) <= 1e-6
+    # a checkpoint of the layout before: code rows then scale rows; the code rows are kept
+    state = mfm.state_dict()
+    w, bias = state["guide.q_y_fused.weight"], state["guide.q_y_fused.bias"]
+    state["guide.q_y_fused.weight"] = torch.cat([w, torch.randn_like(w)])
+    state["guide.q_y_fused.bias"] = torch.cat([bias, torch.randn_like(bias)])
+    again = MFM(data.schema, cfg.model, stats)
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.guide.q_y_fused.weight, w)
+    # the ELBO's MFN guide keeps loc and scale, and loads its own checkpoint as it is
+    elbo = Config.load(MODELS / "mfm-paper-mosi.toml", ["model.objective='elbo'"])
+    one = MFM(data.schema, elbo.model, stats)
+    assert one.guide.q_y_fused.out_features == 2 * k
+    other = MFM(data.schema, elbo.model, stats)
+    other.load_state_dict(one.state_dict())
+    torch.testing.assert_close(other.guide.q_y_fused.weight, one.guide.q_y_fused.weight)

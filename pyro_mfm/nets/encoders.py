@@ -20,12 +20,12 @@ from .mlp import mlp
 
 
 class ExpertEncoder(nn.Module):
-    """h -> (loc, scale) of a diagonal Gaussian over a factor of size ``z_dim``."""
+    """h -> (loc, scale) of a diagonal Gaussian over a factor of size ``z_dim``, through ``layers`` hidden layers."""
 
-    def __init__(self, in_dim: int, z_dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, z_dim: int, hidden: int, dropout: float = 0.0, layers: int = 2):
         super().__init__()
         self.z_dim = z_dim
-        self.net = mlp([in_dim, hidden, hidden, 2 * z_dim], dropout)
+        self.net = mlp([in_dim, *[hidden] * layers, 2 * z_dim], dropout)
 
     def forward(self, h):
         loc, raw = self.net(h).chunk(2, dim=-1)
@@ -33,12 +33,13 @@ class ExpertEncoder(nn.Module):
 
 
 class InformationExpert(nn.Module):
-    """h -> (eta, Lambda): the information vector and precision matrix of one modality's Gaussian expert."""
+    """h -> (eta, Lambda): the information vector and precision matrix of one modality's Gaussian expert, through
+    ``layers`` hidden layers."""
 
-    def __init__(self, in_dim: int, z_dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, z_dim: int, hidden: int, dropout: float = 0.0, layers: int = 2):
         super().__init__()
         self.z_dim = z_dim
-        self.net = mlp([in_dim, hidden, hidden, z_dim + z_dim * z_dim], dropout)
+        self.net = mlp([in_dim, *[hidden] * layers, z_dim + z_dim * z_dim], dropout)
 
     def forward(self, h):
         out = self.net(h)

@@ -46,18 +46,22 @@ class MemoryFusion(nn.Module):
         dims: modality -> feature size d_m, in a fixed order.
         lstm_hidden: modality -> LSTM hidden size H_m.
         memory: size of u_t.
-        hidden: hidden width of MLP1..MLP4.
+        hidden: hidden width of MLP1..MLP4: an int, or a dict with keys ``attention``, ``propose``, ``gate1``,
+            ``gate2`` (MLP1, MLP2, MLP3, MLP4).
     """
 
-    def __init__(self, dims: dict, lstm_hidden: dict, memory: int, hidden: int, dropout: float = 0.0):
+    PARTS = ("attention", "propose", "gate1", "gate2")
+
+    def __init__(self, dims: dict, lstm_hidden: dict, memory: int, hidden: int | dict, dropout: float = 0.0):
         super().__init__()
         self.names = list(dims)
         self.lstm = nn.ModuleDict({m: nn.LSTM(dims[m], lstm_hidden[m], batch_first=True) for m in self.names})
         c = sum(lstm_hidden[m] for m in self.names)
-        self.attention = mlp([2 * c, hidden, 2 * c], dropout)
-        self.propose = mlp([2 * c, hidden, memory], dropout)
-        self.gate1 = mlp([2 * c + memory, hidden, memory], dropout)
-        self.gate2 = mlp([2 * c + memory, hidden, memory], dropout)
+        w = hidden if isinstance(hidden, dict) else dict.fromkeys(self.PARTS, hidden)
+        self.attention = mlp([2 * c, w["attention"], 2 * c], dropout)
+        self.propose = mlp([2 * c, w["propose"], memory], dropout)
+        self.gate1 = mlp([2 * c + memory, w["gate1"], memory], dropout)
+        self.gate2 = mlp([2 * c + memory, w["gate2"], memory], dropout)
         self.memory = memory
         self.out_dim = c + memory
 
@@ -87,11 +91,12 @@ class MemoryFusion(nn.Module):
             [c_hat @ first1.weight[:, : 2 * C].T + first1.bias, c_hat @ first2.weight[:, : 2 * C].T + first2.bias], -1
         )
         w_u = torch.cat([first1.weight[:, 2 * C :], first2.weight[:, 2 * C :]], 0).T
+        widths = (first1.out_features, first2.out_features)
         mid1, mid2, last1, last2 = self.gate1[1:-1], self.gate2[1:-1], self.gate1[-1], self.gate2[-1]
         active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1)
         u = forget.new_zeros(B, self.memory)
         for t in range(T):
-            a1, a2 = torch.addmm(pre[:, t], u, w_u).chunk(2, -1)
+            a1, a2 = torch.addmm(pre[:, t], u, w_u).split(widths, -1)
             u_new = torch.sigmoid(last1(mid1(a1))) * u + torch.sigmoid(last2(mid2(a2))) * u_hat[:, t]
             u = torch.where(active[:, t], u_new, u)
         return torch.cat([h[:, -1] for h in hs] + [u], -1)
