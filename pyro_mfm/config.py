@@ -131,6 +131,8 @@ class ModelConfig(_Table):
         sequence_net: encoder trunk and decoder F_m of sequence modalities: ``"mlp"`` (flattened over the T steps)
             or ``"lstm"`` (an LSTM over the real steps for q(z_a,m | x_m); an LSTM decoder that reads [f_y; f_a,m]
             at step 0 and its own previous hidden state after, with a Linear to d_m at every step).
+        sequence_mean: with ``sequence_net = "lstm"``, each sequence encoder reads the mean of x_m over its real
+            steps beside its LSTM's last state, and with ``fusion = "mfn"`` so does the MFN's output layer to z_y.
         lstm_hidden: hidden size of each modality's LSTM (the encoder's and the MFN's; int or table modality -> int).
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
@@ -177,6 +179,7 @@ class ModelConfig(_Table):
     analytic_kl: bool = True
     num_particles: int = setting(1, ge=1, le=MAX_DRAWS)
     sequence_net: Literal["mlp", "lstm"] = "mlp"
+    sequence_mean: bool = True
     lstm_hidden: int | dict[str, int] = setting(32, ge=1, le=MAX_WIDTH)
     fusion: Literal["poe", "mfn"] = "poe"
     mfn_memory: int = setting(64, ge=1, le=MAX_WIDTH)

@@ -34,7 +34,7 @@ from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
 from .likelihoods import LabelEncoding, Standardise
-from .nets import ExpertEncoder, InformationExpert, MemoryFusion, make_encoder, mlp, product_of_experts
+from .nets import ExpertEncoder, InformationExpert, MemoryFusion, make_encoder, mlp, product_of_experts, step_mean
 
 # the standard deviation with which the wae objective's MFN code of z_y stands as a Gaussian (for consumers that
 # take a distribution; draws from it are the code to 1e-6)
@@ -75,7 +75,9 @@ class Guide(nn.Module):
             self.y_in = LabelEncoding(schema.label, label_kind, stats.label_mean, stats.label_std)
         self.trunk = nn.ModuleDict(
             {
-                s.name: make_encoder(s, config.sequence_net, enc_h[s.name], enc_lstm[s.name], dropout)
+                s.name: make_encoder(
+                    s, config.sequence_net, enc_h[s.name], enc_lstm[s.name], dropout, config.sequence_mean
+                )
                 for s in schema.modalities
             }
         )
@@ -85,7 +87,8 @@ class Guide(nn.Module):
             mfn_h = config.widths("mfn_hidden", MemoryFusion.PARTS, h)
             self.fusion = MemoryFusion(self._mfn_dims(), lstm_h, config.mfn_memory, mfn_h, dropout)
             # the MFN's output to q(z_y | x): loc and scale, or for wae, whose z_y is a point code, the code alone
-            self.q_y_fused = nn.Linear(self.fusion.out_dim, (1 if self.deterministic else 2) * config.z_y_dim)
+            fused_in = self.fusion.out_dim + config.sequence_mean * sum(s.dim for s in schema.modalities)
+            self.q_y_fused = nn.Linear(fused_in, (1 if self.deterministic else 2) * config.z_y_dim)
             if self.deterministic:
                 self._register_load_state_dict_pre_hook(self._point_code_rows)
         elif self.shared:
@@ -180,7 +183,11 @@ class Guide(nn.Module):
         experts = self.experts(h) if self.q_y is not None else None
         fused = None
         if mfn:
-            fused = self.q_y_fused(self.fusion(inputs, {m: self.steps(batch, m) for m in self.names}))
+            steps = {m: self.steps(batch, m) for m in self.names}
+            fused = self.fusion(inputs, steps)
+            if self.config.sequence_mean:  # the time-averaged inputs beside the MFN's final states
+                fused = torch.cat([fused] + [step_mean(inputs[m], steps[m]) for m in self.names], -1)
+            fused = self.q_y_fused(fused)
         return Features(h, experts, fused)
 
     # ------------------------------------------------------------------ posteriors

@@ -4,7 +4,7 @@ from .encoders import ExpertEncoder, InformationExpert, product_of_experts
 from .mfn import MemoryFusion
 from .mlp import FactorNet, mlp
 from .modalities import ModalityDecoder, ModalityEncoder, make_decoder, make_encoder
-from .sequence import SequenceDecoder, SequenceEncoder
+from .sequence import SequenceDecoder, SequenceEncoder, step_mean
 
 __all__ = [
     "ExpertEncoder",
@@ -19,4 +19,5 @@ __all__ = [
     "make_encoder",
     "mlp",
     "product_of_experts",
+    "step_mean",
 ]

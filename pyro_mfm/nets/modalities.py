@@ -45,10 +45,13 @@ class ModalityDecoder(nn.Module):
         return out
 
 
-def make_encoder(spec: ModalitySpec, kind: str, hidden: int, lstm_hidden: int, dropout: float = 0.0) -> nn.Module:
-    """The encoder trunk of one modality: an MLP, or (``kind == "lstm"``, sequences only) an LSTM over the steps."""
+def make_encoder(
+    spec: ModalitySpec, kind: str, hidden: int, lstm_hidden: int, dropout: float = 0.0, mean: bool = False
+) -> nn.Module:
+    """The encoder trunk of one modality: an MLP, or (``kind == "lstm"``, sequences only) an LSTM over the steps
+    (``mean``: reading the mean over the real steps beside the LSTM's last state)."""
     if kind == "lstm" and spec.is_sequence:
-        return SequenceEncoder(spec, hidden, lstm_hidden, dropout)
+        return SequenceEncoder(spec, hidden, lstm_hidden, dropout, mean)
     return ModalityEncoder(spec, hidden, dropout)
 
 

@@ -53,23 +53,33 @@ def run_lstm(lstm: nn.LSTM, x, steps):
 class SequenceEncoder(nn.Module):
     """x_m ``(B, T, d)`` (standardised, zero where padded or missing) -> h_m ``(B, hidden)``.
 
-    ``h_m = ReLU(W h_L)`` with h_L the LSTM's state after the last real step (zero for a missing modality).
+    ``h_m = ReLU(W h_L)`` with h_L the LSTM's state after the last real step (zero for a missing modality); with
+    ``mean``, ``h_m = ReLU(W [h_L; mean_t x_t])``, the mean over the real steps beside it (:func:`step_mean`).
     """
 
-    def __init__(self, spec: ModalitySpec, hidden: int, lstm_hidden: int, dropout: float = 0.0):
+    def __init__(self, spec: ModalitySpec, hidden: int, lstm_hidden: int, dropout: float = 0.0, mean: bool = False):
         super().__init__()
         if not spec.is_sequence:
             raise ValueError(f"modality {spec.name!r}: shape {spec.shape}, expected a sequence (T, d) for an LSTM")
-        self.spec = spec
+        self.spec, self.mean = spec, mean
         self.lstm = nn.LSTM(spec.dim, lstm_hidden, batch_first=True)
-        self.net = mlp([lstm_hidden, hidden], dropout, final_activation=True)
+        self.net = mlp([lstm_hidden + spec.dim * mean, hidden], dropout, final_activation=True)
         self.out_dim = hidden
 
     def forward(self, x, steps=None):
         if steps is None:
             steps = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
         _, last = run_lstm(self.lstm, x, steps)
+        if self.mean:
+            last = torch.cat([last, step_mean(x, steps)], -1)
         return self.net(last)
+
+
+def step_mean(x, steps):
+    """The mean of ``x`` ``(B, T, d)`` over each sample's real ``steps`` ``(B, T)`` (zero for a sample without
+    any): the time-averaged features that a linear model of a sequence reads."""
+    w = steps.to(x.dtype)
+    return (x * w.unsqueeze(-1)).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1)
 
 
 class SequenceDecoder(nn.Module):
