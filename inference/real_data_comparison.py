@@ -38,6 +38,7 @@ from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.metrics import label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
+from pyro_mfm.nets import step_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +80,8 @@ def time_averaged(seq):
     for name in ("train", "valid", "test"):
         ds = seq[name]
         for m in feats:
-            x, s = np.asarray(ds.features[m], float), ds.steps[m] & ds.present[m][:, None]
-            feats[m].append((x * s[..., None]).sum(1) / np.maximum(s.sum(1), 1)[:, None])
+            x, s = torch.as_tensor(np.asarray(ds.features[m], float)), ds.steps[m] & ds.present[m][:, None]
+            feats[m].append(step_mean(x, torch.as_tensor(s)).numpy())  # what the encoders' step means read
         labels.append(np.asarray(ds.labels))
         split += [name] * len(ds)
     return from_arrays(

@@ -78,6 +78,19 @@ def test_encoder_reads_real_steps_only():
     torch.testing.assert_close(out[2], enc.net(torch.zeros(4)))  # no real step: the zero state
 
 
+def test_encoder_with_step_mean_reads_the_mean_of_the_real_steps_beside_the_last_state():
+    spec = ModalitySpec("s", (6, 3))
+    torch.manual_seed(0)
+    enc = SequenceEncoder(spec, hidden=5, lstm_hidden=4, mean=True)
+    x = torch.randn(3, 6, 3)
+    steps = torch.arange(6)[None] >= torch.tensor([[2], [5], [6]])  # lengths 4, 1, 0
+    out = enc(x + 50.0 * (~steps).unsqueeze(-1), steps)
+    _, (h, _) = enc.lstm(x[:1, 2:])
+    torch.testing.assert_close(out[0], enc.net(torch.cat([h[-1, 0], x[0, 2:].mean(0)])))
+    torch.testing.assert_close(out[1], enc.net(torch.cat([enc.lstm(x[1:2, 5:])[1][0][-1, 0], x[1, 5]])))
+    torch.testing.assert_close(out[2], enc.net(torch.zeros(7)))  # no real step: zero state, zero mean
+
+
 def _batch_with(batch: Batch, x: dict) -> Batch:
     return Batch(x, batch.present, batch.steps, batch.y, batch.y_present, batch.index)
 

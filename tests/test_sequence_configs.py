@@ -193,3 +193,15 @@ def test_wae_codes_z_y_alone_and_loads_a_checkpoint_that_held_a_scale():
     other = MFM(data.schema, elbo.model, stats)
     other.load_state_dict(one.state_dict())
     torch.testing.assert_close(other.guide.q_y_fused.weight, one.guide.q_y_fused.weight)
+
+
+def test_a_checkpoint_written_before_sequence_mean_rebuilds_its_networks_without_it():
+    from pyro_mfm.infer.checkpoint import stored_config
+
+    cfg = Config.load(MODELS / "mfm-pom.toml")
+    assert cfg.model.sequence_mean  # today's default
+    old = cfg.to_dict()
+    del old["model"]["sequence_mean"]
+    assert stored_config({"config": old, "path": "old.pt"}).model.sequence_mean is False
+    assert "sequence_mean" not in old["model"]  # the payload is not modified
+    assert stored_config({"config": cfg.to_dict(), "path": "new.pt"}).model.sequence_mean is True

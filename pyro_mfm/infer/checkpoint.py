@@ -257,10 +257,25 @@ def read_checkpoint(path) -> dict:
     return payload
 
 
+# fields added after checkpoints were first written, with the value that rebuilds the networks of a checkpoint
+# written before them (a stored configuration holds every field of its day, so a missing one predates it)
+PREDATED = {"model": {"sequence_mean": False}}
+
+
+def stored_config(payload: dict) -> Config:
+    """The configuration a checkpoint was trained with: its stored tables, a field it predates at the value of
+    :data:`PREDATED` where that changes the networks, at today's default otherwise."""
+    tables = {t: dict(v) if isinstance(v, dict) else v for t, v in payload["config"].items()}
+    for table, fields in PREDATED.items():
+        if isinstance(tables.get(table), dict):
+            tables[table] = {**fields, **tables[table]}
+    return Config.from_dict(tables, where=payload["path"])
+
+
 def load_model(path, device=None) -> tuple[MFM, Config, dict]:
     """Rebuild the trained :class:`MFM` (in eval mode) from a checkpoint file or folder."""
     payload = read_checkpoint(path)
-    config = Config.from_dict(payload["config"], where=payload["path"])
+    config = stored_config(payload)
     schema = Schema.from_dict(payload["schema"])
     s = payload["stats"]
     stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])

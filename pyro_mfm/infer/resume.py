@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import Config, ConfigError
 from ..data.dataset import MultimodalData
 from ..data.schema import Schema, schema_differences
-from .checkpoint import CheckpointError, read_resume
+from .checkpoint import CheckpointError, read_resume, stored_config
 
 RESUME_FREE = frozenset(
     {
@@ -53,19 +53,18 @@ def resume_payload(out_dir, data: MultimodalData, config: Config, allow_config_c
             f"{config.data.source} ({'; '.join(found) or 'other schema metadata'}); expected the "
             "modalities and label it was trained on"
         )
-    try:  # the stored configuration with today's defaults for fields it predates
-        stored_config = Config.from_dict(payload["config"], where=payload["path"])
+    try:  # the stored configuration, fields it predates filled in (checkpoint.stored_config)
+        stored = stored_config(payload)
     except ConfigError:  # not valid today: compared as stored, which names every field that differs
-        stored_config = None
-    if stored_config is not None:
-        arch = stored_config.differences(config, tables=("model",))
+        stored = None
+    if stored is not None:
+        arch = stored.differences(config, tables=("model",))
         if arch:
             raise CheckpointError(
                 f"checkpoint {payload['path']}: trained with another architecture "
                 f"({'; '.join(arch)}); resuming needs the [model] table it was trained with"
             )
-    stored = stored_config.to_dict() if stored_config is not None else payload["config"]
-    changed = config_changes(stored, config.to_dict())
+    changed = config_changes(stored.to_dict() if stored is not None else payload["config"], config.to_dict())
     fixed = {k: v for k, v in changed.items() if k not in RESUME_FREE}
     if fixed and not allow_config_change:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
