@@ -1,8 +1,8 @@
 """Per-modality encoder trunks and decoders.
 
-Vector modalities use MLPs. Sequence modalities are either flattened over their ``T`` steps (padding steps are zero
-and masked in the likelihood) or, with ``model.sequence_net = "lstm"``, read and written by the LSTMs of
-:mod:`pyro_mfm.nets.sequence`.
+Vector modalities use MLPs. Sequence modalities are read and written by the LSTMs of :mod:`pyro_mfm.nets.sequence`
+(``model.sequence_net = "lstm"``, the default) or, with ``"mlp"``, flattened over their ``T`` steps (padding steps
+are zero and masked in the likelihood).
 """
 
 from __future__ import annotations
