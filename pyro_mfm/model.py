@@ -148,11 +148,15 @@ class Model(nn.Module):
         with poutine.scale(scale=self.config.lambda_y):
             pyro.sample("y", p_y, obs=batch.y)
 
-    def modality_distribution(self, m: str, latents: dict, steps=None):
+    def modality_distribution(self, m: str, latents: dict, steps=None, factors: dict | None = None):
         """p(x_m | F_m(.)) for given codes: a dict holding the sites in ``reads["x_<m>"]`` (``steps``: which steps of a
-        sequence are real, as ``batch.steps[m]``)."""
+        sequence are real, as ``batch.steps[m]``). ``factors``: a dict of the factors' features G(z) of these codes
+        computed so far, which receives those computed here (so that decoding several modalities computes f_y once)."""
         site = f"x_{m}"
-        f = {s: self.factor(s, latents[s]) for s in self.reads[site]}
+        f = {} if factors is None else factors
+        for s in self.reads[site]:
+            if s not in f:
+                f[s] = self.factor(s, latents[s])
         return self.p_x[m].distribution(self.F[m](self.read(site, f)), steps=steps)
 
     def label_distribution(self, latents):

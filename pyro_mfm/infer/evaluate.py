@@ -15,7 +15,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.stats import feature_statistics
 from ..model import MFM
 from .metrics import imputation_metrics, label_metrics
-from .predict import check_schema, impute, predict, refuse_imputed
+from .predict import check_schema, impute, predict, refuse_imputed, split_features
 from .progress import bars_enabled
 
 
@@ -52,6 +52,8 @@ def evaluate(
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(mfm.schema.check_modalities(s)) for s in subsets]
     features = {m: np.asarray(ds.features[m]) for m in names}
+    # with a product of experts, every modality is encoded once for all the subsets (split_features)
+    encoded = split_features(mfm, ds, batch_size) if len(subsets) > 1 else None
     records = []
     for obs in tqdm(subsets, desc="evaluate subsets", disable=not bars_enabled(progress), leave=False):
         rec: dict = {"observed": list(obs)}
@@ -75,12 +77,13 @@ def evaluate(
                 batch_size=batch_size,
                 keep_samples=False,
                 seed=seed,
+                encoded=encoded,
             )
             rec["label"] = label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label)
             if predictions is not None:
                 predictions[tuple(obs)] = pred
         if hidden:
-            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size, seed=seed)
+            imp = impute(mfm, ds, obs, num_samples=impute_samples, batch_size=batch_size, seed=seed, encoded=encoded)
             rec["imputation"] = {m: imputation_metrics(features[m], imp.mean[m], _truth_weight(ds, m)) for m in hidden}
         records.append(rec)
     return records

@@ -136,18 +136,20 @@ def predict(
     batch_size: int = 512,
     keep_samples: bool = True,
     seed: int | None = None,
+    encoded: SplitFeatures | None = None,
 ) -> Prediction:
     """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
 
     A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
     ``seed``, the draws are seeded (the same numbers on every call on CPU; the caller's random state is left as it
-    was); without, they continue the global random state.
+    was); without, they continue the global random state. ``encoded``: :func:`split_features` of ``dataset``, for
+    callers that predict from many subsets of one split (the encoders then run once for all of them).
     """
     with _seeded(seed, mfm):
-        return _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples)
+        return _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples, encoded)
 
 
-def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples) -> Prediction:
+def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_samples, encoded=None) -> Prediction:
     if mfm.D is None:
         raise DataError(f"{dataset._where()}: the model has no label to predict")
     check_schema(mfm, dataset)
@@ -161,11 +163,13 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
+    start = 0
     for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
         truth, y_present = batch.y, batch.y_present
         batch = batch.observe_only(observed).without_labels()
+        features, start = _rows(encoded, start, len(batch))
         if mfm.shared:
-            q_z_y = mfm.posterior_z_y(batch)
+            q_z_y = mfm.posterior_z_y(batch, features)
             z_mean = q_z_y.mean
             z_y = (
                 z_mean.expand((num_samples,) + z_mean.shape)
@@ -202,6 +206,58 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     )
 
 
+# the most memory split_features holds (encoder features and experts of every sample); larger splits are encoded
+# pass by pass, once per subset
+SPLIT_FEATURES_BYTES = 256 * 2**20
+
+
+@dataclass
+class SplitFeatures:
+    """The guide's :class:`~pyro_mfm.guide.Features` of every sample of a split with all its modalities as recorded
+    (:func:`split_features`), to be read pass by pass by :func:`predict` and :func:`impute` from any subset."""
+
+    features: object  # guide.Features, each tensor with the split's samples along its first dimension
+    n: int
+
+
+@torch.no_grad()
+def split_features(mfm: MFM, dataset: MultimodalDataset, batch_size: int = 512) -> SplitFeatures | None:
+    """The encoder features h_m and experts (eta_m, Lambda_m) of every sample of ``dataset``, computed once.
+
+    With a product of experts, q(z_y | x_S) multiplies the experts of the modalities in S, and an expert reads its
+    own modality alone, so the experts of the full data serve every subset S: a subset only masks the others out
+    (as do q(z_a,m | x_m, z_y) and the surrogates, which read h_m where m is observed). The MFN reads all
+    modalities at once, so its output differs per subset: ``None`` then, and ``None`` too where the features would
+    take more than :data:`SPLIT_FEATURES_BYTES` (callers then encode each subset's passes as they go)."""
+    if not (mfm.shared and mfm.config.fusion == "poe") or not len(dataset):
+        return None
+    mfm.eval()
+    parts = [mfm.guide.features(batch.without_labels()) for batch in dataset.loader(batch_size, device=_device(mfm))]
+    first = parts[0]
+    per_sample = sum(v[0].numel() for v in first.h.values()) + sum(
+        e[0].numel() + lam[0].numel() for e, lam in first.experts
+    )
+    if per_sample * first.experts[0][0].element_size() * len(dataset) > SPLIT_FEATURES_BYTES:
+        return None
+    h = {m: torch.cat([p.h[m] for p in parts]) for m in first.h}
+    experts = [
+        (torch.cat([p.experts[i][0] for p in parts]), torch.cat([p.experts[i][1] for p in parts]))
+        for i in range(len(first.experts))
+    ]
+    return SplitFeatures(first._replace(h=h, experts=experts), len(dataset))
+
+
+def _rows(encoded: SplitFeatures | None, start: int, size: int):
+    """The features of samples ``start`` to ``start + size`` of ``encoded`` (``None`` without), and the next start."""
+    if encoded is None:
+        return None, start + size
+    f = encoded.features
+    stop = start + size
+    h = {m: v[start:stop] for m, v in f.h.items()}
+    experts = [(e[start:stop], lam[start:stop]) for e, lam in f.experts]
+    return f._replace(h=h, experts=experts), stop
+
+
 def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.Tensor:
     """Quantiles at ``probs`` of the equal-weight mixture (1/K) sum_k p_k of the K draws' label distributions
     ``p_y`` (Normal or Laplace, batch shape (K, N), event shape (d,)): shape (len(probs), N, d).
@@ -224,13 +280,13 @@ def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.T
     return (lo + hi) / 2
 
 
-def guide_draws(mfm: MFM, batch, num_samples: int, modalities=None) -> dict:
+def guide_draws(mfm: MFM, batch, num_samples: int, modalities=None, features=None) -> dict:
     """``num_samples`` draws of the latent sites of the guide on ``batch``, ``{site: (S, B, ...)}`` (z_y, and the
     z_a,m of ``modalities``, default all): one pass of the guide under a plate of the draws (the guide's own plate
     is the batch's, at dim -1), as ``Predictive(guide, parallel=True)`` draws them without its two passes that find
-    the plates and the sites' shapes."""
+    the plates and the sites' shapes. ``features``: the guide's features of ``batch``, if already computed."""
     with pyro.plate("posterior_draws", num_samples, dim=-2):
-        trace = poutine.trace(mfm.guide).get_trace(batch, modalities=modalities)
+        trace = poutine.trace(mfm.guide).get_trace(batch, features, modalities=modalities)
     return {
         name: site["value"]
         for name, site in trace.nodes.items()
@@ -256,6 +312,7 @@ def impute(
     batch_size: int = 512,
     keep_samples: bool = False,
     seed: int | None = None,
+    encoded: SplitFeatures | None = None,
 ) -> Imputation:
     """Posterior predictive of every modality given the modalities in ``observed``.
 
@@ -265,13 +322,13 @@ def impute(
     ``num_samples`` draws of the factors (the standard deviation 0 where observed); ``keep_samples`` keeps one
     draw of x_m per draw of the factors as well. An imputed sequence is zero at its padding steps where they are
     known (the modality was recorded and hidden); a sample that never recorded the modality gets all T steps.
-    ``seed`` as in :func:`predict`.
+    ``seed`` and ``encoded`` as in :func:`predict`.
     """
     with _seeded(seed, mfm):
-        return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples)
+        return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encoded)
 
 
-def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Imputation:
+def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encoded=None) -> Imputation:
     check_schema(mfm, dataset)
     if not mfm.generative:
         raise DataError(
@@ -286,15 +343,18 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples) -> Im
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
     draws = {m: [] for m in names}
+    start = 0
     for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
         batch = batch.observe_only(observed).without_labels()
+        features, start = _rows(encoded, start, len(batch))
         hidden = [m for m in names if not bool(batch.present[m].all())]
-        z = guide_draws(mfm, batch, num_samples, modalities=hidden) if hidden else {}
+        z = guide_draws(mfm, batch, num_samples, modalities=hidden, features=features) if hidden else {}
+        f: dict = {}  # the factors' features, shared by the decoders that read them (f_y by every one)
         for m in names:
             x = batch.x[m]
             if m in hidden:
                 keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
-                p_x = mfm.model.modality_distribution(m, z, steps=batch.steps.get(m))
+                p_x = mfm.model.modality_distribution(m, z, steps=batch.steps.get(m), factors=f)
                 pad = _padding_mask(mfm, batch, m)
                 # over the K draws of the factors, E[x] = mean_k E[x | z_k] and, by the law of total variance,
                 # Var[x] = mean_k Var[x | z_k] + var_k E[x | z_k]: exact given the draws, no x drawn to estimate it
