@@ -95,4 +95,5 @@ class Posterior(dist.MultivariateNormal):
             return self.loc + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
         # (draws..., batch..., k) -> (batch..., k, draws) -> L @ . -> back
         draws = eps.reshape((-1,) + tuple(batch) + (k,)).movedim(0, -1)
-        return self.loc + (factor @ draws).movedim(-1, 0).reshape(shape)
+        # contiguous: a Linear on the transposed draws runs a slower product and then copies its whole output
+        return self.loc + (factor @ draws).movedim(-1, 0).reshape(shape).contiguous()

@@ -92,11 +92,12 @@ class MemoryFusion(nn.Module):
         )
         w_u = torch.cat([first1.weight[:, 2 * C :], first2.weight[:, 2 * C :]], 0).T
         widths = (first1.out_features, first2.out_features)
-        mid1, mid2, last1, last2 = self.gate1[1:-1], self.gate2[1:-1], self.gate1[-1], self.gate2[-1]
+        # after the first layers' ReLU, which runs on both gates' pre-activations at once
+        mid1, mid2, last1, last2 = self.gate1[2:-1], self.gate2[2:-1], self.gate1[-1], self.gate2[-1]
         active = torch.stack([steps[m] for m in self.names], -1).any(-1).unsqueeze(-1)
         u = forget.new_zeros(B, self.memory)
         for t in range(T):
-            a1, a2 = torch.addmm(pre[:, t], u, w_u).split(widths, -1)
+            a1, a2 = torch.relu(torch.addmm(pre[:, t], u, w_u)).split(widths, -1)
             u_new = torch.sigmoid(last1(mid1(a1))) * u + torch.sigmoid(last2(mid2(a2))) * u_hat[:, t]
             u = torch.where(active[:, t], u_new, u)
         return torch.cat([h[:, -1] for h in hs] + [u], -1)

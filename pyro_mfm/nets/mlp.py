@@ -15,7 +15,7 @@ def mlp(sizes, dropout: float = 0.0, final_activation: bool = False) -> nn.Seque
         layers.append(nn.Linear(a, b))
         last = i == len(sizes) - 2
         if not last or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # on the Linear's own output, which its backward does not read
             if not last and dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
