@@ -39,7 +39,7 @@ from pyro_mfm.config import Config
 from pyro_mfm.data import from_arrays, load_data
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
-from pyro_mfm.infer.metrics import label_metrics, regression_metrics
+from pyro_mfm.infer.metrics import calibrated_ece_draws, label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
 from pyro_mfm.nets import step_mean
 
@@ -112,6 +112,8 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
             metrics = label_metrics(pred, y, keep, data.schema.label)
             score = (pred.label == y).astype(float) if pred.kind == "categorical" else np.abs(pred.point - y).mean(-1)
             per[obs] = {"metrics": metrics, "score": score[keep]}
+            if pred.kind == "categorical":  # the same draws for every seed: the seeds share the test labels
+                per[obs]["ece_draws"] = calibrated_ece_draws(pred.point[keep])
         out.append(per)
         print(
             f"  seed {seed}: trained and evaluated in {time.time() - start:.0f} s (best epoch "
@@ -180,39 +182,59 @@ def compare_uci(seeds, overrides, num_samples):
     s = summary(runs, subsets, ["accuracy", "ece"])
     pairs = nested(runs, subsets, higher_is_better=True)
     per_seed = np.array([[r[obs]["metrics"]["accuracy"] - base_acc[obs] for obs in subsets] for r in runs])
+    # per test sample: the MFM's accuracy averaged over the seeds minus the logistic regression's
+    paired = {obs: np.mean([r[obs]["score"] for r in runs], 0) - (base[obs].argmax(-1) == y) for obs in subsets}
+    paired_se = {obs: float(d.std(ddof=1) / np.sqrt(len(d))) for obs, d in paired.items()}
+    # the seed-mean ECE of calibrated models with the MFM's confidences (each seed's, on the same label draws)
+    floor = {obs: np.mean([r[obs]["ece_draws"] for r in runs], 0) for obs in subsets}
+    ece_p = {obs: float(np.mean(floor[obs] >= s[obs]["ece"][0] - 1e-12)) for obs in subsets}
     lines = [
         f"UCI Multiple Features, test accuracy, MFM mean ± sd over seeds {list(seeds)}; logistic regression per "
-        "subset (C on validation)",
+        "subset (C on validation); the paired difference is averaged over seeds, its standard error over the test "
+        "samples; a calibrated model's ECE is the mean over the seeds of the ECE that labels drawn from each "
+        "seed's own probabilities give (p: the fraction of such draws at or above the MFM's ECE)",
         "",
-        "| observed views | MFM accuracy | logistic regression | paired difference (sd over seeds) | MFM ECE |",
-        "|---|---|---|---|---|",
+        "| observed views | MFM accuracy | logistic regression | paired difference (se; sd over seeds) | MFM ECE "
+        "| a calibrated model's ECE (p) |",
+        "|---|---|---|---|---|---|",
     ]
     for i, obs in enumerate(subsets):
         (acc, sd), (ece, _) = s[obs]["accuracy"], s[obs]["ece"]
         lines.append(
             f"| {name(obs)} | {acc:.4f} ± {sd:.4f} | {base_acc[obs]:.4f} | {per_seed[:, i].mean():+.4f} "
-            f"({per_seed[:, i].std():.4f}) | {ece:.4f} |"
+            f"({paired_se[obs]:.4f}; {per_seed[:, i].std():.4f}) | {ece:.4f} | {floor[obs].mean():.4f} "
+            f"({ece_p[obs]:.2f}) |"
         )
     below = [obs for i, obs in enumerate(subsets) if per_seed[:, i].mean() < -0.005]
+    below_se = [obs for i, obs in enumerate(subsets) if per_seed[:, i].mean() < -max(0.005, paired_se[obs])]
     singles_below = [obs for i, obs in enumerate(subsets) if len(obs) == 1 and per_seed[:, i].mean() < 0]
     worse = [p for p in pairs if p["worse"]]
-    multi_ece = max(s[obs]["ece"][0] for obs in subsets if len(obs) > 1)
+    multi = [obs for obs in subsets if len(obs) > 1]
+    multi_ece = max(multi, key=lambda o: s[o]["ece"][0])
+    over = [obs for obs in multi if s[obs]["ece"][0] > 0.03]
+    miscalibrated = [obs for obs in over if ece_p[obs] < 0.05]
     lines += [
         "",
         f"- subsets more than 0.5 points below the logistic regression: {len(below)} of {len(subsets)} "
-        f"({', '.join(name(o) for o in below) or 'none'}); single views below theirs: "
+        f"({', '.join(name(o) for o in below) or 'none'}); of them more than one paired standard error below: "
+        f"{', '.join(name(o) for o in below_se) or 'none'}; single views below theirs: "
         f"{', '.join(name(o) for o in singles_below) or 'none'}",
         f"- nested pairs where adding views is worse by more than one paired standard error: {len(worse)} of "
         f"{len(pairs)}"
         + "".join(
             f"; {name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})" for p in worse[:5]
         ),
-        f"- largest ECE over subsets of two views or more: {multi_ece:.4f}",
+        f"- largest ECE over subsets of two views or more: {s[multi_ece]['ece'][0]:.4f} ({name(multi_ece)}; a "
+        f"calibrated model's {floor[multi_ece].mean():.4f}, p {ece_p[multi_ece]:.2f}); above 0.03: {len(over)} of "
+        f"{len(multi)}, of them above 95% of a calibrated model's draws: "
+        f"{', '.join(name(o) for o in miscalibrated) or 'none'}",
     ]
     record = {
         "subsets": [list(o) for o in subsets],
         "mfm": {name(o): v for o, v in s.items()},
         "logistic_regression": {name(o): v for o, v in base_acc.items()},
+        "paired_se": {name(o): v for o, v in paired_se.items()},
+        "calibrated_ece": {name(o): [float(floor[o].mean()), ece_p[o]] for o in subsets},
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["accuracy", "ece"]),
     }

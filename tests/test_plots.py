@@ -13,6 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from pyro_mfm import plots
+from pyro_mfm.infer.metrics import calibrated_ece_draws
 
 MODS = ["fou", "fac", "kar", "pix", "zer", "mor"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,6 +198,10 @@ def test_reliability_diagram(tmp_path):
     fig = plots.reliability_diagram(probs, labels)
     ece = plots.expected_calibration_error(probs, labels)
     assert f"ECE = {ece:.3f}" in fig.axes[0].get_title()
+    # beside it, what a calibrated model with these confidences shows on this many samples, and its bars
+    floor = calibrated_ece_draws(probs).mean()
+    assert f"calibrated model at this n: ECE {floor:.3f}" in fig.axes[0].get_title()
+    assert "90% of a calibrated model's accuracies" in fig.axes[0].get_legend_handles_labels()[1]
     _written(fig, tmp_path, "a.png")
     _written(plots.reliability_diagram(rng.random(300), rng.integers(0, 2, 300), n_bins=20), tmp_path, "b.png")
     _written(plots.reliability_diagram(np.ones((20, 1)), np.zeros(20, int)), tmp_path, "c.png")  # single class

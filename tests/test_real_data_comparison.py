@@ -35,3 +35,7 @@ def test_uci_comparison_prints_every_subset_and_records_each_seed(tmp_path, caps
         assert len(accuracy) == 2 and all(0 <= a <= 1 for a in accuracy)
         # the summary's mean and standard deviation are those of the seeds' values
         assert record["mfm"][name]["accuracy"] == pytest.approx([np.mean(accuracy), np.std(accuracy)])
+        # a paired standard error over 400 test samples of differences in [-1, 1] is at most 1 / sqrt(399)
+        assert 0 <= record["paired_se"][name] <= 1 / np.sqrt(399)
+        floor, p = record["calibrated_ece"][name]
+        assert 0 < floor < 1 and 0 <= p <= 1

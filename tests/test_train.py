@@ -242,3 +242,34 @@ def test_cosine_schedule_anneals_the_learning_rate_to_zero_over_the_epochs(tmp_p
     fit(Config().override(base + ["train.epochs=2"]), data, tmp_path / "constant")
     state = torch.load(tmp_path / "constant" / "last.pt", weights_only=False)["state"]
     assert state.get("scheduler") is None and state["optimizer"]["param_groups"][0]["lr"] == 0.01
+
+
+def test_weight_decay_shrinks_the_networks_weights_and_not_the_learned_scales():
+    """AdamW's decoupled decay multiplies a decayed parameter by 1 - lr * wd per step; with zero gradients (Adam's
+    moments 0, no update) that is all a step does, so each weight matrix is scaled by exactly that factor and the
+    biases and the learned per-feature scales of x_m are left as they were."""
+    from pyro_mfm.infer.run import decay_groups, split_decay_state
+
+    data = tiny_data()
+    cfg = Config().override(SMALL)
+    mfm = MFM(data.schema, cfg.model, feature_statistics(data["train"]))
+    lr, wd = 0.01, 0.5
+    opt = torch.optim.AdamW(decay_groups(mfm, wd), lr=lr)
+    before = {n: p.detach().clone() for n, p in mfm.named_parameters()}
+    for p in mfm.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in mfm.named_parameters():
+        factor = 1 - lr * wd if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * factor, rtol=1e-6, atol=0, msg=n)
+    assert any(n.endswith("raw_scale") for n in before) and any(p.dim() < 2 for p in mfm.parameters())
+    # a state written with one group of every parameter (module order) resumes with each parameter's moments
+    one = torch.optim.AdamW(mfm.parameters(), lr=lr, weight_decay=wd)
+    for p in mfm.parameters():
+        p.grad = torch.randn_like(p)
+    one.step()
+    two = torch.optim.AdamW(decay_groups(mfm, wd), lr=lr)
+    two.load_state_dict(split_decay_state(one.state_dict(), two, mfm))
+    for p in mfm.parameters():
+        torch.testing.assert_close(two.state[p]["exp_avg_sq"], one.state[p]["exp_avg_sq"], rtol=0, atol=0)
+    assert [g["weight_decay"] for g in two.param_groups] == [wd, 0.0]

@@ -70,11 +70,43 @@ class Run:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(split_decay_state(state["optimizer"], self.optimizer, self.mfm))
         for part in (self.rng, self.progress, self.selection, self.ckpt):
             part.load_state_dict(state)
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+
+
+def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups for decoupled weight decay (AdamW): the networks' weight matrices (linear and
+    recurrent, every parameter of two or more dimensions) decay; biases and per-feature parameters (the learned
+    scales of x_m, which a decay would pull towards a fixed value, not towards a simpler network) do not."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def split_decay_state(state: dict, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict:
+    """An AdamW state written when weight decay took one group of every parameter (module order), as the two groups
+    of :func:`decay_groups` (each parameter's moments kept); any other state as it is."""
+    if len(state["param_groups"]) != 1 or len(optimizer.param_groups) != 2:
+        return state
+    params = [p for p in module.parameters() if p.requires_grad]
+    if len(state["param_groups"][0]["params"]) != len(params):
+        return state
+    old = state["param_groups"][0]["params"]
+    order = [i for i, p in enumerate(params) if p.dim() >= 2] + [i for i, p in enumerate(params) if p.dim() < 2]
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append(
+            {**state["param_groups"][0], "weight_decay": group["weight_decay"], "params": list(range(start, start + n))}
+        )
+        start += n
+    moments = {new: state["state"][old[i]] for new, i in enumerate(order) if old[i] in state["state"]}
+    return {"state": moments, "param_groups": groups}
 
 
 def prepare(
@@ -105,7 +137,7 @@ def prepare(
     optimizer = built["optimizer"]
     if optimizer is None:
         optimizer = (
-            torch.optim.AdamW(mfm.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+            torch.optim.AdamW(decay_groups(mfm, tc.weight_decay), lr=tc.lr)
             if tc.weight_decay
             else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
         )

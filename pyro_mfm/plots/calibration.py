@@ -11,7 +11,13 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..infer.metrics import calibration_bins, expected_calibration_error, interval_coverage
+from ..infer.metrics import (
+    calibrated_bin_accuracy,
+    calibrated_ece_draws,
+    calibration_bins,
+    expected_calibration_error,
+    interval_coverage,
+)
 from ._base import as_float_array, new_axes
 
 __all__ = [
@@ -26,8 +32,10 @@ __all__ = [
 
 
 def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = None) -> Figure:
-    """Accuracy against mean confidence per confidence bin, with the per-bin example count over each bar
-    and the expected calibration error in the title."""
+    """Accuracy against mean confidence per confidence bin, with the per-bin example count over each bar, the
+    expected calibration error in the title, and the consistency bars of Broecker and Smith (2007): where 90% of a
+    calibrated model's bin accuracies fall on this many samples (:func:`calibrated_bin_accuracy`), beside the ECE
+    such a model would show. A point outside its bar is a gap that chance on this test set does not explain."""
     fig, ax = new_axes(ax, figsize=(5.6, 5.2))
     b = calibration_bins(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
@@ -50,6 +58,19 @@ def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = No
     )
     ax.plot(b["confidence"][nz], b["accuracy"][nz], "o", color="C3", ms=4, label="(mean confidence, accuracy)")
     ax.plot([0, 1], [0, 1], "--", color="0.3", lw=1, label="perfect calibration")
+    if nz.any():
+        lo_c, hi_c = np.nanquantile(calibrated_bin_accuracy(probs, n_bins)[:, nz], [0.05, 0.95], axis=0)
+        conf = b["confidence"][nz]
+        ax.errorbar(
+            conf,
+            conf,
+            yerr=[np.maximum(conf - lo_c, 0), np.maximum(hi_c - conf, 0)],
+            fmt="none",
+            ecolor="0.2",
+            elinewidth=1.2,
+            capsize=3,
+            label="90% of a calibrated model's accuracies",
+        )
     top = np.maximum(b["accuracy"], b["confidence"])[nz]
     for x0, c, a in zip(left[nz], b["count"][nz], top):
         ax.text(
@@ -66,8 +87,10 @@ def reliability_diagram(probs, labels, n_bins: int = 10, *, ax: Axes | None = No
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("confidence of predicted class (probability)")
     ax.set_ylabel("accuracy (fraction correct)")
+    floor = float(np.mean(calibrated_ece_draws(probs, n_bins))) if nz.any() else math.nan
     ax.set_title(
-        f"Reliability diagram: ECE = {ece:.3f} ({n_bins} bins, n = {int(b['count'].sum())})\nnumbers: examples per bin",
+        f"Reliability diagram: ECE = {ece:.3f} ({n_bins} bins, n = {int(b['count'].sum())})\n"
+        f"a calibrated model at this n: ECE {floor:.3f}; numbers: examples per bin",
         fontsize=10,
     )
     ax.legend(fontsize=8, loc="upper left")
