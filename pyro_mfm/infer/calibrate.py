@@ -235,15 +235,15 @@ def calibrate(
             after = float(objective(*_reorder(unpack(x), m)))
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
             x, after = np.zeros_like(x), before
-    finally:
+    finally:  # whatever stopped the fit, the model holds plain tensors of one fit (the last accepted, or none)
         for p in frozen:
             p.requires_grad_(True)
+        t_y, t_x, r_fit = (v.detach() for v in unpack(x))
+        mfm.D.log_temperature = t_y.clone()
+        with torch.no_grad():
+            mfm.expert_log_temperature.copy_(t_x)
+            mfm.expert_redundancy.copy_(_symmetric(r_fit, m))
         mfm.train(was_training)
-    t_y, t_x, r_fit = (v.detach() for v in unpack(x))
-    mfm.D.log_temperature = t_y.clone()
-    with torch.no_grad():
-        mfm.expert_log_temperature.copy_(t_x)
-        mfm.expert_redundancy.copy_(_symmetric(r_fit, m))
     index = torch.triu_indices(len(names), len(names), offset=1).tolist()
     return {
         "expert_log_temperature": {m: float(t) for m, t in zip(names, mfm.expert_log_temperature)},
