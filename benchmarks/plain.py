@@ -109,8 +109,8 @@ def elbo_loss(mfm, batch) -> torch.Tensor:
         kl = td.kl_divergence(q_a, td.Normal(0.0, 1.0)).sum(-1)
         loss = loss + (kl * batch.present[m].to(kl.dtype)).sum()
     loss = loss + reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a)
-    if cfg.alpha:
-        loss = loss - cfg.alpha * log_lik_y(mfm, mfm.model.G_y(disc_z_y), batch.y, batch.y_present).sum()
+    if mfm.alpha:
+        loss = loss - mfm.alpha * log_lik_y(mfm, mfm.model.G_y(disc_z_y), batch.y, batch.y_present).sum()
     return loss / len(batch)
 
 

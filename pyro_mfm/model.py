@@ -213,6 +213,17 @@ def upgrade_state_dict(state: dict) -> dict:
     return state
 
 
+def discriminative_weight(schema: Schema, config: ModelConfig) -> float:
+    """The weight of the discriminative term: ``model.alpha``, times, with ``model.label_weight = "auto"`` and a
+    class or multilabel label, the features per sample (per step of a sequence, summed over the modalities) over
+    the label's variables (one for a class label)."""
+    label = schema.label
+    if config.label_weight == "fixed" or label is None or label.kind == "regression":
+        return config.alpha
+    variables = 1 if label.kind == "categorical" else label.dim
+    return config.alpha * sum(s.dim for s in schema.modalities) / variables
+
+
 class MFM(nn.Module):
     """The MFM for one data-set schema: :attr:`model` (:class:`Model`) and :attr:`guide`
     (:class:`~pyro_mfm.guide.Guide`), both Pyro programs taking a :class:`Batch`, and the terms of the objective
@@ -226,6 +237,7 @@ class MFM(nn.Module):
         self.model = Model(schema, config, stats)
         kind = resolve_label_kind(schema.label, config.label_likelihood) if schema.label is not None else None
         self.guide = Guide(schema, config, stats, kind)
+        self.alpha = discriminative_weight(schema, config)
 
     @property
     def D(self) -> LabelLikelihood | None:
@@ -283,7 +295,7 @@ class MFM(nn.Module):
         passes = self.label_log_predictives(batch, features)
         if not passes:
             return
-        scale = self.config.alpha / len(passes)  # the mean over the passes: alpha keeps its meaning
+        scale = self.alpha / len(passes)  # the mean over the passes: alpha keeps its meaning
         with pyro.plate("data", len(batch)), poutine.scale(scale=scale), poutine.mask(mask=batch.y_present):
             for i, log_p in enumerate(passes):
                 pyro.factor(f"y_aux_{i}" if i else "y_aux", log_p)

@@ -8,10 +8,10 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_mfm.config import ModelConfig
-from pyro_mfm.data import LinearGaussianMFM
+from pyro_mfm.data import LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer.objective import MeanFieldELBO, empty_guide, scale_latents
-from pyro_mfm.model import MFM
+from pyro_mfm.model import MFM, discriminative_weight
 
 
 def mfm_and_batch(label="categorical"):
@@ -155,14 +155,25 @@ def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, 
     assert is_validation_enabled()  # restored after training
 
 
-@pytest.mark.parametrize("ablation", ["none", "no_shared"])
-def test_discriminative_term_is_a_program_of_scaled_observed_label_sites(ablation):
-    """MFM.classify (the ss-VAE's model_classify): one observed site per pass, scaled by alpha / passes and masked
-    to the labelled samples; Trace_ELBO's loss of it with an empty guide is alpha * discriminative_loss."""
+@pytest.mark.parametrize("ablation, label_weight", [("none", "fixed"), ("no_shared", "fixed"), ("none", "auto")])
+def test_discriminative_term_is_a_program_of_scaled_observed_label_sites(ablation, label_weight):
+    """MFM.classify (the ss-VAE's model_classify): one observed site per pass, scaled by the term's weight / passes
+    and masked to the labelled samples; Trace_ELBO's loss of it with an empty guide is weight *
+    discriminative_loss. The weight is alpha, or with label_weight = "auto" and this class label, alpha times the 3
+    + 4 features per sample."""
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=1)
     data = gen.sample({"train": 48}, missing=0.3, seed=1)
-    cfg = ModelConfig(hidden=16, alpha=2.5, label_subsets=2, label_samples=4 * (ablation == "none"), ablation=ablation)
+    cfg = ModelConfig(
+        hidden=16,
+        alpha=2.5,
+        label_subsets=2,
+        label_samples=4 * (ablation == "none"),
+        ablation=ablation,
+        label_weight=label_weight,
+    )
+    weight = 2.5 * (7 if label_weight == "auto" else 1)
     mfm = MFM(data.schema, cfg, feature_statistics(data["train"])).eval()
+    assert mfm.alpha == weight
     batch = data["train"].batch(np.arange(48))
     batch.y_present[::4] = False
     pyro.set_rng_seed(3)
@@ -170,15 +181,28 @@ def test_discriminative_term_is_a_program_of_scaled_observed_label_sites(ablatio
     sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"}
     assert sorted(sites) == ["y_aux", "y_aux_1", "y_aux_2"]  # no latent site: the guide's codes stay local
     for site in sites.values():
-        assert site["is_observed"] and site["scale"] == pytest.approx(2.5 / 3)
+        assert site["is_observed"] and site["scale"] == pytest.approx(weight / 3)
         assert torch.equal(site["mask"], batch.y_present)
     pyro.set_rng_seed(3)
     loss = Trace_ELBO(max_plate_nesting=1).differentiable_loss(mfm.classify, empty_guide, batch)
     pyro.set_rng_seed(3)
     term = mfm.discriminative_loss(batch)
-    torch.testing.assert_close(loss, 2.5 * term)
+    torch.testing.assert_close(loss, weight * term)
     assert term.requires_grad and torch.isfinite(term)
     assert Trace_ELBO().differentiable_loss(mfm.classify, empty_guide, batch.without_labels()) == 0
+
+
+def test_discriminative_weight_counts_features_per_step_against_the_label_variables():
+    """ "auto": alpha times the features per sample (per step of a sequence) over the label's variables (one for a
+    class label, one per label of a multilabel one); a regression label, or "fixed", keeps alpha."""
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(30, 3)), "b": rng.normal(size=(30, 4, 5))}  # a vector and 4 steps of 5 features
+    cfg = ModelConfig(alpha=2.0)
+    assert discriminative_weight(from_arrays(x, rng.integers(0, 3, 30)).schema, cfg) == 2.0 * (3 + 5)
+    assert discriminative_weight(from_arrays(x, rng.integers(0, 2, (30, 2))).schema, cfg) == 2.0 * (3 + 5) / 2
+    assert discriminative_weight(from_arrays(x, rng.normal(size=30)).schema, cfg) == 2.0
+    fixed = ModelConfig(alpha=2.0, label_weight="fixed")
+    assert discriminative_weight(from_arrays(x, rng.integers(0, 3, 30)).schema, fixed) == 2.0
 
 
 def test_surrogate_term_is_a_program_of_factor_sites_that_trains_the_surrogates_alone():

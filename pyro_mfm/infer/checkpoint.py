@@ -259,7 +259,7 @@ def read_checkpoint(path) -> dict:
 
 # fields added after checkpoints were first written, with the value that rebuilds the networks of a checkpoint
 # written before them (a stored configuration holds every field of its day, so a missing one predates it)
-PREDATED = {"model": {"sequence_mean": False}}
+PREDATED = {"model": {"sequence_mean": False, "label_weight": "fixed"}}
 
 
 def stored_config(payload: dict) -> Config:

@@ -174,7 +174,7 @@ class Objective:
         )
         self.aux = Trace_ELBO(max_plate_nesting=1)  # the terms of programs without latent sites
         self.mfm = mfm
-        self.alpha = cfg.alpha
+        self.alpha = mfm.alpha
         factors = (["z_y"] if mfm.shared else []) + (list(mfm.names) if mfm.private else [])
         lam = cfg.lambda_mmd
         if isinstance(lam, dict):
