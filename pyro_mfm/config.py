@@ -120,7 +120,9 @@ class ModelConfig(_Table):
             predict it (a class label has no scale of its own that could grow its weight; UCI's 649 features per
             digit against one class left every subset 2-15 points below a logistic regression at ``alpha = 1``,
             0.7 points on average at the scaled weight). A regression label is left at ``alpha``: its likelihood's
-            learned scale weighs it, and on POM a scaled weight cost MAE. ``"fixed"``: ``alpha`` as given.
+            learned scale weighs it, and on POM a scaled weight cost MAE. ``"fixed"``: ``alpha`` as given, the
+            weighting under which unlabelled samples inform z_y (for semi-supervised training: with 90% of the
+            labels missing on data from the MFM's own story, "auto" lost the gain they give; README).
         objective: ``"elbo"`` (stochastic Gaussian guide, the ELBO plus ``alpha`` times the discriminative term) or
             ``"wae"`` (the paper's: deterministic codes, -log-likelihood of the observed modalities and label plus
             ``lambda_mmd`` times the minibatch MMD between the codes and N(0, I) for z_y and every z_a,m; ``alpha``
