@@ -151,12 +151,6 @@ class HeldOutNLPD:
         return self.fixed[i, obs, len(eps)]
 
 
-def _reorder(parts, m: int):
-    """(t_y, t_x, r) as the objective takes them: (t_x, R, t_y), R the symmetric matrix of the pairs' r."""
-    t_y, t_x, r = parts
-    return t_x, _symmetric(r, m), t_y
-
-
 def _symmetric(values, size: int):
     """The symmetric, zero-diagonal (size, size) matrix with ``values`` above the diagonal (row by row)."""
     pairs = torch.triu_indices(size, size, offset=1, device=values.device)
@@ -199,10 +193,13 @@ def calibrate(
         r = parts[2] if experts_on else torch.zeros(m * (m - 1) // 2, dtype=dtype, device=device)
         return t_y, t_x, r
 
+    def nlpd(x):
+        t_y, t_x, r = unpack(x)
+        return objective(t_x, _symmetric(r, m), t_y)
+
     def value_and_grad(x):
         x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
-        t_y, t_x, r = unpack(x)
-        loss = objective(t_x, _symmetric(r, m), t_y)
+        loss = nlpd(x)
         (grad,) = torch.autograd.grad(loss, x)
         return float(loss.detach()), grad.detach().cpu().double().numpy()
 
@@ -212,15 +209,15 @@ def calibrate(
     x = np.zeros(sum(sizes))
     try:
         with torch.no_grad():  # the model as trained: t = 0, r = 0
-            before = float(objective(*_reorder(unpack(x), m)))
+            before = float(nlpd(x))
         # L-BFGS-B (box-constrained quasi-Newton): each redundancy r_mn >= 0 (a redundancy only discounts; a
         # negative one, which a few hundred held-out samples can favour by chance, would count two views as more
         # than independent evidence), temperatures free. Coarse to fine: first on a quarter of the draws (a
         # quarter of the cost per evaluation), then on all of them from there, where a few steps suffice. It stops
         # when a step changes the objective by less than 1e-5 of its value, far below its sampling error on any
         # validation split (0.1-1% at best).
-        bounds = [(None, None)] * (sum(sizes) - (sizes[2] if experts_on else 0))
-        bounds += [(0.0, None)] * (sizes[2] if experts_on else 0)
+        pairs = sizes[2] if experts_on else 0
+        bounds = [(None, None)] * (len(x) - pairs) + [(0.0, None)] * pairs
         for draws in dict.fromkeys((max(1, num_samples // 4), num_samples)):
             objective.draws = draws
             x = minimize(
@@ -232,7 +229,7 @@ def calibrate(
                 options={"maxiter": max_iter, "ftol": 1e-5 * min(abs(before), 1.0)},
             ).x
         with torch.no_grad():
-            after = float(objective(*_reorder(unpack(x), m)))
+            after = float(nlpd(x))
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
             x, after = np.zeros_like(x), before
     finally:  # whatever stopped the fit, the model holds plain tensors of one fit (the last accepted, or none)

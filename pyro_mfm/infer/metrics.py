@@ -146,6 +146,19 @@ def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return conf, correct
 
 
+def _bin_index(conf, n_bins: int) -> np.ndarray:
+    """The bin of each confidence: ``(b/n_bins, (b+1)/n_bins]`` is bin b, and 0 falls in the first."""
+    return np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+
+
+def _weighted_gap(bins: dict, accuracy) -> np.ndarray:
+    """sum_b (n_b / N) |accuracy_b - confidence_b| over the non-empty bins of ``bins`` (:func:`calibration_bins`),
+    for bin accuracies ``accuracy`` of shape (..., n_bins)."""
+    nz = bins["count"] > 0
+    weight = bins["count"][nz] / bins["count"].sum()
+    return (weight * np.abs(accuracy[..., nz] - bins["confidence"][nz])).sum(-1)
+
+
 def calibration_bins(probs, labels, n_bins: int = 10) -> dict[str, np.ndarray]:
     """Per-bin statistics of top-label confidence on ``n_bins`` equal-width bins of [0, 1].
 
@@ -155,7 +168,7 @@ def calibration_bins(probs, labels, n_bins: int = 10) -> dict[str, np.ndarray]:
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     conf, correct = _confidence_and_correct(probs, labels)
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    idx = _bin_index(conf, n_bins)
     count = np.bincount(idx, minlength=n_bins).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
@@ -170,12 +183,9 @@ def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
     Returns NaN for no examples.
     """
     bins = calibration_bins(probs, labels, n_bins)
-    n = bins["count"].sum()
-    if n == 0:
+    if bins["count"].sum() == 0:
         return math.nan
-    nz = bins["count"] > 0
-    gap = np.abs(bins["accuracy"][nz] - bins["confidence"][nz])
-    return float(np.sum(bins["count"][nz] / n * gap))
+    return float(_weighted_gap(bins, bins["accuracy"]))
 
 
 def calibrated_bin_accuracy(probs, n_bins: int = 10, draws: int = 1000, seed: int = 0) -> np.ndarray:
@@ -184,8 +194,7 @@ def calibrated_bin_accuracy(probs, n_bins: int = 10, draws: int = 1000, seed: in
     (consistency resampling, Broecker and Smith, *Weather and Forecasting* 22, 2007). NaN in an empty bin.
     Deterministic for a given ``seed``; ``probs`` as for :func:`expected_calibration_error`."""
     conf, _ = _confidence_and_correct(probs, np.zeros(len(np.asarray(probs)), int))
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    onehot = np.eye(n_bins)[idx]  # (N, B)
+    onehot = np.eye(n_bins)[_bin_index(conf, n_bins)]  # (N, B)
     right = np.random.default_rng(seed).random((draws, len(conf))) < conf  # (draws, N)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (right @ onehot) / onehot.sum(0)
@@ -199,12 +208,10 @@ def calibrated_ece_draws(probs, n_bins: int = 10, draws: int = 1000, seed: int =
     terms, about sqrt(c (1 - c) / n_b), so with 400 samples at accuracy 0.9 a calibrated model shows an ECE near
     0.025. An observed ECE means miscalibration only where it is above these draws.
     """
-    b = calibration_bins(probs, np.zeros(len(np.asarray(probs)), int), n_bins)
-    if b["count"].sum() == 0:
+    bins = calibration_bins(probs, np.zeros(len(np.asarray(probs)), int), n_bins)  # counts, mean confidences
+    if bins["count"].sum() == 0:
         return np.full(draws, math.nan)
-    acc = calibrated_bin_accuracy(probs, n_bins, draws, seed)
-    nz = b["count"] > 0
-    return (b["count"][nz] / b["count"].sum() * np.abs(acc[:, nz] - b["confidence"][nz])).sum(-1)
+    return _weighted_gap(bins, calibrated_bin_accuracy(probs, n_bins, draws, seed))
 
 
 def interval_coverage(y_true, lower, upper) -> float:
