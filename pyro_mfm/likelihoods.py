@@ -83,6 +83,12 @@ class FeatureLikelihood(nn.Module):
     def scale(self):
         return softplus(self.raw_scale) + 1e-3 if self.learned_scale else self.fixed_scale
 
+    def mixture_moments(self, centre_std, spread_std):
+        """The mean and variance of x_m under an equal-weight mixture of this likelihood's Normals whose means (the
+        decoder's outputs, in standardised units) have mean ``centre_std`` and variance ``spread_std`` over the
+        mixture: the law of total variance, Var = scale^2 + the spread of the means, in the data's units."""
+        return self.mean + self.std * centre_std, self.std.square() * (self.scale().square() + spread_std)
+
     def distribution(self, loc_std, present=None, steps=None):
         loc = self.mean + self.std * loc_std
         scale = (self.std * self.scale()).expand_as(loc)
@@ -136,7 +142,10 @@ class LabelLikelihood(nn.Module):
         return self.kind in ("categorical", "bernoulli")
 
     def distribution(self, f_y):
-        out = self.head(f_y)
+        return self.from_output(self.head(f_y))
+
+    def from_output(self, out):
+        """p(y | f_y) from the head's output ``head(f_y)``."""
         if self.kind == "categorical":
             return dist.Categorical(logits=out * (-self.log_temperature).exp())
         if self.kind == "bernoulli":

@@ -152,18 +152,30 @@ class Model(nn.Module):
         """p(x_m | F_m(.)) for given codes: a dict holding the sites in ``reads["x_<m>"]`` (``steps``: which steps of a
         sequence are real, as ``batch.steps[m]``). ``factors``: a dict of the factors' features G(z) of these codes
         computed so far, which receives those computed here (so that decoding several modalities computes f_y once)."""
+        return self.p_x[m].distribution(self.decode(m, latents, factors), steps=steps)
+
+    def decode(self, m: str, latents: dict, factors: dict | None = None):
+        """F_m(.) for given codes: the mean of p(x_m | .) in standardised units (as :meth:`modality_distribution`)."""
         site = f"x_{m}"
         f = {} if factors is None else factors
         for s in self.reads[site]:
             if s not in f:
                 f[s] = self.factor(s, latents[s])
-        return self.p_x[m].distribution(self.F[m](self.read(site, f)), steps=steps)
+        return self.F[m](self.read(site, f))
 
-    def label_distribution(self, latents):
-        """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in ``reads["y"]``."""
+    def label_distribution(self, latents, block: int | None = None):
+        """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in ``reads["y"]``. ``block``: run the
+        networks on at most this many entries of the codes' first dimension (the draws) at a time, so that their
+        activations stay in cache; the same values."""
         if not isinstance(latents, dict):
             latents = {"z_y": latents}
-        return self.D.distribution(self.read("y", {s: self.factor(s, latents[s]) for s in self.reads["y"]}))
+        latents = {s: latents[s] for s in self.reads["y"]}
+        n = next(iter(latents.values())).shape[0]
+        head = lambda lat: self.D.head(self.read("y", {s: self.factor(s, z) for s, z in lat.items()}))  # noqa: E731
+        if block is None or block >= n:
+            return self.D.from_output(head(latents))
+        blocks = [head({s: z[k : k + block] for s, z in latents.items()}) for k in range(0, n, block)]
+        return self.D.from_output(torch.cat(blocks))
 
 
 def _random_subset(batch: Batch) -> Batch:
@@ -271,9 +283,10 @@ class MFM(nn.Module):
         """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (one pass, no sampling)."""
         return self.guide.codes(batch)
 
-    def label_distribution(self, latents):
-        """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in :attr:`label_sites`."""
-        return self.model.label_distribution(latents)
+    def label_distribution(self, latents, block: int | None = None):
+        """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in :attr:`label_sites`
+        (:meth:`Model.label_distribution`)."""
+        return self.model.label_distribution(latents, block)
 
     @property
     def label_sites(self) -> list[str]:

@@ -295,12 +295,38 @@ def test_input_dropout_drops_the_guides_standardised_inputs_in_training_only():
         assert torch.equal(x, clean[m])
 
 
-def test_prediction_passes_keep_cpu_activations_in_cache():
-    """On a CPU a pass holds at most CPU_ROWS_PER_PASS samples x draws (at least one sample); a GPU takes the batch
-    as given."""
-    from pyro_mfm.infer.predict import CPU_ROWS_PER_PASS, pass_size
+def test_blocks_of_draws_give_what_all_draws_at_once_give(monkeypatch):
+    """On a CPU the label head and the decoders run on blocks of draws of at most CPU_ROWS_PER_BLOCK rows (a GPU
+    takes every draw at once): blocks of one draw give the prediction and imputation that one block of all draws
+    gives, and the imputed variance is the law of total variance over the model program's means at the draws."""
+    import importlib
 
-    assert pass_size(512, 100, "cpu") == CPU_ROWS_PER_PASS // 100 < 512
-    assert pass_size(16, 100, "cpu") == 16
-    assert pass_size(512, 10**6, "cpu") == 1
-    assert pass_size(512, 100, "cuda") == 512
+    P = importlib.import_module("pyro_mfm.infer.predict")
+    assert P.draw_block(512, 100, "cpu") == max(1, P.CPU_ROWS_PER_BLOCK // 512) < 100
+    assert P.draw_block(10**6, 100, "cpu") == 1 and P.draw_block(512, 100, "cuda") == 100
+    data = small_data()
+    mfm = build(data).eval()
+    test = data["test"]
+
+    def run(rows):
+        monkeypatch.setattr(P, "CPU_ROWS_PER_BLOCK", rows)
+        return (
+            predict(mfm, test, observed=["a"], num_samples=9, seed=0, keep_samples=False),
+            impute(mfm, test, observed=["a"], num_samples=9, seed=0),
+        )
+
+    (pred_1, imp_1), (pred_all, imp_all) = run(1), run(10**6)
+    for key in ("point", "lower", "upper", "log_density"):
+        np.testing.assert_allclose(getattr(pred_1, key), getattr(pred_all, key), rtol=1e-6, atol=1e-6)
+    for m in mfm.names:
+        np.testing.assert_allclose(imp_1.mean[m], imp_all.mean[m], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(imp_1.std[m], imp_all.std[m], rtol=1e-5, atol=1e-5)
+    # the variance by hand: the Normal's scale^2 plus the variance of its means over the same draws
+    batch = test.batch(np.arange(len(test))).observe_only(["a"]).without_labels()
+    pyro.set_rng_seed(0)
+    z = guide_draws(mfm, batch, 9, modalities=["a", "b", "s"])  # the draws impute takes: some samples lack a
+    full = Predictive(poutine.uncondition(mfm.model), posterior_samples=z, return_sites=["x_b_mean"], parallel=True)
+    means = full(batch)["x_b_mean"].detach()
+    variance = (mfm.p_x["b"].std * mfm.p_x["b"].scale()).square().detach() + means.var(0, unbiased=False)
+    torch.testing.assert_close(torch.as_tensor(imp_1.mean["b"]), means.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.as_tensor(imp_1.std["b"]).square(), variance, rtol=1e-5, atol=1e-5)

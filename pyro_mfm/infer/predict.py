@@ -106,17 +106,48 @@ def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
         raise DataError(f"{dataset._where()}: modalities do not match the model's: {'; '.join(found)}")
 
 
-# samples x draws per pass on a CPU: the label head's and decoders' activations of a pass (8192 rows of 128
-# floats, 4 MiB) stay in cache; larger passes make the elementwise work memory-bound (benchmarks/README.md)
-CPU_ROWS_PER_PASS = 8192
+# rows (samples x draws) per block of the label head's and decoders' work on a CPU: a block's activations (2048 rows
+# of 128 floats, 1 MiB) stay in a core's cache, where all draws at once make that elementwise work memory-bound
+# (benchmarks/README.md); a GPU takes every draw at once
+CPU_ROWS_PER_BLOCK = 2048
 
 
-def pass_size(batch_size: int, num_samples: int, device) -> int:
-    """Samples per pass of ``num_samples`` draws each: ``batch_size``, and on a CPU at most
-    :data:`CPU_ROWS_PER_PASS` / ``num_samples`` (a GPU takes the batch as given)."""
+def draw_block(samples: int, num_samples: int, device) -> int:
+    """Draws per block for a pass of ``samples`` samples: on a CPU as many as fill :data:`CPU_ROWS_PER_BLOCK` rows
+    (at least one), elsewhere all ``num_samples``."""
     if torch.device(device).type != "cpu":
-        return batch_size
-    return max(1, min(batch_size, CPU_ROWS_PER_PASS // num_samples))
+        return num_samples
+    return max(1, min(num_samples, CPU_ROWS_PER_BLOCK // max(samples, 1)))
+
+
+class MeanAndSpread:
+    """The mean and variance over the draws (the first dimension) of values given in blocks of draws: sums of the
+    values and of their squares, shifted by the first block's mean so that the variance loses no precision to the
+    values' offset."""
+
+    def __init__(self):
+        self.n, self.shift, self.sum, self.squares = 0, None, None, None
+
+    def add(self, values: torch.Tensor) -> None:
+        if not self.n:
+            self.shift = values.mean(0)
+            self.sum, self.squares = torch.zeros_like(self.shift), torch.zeros_like(self.shift)
+        d = values - self.shift
+        self.sum += d.sum(0)
+        self.squares += d.square_().sum(0)
+        self.n += values.shape[0]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and the variance (divided by the number of draws) of the values so far."""
+        mean = self.sum / self.n
+        return self.shift + mean, (self.squares / self.n - mean.square()).clamp_(min=0)
+
+
+def _finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values``, or a ValueError saying what is not finite (the distributions' own checks are off in the passes)."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{what}: the model gives values that are not finite; expected a model with finite parameters")
+    return values
 
 
 def _check_counts(**counts) -> None:
@@ -163,35 +194,41 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
+    device = _device(mfm)
     start = 0
-    for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
-        truth, y_present = batch.y, batch.y_present
-        batch = batch.observe_only(observed).without_labels()
-        features, start = _rows(encoded, start, len(batch))
-        if mfm.shared:
-            q_z_y = mfm.posterior_z_y(batch, features)
-            z_mean = q_z_y.mean
-            z_y = (
-                z_mean.expand((num_samples,) + z_mean.shape)
-                if mfm.guide.deterministic
-                else q_z_y.sample((num_samples,))
-            )  # the guide's Delta code, or draws of q(z_y | x_obs)
-            p_y = mfm.label_distribution(z_y)
-        else:  # the label reads every z_a,m
-            p_y, z_mean = mfm.label_distribution(guide_draws(mfm, batch, num_samples)), mfm.representation(batch)
-        points.append(mfm.D.point(p_y).mean(0).cpu())
-        if regression:
-            lo, hi = mixture_quantiles(p_y, q)
-            lowers.append(lo.cpu())
-            uppers.append(hi.cpu())
-        if keep_samples:
-            samples.append(p_y.sample().cpu())
-        z_means.append(z_mean.cpu())
-        if truth is not None:
-            lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
-            log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
-        else:
-            log_dens.append(torch.full((len(batch),), float("nan")))
+    # the distributions' own checks off, as in training after its first step: the data were checked as they were
+    # loaded, and the predictive is checked for finite values here
+    with pyro.validation_enabled(False):
+        for batch in dataset.loader(batch_size, device=device):
+            truth, y_present = batch.y, batch.y_present
+            batch = batch.observe_only(observed).without_labels()
+            features, start = _rows(encoded, start, len(batch))
+            block = draw_block(len(batch), num_samples, device)
+            if mfm.shared:
+                q_z_y = mfm.posterior_z_y(batch, features)
+                z_mean = q_z_y.mean
+                z_y = (
+                    z_mean.expand((num_samples,) + z_mean.shape)
+                    if mfm.guide.deterministic
+                    else q_z_y.sample((num_samples,))
+                )  # the guide's Delta code, or draws of q(z_y | x_obs)
+                p_y = mfm.label_distribution(z_y, block)
+            else:  # the label reads every z_a,m
+                z = guide_draws(mfm, batch, num_samples)
+                p_y, z_mean = mfm.label_distribution(z, block), mfm.representation(batch)
+            points.append(_finite(mfm.D.point(p_y).mean(0), f"{dataset._where()}: the predictive of the label").cpu())
+            if regression:
+                lo, hi = mixture_quantiles(p_y, q)
+                lowers.append(lo.cpu())
+                uppers.append(hi.cpu())
+            if keep_samples:
+                samples.append(p_y.sample().cpu())
+            z_means.append(z_mean.cpu())
+            if truth is not None:
+                lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
+                log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
+            else:
+                log_dens.append(torch.full((len(batch),), float("nan")))
     cat = lambda xs, dim=0: torch.cat(xs, dim).numpy() if xs else None  # noqa: E731
     return Prediction(
         point=cat(points),
@@ -343,34 +380,45 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encod
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
     draws = {m: [] for m in names}
+    device = _device(mfm)
     start = 0
-    for batch in dataset.loader(pass_size(batch_size, num_samples, _device(mfm)), device=_device(mfm)):
-        batch = batch.observe_only(observed).without_labels()
-        features, start = _rows(encoded, start, len(batch))
-        hidden = [m for m in names if not bool(batch.present[m].all())]
-        z = guide_draws(mfm, batch, num_samples, modalities=hidden, features=features) if hidden else {}
-        f: dict = {}  # the factors' features, shared by the decoders that read them (f_y by every one)
-        for m in names:
-            x = batch.x[m]
-            if m in hidden:
-                keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
-                p_x = mfm.model.modality_distribution(m, z, steps=batch.steps.get(m), factors=f)
-                pad = _padding_mask(mfm, batch, m)
-                # over the K draws of the factors, E[x] = mean_k E[x | z_k] and, by the law of total variance,
-                # Var[x] = mean_k Var[x | z_k] + var_k E[x | z_k]: exact given the draws, no x drawn to estimate it
-                loc = p_x.mean
-                centre = loc.mean(0)
-                variance = p_x.variance.mean(0) + (loc - centre).square().mean(0)  # (torch's var(0) is slower)
-                mean = torch.where(keep, x, centre * pad)
-                std = torch.where(keep, torch.zeros_like(x), variance.sqrt() * pad)
-                if keep_samples:
-                    draws[m].append(torch.where(keep, x, p_x.sample() * pad).cpu())
-            else:  # observed for every sample: passed through
-                mean, std = x, torch.zeros_like(x)
-                if keep_samples:
-                    draws[m].append(x.expand((num_samples,) + x.shape).cpu())
-            means[m].append(mean.cpu())
-            stds[m].append(std.cpu())
+    with pyro.validation_enabled(False):  # as in prediction
+        for batch in dataset.loader(batch_size, device=device):
+            batch = batch.observe_only(observed).without_labels()
+            features, start = _rows(encoded, start, len(batch))
+            hidden = [m for m in names if not bool(batch.present[m].all())]
+            z = guide_draws(mfm, batch, num_samples, modalities=hidden, features=features) if hidden else {}
+            # over the K draws of the factors, E[x] = mean_k E[x | z_k] and, by the law of total variance,
+            # Var[x] = mean_k Var[x | z_k] + var_k E[x | z_k]: exact given the draws, no x drawn to estimate it;
+            # the decoders run on blocks of draws (draw_block), whose moments are merged
+            moments = {m: MeanAndSpread() for m in hidden}
+            drawn: dict = {m: [] for m in hidden}
+            block = draw_block(len(batch), num_samples, device)
+            for k in range(0, num_samples if hidden else 0, block):
+                z_k = {site: v[k : k + block] for site, v in z.items()}
+                f: dict = {}  # the factors' features, shared by the decoders that read them (f_y by every one)
+                for m in hidden:
+                    loc = mfm.model.decode(m, z_k, factors=f)  # E[x_m | z_k], standardised
+                    moments[m].add(loc)
+                    if keep_samples:
+                        drawn[m].append(mfm.p_x[m].distribution(loc, steps=batch.steps.get(m)).sample())
+            for m in names:
+                x = batch.x[m]
+                if m in hidden:
+                    keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
+                    pad = _padding_mask(mfm, batch, m)
+                    centre, variance = mfm.p_x[m].mixture_moments(*moments[m].result())
+                    centre = _finite(centre, f"{dataset._where()}: the imputed {m}")
+                    mean = torch.where(keep, x, centre * pad)
+                    std = torch.where(keep, torch.zeros_like(x), variance.sqrt() * pad)
+                    if keep_samples:
+                        draws[m].append(torch.where(keep, x, torch.cat(drawn[m]) * pad).cpu())
+                else:  # observed for every sample: passed through
+                    mean, std = x, torch.zeros_like(x)
+                    if keep_samples:
+                        draws[m].append(x.expand((num_samples,) + x.shape).cpu())
+                means[m].append(mean.cpu())
+                stds[m].append(std.cpu())
     join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
     return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
 
