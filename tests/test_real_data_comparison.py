@@ -39,3 +39,39 @@ def test_uci_comparison_prints_every_subset_and_records_each_seed(tmp_path, caps
         assert 0 <= record["paired_se"][name] <= 1 / np.sqrt(399)
         floor, p = record["calibrated_ece"][name]
         assert 0 < floor < 1 and 0 <= p <= 1
+
+
+def _two_ratings(n=90, seed=0):
+    """Audio and video vectors with two regression ratings, split 60 / 15 / 15 (as POM's modalities and labels)."""
+    from pyro_mfm.data import from_arrays
+
+    rng = np.random.default_rng(seed)
+    audio, video = rng.normal(size=(n, 4)), rng.normal(size=(n, 3))
+    y = np.stack([audio[:, 0] + rng.normal(size=n), video[:, 0] + rng.normal(size=n)], 1)
+    split = np.array(["train"] * 60 + ["valid"] * 15 + ["test"] * 15)
+    return from_arrays({"audio": audio, "video": video}, y, split=split)
+
+
+def test_each_rating_becomes_a_task_of_its_own(tmp_path):
+    """``one_rating`` keeps the features and splits and takes one rating as the label: its value, or 1 above the
+    training split's median; ``compare_pom_ratings`` gives a row per rating, paired over the tasks."""
+    from pyro_mfm.config import Config
+
+    script, data = _script(), _two_ratings()
+    ratings = {s: np.asarray(data[s].labels)[:, 1] for s in ("train", "valid", "test")}
+    median = np.median(ratings["train"])
+    binary, value = script.one_rating(data, 1, binary=True), script.one_rating(data, 1, binary=False)
+    for s in ("train", "valid", "test"):
+        assert np.array_equal(np.asarray(binary[s].labels), (ratings[s] > median).astype(int))
+        np.testing.assert_array_equal(np.asarray(value[s].labels).ravel(), ratings[s])
+        np.testing.assert_array_equal(np.asarray(binary[s].features["audio"]), np.asarray(data[s].features["audio"]))
+    assert binary.schema.label.kind == "categorical" and value.schema.label.kind == "regression"
+    config = Config.from_dict(
+        {"data": {"source": str(tmp_path)}, "model": {"hidden": 8}, "train": {"epochs": 1, "kl_warmup": 0}}
+    )
+    text, record = script.compare_pom_ratings(data, config, [0], num_samples=2, binary=True)
+    table = np.array(record["per_task"])
+    assert table.shape == (2, 7) and ((0 <= table[:, :6]) & (table[:, :6] <= 1)).all()
+    positive = (ratings["test"] > median).mean()
+    assert table[1, 6] == pytest.approx(max(positive, 1 - positive))  # the majority class's share of the test split
+    assert text.count("\n| ") == 2 + 1 and "better on" in text
