@@ -11,14 +11,16 @@ from pyro_mfm.data.builtin import load_embedded
 from pyro_mfm.infer.evaluate import evaluate
 from pyro_mfm.infer.objective import Objective
 from pyro_mfm.infer.predict import impute, predict
+from pyro_mfm.infer.run import default_optimizer
 
 from . import plain, setups, stepwise
 from .timing import interleaved, matmul_ms, peak_memory
 
 
-def train_step(mfm, loss_fn, validate: bool = True):
-    """One optimisation step: forward, backward, Adam."""
-    opt = torch.optim.Adam(mfm.parameters(), lr=1e-3)
+def train_step(mfm, loss_fn, validate: bool = True, reference: bool = False):
+    """One optimisation step: forward, backward, Adam (the library's, :func:`default_optimizer`; with ``reference``
+    torch's default Adam, as the public code steps)."""
+    opt = torch.optim.Adam(mfm.parameters(), lr=1e-3) if reference else default_optimizer(mfm, 1e-3)
 
     def step():
         with pyro.validation_enabled(validate):  # Pyro's and torch's distribution checks
@@ -132,7 +134,7 @@ def throughput(device, reps, warmup, quick, checks: list) -> list:
         t = interleaved(
             {
                 "library": train_step(mfm, lambda: obj(batch), False),  # as trained after the first step
-                "reference": train_step(mfm, lambda: stepwise.wae_loss(mfm, batch), False),
+                "reference": train_step(mfm, lambda: stepwise.wae_loss(mfm, batch), False, reference=True),
             },
             device,
             reps,
@@ -143,7 +145,7 @@ def throughput(device, reps, warmup, quick, checks: list) -> list:
             k: peak_memory(f, device)
             for k, f in (
                 ("library", train_step(mfm, lambda: obj(batch))),
-                ("reference", train_step(mfm, lambda: stepwise.wae_loss(mfm, batch))),
+                ("reference", train_step(mfm, lambda: stepwise.wae_loss(mfm, batch), reference=True)),
             )
         }
         if device.type == "cpu":  # the speed-up if the library did nothing but its matrix products

@@ -320,7 +320,7 @@ def compare_pom_ratings(data, config, seeds, num_samples, binary: bool):
         if binary:
             base = [float((logistic_baseline(flat, o).argmax(-1) == y).mean()) for o in subsets]
         else:
-            base = [float(np.abs(ridge_baseline(flat, o) - y).mean()) for o in subsets]
+            base = [float(np.abs(ridge_baseline(flat, o).reshape(y.shape) - y).mean()) for o in subsets]
         runs = run_mfm(config, task, subsets, seeds, num_samples)
         mfm = [float(np.mean([r[o]["metrics"][key] for r in runs])) for o in subsets]
         rows.append(mfm + base + [float(max(y.mean(), 1 - y.mean())) if binary else float(y.std())])

@@ -75,3 +75,6 @@ def test_each_rating_becomes_a_task_of_its_own(tmp_path):
     positive = (ratings["test"] > median).mean()
     assert table[1, 6] == pytest.approx(max(positive, 1 - positive))  # the majority class's share of the test split
     assert text.count("\n| ") == 2 + 1 and "better on" in text
+    _, record = script.compare_pom_ratings(data, config, [0], num_samples=2, binary=False)
+    ridge = script.ridge_baseline(value, ("audio",)).ravel()  # a single rating: one value per sample
+    assert record["per_task"][1][4] == pytest.approx(np.abs(ridge - ratings["test"]).mean())

