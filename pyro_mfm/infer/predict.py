@@ -200,8 +200,8 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     # with z_y, no draw of any z_a,m (the guide's q(z_y | x_obs) alone).
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
     regression = mfm.D.kind in ("normal", "laplace")
-    q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=_device(mfm))
     device = _device(mfm)
+    q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=device)
     start = 0
     # the distributions' own checks off, as in training after its first step: the data were checked as they were
     # loaded, and the predictive is checked for finite values here
