@@ -150,3 +150,23 @@ def test_mixture_quantiles_hold_their_mass_and_cover_draws_of_the_mixture():
         assert abs(covered - 0.9) < 3 * (0.09 / (reps * N)) ** 0.5
         e_lo, e_hi = torch.quantile(p.sample(), probs, dim=0)  # the empirical interval of one draw per component
         assert ((y >= e_lo) & (y <= e_hi)).double().mean().item() < covered - 0.01
+
+
+def test_class_f1_is_scikit_learns_macro_and_weighted_f1():
+    """One per-class call gives what ``f1_score`` gives with ``average="macro"`` and ``"weighted"``, classes that
+    are never predicted (F1 0) or never true included."""
+    import warnings
+
+    from sklearn.metrics import f1_score
+
+    from pyro_mfm.infer.metrics import class_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k, n = int(rng.integers(2, 8)), int(rng.integers(1, 40))
+        y, pred = rng.integers(0, k, n), rng.integers(0, k, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = (f1_score(y, pred, average="macro"), f1_score(y, pred, average="weighted"))
+            assert class_f1(y, pred) == pytest.approx(expected)
+    assert all(np.isnan(class_f1(np.array([], int), np.array([], int))))
