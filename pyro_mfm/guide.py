@@ -221,8 +221,6 @@ class Guide(nn.Module):
         :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0). ``masks``: which modalities each sample
         observes (without them, no redundancy applies)."""
         t = self.expert_log_temperature
-        if not (bool(t.any()) or bool(self.expert_redundancy.any())):  # weights exp(0) = 1: the experts as they are
-            return list(experts)
         if masks is None:
             w = t.exp()
             return [(e * w[i], lam * w[i]) for i, (e, lam) in enumerate(experts)]
