@@ -207,27 +207,23 @@ class Guide(nn.Module):
                 loc, raw = features.fused.chunk(2, dim=-1)
                 raw = nn.functional.softplus(raw) + 1e-4
             return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(raw))
-        masks = [batch.present[m] for m in self.names]
-        experts = self.tempered(features.experts, masks)
+        weights = self.expert_weights(torch.stack([batch.present[m] for m in self.names], -1))
+        experts = list(features.experts)
         if self.y_in is not None and batch.y is not None:
             experts.append(self.q_label(self.y_in(batch.y)))
-            masks.append(batch.y_present)
-        return product_of_experts([e[0] for e in experts], [e[1] for e in experts], masks)
+            weights = torch.cat([weights, batch.y_present.unsqueeze(-1).to(weights.dtype)], -1)
+        return product_of_experts([e[0] for e in experts], [e[1] for e in experts], weights)
 
-    def tempered(self, experts, masks=None) -> list:
-        """The modalities' experts (eta_m, Lambda_m), each multiplied by its weight exp(t_m - sum_n r_mn [n
-        observed]): t_m < 0 lets modality m claim less precision about z_y than its network gives, and r_mn > 0 claims
-        less where modality n, which carries the same evidence, is observed too (a held-out calibration,
-        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0). ``masks``: which modalities each sample
-        observes (without them, no redundancy applies)."""
+    def expert_weights(self, observed):
+        """The weight of each modality's expert (eta_m, Lambda_m) in the product, exp(t_m - sum_n r_mn [n
+        observed]) where m is observed and 0 where not, for ``observed``: (..., M) masks of the observed modalities.
+        t_m < 0 lets modality m claim less precision about z_y than its network gives, and r_mn > 0 claims less where
+        modality n, which carries the same evidence, is observed too (a held-out calibration,
+        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0: the weights are the masks)."""
         t = self.expert_log_temperature
-        if masks is None:
-            w = t.exp()
-            return [(e * w[i], lam * w[i]) for i, (e, lam) in enumerate(experts)]
-        observed = torch.stack([mk.to(t.dtype) for mk in masks], -1)  # (..., B, M)
+        observed = observed.to(t.dtype)
         # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
-        w = (t - observed @ self.expert_redundancy).exp()
-        return [(e * w[..., i, None], lam * w[..., i, None, None]) for i, (e, lam) in enumerate(experts)]
+        return observed * (t - observed @ self.expert_redundancy).exp()
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the

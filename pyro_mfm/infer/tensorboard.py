@@ -44,9 +44,10 @@ def expert_precisions(mfm: MFM, batch: Batch) -> dict[str, float]:
     for a model without product-of-experts fusion."""
     if not getattr(mfm, "shared", False) or mfm.config.fusion != "poe":
         return {}
-    experts = mfm.guide.tempered(mfm.guide.features(batch).experts)
+    weights = mfm.guide.expert_log_temperature.exp()  # each expert's weight where it is observed alone
     out = {}
-    for m, (_, precision) in zip(mfm.names, experts):
+    for m, w, (_, untempered) in zip(mfm.names, weights, mfm.guide.features(batch).experts):
+        precision = w * untempered
         per_sample = torch.diagonal(precision, dim1=-2, dim2=-1).mean(-1) if precision.dim() > 2 else precision
         present = batch.present[m]
         if present.any():

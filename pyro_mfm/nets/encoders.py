@@ -49,23 +49,25 @@ class InformationExpert(nn.Module):
         return eta, factor @ factor.transpose(-1, -2)
 
 
-def product_of_experts(etas, precisions, masks) -> dist.MultivariateNormal:
-    """The normalised product of the prior N(0, I) and the experts whose mask is True.
+def product_of_experts(etas, precisions, weights) -> dist.MultivariateNormal:
+    """The normalised product of the prior N(0, I) and the experts, each expert's eta and Lambda multiplied by its
+    weight: 1 (or True) where its modality is observed, 0 (False) where not, or a calibrated weight in between.
 
     Args:
         etas: list of ``(..., B, k)`` information vectors, one per modality.
         precisions: list of ``(..., B, k, k)`` positive semi-definite precision matrices.
-        masks: list of ``(..., B)`` bool tensors, whether each modality is observed for a sample.
+        weights: list of ``(..., B)`` bool masks (whether each modality is observed for a sample) or float weights,
+            or those stacked, ``(..., B, M)``.
     Returns:
         a ``MultivariateNormal`` with batch shape ``(..., B)``; a sample with no observed modality gets the prior.
     """
     k = etas[0].shape[-1]
-    precision = torch.eye(k, dtype=etas[0].dtype, device=etas[0].device).expand(precisions[0].shape).clone()
-    eta = torch.zeros_like(etas[0])
-    for e, lam, mask in zip(etas, precisions, masks):
-        w = mask.to(e.dtype)
-        precision = precision + w[..., None, None] * lam
-        eta = eta + w[..., None] * e
+    # the experts stacked, (..., B, M, k) and (..., B, M, k, k), and summed with their weights as one product each
+    w = torch.stack(list(weights), -1) if isinstance(weights, (list, tuple)) else weights
+    w = w.to(etas[0].dtype).unsqueeze(-2)  # (..., B, 1, M)
+    eta = (w @ torch.stack(etas, -2)).squeeze(-2)
+    summed = (w @ torch.stack(precisions, -3).flatten(-2)).squeeze(-2).unflatten(-1, (k, k))
+    precision = summed + torch.eye(k, dtype=eta.dtype, device=eta.device)
     loc = torch.cholesky_solve(eta.unsqueeze(-1), torch.linalg.cholesky(precision)).squeeze(-1)
     return Posterior(loc, precision_matrix=precision)
 
