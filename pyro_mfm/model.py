@@ -130,8 +130,9 @@ class Model(nn.Module):
                 self.observe_y(self.D.distribution(self.read("y", f)), batch, means)
 
     def read(self, site: str, f: dict):
-        """What the likelihood of ``site`` reads: its factors' features, concatenated."""
-        return torch.cat([f[s] for s in self.reads[site]], dim=-1)
+        """What the likelihood of ``site`` reads: its factors' features, concatenated (one factor's as they are)."""
+        parts = [f[s] for s in self.reads[site]]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def observe_x(self, m: str, loc, batch: Batch, means: bool):
         p_x = self.p_x[m].distribution(loc, steps=batch.steps.get(m))
@@ -330,14 +331,21 @@ class MFM(nn.Module):
         * ``model.label_samples = K``: log (1/K) sum_k p(y | D(z_k)), z_k ~ q(z_y | x_S) reparameterised: the
           posterior predictive that prediction reports, so its spread is trained as well as its centre.
 
-        ``features``: what the guide computed from ``batch`` (:meth:`Guide.forward`), reused on the observed
-        modalities. Empty without a label or without labels in ``batch``.
+        ``features``: what the guide computed from ``batch`` (:meth:`Guide.forward`; computed here when not given).
+        Each expert (and each z_a,m's encoder) reads its own modality alone, so the features of the observed
+        modalities serve every subset of them: a subset masks the others out. The MFN reads the modalities together,
+        so with it each subset is encoded anew. Empty without a label or without labels in ``batch``.
         """
         if self.D is None or batch.y is None:
             return []
         unlabelled = batch.without_labels()
+        features = self.guide.features(unlabelled) if features is None else features
         batches = [unlabelled] + [_random_subset(unlabelled) for _ in range(self.config.label_subsets)]
-        return [self._label_log_predictive(b, batch.y, features if i == 0 else None) for i, b in enumerate(batches)]
+        per_modality = features.fused is None
+        return [
+            self._label_log_predictive(b, batch.y, features if i == 0 or per_modality else None)
+            for i, b in enumerate(batches)
+        ]
 
     def _label_log_predictive(self, batch: Batch, y, features: Features | None):
         k = self.config.label_samples

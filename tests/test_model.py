@@ -12,7 +12,7 @@ from pyro_mfm.data import DataError, LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import Objective, impute, predict
 from pyro_mfm.infer.predict import guide_draws
-from pyro_mfm.model import MFM
+from pyro_mfm.model import MFM, _random_subset
 from pyro_mfm.nets import product_of_experts
 
 
@@ -106,6 +106,36 @@ def test_product_of_experts_matches_gaussian_algebra():
         assert torch.allclose(q.mean[i], torch.linalg.solve(lam, eta), atol=1e-4)
     # no observed modality: the prior
     assert torch.allclose(q.mean[3], torch.zeros(k)) and torch.allclose(q.covariance_matrix[3], torch.eye(k))
+    # weights in between (a calibrated expert), given stacked: each expert's eta and Lambda times its weight
+    w = torch.rand(5, 2)
+    q = product_of_experts(etas, precs, w)
+    for i in range(5):
+        lam = torch.eye(k) + w[i, 0] * precs[0][i] + w[i, 1] * precs[1][i]
+        assert torch.allclose(q.precision_matrix[i], lam, atol=1e-4)
+        assert torch.allclose(
+            q.mean[i], torch.linalg.solve(lam, w[i, 0] * etas[0][i] + w[i, 1] * etas[1][i]), atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("model", [{}, {"label_samples": 3}, {"ablation": "no_shared"}, {"missing": "surrogate"}])
+def test_subset_label_terms_reuse_the_observed_modalities_features(model):
+    """The discriminative term's random subsets take their experts (and the z_a,m encoders' features) from the pass
+    over the observed modalities, as prediction does: each reads its own modality alone. With deterministic networks
+    (no dropout) that equals encoding each subset anew, which the term did before."""
+    data = small_data(label="categorical")
+    mfm = build(data, label_subsets=2, **model).train()
+    batch = data["train"].batch(np.arange(32))
+    torch.manual_seed(0)
+    shared = mfm.label_log_predictives(batch)
+    torch.manual_seed(0)
+    unlabelled = batch.without_labels()
+    features = mfm.guide.features(unlabelled)
+    subsets = [unlabelled] + [_random_subset(unlabelled) for _ in range(2)]
+    anew = [mfm._label_log_predictive(b, batch.y, features if i == 0 else None) for i, b in enumerate(subsets)]
+    assert len(shared) == 3
+    for a, b in zip(shared, anew):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(shared[0], shared[1])  # the subsets observe less than the full pass
 
 
 @pytest.mark.parametrize("shape", [(), (7,), (2, 3)])
