@@ -117,11 +117,14 @@ def test_product_of_experts_matches_gaussian_algebra():
         )
 
 
-@pytest.mark.parametrize("model", [{}, {"label_samples": 3}, {"ablation": "no_shared"}, {"missing": "surrogate"}])
+@pytest.mark.parametrize(
+    "model", [{}, {"label_samples": 3}, {"ablation": "no_shared"}, {"missing": "surrogate"}, {"dropout": 0.5}]
+)
 def test_subset_label_terms_reuse_the_observed_modalities_features(model):
-    """The discriminative term's random subsets take their experts (and the z_a,m encoders' features) from the pass
-    over the observed modalities, as prediction does: each reads its own modality alone. With deterministic networks
-    (no dropout) that equals encoding each subset anew, which the term did before."""
+    """Without dropout, the discriminative term's random subsets take their experts (and the z_a,m encoders'
+    features) from the pass over the observed modalities, as prediction does: each reads its own modality alone, so
+    that equals encoding each subset anew. With dropout each subset is encoded anew, with dropout masks of its own
+    (drawn in the same order here)."""
     data = small_data(label="categorical")
     mfm = build(data, label_subsets=2, **model).train()
     batch = data["train"].batch(np.arange(32))
