@@ -55,11 +55,14 @@ def _build(name: str, config: Config, data: MultimodalData, batch_size: int, dev
 def uci(batch_size: int = 64, device="cpu", missing: float = 0.3, quick: bool = False) -> Setup:
     """The UCI Multiple Features configuration (6 vector views, 10 classes; ``models/uci_mfeat.toml``, the ``elbo``
     objective with analytic KL) on the embedded data, a fraction ``missing`` of the views hidden. The label term is
-    the ss-VAE's on the observed views (``label_subsets = 0``, ``label_samples = 0``), the term the plain-PyTorch
-    reference writes out; the configuration's random-subset terms run the same networks on more subsets."""
+    the ss-VAE's on the observed views (``label_subsets = 0``, ``label_samples = 0``, ``impute_subsets = 0``), the
+    term the plain-PyTorch reference writes out; the configuration's random-subset terms run the same networks on
+    more subsets."""
     from pyro_mfm.data.builtin import load_embedded
 
-    config = Config.load(MODELS / "uci_mfeat.toml", ["model.label_subsets=0", "model.label_samples=0"])
+    config = Config.load(
+        MODELS / "uci_mfeat.toml", ["model.label_subsets=0", "model.label_samples=0", "model.impute_subsets=0"]
+    )
     if quick:
         config = config.override(["model.hidden=16"])
     data = load_embedded()

@@ -132,6 +132,11 @@ class ModelConfig(_Table):
             subset, single modalities included, is trained to predict the label (0: the observed ones only). Each
             term carries the weight ``alpha``. Default 2: on UCI, subset terms raise single-view accuracy by 2-9
             points; on POM, 2 is slightly better than 0 and 4 (README, "Quality on real data").
+        impute_subsets: random subsets S of each sample's observed modalities (sizes as for ``label_subsets``) on
+            which the modalities observed but outside S are scored as imputation draws them: lambda_x,m log p(x_m |
+            F_m(G_y(z_y), G_m(z_a,m))), z_y ~ q(z_y | x_S) and z_a,m from its prior, one reparameterised draw, a
+            term of weight 1 per subset (0: none, the default). The ELBO scores x_m only with z_a,m drawn from
+            q(z_a,m | x_m, z_y), which reads x_m itself; this term trains what imputation reports.
         label_samples: draws of z_y per discriminative term: 0 scores the label at the posterior mean code (the
             ss-VAE's auxiliary loss), K > 0 scores the posterior predictive log (1/K) sum_k p(y | z_k), the quantity
             prediction reports, so that its spread is trained as well as its centre.
@@ -185,6 +190,7 @@ class ModelConfig(_Table):
     alpha: float = setting(1.0, ge=0)
     label_weight: Literal["auto", "fixed"] = "auto"
     label_subsets: int = setting(2, ge=0, le=100)
+    impute_subsets: int = setting(0, ge=0, le=100)
     label_samples: int = setting(0, ge=0, le=MAX_DRAWS)
     objective: Literal["elbo", "wae"] = "elbo"
     analytic_kl: bool = True

@@ -351,6 +351,45 @@ class MFM(nn.Module):
             for i, b in enumerate(batches)
         ]
 
+    def imputations(self, batch: Batch, features: Features | None = None):
+        """The imputation term as a Pyro program with no latent sites, as :meth:`classify` is the label's: an
+        observed site ``x_aux_<i>`` per pass of :meth:`hidden_log_likelihoods`, each scaled by 1 / the number of
+        passes (their mean)."""
+        passes = self.hidden_log_likelihoods(batch, features)
+        if not passes:
+            return
+        with pyro.plate("data", len(batch)), poutine.scale(scale=1.0 / len(passes)):
+            for i, log_p in enumerate(passes):
+                pyro.factor(f"x_aux_{i}", log_p)
+
+    def hidden_log_likelihoods(self, batch: Batch, features: Features | None = None) -> list:
+        """Per sample, for each of ``model.impute_subsets`` random subsets S of the observed modalities, the sum over
+        the modalities m observed but outside S of lambda_x,m log p(x_m | F_m(G_y(z_y), G_m(z_a,m))), with z_y ~
+        q(z_y | x_S) and z_a,m ~ N(0, I), one reparameterised draw: the draws imputation makes from x_S, so that
+        what it reports is trained (a lower bound on lambda_x,m log p(x_m | x_S)). One ``(B,)`` tensor per subset;
+        empty without decoders or z_y. ``features`` as for :meth:`label_log_predictives`."""
+        if not self.config.impute_subsets or not self.generative or not self.shared:
+            return []
+        unlabelled = batch.without_labels()
+        features = self.guide.features(unlabelled) if features is None else features
+        dropout = self.training and (self.config.dropout > 0 or self.config.input_dropout > 0)
+        shared = features.fused is None and not dropout
+        passes = []
+        for _ in range(self.config.impute_subsets):
+            subset = _random_subset(unlabelled)
+            z_y = self.posterior_z_y(subset, features if shared else None).rsample()
+            factors, total = {}, z_y.new_zeros(len(batch))
+            for m in self.names:
+                hidden = batch.present[m] & ~subset.present[m]
+                codes = {"z_y": z_y}
+                for s in self.model.private_sites[m]:
+                    codes[s] = torch.randn(z_y.shape[:-1] + (self.model.size[s],), dtype=z_y.dtype, device=z_y.device)
+                p_x = self.model.modality_distribution(m, codes, steps=batch.steps.get(m), factors=factors)
+                log_p = self.model.x_weight[m] * p_x.log_prob(batch.x[m])
+                total = total + torch.where(hidden, log_p, torch.zeros_like(log_p))
+            passes.append(total)
+        return passes
+
     def _label_log_predictive(self, batch: Batch, y, features: Features | None):
         k = self.config.label_samples
         if not self.shared:

@@ -141,6 +141,39 @@ def test_subset_label_terms_reuse_the_observed_modalities_features(model):
     assert not torch.allclose(shared[0], shared[1])  # the subsets observe less than the full pass
 
 
+def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
+    """``MFM.hidden_log_likelihoods``: for each random subset, lambda_x,m log p(x_m | F_m(G_y(z_y), G_m(z_a,m))) over
+    the modalities observed but outside the subset, z_y a draw of q(z_y | x_subset) and z_a,m a prior draw (the
+    same draws made by hand, in the same order); zero where a sample observes one modality (nothing is hidden); it
+    trains the decoders, the factor nets and the experts; and it is in the objective only when asked for."""
+    data = small_data(label="categorical")
+    mfm = build(data, impute_subsets=2, lambda_x=0.5).eval()
+    batch = data["train"].batch(np.arange(32))
+    torch.manual_seed(0)
+    terms = mfm.hidden_log_likelihoods(batch)
+    torch.manual_seed(0)
+    unlabelled = batch.without_labels()
+    features = mfm.guide.features(unlabelled)
+    for term in terms:
+        subset = _random_subset(unlabelled)
+        z_y = mfm.posterior_z_y(subset, features).rsample()
+        expected = torch.zeros(len(batch))
+        for m in mfm.names:
+            z_a = torch.randn(len(batch), mfm.model.size[f"z_a_{m}"])
+            p_x = mfm.model.modality_distribution(m, {"z_y": z_y, f"z_a_{m}": z_a}, steps=batch.steps.get(m))
+            hidden = batch.present[m] & ~subset.present[m]
+            expected += torch.where(hidden, 0.5 * p_x.log_prob(batch.x[m]), torch.tensor(0.0))
+        torch.testing.assert_close(term, expected)
+    one = np.nonzero(sum(np.asarray(data["train"].present[m], dtype=int) for m in mfm.names) == 1)[0]
+    assert len(one) > 0
+    assert all((t == 0).all() for t in mfm.hidden_log_likelihoods(data["train"].batch(one)))
+    mfm.train()
+    (-sum(t.sum() for t in mfm.hidden_log_likelihoods(batch))).backward()
+    for part in (mfm.model.F, mfm.model.G_y, mfm.guide.q_y):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert build(data).hidden_log_likelihoods(batch) == []
+
+
 @pytest.mark.parametrize("shape", [(), (7,), (2, 3)])
 def test_posterior_draws_are_torchs_draws(shape):
     """The product of experts draws many samples with one product per Cholesky factor; the draws are torch's

@@ -213,6 +213,8 @@ class Objective:
         loss = self.elbo.differentiable_loss(model, guide, batch)
         if self.alpha:  # the discriminative term, a Pyro program with no latent sites (MFM.classify)
             loss = loss + self.aux.differentiable_loss(self.mfm.classify, empty_guide, batch, features[0])
+        if self.mfm.config.impute_subsets:  # the imputation term, likewise (MFM.imputations)
+            loss = loss + self.aux.differentiable_loss(self.mfm.imputations, empty_guide, batch, features[0])
         return loss
 
     def wae_loss(self, batch: Batch, beta: float) -> torch.Tensor:
