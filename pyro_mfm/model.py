@@ -344,12 +344,18 @@ class MFM(nn.Module):
         unlabelled = batch.without_labels()
         features = self.guide.features(unlabelled) if features is None else features
         batches = [unlabelled] + [_random_subset(unlabelled) for _ in range(self.config.label_subsets)]
-        dropout = self.training and (self.config.dropout > 0 or self.config.input_dropout > 0)
-        shared = features.fused is None and not dropout  # the subsets' features are the observed pass's
+        shared = self._subsets_share(features)
         return [
             self._label_log_predictive(b, batch.y, features if i == 0 or shared else None)
             for i, b in enumerate(batches)
         ]
+
+    def _subsets_share(self, features: Features) -> bool:
+        """Whether random subsets of the observed modalities may take their features from the observed pass's
+        ``features``: the same values unless dropout draws new masks in each pass or the MFN reads the modalities
+        together (:meth:`label_log_predictives`)."""
+        dropout = self.training and (self.config.dropout > 0 or self.config.input_dropout > 0)
+        return features.fused is None and not dropout
 
     def imputations(self, batch: Batch, features: Features | None = None):
         """The imputation term as a Pyro program with no latent sites, as :meth:`classify` is the label's: an
@@ -372,8 +378,7 @@ class MFM(nn.Module):
             return []
         unlabelled = batch.without_labels()
         features = self.guide.features(unlabelled) if features is None else features
-        dropout = self.training and (self.config.dropout > 0 or self.config.input_dropout > 0)
-        shared = features.fused is None and not dropout
+        shared = self._subsets_share(features)
         passes = []
         for _ in range(self.config.impute_subsets):
             subset = _random_subset(unlabelled)
