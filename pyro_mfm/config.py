@@ -135,7 +135,8 @@ class ModelConfig(_Table):
         impute_subsets: random subsets S of each sample's observed modalities (sizes as for ``label_subsets``) on
             which the modalities observed but outside S are scored as imputation draws them: lambda_x,m log p(x_m |
             F_m(G_y(z_y), G_m(z_a,m))), z_y ~ q(z_y | x_S) and z_a,m from its prior, one reparameterised draw, a
-            term of weight 1 per subset (0: none, the default). The ELBO scores x_m only with z_a,m drawn from
+            term of weight 1 per subset (0: none, the default; the ``elbo`` objective, with z_y and decoders). The
+            ELBO scores x_m only with z_a,m drawn from
             q(z_a,m | x_m, z_y), which reads x_m itself; this term trains what imputation reports.
         label_samples: draws of z_y per discriminative term: 0 scores the label at the posterior mean code (the
             ss-VAE's auxiliary loss), K > 0 scores the posterior predictive log (1/K) sum_k p(y | z_k), the quantity
@@ -254,6 +255,12 @@ class ModelConfig(_Table):
     def _cross_check(self, where: str) -> None:
         if self.fusion == "mfn" and self.ablation == "no_shared":
             raise ConfigError(f"{where}: model.fusion = 'mfn' encodes z_y, which model.ablation = 'no_shared' removes")
+        if self.impute_subsets and (self.objective != "elbo" or self.ablation in ("no_shared", "discriminative")):
+            raise ConfigError(
+                f"{where}: model.impute_subsets = {self.impute_subsets} scores decoders at draws of z_y, a term of "
+                f"the 'elbo' objective with z_y and decoders; got model.objective = {self.objective!r}, "
+                f"model.ablation = {self.ablation!r}"
+            )
         if self.missing == "surrogate" and self.ablation in ("shared_only", "discriminative"):
             raise ConfigError(
                 f"{where}: model.missing = 'surrogate' predicts z_a codes, which model.ablation = "

@@ -248,6 +248,8 @@ def test_config_errors_name_the_key(tmp_path):
         Config().override(["train.validate='never'"])
     with pytest.raises(ConfigError, match="model.label_scale = -1.0: expected a finite number >= 0"):
         Config().override(["model.label_scale=-1.0"])
+    with pytest.raises(ConfigError, match="model.impute_subsets = 2 .* model.objective = 'wae'"):
+        Config().override(["model.impute_subsets=2", "model.objective='wae'"])
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
