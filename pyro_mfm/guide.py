@@ -215,15 +215,10 @@ class Guide(nn.Module):
         return product_of_experts([e[0] for e in experts], [e[1] for e in experts], weights)
 
     def expert_weights(self, observed):
-        """The weight of each modality's expert (eta_m, Lambda_m) in the product, exp(t_m - sum_n r_mn [n
-        observed]) where m is observed and 0 where not, for ``observed``: (..., M) masks of the observed modalities.
-        t_m < 0 lets modality m claim less precision about z_y than its network gives, and r_mn > 0 claims less where
-        modality n, which carries the same evidence, is observed too (a held-out calibration,
-        :mod:`pyro_mfm.infer.calibrate`; training runs with t = 0 and r = 0: the weights are the masks)."""
-        t = self.expert_log_temperature
-        observed = observed.to(t.dtype)
-        # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
-        return observed * (t - observed @ self.expert_redundancy).exp()
+        """The weight of each modality's expert in the product (:func:`expert_weights` with this guide's
+        ``expert_log_temperature`` and ``expert_redundancy``; training runs with t = 0 and r = 0: the weights are
+        the masks), for ``observed``: (..., M) masks of the observed modalities."""
+        return expert_weights(observed, self.expert_log_temperature, self.expert_redundancy)
 
     def posterior_z_a(self, batch: Batch, h: dict, m: str, z_y=None):
         """(loc, scale) of q(z_a,m | x_m, z_y) where x_m is observed; elsewhere the prior N(0, I), or the
@@ -259,6 +254,17 @@ class Guide(nn.Module):
         with poutine.block():  # a computation of its own: no site reaches a trace around the caller
             trace = poutine.trace(point_codes()(self.program)).get_trace(batch, features)
         return {name: site["value"] for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+def expert_weights(observed, log_temperature, redundancy):
+    """The weight of each modality's expert (eta_m, Lambda_m) in the product of experts, exp(t_m - sum_n r_mn [n
+    observed]) where m is observed and 0 where not, for ``observed``: (..., M) masks of the observed modalities, t:
+    (M,) log temperatures, r: (M, M) symmetric redundancies with a zero diagonal. t_m < 0 lets modality m claim less
+    precision about z_y than its network gives, and r_mn > 0 claims less where modality n, which carries the same
+    evidence, is observed too (a held-out calibration, :mod:`pyro_mfm.infer.calibrate`)."""
+    observed = observed.to(log_temperature.dtype)
+    # r has a zero diagonal (an expert is not discounted for itself); r = 0 gives exactly the weights exp(t_m)
+    return observed * (log_temperature - observed @ redundancy).exp()
 
 
 class point_codes(Messenger):

@@ -38,6 +38,7 @@ import torch
 from scipy.optimize import minimize
 
 from ..data.dataset import MultimodalDataset
+from ..guide import expert_weights
 from ..model import MFM
 
 
@@ -128,9 +129,7 @@ class HeldOutNLPD:
         eta = torch.stack([e for e, _ in experts])  # (M, N, k)
         lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
         eye = torch.eye(eta.shape[-1], dtype=eta.dtype, device=eta.device)
-        obs = observed.to(eta.dtype)
-        # expert m's weight exp(t_m - sum_n r_mn [n observed]) where m is observed
-        w = obs * (t[None, :, None] - torch.einsum("sjn,jm->smn", obs, r)).exp()
+        w = expert_weights(observed.mT, t, r).mT  # (S, M, N): the guide's weights at the values being fitted
         chol = torch.linalg.cholesky(eye + torch.einsum("smn,mnij->snij", w, lam))
         loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
         # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps
