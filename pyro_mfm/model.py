@@ -373,7 +373,11 @@ class MFM(nn.Module):
         the modalities m observed but outside S of lambda_x,m log p(x_m | F_m(G_y(z_y), G_m(z_a,m))), with z_y ~
         q(z_y | x_S) and z_a,m ~ N(0, I), one reparameterised draw: the draws imputation makes from x_S, so that
         what it reports is trained (a lower bound on lambda_x,m log p(x_m | x_S)). One ``(B,)`` tensor per subset;
-        empty without decoders or z_y. ``features`` as for :meth:`label_log_predictives`."""
+        empty without decoders or z_y. ``features`` as for :meth:`label_log_predictives`.
+
+        Each decoder runs on the samples whose modality the subset hides, and on no other (a subset hides about one
+        modality of six on UCI), with f_y = G_y(z_y) computed once for all of them; z_a,m is drawn for those
+        samples alone."""
         if not self.config.impute_subsets or not self.generative or not self.shared:
             return []
         unlabelled = batch.without_labels()
@@ -383,15 +387,19 @@ class MFM(nn.Module):
         for _ in range(self.config.impute_subsets):
             subset = _random_subset(unlabelled)
             z_y = self.posterior_z_y(subset, features if shared else None).rsample()
-            factors, total = {}, z_y.new_zeros(len(batch))
+            f_y, total = self.model.factor("z_y", z_y), z_y.new_zeros(len(batch))
             for m in self.names:
-                hidden = batch.present[m] & ~subset.present[m]
-                codes = {"z_y": z_y}
+                rows = (batch.present[m] & ~subset.present[m]).nonzero().squeeze(-1)
+                if not len(rows):
+                    continue
+                codes, factors = {}, {"z_y": f_y[rows]}
                 for s in self.model.private_sites[m]:
-                    codes[s] = torch.randn(z_y.shape[:-1] + (self.model.size[s],), dtype=z_y.dtype, device=z_y.device)
-                p_x = self.model.modality_distribution(m, codes, steps=batch.steps.get(m), factors=factors)
-                log_p = self.model.x_weight[m] * p_x.log_prob(batch.x[m])
-                total = total + torch.where(hidden, log_p, torch.zeros_like(log_p))
+                    codes[s] = torch.randn(len(rows), self.model.size[s], dtype=z_y.dtype, device=z_y.device)
+                steps = batch.steps.get(m)
+                p_x = self.model.modality_distribution(
+                    m, codes, steps=None if steps is None else steps[rows], factors=factors
+                )
+                total = total.index_add(0, rows, self.model.x_weight[m] * p_x.log_prob(batch.x[m][rows]))
             passes.append(total)
         return passes
 

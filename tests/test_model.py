@@ -144,8 +144,10 @@ def test_subset_label_terms_reuse_the_observed_modalities_features(model):
 def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
     """``MFM.hidden_log_likelihoods``: for each random subset, lambda_x,m log p(x_m | F_m(G_y(z_y), G_m(z_a,m))) over
     the modalities observed but outside the subset, z_y a draw of q(z_y | x_subset) and z_a,m a prior draw (the
-    same draws made by hand, in the same order); zero where a sample observes one modality (nothing is hidden); it
-    trains the decoders, the factor nets and the experts; and it is in the objective only when asked for."""
+    same draws made by hand, in the same order: z_a,m for the samples whose m is hidden, decoded here with the whole
+    batch, where the term decodes those samples alone); zero where a sample observes one modality (nothing is
+    hidden); it trains the decoders, the factor nets and the experts; and it is in the objective only when asked
+    for."""
     data = small_data(label="categorical")
     mfm = build(data, impute_subsets=2, lambda_x=0.5).eval()
     batch = data["train"].batch(np.arange(32))
@@ -159,10 +161,13 @@ def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
         z_y = mfm.posterior_z_y(subset, features).rsample()
         expected = torch.zeros(len(batch))
         for m in mfm.names:
-            z_a = torch.randn(len(batch), mfm.model.size[f"z_a_{m}"])
-            p_x = mfm.model.modality_distribution(m, {"z_y": z_y, f"z_a_{m}": z_a}, steps=batch.steps.get(m))
             hidden = batch.present[m] & ~subset.present[m]
+            z_a = torch.zeros(len(batch), mfm.model.size[f"z_a_{m}"])
+            if hidden.any():
+                z_a[hidden] = torch.randn(int(hidden.sum()), z_a.shape[-1])
+            p_x = mfm.model.modality_distribution(m, {"z_y": z_y, f"z_a_{m}": z_a}, steps=batch.steps.get(m))
             expected += torch.where(hidden, 0.5 * p_x.log_prob(batch.x[m]), torch.tensor(0.0))
+        assert (term != 0).any()
         torch.testing.assert_close(term, expected)
     one = np.nonzero(sum(np.asarray(data["train"].present[m], dtype=int) for m in mfm.names) == 1)[0]
     assert len(one) > 0
@@ -172,6 +177,31 @@ def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
     for part in (mfm.model.F, mfm.model.G_y, mfm.guide.q_y):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert build(data).hidden_log_likelihoods(batch) == []
+
+
+def test_imputation_terms_subsets_are_encoded_as_the_label_terms_are(monkeypatch):
+    """The imputation term's subsets take the observed pass's experts where that gives the same values (no dropout,
+    product of experts) and are encoded anew where it would not: under dropout in training (masks of their own,
+    as the label term's subsets) and with the MFN, which reads the modalities together."""
+    vectors = small_data(label="categorical")
+    gen = LinearGaussianMFM.random({"s": (5, 2), "t": (5, 3)}, z_y_dim=2, label="categorical", num_classes=3, seed=0)
+    sequences = gen.sample({"train": 64}, missing=0.3, seed=0)
+    for data, model, anew in (
+        (vectors, {}, 0),
+        (vectors, {"dropout": 0.2}, 2),
+        (sequences, {"fusion": "mfn", "mfn_hidden": 8}, 2),
+    ):
+        batch = data["train"].batch(np.arange(32))
+        mfm = build(data, impute_subsets=2, label_subsets=2, **model).train()
+        features = mfm.guide.features(batch.without_labels())
+        calls = []
+        encode = mfm.guide.features
+        monkeypatch.setattr(mfm.guide, "features", lambda b: calls.append(1) or encode(b))
+        assert len(mfm.hidden_log_likelihoods(batch, features)) == 2
+        assert len(calls) == anew, model
+        calls.clear()
+        mfm.label_log_predictives(batch, features)
+        assert len(calls) == anew, model
 
 
 @pytest.mark.parametrize("shape", [(), (7,), (2, 3)])
