@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pyro
+import pytest
 import torch
 
 from pyro_mfm.config import Config
@@ -145,3 +146,50 @@ def test_calibration_subsets_cover_singles_and_all_when_there_are_many():
     assert len(subs) == 20 and len(set(subs)) == 20
     assert all((m,) in subs for m in names) and tuple(names) in subs
     assert len(calibration_subsets(names[:3])) == 7
+
+
+def test_calibration_stays_within_its_bounds_and_steps_around_points_it_cannot_factorise(monkeypatch):
+    """The log temperatures are fitted within +-``LOG_TEMPERATURE_BOUND`` (unbounded, a line search on a binary POM
+    rating once tried an expert weight whose product of experts float32 could not factorise, and the run ended in
+    a traceback); a point where the product cannot be factorised is never taken: the fit goes on around it. A
+    validation split labelled with the model's own most likely labels rewards sharp predictions, so the
+    unbounded fit goes far from 0."""
+    from pyro_mfm.infer import calibrate as cal
+
+    data = small_data(label="categorical", n=200)
+    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"])).eval()
+    valid = data["train"]
+    with torch.no_grad():
+        b = valid.batch(np.arange(len(valid))).without_labels()
+        own = mfm.label_distribution(mfm.posterior_z_y(b).mean).probs.argmax(-1).numpy()
+    sharp = from_arrays(
+        {m: np.asarray(valid.features[m]) for m in data.schema.names},
+        own,
+        label_kind="categorical",
+        num_classes=3,
+        present={m: np.asarray(valid.present[m]) for m in data.schema.names},
+        steps={"s": np.asarray(valid.steps["s"])},
+    )["train"]
+
+    def values(result):
+        return result["label_log_temperature"] + list(result["expert_log_temperature"].values())
+
+    free = calibrate(mfm, sharp)
+    assert max(abs(v) for v in values(free)) > 2.0
+    monkeypatch.setattr(cal, "LOG_TEMPERATURE_BOUND", 1.0)
+    bounded = calibrate(mfm, sharp)
+    assert bounded["nlpd_after"] < bounded["nlpd_before"]
+    assert all(abs(v) <= 1.0 + 1e-6 for v in values(bounded))
+    assert any(abs(v) == pytest.approx(1.0) for v in values(bounded))
+
+    draws = cal.HeldOutNLPD.product_draws
+
+    def fragile(self, experts, observed, t, r, eps):  # as if float32 failed wherever an expert weighs over e^0.5
+        if float(t.detach().max()) > 0.5:
+            raise torch.linalg.LinAlgError("not positive-definite")
+        return draws(self, experts, observed, t, r, eps)
+
+    monkeypatch.setattr(cal.HeldOutNLPD, "product_draws", fragile)
+    result = calibrate(mfm, sharp)
+    assert result["nlpd_after"] < result["nlpd_before"]
+    assert all(t <= 0.5 for t in result["expert_log_temperature"].values())

@@ -41,6 +41,10 @@ from ..data.dataset import MultimodalDataset
 from ..guide import expert_weights
 from ..model import MFM
 
+# Log temperatures are fitted within +-this: exp(10) = 22,026 times an expert's (or the logits') precision already
+# silences or dominates it; beyond, float32 products of experts lose their positive definiteness.
+LOG_TEMPERATURE_BOUND = 10.0
+
 
 def calibration_subsets(names, limit: int = 63, seed: int = 0) -> list[tuple[str, ...]]:
     """Every non-empty subset of ``names`` when there are at most ``limit``; else each single modality, all of
@@ -198,8 +202,13 @@ def calibrate(
 
     def value_and_grad(x):
         x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
-        loss = nlpd(x)
-        (grad,) = torch.autograd.grad(loss, x)
+        try:
+            loss = nlpd(x)
+            (grad,) = torch.autograd.grad(loss, x)
+        except torch.linalg.LinAlgError:  # a product too ill-conditioned to factorise at this x: not a fit to take
+            return math.inf, np.zeros(len(x))
+        if not torch.isfinite(loss):
+            return math.inf, np.zeros(len(x))
         return float(loss.detach()), grad.detach().cpu().double().numpy()
 
     frozen = [p for p in mfm.parameters() if p.requires_grad]
@@ -209,14 +218,16 @@ def calibrate(
     try:
         with torch.no_grad():  # the model as trained: t = 0, r = 0
             before = float(nlpd(x))
-        # L-BFGS-B (box-constrained quasi-Newton): each redundancy r_mn >= 0 (a redundancy only discounts; a
-        # negative one, which a few hundred held-out samples can favour by chance, would count two views as more
-        # than independent evidence), temperatures free. Coarse to fine: first on a quarter of the draws (a
-        # quarter of the cost per evaluation), then on all of them from there, where a few steps suffice. It stops
-        # when a step changes the objective by less than 1e-5 of its value, far below its sampling error on any
+        # L-BFGS-B (box-constrained quasi-Newton): each redundancy r_mn >= 0 (a redundancy only discounts; a negative
+        # one, which a few hundred held-out samples can favour by chance, would count two views as more than independent
+        # evidence), log temperatures within +-LOG_TEMPERATURE_BOUND. Unbounded, a line search on POM's validation
+        # videos of a binary label tried an expert's weight so large that the product of experts could not be factorised
+        # in float32; a point where it cannot be is given an infinite objective. Coarse to fine: first on a quarter of
+        # the draws (a quarter of the cost per evaluation), then on all of them from there, where a few steps suffice.
+        # It stops when a step changes the objective by less than 1e-5 of its value, far below its sampling error on any
         # validation split (0.1-1% at best).
         pairs = sizes[2] if experts_on else 0
-        bounds = [(None, None)] * (len(x) - pairs) + [(0.0, None)] * pairs
+        bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * (len(x) - pairs) + [(0.0, None)] * pairs
         for draws in dict.fromkeys((max(1, num_samples // 4), num_samples)):
             objective.draws = draws
             x = minimize(
