@@ -136,8 +136,8 @@ class ModelConfig(_Table):
             which the modalities observed but outside S are scored as imputation draws them: lambda_x,m log p(x_m |
             F_m(G_y(z_y), G_m(z_a,m))), z_y ~ q(z_y | x_S) and z_a,m from its prior, one reparameterised draw, a
             term of weight 1 per subset (0: none, the default; the ``elbo`` objective, with z_y and decoders). The
-            ELBO scores x_m only with z_a,m drawn from
-            q(z_a,m | x_m, z_y), which reads x_m itself; this term trains what imputation reports.
+            ELBO scores x_m only with z_a,m drawn from q(z_a,m | x_m, z_y), which reads x_m itself; this term trains
+            what imputation reports.
         label_samples: draws of z_y per discriminative term: 0 scores the label at the posterior mean code (the
             ss-VAE's auxiliary loss), K > 0 scores the posterior predictive log (1/K) sum_k p(y | z_k), the quantity
             prediction reports, so that its spread is trained as well as its centre.
