@@ -101,12 +101,15 @@ def _training_plot(pdir: Path, history: list, config: Config | None) -> list:
     """The training curves, epochs counted from 1 as the console counts them."""
     if not history:
         return []
-    fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history])
+    # the validation metric model selection read: over all modalities and each alone (train.select_over), or all
+    selected = next((k for k in history[-1] if k.startswith("valid_") and k.endswith("_subsets")), None)
+    fig = plots.training_curves([{**r, "epoch": r["epoch"] + 1} for r in history], metric=selected)
     if config is not None:
         _subtitle(
             fig,
             f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
-            f"warm-up ({config.train.kl_warmup} epochs); validation: every observed modality",
+            f"warm-up ({config.train.kl_warmup} epochs); validation: "
+            + ("the mean over all modalities and each alone" if selected else "every observed modality"),
         )
     return [plots.save(fig, pdir / "training_curves.png")]
 

@@ -78,3 +78,23 @@ def test_each_rating_becomes_a_task_of_its_own(tmp_path):
     _, record = script.compare_pom_ratings(data, config, [0], num_samples=2, binary=False)
     ridge = script.ridge_baseline(value, ("audio",)).ravel()  # a single rating: one value per sample
     assert record["per_task"][1][4] == pytest.approx(np.abs(ridge - ratings["test"]).mean())
+
+
+def test_a_smaller_training_split_keeps_the_validation_and_test_samples():
+    """``fewer_training`` keeps N training samples (distinct, the same on every call) with their features, steps and
+    labels, and every validation and test sample; a size outside 1 to the training split's is an error."""
+    script, data = _script(), _two_ratings()
+    small = script.fewer_training(data, 20)
+    again = script.fewer_training(data, 20)["train"].features["audio"]
+    assert len(small["train"]) == 20 and np.array_equal(np.asarray(again), np.asarray(small["train"].features["audio"]))
+    train_x = np.asarray(data["train"].features["audio"])
+    rows = [int(np.flatnonzero((train_x == x).all(1))[0]) for x in np.asarray(small["train"].features["audio"])]
+    assert len(set(rows)) == 20
+    np.testing.assert_array_equal(np.asarray(small["train"].labels), np.asarray(data["train"].labels)[rows])
+    for s in ("valid", "test"):
+        for m in ("audio", "video"):
+            np.testing.assert_array_equal(np.asarray(small[s].features[m]), np.asarray(data[s].features[m]))
+        np.testing.assert_array_equal(np.asarray(small[s].labels), np.asarray(data[s].labels))
+    for size in (0, 61):
+        with pytest.raises(SystemExit, match="--train-size"):
+            script.fewer_training(data, size)

@@ -302,3 +302,39 @@ def test_weight_decay_shrinks_the_networks_weights_and_not_the_learned_scales():
     for p in mfm.parameters():
         torch.testing.assert_close(two.state[p]["exp_avg_sq"], one.state[p]["exp_avg_sq"], rtol=0, atol=0)
     assert [g["weight_decay"] for g in two.param_groups] == [wd, 0.0]
+
+
+def test_model_selection_scores_each_modality_alone_and_leaves_the_training_unchanged():
+    """``train.select_over = "subsets"`` (the default) selects on the label metric's mean over the validation
+    predictions from all modalities and from each alone; the extra predictions draw from a seed of their own, so
+    the run trains exactly as with ``"observed"``, and only which epoch is kept may differ."""
+    from pyro_mfm.infer.loop import ModelSelection, validation_score
+    from pyro_mfm.infer.metrics import label_metrics
+
+    data = tiny_data()
+    cfg = Config().override(
+        SMALL + ["train.epochs=6", "train.kl_warmup=1", "train.batch_size=32", "train.valid_samples=3"]
+    )
+    runs = {over: fit(cfg.override([f"train.select_over='{over}'"]), data) for over in ("subsets", "observed")}
+    sub, obs = runs["subsets"], runs["observed"]
+    assert [r["train_loss"] for r in sub.history] == [r["train_loss"] for r in obs.history]
+    assert [r["valid_mae"] for r in sub.history] == [r["valid_mae"] for r in obs.history]
+    scored = sub.history[1:]  # the first epoch is within the KL warm-up
+    assert sub.best["mae"] == min(r["valid_mae_subsets"] for r in scored)
+    assert obs.best["mae"] == min(r["valid_mae"] for r in scored) and "valid_mae_subsets" not in obs.history[0]
+
+    # the score: the mean over all modalities and each alone, each alone predicted with the training seed's draws
+    valid = data["valid"]
+    scores = validation_score(sub.mfm, data, cfg, "mae", Objective(sub.mfm))
+    truth = (np.asarray(valid.labels), valid.label_present, valid.schema.label)
+    alone = [
+        label_metrics(predict(sub.mfm, valid, (m,), num_samples=3, keep_samples=False, seed=0), *truth)["mae"]
+        for m in ("a", "b")
+    ]
+    assert scores["mae_subsets"] == pytest.approx(np.mean([scores["mae"], *alone]), rel=1e-12)
+
+    # selection reads the key it is given
+    selection = ModelSelection("mae", key="valid_mae_subsets")
+    for epoch, (all_, mean) in enumerate([(1.0, 2.0), (0.5, 2.5), (2.0, 1.5)]):
+        selection.update({"epoch": epoch, "train_loss": 0.0, "valid_mae": all_, "valid_mae_subsets": mean})
+    assert selection.best == {"epoch": 2, "mae": 1.5}

@@ -258,13 +258,14 @@ def read_checkpoint(path) -> dict:
 
 
 # fields added after checkpoints were first written, with the value that rebuilds the networks of a checkpoint
-# written before them (a stored configuration holds every field of its day, so a missing one predates it)
-PREDATED = {"model": {"sequence_mean": False, "label_weight": "fixed"}}
+# written before them, or resumes its model selection on the record it kept (a stored configuration holds every
+# field of its day, so a missing one predates it)
+PREDATED = {"model": {"sequence_mean": False, "label_weight": "fixed"}, "train": {"select_over": "observed"}}
 
 
 def stored_config(payload: dict) -> Config:
     """The configuration a checkpoint was trained with: its stored tables, a field it predates at the value of
-    :data:`PREDATED` where that changes the networks, at today's default otherwise."""
+    :data:`PREDATED` where that changes the networks or the selection, at today's default otherwise."""
     tables = {t: dict(v) if isinstance(v, dict) else v for t, v in payload["config"].items()}
     for table, fields in PREDATED.items():
         if isinstance(tables.get(table), dict):

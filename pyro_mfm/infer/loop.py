@@ -27,7 +27,7 @@ from . import distributed
 from .checkpoint import read_checkpoint, save_run, update_weights
 from .faults import DivergenceError, diagnose, divergence_report, is_finite
 from .metrics import HIGHER_IS_BETTER, label_metrics
-from .predict import predict
+from .predict import predict, split_features
 
 
 def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=None, total=None) -> Batch:
@@ -51,7 +51,9 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=
 
 def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.0) -> dict:
     """The validation split's loss (the objective with KL weight ``beta``) and, selecting on a label metric, the
-    label metrics of the predictions."""
+    label metrics of the predictions from all modalities; with ``train.select_over = "subsets"`` also ``metric``'s
+    mean over the predictions from all modalities and from each modality alone (``<metric>_subsets``, what
+    :class:`ModelSelection` then reads)."""
     ds = data[config.data.valid_split]
     mfm.eval()
     with torch.no_grad():
@@ -60,16 +62,30 @@ def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.
         ]
     scores = {"loss": sum(losses) / len(ds)}
     if mfm.D is not None and metric != "loss":
-        pred = predict(
-            mfm,
-            ds,
-            num_samples=config.train.valid_samples,
-            batch_size=config.evaluate.batch_size,
-            keep_samples=False,
-            interval=config.evaluate.interval,
-        )
-        scores.update(label_metrics(pred, np.asarray(ds.labels), ds.label_present, ds.schema.label))
+        truth = (np.asarray(ds.labels), ds.label_present, ds.schema.label)
+        options = {
+            "num_samples": config.train.valid_samples,
+            "batch_size": config.evaluate.batch_size,
+            "keep_samples": False,
+            "interval": config.evaluate.interval,
+        }
+        scores.update(label_metrics(predict(mfm, ds, **options), *truth))
+        if config.train.select_over == "subsets":
+            # each modality alone, with draws of their own seed (the training's random state is left as it was)
+            encoded, names = split_features(mfm, ds, config.evaluate.batch_size), ds.schema.names
+            alone = [
+                label_metrics(predict(mfm, ds, (m,), seed=config.train.seed, encoded=encoded, **options), *truth)
+                for m in (names if len(names) > 1 else ())
+            ]
+            scores[f"{metric}_subsets"] = float(np.mean([scores[metric]] + [a[metric] for a in alone]))
     return scores
+
+
+def selection_key(metric: str, config) -> str:
+    """The key of an epoch's record that model selection reads for ``metric``: ``valid_<metric>``, or with a label
+    metric and ``train.select_over = "subsets"``, ``valid_<metric>_subsets``."""
+    subsets = metric != "loss" and config.train.select_over == "subsets"
+    return f"valid_{metric}" + ("_subsets" if subsets else "")
 
 
 def _dev(mfm):
@@ -139,15 +155,16 @@ class ModelSelection:
     State: ``best`` (``{"epoch": e, metric: score}``, epoch -1 before any is scored), ``bad_epochs``, ``history``,
     ``metric``."""
 
-    def __init__(self, metric: str, patience: int = 0):
+    def __init__(self, metric: str, patience: int = 0, key: str | None = None):
         self.metric, self.patience = metric, patience
+        self.key = key or f"valid_{metric}"  # the record's entry that is scored (:func:`selection_key`)
         self.higher = HIGHER_IS_BETTER[metric]
         self.best = {"epoch": -1, metric: -math.inf if self.higher else math.inf}
         self.bad_epochs = 0
         self.history: list[dict] = []
 
     def score(self, record: dict) -> float:
-        return record.get(f"valid_{self.metric}", record["train_loss"])
+        return record.get(self.key, record["train_loss"])
 
     def update(self, record: dict, scored: bool = True) -> bool:
         """Add an epoch's record; whether it is the best so far (only a ``scored`` epoch can be)."""

@@ -17,7 +17,16 @@ from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
 from ..model import MFM
 from . import distributed
-from .loop import Checkpointer, DivergenceGuard, KLWarmup, ModelSelection, Progress, RandomState, select_metric
+from .loop import (
+    Checkpointer,
+    DivergenceGuard,
+    KLWarmup,
+    ModelSelection,
+    Progress,
+    RandomState,
+    select_metric,
+    selection_key,
+)
 from .objective import Objective
 from .resume import RESUME_FREE, resume_payload
 
@@ -55,7 +64,7 @@ class Run:
         self.params = list(mfm.parameters())
         self.validated = False  # Pyro's checks ran on a step (see train.validate)
         self.progress = Progress(group, device)
-        self.selection = ModelSelection(metric, tc.patience)
+        self.selection = ModelSelection(metric, tc.patience, selection_key(metric, config))
         self.rng = RandomState(tc.seed, group)
         self.warmup = KLWarmup(tc.kl_warmup)
         self.ckpt = Checkpointer(out_dir, group, mfm, config, stats, self.state_dict, tc.keep_last)

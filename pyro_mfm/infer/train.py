@@ -274,7 +274,7 @@ def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
     if tc.progress and group.main:
         tqdm.write(
             f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
-            + (f", valid {selection.metric} {selection.score(record):.4f}" if run.has_valid else "")
+            + (f", {selection.key.replace('_', ' ', 1)} {selection.score(record):.4f}" if run.has_valid else "")
             + (" *" if improved else "")
         )
     run.ckpt.end_epoch(epoch, improved, selection.history)

@@ -183,13 +183,17 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
     none was scored)."""
     import optuna
 
+    from .loop import selection_key
+
+    key = selection_key(metric, config)
+
     def objective(trial) -> float:
         values = suggest(trial, space)
         cfg = config.override(overrides(values) + ["train.progress=False"])
         trial.set_user_attr("folder", f"trial-{trial.number:04d}")
 
         def report(record: dict) -> None:
-            value = record.get(f"valid_{metric}", record["train_loss"] if metric == "loss" else None)
+            value = record.get(key, record["train_loss"] if metric == "loss" else None)
             if value is None:
                 return
             trial.report(float(value), int(record["epoch"]))
@@ -200,7 +204,7 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
         if result.best.get("epoch", -1) >= 0:
             return float(result.best[metric])
         last = result.history[-1] if result.history else {}
-        return float(last.get(f"valid_{metric}", last.get("train_loss", float("nan"))))
+        return float(last.get(key, last.get("train_loss", float("nan"))))
 
     return objective
 
@@ -210,12 +214,14 @@ def _write_best(study, config: Config, out: Path, db: Path, metric: str, directi
     import optuna
     import tomli_w
 
+    from .loop import selection_key
+
     best = study.best_trial
     best_config = config.override(overrides(best.params))
     atomic_write(out / "best.toml", lambda f: f.write(tomli_w.dumps(best_config.to_dict()).encode()))
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
     summary = {
-        "metric": f"valid_{metric}",
+        "metric": selection_key(metric, config),
         "direction": direction,
         "best_trial": best.number,
         "best_value": best.value,
