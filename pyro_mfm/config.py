@@ -279,7 +279,9 @@ class TrainConfig(_Table):
         weight_decay: decoupled weight decay of every network weight (AdamW; 0: Adam).
         lr_schedule: ``"constant"``, or ``"cosine"``: the learning rate falls from ``lr`` to 0 along half a cosine
             over ``epochs`` (SGDR without restarts, Loshchilov and Hutter, ICLR 2017), so that the weights settle
-            instead of being selected at a random point of a noisy trajectory.
+            instead of being selected at a random point of a noisy trajectory; ``"plateau"``: the rate is halved
+            after 5 scored epochs without a better selection score (``ReduceLROnPlateau``), so that it falls where
+            the selection stalls, whatever ``epochs`` is.
         clip_norm: gradient norm clipping (0 turns it off).
         kl_warmup: epochs over which the weight of the KL terms rises linearly from 0 to 1 (0: no warm-up);
             model selection and early stopping only start once it is over.
@@ -320,7 +322,7 @@ class TrainConfig(_Table):
     batch_size: int = setting(128, ge=1, le=100_000_000)
     lr: float = setting(1e-3, gt=0, le=100)
     weight_decay: float = setting(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
     clip_norm: float = setting(10.0, ge=0)
     kl_warmup: int = setting(10, ge=0, le=1_000_000)
     seed: int = setting(0, ge=0, le=MAX_SEED)

@@ -15,6 +15,7 @@ from ..config import Config
 from ..data.dataset import MultimodalData
 from ..data.schema import DataError
 from ..data.stats import FeatureStats, feature_statistics
+from ..metric_directions import HIGHER_IS_BETTER
 from ..model import MFM
 from . import distributed
 from .loop import (
@@ -172,6 +173,12 @@ def prepare(
             stacklevel=4,
         )
         metric = "loss"
+    if scheduler is None and built["optimizer"] is None and tc.lr_schedule == "plateau":
+        # halve the rate after PLATEAU_EPOCHS scored epochs without a better selection score (train.py steps it)
+        higher = HIGHER_IS_BETTER[metric]
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max" if higher else "min", factor=0.5, patience=PLATEAU_EPOCHS
+        )
     run = Run(
         config,
         data,
@@ -190,6 +197,10 @@ def prepare(
     resumed = restore(run, payload) if payload is not None else {}
     run.ckpt.start(run.selection.history)
     return run, resumed
+
+
+# scored epochs without a better selection score after which lr_schedule = "plateau" halves the learning rate
+PLATEAU_EPOCHS = 5
 
 
 def restore(run: Run, payload: dict) -> dict:

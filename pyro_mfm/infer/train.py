@@ -262,7 +262,8 @@ def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
             else None
         )
         record.update({f"valid_{k}": v for k, v in distributed.broadcast(scores, group).items()})
-    improved = selection.update(record, scored=run.warmup.complete(epoch))
+    scored = run.warmup.complete(epoch)
+    improved = selection.update(record, scored=scored)
     if group.main:
         log.epoch(record, run.mfm, run.optimizer, log_batch)
         if on_epoch is not None:
@@ -270,7 +271,10 @@ def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
     p.next_epoch()
     if run.scheduler is not None:
         plateau = isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        run.scheduler.step(selection.score(record)) if plateau else run.scheduler.step()
+        if not plateau:
+            run.scheduler.step()
+        elif scored:  # the score of an epoch within the KL warm-up is not the final objective's
+            run.scheduler.step(selection.score(record))
     if tc.progress and group.main:
         tqdm.write(
             f"epoch {epoch + 1}: loss {record['train_loss']:.4f}"
