@@ -280,8 +280,8 @@ class TrainConfig(_Table):
         lr_schedule: ``"constant"``, or ``"cosine"``: the learning rate falls from ``lr`` to 0 along half a cosine
             over ``epochs`` (SGDR without restarts, Loshchilov and Hutter, ICLR 2017), so that the weights settle
             instead of being selected at a random point of a noisy trajectory; ``"plateau"``: the rate is halved
-            after 5 scored epochs without a better selection score (``ReduceLROnPlateau``), so that it falls where
-            the selection stalls, whatever ``epochs`` is.
+            after more than 5 scored epochs without a better selection score (``ReduceLROnPlateau``), so that it
+            falls where the selection stalls, whatever ``epochs`` is.
         clip_norm: gradient norm clipping (0 turns it off).
         kl_warmup: epochs over which the weight of the KL terms rises linearly from 0 to 1 (0: no warm-up);
             model selection and early stopping only start once it is over.

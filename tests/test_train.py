@@ -273,6 +273,25 @@ def test_cosine_schedule_anneals_the_learning_rate_to_zero_over_the_epochs(tmp_p
     assert state.get("scheduler") is None and state["optimizer"]["param_groups"][0]["lr"] == 0.01
 
 
+def test_plateau_schedule_halves_the_rate_where_the_selection_score_stalls(tmp_path):
+    """``lr_schedule = "plateau"``: at a rate too small to move the validation loss, the score stalls, and the rate
+    is halved after more than 5 scored epochs without a better score; the epochs within the KL warm-up are not
+    counted (a scheduler stepped on all 13 epochs would halve twice, on the 12 scored ones once)."""
+    data = tiny_data()
+    cfg = Config().override(
+        SMALL
+        + ["train.epochs=13", "train.kl_warmup=2", "train.lr=1e-7", "train.lr_schedule='plateau'"]
+        + ["train.select_metric='loss'", "train.valid_samples=2", "train.calibrate='none'"]
+    )
+    result = fit(cfg, data, tmp_path / "run")
+    lr = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state"]["optimizer"]["param_groups"][0]["lr"]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-7)
+    replay = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=5)
+    for record in result.history[1:]:  # the second epoch ends the warm-up: scored from there
+        replay.step(record["valid_loss"])
+    assert lr == optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-7, rel=1e-12)
+
+
 def test_weight_decay_shrinks_the_networks_weights_and_not_the_learned_scales():
     """AdamW's decoupled decay multiplies a decayed parameter by 1 - lr * wd per step; with zero gradients (Adam's
     moments 0, no update) that is all a step does, so each weight matrix is scaled by exactly that factor and the

@@ -174,7 +174,8 @@ def prepare(
         )
         metric = "loss"
     if scheduler is None and built["optimizer"] is None and tc.lr_schedule == "plateau":
-        # halve the rate after PLATEAU_EPOCHS scored epochs without a better selection score (train.py steps it)
+        # halve the rate after more than PLATEAU_EPOCHS scored epochs without a better selection score (train.py
+        # steps it on the scored epochs)
         higher = HIGHER_IS_BETTER[metric]
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max" if higher else "min", factor=0.5, patience=PLATEAU_EPOCHS
@@ -199,7 +200,7 @@ def prepare(
     return run, resumed
 
 
-# scored epochs without a better selection score after which lr_schedule = "plateau" halves the learning rate
+# lr_schedule = "plateau" halves the learning rate after more than this many scored epochs without a better score
 PLATEAU_EPOCHS = 5
 
 
