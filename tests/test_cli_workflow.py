@@ -343,10 +343,11 @@ def test_train_and_evaluate_over_seeds(project, tmp_path, capsys):
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "seed 0: best epoch 1" in printed and "over seeds [0, 1]: accuracy" in printed
+    # the selection's score: validation accuracy averaged over all modalities and each alone (train.select_over)
+    assert "seed 0: best epoch 1" in printed and "over seeds [0, 1]: accuracy_subsets" in printed
     summary = json.loads((out / "seeds.json").read_text())
-    per_seed = [summary["per_seed"][s]["accuracy"] for s in ("0", "1")]
-    assert summary["best"]["accuracy"]["mean"] == pytest.approx(np.mean(per_seed))
+    per_seed = [summary["per_seed"][s]["accuracy_subsets"] for s in ("0", "1")]
+    assert summary["best"]["accuracy_subsets"]["mean"] == pytest.approx(np.mean(per_seed))
     cfg1 = json.loads((out / "seed-1" / "config.json").read_text())
     assert cfg1["train"]["seed"] == 1 and (out / "seed-0" / "best.pt").exists()
     before = (out / "seed-0" / "best.pt").read_bytes()

@@ -339,7 +339,7 @@ def test_model_selection_scores_each_modality_alone_and_leaves_the_training_unch
     assert [r["train_loss"] for r in sub.history] == [r["train_loss"] for r in obs.history]
     assert [r["valid_mae"] for r in sub.history] == [r["valid_mae"] for r in obs.history]
     scored = sub.history[1:]  # the first epoch is within the KL warm-up
-    assert sub.best["mae"] == min(r["valid_mae_subsets"] for r in scored)
+    assert sub.best["mae_subsets"] == min(r["valid_mae_subsets"] for r in scored)
     assert obs.best["mae"] == min(r["valid_mae"] for r in scored) and "valid_mae_subsets" not in obs.history[0]
 
     # the score: the mean over all modalities and each alone, each alone predicted with the training seed's draws
@@ -356,4 +356,4 @@ def test_model_selection_scores_each_modality_alone_and_leaves_the_training_unch
     selection = ModelSelection("mae", key="valid_mae_subsets")
     for epoch, (all_, mean) in enumerate([(1.0, 2.0), (0.5, 2.5), (2.0, 1.5)]):
         selection.update({"epoch": epoch, "train_loss": 0.0, "valid_mae": all_, "valid_mae_subsets": mean})
-    assert selection.best == {"epoch": 2, "mae": 1.5}
+    assert selection.best == {"epoch": 2, "mae_subsets": 1.5}

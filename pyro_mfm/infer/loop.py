@@ -152,14 +152,19 @@ class ModelSelection:
     and its score, the epochs since the last improvement, and the record of every epoch. An epoch within the KL
     warm-up is recorded but not scored (its objective is not the final one).
 
-    State: ``best`` (``{"epoch": e, metric: score}``, epoch -1 before any is scored), ``bad_epochs``, ``history``,
+    ``key``: the record's entry that is scored (:func:`selection_key`; default ``valid_<metric>``). The best score
+    is kept under that entry's name less ``valid_`` (``mae``, or ``mae_subsets`` for the mean over the subsets), so
+    that what is printed with it says what it is.
+
+    State: ``best`` (``{"epoch": e, name: score}``, epoch -1 before any is scored), ``bad_epochs``, ``history``,
     ``metric``."""
 
     def __init__(self, metric: str, patience: int = 0, key: str | None = None):
         self.metric, self.patience = metric, patience
-        self.key = key or f"valid_{metric}"  # the record's entry that is scored (:func:`selection_key`)
+        self.key = key or f"valid_{metric}"
+        self.name = self.key.removeprefix("valid_")
         self.higher = HIGHER_IS_BETTER[metric]
-        self.best = {"epoch": -1, metric: -math.inf if self.higher else math.inf}
+        self.best = {"epoch": -1, self.name: -math.inf if self.higher else math.inf}
         self.bad_epochs = 0
         self.history: list[dict] = []
 
@@ -168,10 +173,10 @@ class ModelSelection:
 
     def update(self, record: dict, scored: bool = True) -> bool:
         """Add an epoch's record; whether it is the best so far (only a ``scored`` epoch can be)."""
-        score, best = self.score(record), self.best[self.metric]
+        score, best = self.score(record), self.best[self.name]
         improved = scored and (score > best if self.higher else score < best)
         if improved:
-            self.best = {"epoch": record["epoch"], self.metric: score}
+            self.best = {"epoch": record["epoch"], self.name: score}
             self.bad_epochs = 0
         elif scored:
             self.bad_epochs += 1
@@ -188,7 +193,7 @@ class ModelSelection:
         if self.best["epoch"] >= 0 or not self.history:
             return False
         last = self.history[-1]
-        self.best = {"epoch": last["epoch"], self.metric: self.score(last)}
+        self.best = {"epoch": last["epoch"], self.name: self.score(last)}
         return True
 
     def state_dict(self) -> dict:

@@ -202,7 +202,7 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
 
         result = fit(cfg, data, out / f"trial-{trial.number:04d}", on_epoch=report)
         if result.best.get("epoch", -1) >= 0:
-            return float(result.best[metric])
+            return float(result.best[key.removeprefix("valid_")])
         last = result.history[-1] if result.history else {}
         return float(last.get(key, last.get("train_loss", float("nan"))))
 
