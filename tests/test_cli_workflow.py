@@ -471,6 +471,11 @@ def test_tune_prunes_and_reports_bad_spaces(project, tmp_path, monkeypatch, caps
         == 2
     )
     assert "[model.hidden] needs low and high" in capsys.readouterr().err
+    for name in ("train.select_metric", "train.select_over"):  # what the search is scored on
+        (tmp_path / "bad.toml").write_text(f"[{name}]\nchoices = ['loss']\n")
+        bad = ["tune", str(project / "tiny.toml"), "--space", str(tmp_path / "bad.toml"), "--trials", "1"]
+        assert main(bad + ["--out", str(tmp_path / "b")]) == 2
+        assert f"[{name}] cannot be searched" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     assert main(args + ["--out", str(tmp_path / "taken"), "--trials", "1"]) == 2

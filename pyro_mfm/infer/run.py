@@ -31,6 +31,9 @@ from .loop import (
 from .objective import Objective
 from .resume import RESUME_FREE, resume_payload
 
+# lr_schedule = "plateau" halves the learning rate after more than this many scored epochs without a better score
+PLATEAU_EPOCHS = 5
+
 
 class Run:
     """One training run: the model, its objective and optimizer, and the parts of the loop
@@ -198,10 +201,6 @@ def prepare(
     resumed = restore(run, payload) if payload is not None else {}
     run.ckpt.start(run.selection.history)
     return run, resumed
-
-
-# lr_schedule = "plateau" halves the learning rate after more than this many scored epochs without a better score
-PLATEAU_EPOCHS = 5
 
 
 def restore(run: Run, payload: dict) -> dict:

@@ -135,7 +135,7 @@ def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_
                 f"search space {space_path}: [{name}] is not a configuration field (expected "
                 "TABLE.KEY as in --set, e.g. train.lr)"
             )
-        if name == "train.select_metric":
+        if name in ("train.select_metric", "train.select_over"):
             raise ConfigError(f"search space {space_path}: [{name}] cannot be searched (it is the search's metric)")
     if trials < 1:
         raise ConfigError(f"--trials {trials}: expected at least 1")
