@@ -336,7 +336,8 @@ class MFM(nn.Module):
         observed modalities are those of every subset of them (a subset masks the others out) and serve them all.
         With dropout in training each subset is encoded anew, with masks of its own: sharing the observed pass's
         masks made the main job's imputations worse on two seeds of two, and with the imputation term the label
-        lower on the shape-descriptor subsets over six seeds (the README weighs that evidence). The MFN reads the
+        lower on the shape-descriptor subsets over six seeds; sharing them in the imputation term's subsets alone
+        left single views lower over twelve seeds (the README weighs that evidence). The MFN reads the
         modalities together, so with it each subset is encoded anew as well. Empty without a label or without labels
         in ``batch``.
         """
