@@ -292,12 +292,12 @@ class TrainConfig(_Table):
         select_metric: validation metric for model selection and early stopping (``"auto"``: accuracy for classes,
             MAE for regression, the ELBO loss otherwise); a ``-`` prefix is not needed: the direction is known.
         select_over: what the label metric of model selection is computed on: ``"subsets"``, its mean over the
-            validation predictions from all modalities and from each modality alone (each prediction the model makes
-            is scored, the weakest included); ``"observed"``, the predictions from all modalities alone. With the
-            library's defaults on UCI, the prediction from all six views kept its best validation accuracy from
-            epochs 10-18 of 100, and selecting on it left single views 5-10 points below what the epochs after give
-            them (README, "Quality on real data"). The extra predictions draw from a seed of their own: the
-            training is the same under either.
+            validation predictions from all modalities and from each modality alone (each on the samples that
+            recorded it: the weakest prediction the model makes is scored too); ``"observed"``, the predictions from
+            all modalities alone. With the library's defaults on UCI, the prediction from all six views kept its
+            best validation accuracy from epochs 10-18 of 100, and selecting on it left single views 5-10 points
+            below what the epochs after give them (README, "Quality on real data"). The extra predictions draw from
+            a seed of their own: the training is the same under either.
         patience: epochs without improvement before stopping (0: never stop early).
         valid_samples: posterior samples per validation prediction.
         progress: show a tqdm progress bar.

@@ -343,11 +343,18 @@ def test_model_selection_scores_each_modality_alone_and_leaves_the_training_unch
     assert obs.best["mae"] == min(r["valid_mae"] for r in scored) and "valid_mae_subsets" not in obs.history[0]
 
     # the score: the mean over all modalities and each alone, each alone predicted with the training seed's draws
+    # and scored on the samples that recorded it (a fifth of the samples lack each modality)
     valid = data["valid"]
     scores = validation_score(sub.mfm, data, cfg, "mae", Objective(sub.mfm))
-    truth = (np.asarray(valid.labels), valid.label_present, valid.schema.label)
+    y, labelled = np.asarray(valid.labels), np.asarray(valid.label_present)
+    assert not all(np.asarray(valid.present[m]).all() for m in ("a", "b"))
     alone = [
-        label_metrics(predict(sub.mfm, valid, (m,), num_samples=3, keep_samples=False, seed=0), *truth)["mae"]
+        label_metrics(
+            predict(sub.mfm, valid, (m,), num_samples=3, keep_samples=False, seed=0),
+            y,
+            labelled & np.asarray(valid.present[m]),
+            valid.schema.label,
+        )["mae"]
         for m in ("a", "b")
     ]
     assert scores["mae_subsets"] == pytest.approx(np.mean([scores["mae"], *alone]), rel=1e-12)

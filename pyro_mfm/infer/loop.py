@@ -71,14 +71,26 @@ def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.
         }
         scores.update(label_metrics(predict(mfm, ds, **options), *truth))
         if config.train.select_over == "subsets":
-            # each modality alone, with draws of their own seed (the training's random state is left as it was)
-            encoded, names = split_features(mfm, ds, config.evaluate.batch_size), ds.schema.names
-            alone = [
-                label_metrics(predict(mfm, ds, (m,), seed=config.train.seed, encoded=encoded, **options), *truth)
-                for m in (names if len(names) > 1 else ())
-            ]
-            scores[f"{metric}_subsets"] = float(np.mean([scores[metric]] + [a[metric] for a in alone]))
+            scores[f"{metric}_subsets"] = _mean_over_subsets(mfm, ds, config, metric, scores[metric], options)
     return scores
+
+
+def _mean_over_subsets(mfm, ds, config, metric: str, observed: float, options: dict) -> float:
+    """``metric``'s mean over the prediction from all modalities (``observed``, its value) and from each modality
+    alone, each scored on the labelled samples that recorded it (the others would be scored on the prior), with
+    draws of their own seed (the training's random state is left as it was); a modality that too few samples
+    recorded to give a finite value is left out."""
+    names, y = ds.schema.names, np.asarray(ds.labels)
+    labelled = np.asarray(ds.label_present, bool)
+    encoded = split_features(mfm, ds, config.evaluate.batch_size) if len(names) > 1 else None
+    values = [observed]
+    for m in names if len(names) > 1 else ():
+        keep = labelled & np.asarray(ds.present[m], bool)
+        if keep.sum() >= 2:
+            pred = predict(mfm, ds, (m,), seed=config.train.seed, encoded=encoded, **options)
+            values.append(label_metrics(pred, y, keep, ds.schema.label)[metric])
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def selection_key(metric: str, config) -> str:
