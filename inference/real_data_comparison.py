@@ -296,20 +296,35 @@ def compare_pom(data, config, seeds, num_samples, label):
     return "\n".join(lines), record
 
 
+def joined(data) -> dict:
+    """Every split of ``data`` (train, valid, test, in that order) concatenated, as :func:`from_arrays` takes them:
+    the features, their presence masks (a modality a sample lacks stays missing, not zeros) and, for sequences,
+    their real steps; with ``splits``, ``sizes`` and the ``labels``."""
+    splits = [s for s in ("train", "valid", "test") if s in data]
+    join = lambda get: np.concatenate([np.asarray(get(data[s])) for s in splits])  # noqa: E731
+    names, seq = data.schema.names, data.schema.modalities[0].is_sequence
+    return {
+        "splits": splits,
+        "sizes": [len(data[s]) for s in splits],
+        "features": {m: join(lambda ds, m=m: ds.features[m]).astype(float) for m in names},
+        "present": {m: join(lambda ds, m=m: ds.present[m]).astype(bool) for m in names},
+        "steps": {m: join(lambda ds, m=m: ds.steps[m]) for m in names} if seq else None,
+        "labels": join(lambda ds: ds.labels),
+    }
+
+
 def one_rating(data, col: int, binary: bool):
     """``data`` with rating ``col`` alone as its label: a regression value, or (``binary``) 1 where the rating is
     above its training median (a positive/negative label, as ICT-MMMO's)."""
-    splits = [s for s in ("train", "valid", "test") if s in data]
+    j = joined(data)
     median = float(np.median(np.asarray(data["train"].labels)[:, col]))
-    y = [np.asarray(data[s].labels)[:, col] for s in splits]
-    seq = data.schema.modalities[0].is_sequence
+    y = j["labels"][:, col]
     return from_arrays(
-        {m: np.concatenate([np.asarray(data[s].features[m], float) for s in splits]) for m in data.schema.names},
-        np.concatenate([(v > median).astype(np.int64) for v in y] if binary else y),
-        steps={m: np.concatenate([np.asarray(data[s].steps[m]) for s in splits]) for m in data.schema.names}
-        if seq
-        else None,
-        split=np.concatenate([[s] * len(data[s]) for s in splits]),
+        j["features"],
+        (y > median).astype(np.int64) if binary else y,
+        present=j["present"],
+        steps=j["steps"],
+        split=np.concatenate([[s] * n for s, n in zip(j["splits"], j["sizes"])]),
         name=f"{data.schema.name} (rating {col}{', above its median' if binary else ''})",
     )
 
@@ -317,19 +332,18 @@ def one_rating(data, col: int, binary: bool):
 def fewer_training(data, size: int, seed: int = 0):
     """``data`` with ``size`` of its training samples, drawn at random once (``seed``), and every validation and test
     sample: a small data set's training split (ICT-MMMO has 220 training videos, POM 600)."""
-    splits = [s for s in ("train", "valid", "test") if s in data]
-    n = [len(data[s]) for s in splits]
+    j = joined(data)
+    n = j["sizes"]
     if not 1 <= size <= n[0]:
         raise SystemExit(f"--train-size {size}: expected 1 to the {n[0]} training samples")
     keep = np.sort(np.random.default_rng(seed).choice(n[0], size, replace=False))
     offsets = np.cumsum([0] + n)
-    rows = {"train": keep, **{s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(splits) if i}}
-    seq = data.schema.modalities[0].is_sequence
-    join = lambda get: np.concatenate([np.asarray(get(data[s])) for s in splits])  # noqa: E731
+    rows = {"train": keep, **{s: np.arange(offsets[i], offsets[i + 1]) for i, s in enumerate(j["splits"]) if i}}
     return from_arrays(
-        {m: join(lambda ds, m=m: ds.features[m]).astype(float) for m in data.schema.names},
-        join(lambda ds: ds.labels),
-        steps={m: join(lambda ds, m=m: ds.steps[m]) for m in data.schema.names} if seq else None,
+        j["features"],
+        j["labels"],
+        present=j["present"],
+        steps=j["steps"],
         split=rows,
         name=f"{data.schema.name} ({size} of its {n[0]} training samples)",
     )

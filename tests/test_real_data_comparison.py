@@ -98,3 +98,23 @@ def test_a_smaller_training_split_keeps_the_validation_and_test_samples():
     for size in (0, 61):
         with pytest.raises(SystemExit, match="--train-size"):
             script.fewer_training(data, size)
+
+
+def test_the_tasks_keep_which_modality_each_sample_lacks():
+    """``one_rating`` and ``fewer_training`` keep the presence masks: a sample without video stays without it (POM
+    lacks video for about half its videos), not a sample with zero features."""
+    from pyro_mfm.data import from_arrays
+
+    script, full = _script(), _two_ratings()
+    lacks = np.arange(90) % 3 == 0
+    joined = script.joined(full)
+    data = from_arrays(
+        joined["features"],
+        joined["labels"],
+        present={"video": ~lacks},
+        split=np.array(["train"] * 60 + ["valid"] * 15 + ["test"] * 15),
+    )
+    for task in (script.one_rating(data, 1, binary=True), script.fewer_training(data, 60)):
+        for s, rows in (("train", slice(0, 60)), ("valid", slice(60, 75)), ("test", slice(75, 90))):
+            np.testing.assert_array_equal(np.asarray(task[s].present["video"]), ~lacks[rows])
+            assert np.asarray(task[s].present["audio"]).all()
