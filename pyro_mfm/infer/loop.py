@@ -63,11 +63,14 @@ def validation_score(mfm, data, config, metric: str, objective, beta: float = 1.
     scores = {"loss": sum(losses) / len(ds)}
     if mfm.D is not None and metric != "loss":
         truth = (np.asarray(ds.labels), ds.label_present, ds.schema.label)
+        subsets = config.train.select_over == "subsets" and len(ds.schema.names) > 1
         options = {
             "num_samples": config.train.valid_samples,
             "batch_size": config.evaluate.batch_size,
             "keep_samples": False,
             "interval": config.evaluate.interval,
+            # the predictions from all modalities and from each alone read each modality's one encoding (same values)
+            "encoded": split_features(mfm, ds, config.evaluate.batch_size) if subsets else None,
         }
         scores.update(label_metrics(predict(mfm, ds, **options), *truth))
         if config.train.select_over == "subsets":
@@ -82,12 +85,11 @@ def _mean_over_subsets(mfm, ds, config, metric: str, observed: float, options: d
     recorded to give a finite value is left out."""
     names, y = ds.schema.names, np.asarray(ds.labels)
     labelled = np.asarray(ds.label_present, bool)
-    encoded = split_features(mfm, ds, config.evaluate.batch_size) if len(names) > 1 else None
     values = [observed]
     for m in names if len(names) > 1 else ():
         keep = labelled & np.asarray(ds.present[m], bool)
         if keep.sum() >= 2:
-            pred = predict(mfm, ds, (m,), seed=config.train.seed, encoded=encoded, **options)
+            pred = predict(mfm, ds, (m,), seed=config.train.seed, **options)
             values.append(label_metrics(pred, y, keep, ds.schema.label)[metric])
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
