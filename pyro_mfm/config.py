@@ -127,12 +127,13 @@ class ModelConfig(_Table):
             ``"wae"`` (the paper's: deterministic codes, -log-likelihood of the observed modalities and label plus
             ``lambda_mmd`` times the minibatch MMD between the codes and N(0, I) for z_y and every z_a,m; ``alpha``
             and ``analytic_kl`` are not used, and z_y is coded from the modalities alone).
-        label_subsets: random subsets of each sample's observed modalities (of uniformly drawn sizes) on which the
-            discriminative term is evaluated as well, each as its own label term, so that the posterior of every
-            subset, single modalities included, is trained to predict the label (0: the observed ones only). Each
-            term carries the weight ``alpha``. Default 2: on UCI, subset terms raise single-view accuracy by 2-9
-            points; on POM, 2 is slightly better than 0 and 4 (README, "Quality on real data").
-        impute_subsets: random subsets S of each sample's observed modalities (sizes as for ``label_subsets``) on
+        label_subsets: random subsets of each sample's observed modalities (one modality half of the time, else a
+            size drawn uniformly from 2 up) on which the discriminative term is evaluated as well, each as its own
+            label term, so that the posterior of every subset, single modalities included, is trained to predict
+            the label (0: the observed ones only). The mean of the terms carries the weight ``alpha``. Default 2: on
+            UCI, subset terms raise single-view accuracy by 2-9 points; on POM, 2 is slightly better than 0 and 4
+            (README, "Quality on real data").
+        impute_subsets: random subsets S of each sample's observed modalities (sizes drawn uniformly from 1 up) on
             which the modalities observed but outside S are scored as imputation draws them: lambda_x,m log p(x_m |
             F_m(G_y(z_y), G_m(z_a,m))), z_y ~ q(z_y | x_S) and z_a,m from its prior, one reparameterised draw, a
             term of weight 1 per subset (0: none, the default; the ``elbo`` objective, with z_y and decoders). The

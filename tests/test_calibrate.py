@@ -13,15 +13,18 @@ from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.calibrate import calibrate, calibration_subsets
 from pyro_mfm.infer.checkpoint import load_model
-from pyro_mfm.model import MFM, _random_subset
+from pyro_mfm.model import MFM, SINGLE, _random_subset
 from tests.test_model import small_config, small_data
 
 
-def test_random_subsets_are_non_empty_subsets_of_what_is_observed_with_uniform_sizes():
+@pytest.mark.parametrize("single", [None, SINGLE])
+def test_random_subsets_are_non_empty_subsets_of_what_is_observed_with_the_stated_sizes(single):
+    """Sizes uniform on 1..|observed| (the imputation term's rule), or one modality with probability ``single`` and
+    else uniform on 2..|observed| (the label term's); either way, members drawn uniformly."""
     data = small_data(n=4000)
     batch = data["train"].batch(np.arange(4000))
     torch.manual_seed(0)
-    sub = _random_subset(batch)
+    sub = _random_subset(batch, single)
     names = list(batch.present)
     before = torch.stack([batch.present[m] for m in names], -1)
     after = torch.stack([sub.present[m] for m in names], -1)
@@ -29,13 +32,37 @@ def test_random_subsets_are_non_empty_subsets_of_what_is_observed_with_uniform_s
     assert (after.sum(-1) >= 1).all()
     for m in names:  # hidden entries are zeroed
         assert (sub.x[m][~sub.present[m]] == 0).all()
-    # the size is uniform on 1..|observed|: among samples with all three observed, each size has probability 1/3
+    # among samples with all three observed: P(size = k) is 1/3 each, or 1/2, 1/4, 1/4 with single = 1/2
     full = before.all(-1)
     sizes = after[full].sum(-1)
     n = int(full.sum())
-    for k in (1, 2, 3):
+    rest = (1 - single) / 2 if single is not None else None
+    expected = {1: 1 / 3, 2: 1 / 3, 3: 1 / 3} if single is None else {1: single, 2: rest, 3: rest}
+    for k, q in expected.items():
         p = float((sizes == k).float().mean())
-        assert abs(p - 1 / 3) < 4 * math.sqrt(2 / 9 / n), (k, p, n)  # 4 binomial standard errors
+        assert abs(p - q) < 4 * math.sqrt(q * (1 - q) / n), (k, p, q, n)  # 4 binomial standard errors
+    # and each modality of a single-modality subset is as likely as the others
+    ones = after[full & (after.sum(-1) == 1)]
+    for i in range(len(names)):
+        p = float(ones[:, i].float().mean())
+        assert abs(p - 1 / 3) < 4 * math.sqrt(2 / 9 / len(ones)), (names[i], p)
+
+
+def test_with_two_modalities_observed_the_label_terms_rule_is_the_uniform_one_draw_for_draw():
+    """POM's two modalities: the label term's subsets are those of the uniform rule, from the same draws."""
+    data = small_data(n=400)
+    batch = data["train"].batch(np.arange(400))
+    names = list(batch.present)
+    two = batch.with_present({m: batch.present[m] & (m != names[2]) for m in names})
+    assert int(torch.stack([two.present[m] for m in names], -1).sum(-1).max()) == 2
+    torch.manual_seed(3)
+    uniform = _random_subset(two)
+    torch.manual_seed(3)
+    halves = _random_subset(two, 0.5)
+    for m in names:
+        assert torch.equal(uniform.present[m], halves.present[m])
+    sizes = sum(halves.present[m].long() for m in names)
+    assert (sizes == 1).any() and (sizes == 2).any()
 
 
 def test_label_subset_and_predictive_terms_are_finite_and_reduce_to_the_mean_code_term():

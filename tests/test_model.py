@@ -12,7 +12,7 @@ from pyro_mfm.data import DataError, LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer import Objective, impute, predict
 from pyro_mfm.infer.predict import guide_draws
-from pyro_mfm.model import MFM, _random_subset
+from pyro_mfm.model import MFM, SINGLE, _random_subset
 from pyro_mfm.nets import product_of_experts
 
 
@@ -133,7 +133,7 @@ def test_subset_label_terms_reuse_the_observed_modalities_features(model):
     torch.manual_seed(0)
     unlabelled = batch.without_labels()
     features = mfm.guide.features(unlabelled)
-    subsets = [unlabelled] + [_random_subset(unlabelled) for _ in range(2)]
+    subsets = [unlabelled] + [_random_subset(unlabelled, SINGLE) for _ in range(2)]
     anew = [mfm._label_log_predictive(b, batch.y, features if i == 0 else None) for i, b in enumerate(subsets)]
     assert len(shared) == 3
     for a, b in zip(shared, anew):
