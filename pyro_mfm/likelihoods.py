@@ -19,6 +19,10 @@ def _inverse_softplus(x: float) -> float:
     return float(torch.log(torch.expm1(torch.tensor(x))))
 
 
+# the label likelihoods of a discrete label (prediction reports class probabilities, selection accuracy)
+DISCRETE_KINDS = ("categorical", "bernoulli")
+
+
 def resolve_label_kind(label: LabelSpec, kind: str) -> str:
     """The label likelihood ``kind`` names (``"auto"``: the one that fits the label); ValueError if it does not fit."""
     if kind == "auto":
@@ -139,7 +143,7 @@ class LabelLikelihood(nn.Module):
 
     @property
     def is_discrete(self) -> bool:
-        return self.kind in ("categorical", "bernoulli")
+        return self.kind in DISCRETE_KINDS
 
     def distribution(self, f_y):
         return self.from_output(self.head(f_y))

@@ -42,3 +42,16 @@ def lower_is_better(metric: str) -> bool:
     if name.startswith("valid_"):
         name = name[len("valid_") :]
     return any(name == k or name.endswith("_" + k) or name.startswith(k + "_") for k in LOWER_IS_BETTER)
+
+
+def resolve_select_metric(name: str, discrete: bool | None) -> str:
+    """``train.select_metric`` as training and the hyperparameter search read it: ``name`` itself, or for
+    ``"auto"`` accuracy for a discrete label (``discrete``), MAE for a continuous one and the loss without a label
+    (``discrete = None``)."""
+    if name != "auto":
+        if name not in HIGHER_IS_BETTER:
+            raise ValueError(f"train.select_metric = {name!r}: expected 'auto' or one of {sorted(HIGHER_IS_BETTER)}")
+        return name
+    if discrete is None:
+        return "loss"
+    return "accuracy" if discrete else "mae"

@@ -428,3 +428,22 @@ def test_blocks_of_draws_give_what_all_draws_at_once_give(monkeypatch):
     variance = (mfm.p_x["b"].std * mfm.p_x["b"].scale()).square().detach() + means.var(0, unbiased=False)
     torch.testing.assert_close(torch.as_tensor(imp_1.mean["b"]), means.mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.as_tensor(imp_1.std["b"]).square(), variance, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("label", "likelihood", "expected"),
+    [("regression", "auto", "mae"), ("regression", "laplace", "mae"), ("categorical", "auto", "accuracy")],
+)
+def test_training_and_the_search_resolve_select_metric_auto_alike(label, likelihood, expected):
+    """``train.select_metric = "auto"``: training reads the built model's label, the search the data's schema and
+    the configuration (it builds no model); both give the same metric, and a named metric is kept as it is."""
+    from pyro_mfm.config import Config
+    from pyro_mfm.infer.loop import select_metric
+    from pyro_mfm.infer.tune import selection_metric
+
+    data = small_data(label=label)
+    config = Config.from_dict({"data": {"source": "synthetic"}, "model": {"label_likelihood": likelihood}})
+    mfm = MFM(data.schema, config.model, feature_statistics(data["train"]))
+    assert select_metric(config, mfm) == selection_metric(config, data) == expected
+    named = config.override(["train.select_metric='nlpd'"])
+    assert select_metric(named, mfm) == selection_metric(named, data) == "nlpd"

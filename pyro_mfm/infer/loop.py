@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import Batch
+from ..metric_directions import resolve_select_metric
 from ..outputs import atomic_write, strict
 from ..rng import get_rng_state, set_rng_state
 from . import distributed
@@ -149,16 +150,9 @@ class Progress:
 
 
 def select_metric(config, mfm) -> str:
-    """The metric of ``train.select_metric`` (``auto``: accuracy for a discrete label, MAE for a continuous one,
-    the loss without a label)."""
-    name = config.train.select_metric
-    if name != "auto":
-        if name not in HIGHER_IS_BETTER:
-            raise ValueError(f"train.select_metric = {name!r}: expected 'auto' or one of {sorted(HIGHER_IS_BETTER)}")
-        return name
-    if mfm.D is None:
-        return "loss"
-    return "accuracy" if mfm.D.is_discrete else "mae"
+    """The metric of ``train.select_metric`` for ``mfm`` (``auto``: accuracy for a discrete label, MAE for a
+    continuous one, the loss without a label)."""
+    return resolve_select_metric(config.train.select_metric, None if mfm.D is None else mfm.D.is_discrete)
 
 
 class ModelSelection:

@@ -29,7 +29,7 @@ import tomllib
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..metric_directions import HIGHER_IS_BETTER
+from ..metric_directions import HIGHER_IS_BETTER, resolve_select_metric
 from ..outputs import atomic_write, write_json
 
 STUDY_FILE = "study.db"
@@ -102,19 +102,11 @@ def overrides(values: dict) -> list[str]:
 
 def selection_metric(config: Config, data) -> str:
     """The validation metric the search optimises: ``train.select_metric``, as training resolves ``auto``."""
-    name = config.train.select_metric
-    if name != "auto":
-        if name not in HIGHER_IS_BETTER:
-            raise ConfigError(f"train.select_metric = {name!r}: expected 'auto' or one of {sorted(HIGHER_IS_BETTER)}")
-        return name
-    lab = data.schema.label
-    if lab is None:
-        return "loss"
-    discrete = lab.kind in ("categorical", "multilabel") or config.model.label_likelihood in (
-        "categorical",
-        "bernoulli",
-    )
-    return "accuracy" if discrete else "mae"
+    from ..likelihoods import DISCRETE_KINDS, resolve_label_kind
+
+    label = data.schema.label
+    kind = None if label is None else resolve_label_kind(label, config.model.label_likelihood)
+    return resolve_select_metric(config.train.select_metric, None if kind is None else kind in DISCRETE_KINDS)
 
 
 def tune(config: Config, space_path, out_dir, trials: int, seed: int = 0, prune_after: int = 5) -> dict:
