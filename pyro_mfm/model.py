@@ -182,7 +182,7 @@ class Model(nn.Module):
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its
 # modalities' experts, so an expert that predicts the label alone is what every larger subset builds on; with sizes
 # uniform on 1..M, each modality alone was 1 in 36 of the subsets on UCI's six views, and single views trailed
-# their logistic regressions by 2-2.5 points (README, "Quality on real data"). With two modalities the rule is the
+# their logistic regressions by 1.9-2.5 points (README, "Quality on real data"). With two modalities the rule is the
 # uniform one.
 SINGLE = 0.5
 
