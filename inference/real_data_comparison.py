@@ -105,9 +105,28 @@ def time_averaged(seq):
     )
 
 
-def run_mfm(config: Config, data, subsets, seeds, num_samples: int):
-    """Per seed and subset: the label metrics and the per-sample scores (correct, or absolute error)."""
+def without_validation(data):
+    """``data`` with its validation samples moved into the training split: a user's data with a training and a test
+    split only, as the MFM gets it with ``--no-valid`` (the linear baselines keep choosing their penalty on the
+    validation split, so that the reference stays the same)."""
+    j = joined(data)
+    split = np.concatenate([[s] * n for s, n in zip(j["splits"], j["sizes"])])
+    return from_arrays(
+        j["features"],
+        j["labels"],
+        present=j["present"],
+        steps=j["steps"],
+        split=np.where(split == "valid", "train", split),
+        name=f"{data.schema.name} (no validation split)",
+    )
+
+
+def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bool = False):
+    """Per seed and subset: the label metrics and the per-sample scores (correct, or absolute error); with
+    ``no_valid``, the MFM trains on :func:`without_validation`'s data."""
     test = data["test"]
+    if no_valid:
+        data = without_validation(data)
     y, keep = np.asarray(test.labels), np.asarray(test.label_present)
     out = []
     for seed in seeds:
@@ -181,7 +200,7 @@ def name(obs):
     return " + ".join(obs)
 
 
-def compare_uci(seeds, overrides, num_samples, defaults: bool = False):
+def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid: bool = False):
     if defaults:  # Config with nothing but the data, as a new user with their own class-labelled vectors gets
         config = Config.from_dict({"data": {"source": "embedded:uci_mfeat"}}).override(overrides)
     else:
@@ -191,7 +210,7 @@ def compare_uci(seeds, overrides, num_samples, defaults: bool = False):
     y = np.asarray(data["test"].labels)
     base = {obs: logistic_baseline(data, obs) for obs in subsets}
     base_acc = {obs: float((p.argmax(-1) == y).mean()) for obs, p in base.items()}
-    runs = run_mfm(config, data, subsets, seeds, num_samples)
+    runs = run_mfm(config, data, subsets, seeds, num_samples, no_valid)
     s = summary(runs, subsets, ["accuracy", "ece"])
     pairs = nested(runs, subsets, higher_is_better=True)
     per_seed = np.array([[r[obs]["metrics"]["accuracy"] - base_acc[obs] for obs in subsets] for r in runs])
@@ -255,12 +274,12 @@ def compare_uci(seeds, overrides, num_samples, defaults: bool = False):
     return "\n".join(lines), record
 
 
-def compare_pom(data, config, seeds, num_samples, label):
+def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False):
     subsets = [("audio", "video"), ("audio",), ("video",)]
     y = np.asarray(data["test"].labels)
     vectors = data if not data.schema.modalities[0].is_sequence else time_averaged(data)
     base = {obs: regression_metrics(y, ridge_baseline(vectors, obs)) for obs in subsets}
-    runs = run_mfm(config, data, subsets, seeds, num_samples)
+    runs = run_mfm(config, data, subsets, seeds, num_samples, no_valid)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
     lines = [
@@ -349,7 +368,7 @@ def fewer_training(data, size: int, seed: int = 0):
     )
 
 
-def compare_pom_ratings(data, config, seeds, num_samples, binary: bool):
+def compare_pom_ratings(data, config, seeds, num_samples, binary: bool, no_valid: bool = False):
     """Each of POM's 17 ratings as a task of its own (a single regression value, as CMU-MOSI's sentiment, or a
     binary label, as ICT-MMMO's), the library's defaults against the per-subset linear baseline on time-averaged
     features; the differences are paired over the 17 tasks."""
@@ -364,7 +383,7 @@ def compare_pom_ratings(data, config, seeds, num_samples, binary: bool):
             base = [float((logistic_baseline(flat, o).argmax(-1) == y).mean()) for o in subsets]
         else:
             base = [float(np.abs(ridge_baseline(flat, o).reshape(y.shape) - y).mean()) for o in subsets]
-        runs = run_mfm(config, task, subsets, seeds, num_samples)
+        runs = run_mfm(config, task, subsets, seeds, num_samples, no_valid)
         mfm = [float(np.mean([r[o]["metrics"][key] for r in runs])) for o in subsets]
         rows.append(mfm + base + [float(max(y.mean(), 1 - y.mean())) if binary else float(y.std())])
     a = np.array(rows)
@@ -421,6 +440,12 @@ def main(argv=None):
     ap.add_argument(
         "--train-size", type=int, help="POM: train on this many of the 600 training videos (drawn once; e.g. 220)"
     )
+    ap.add_argument(
+        "--no-valid",
+        action="store_true",
+        help="train the MFM on the training and validation samples together, with no validation split (as a user "
+        "whose data has a training and a test split only)",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -431,7 +456,9 @@ def main(argv=None):
         if which in ("uci", "uci-defaults"):
             if args.train_size:
                 ap.error(f"--train-size: POM's training videos only; --data {which} trains on UCI's split as it is")
-            text, record[which] = compare_uci(seeds, args.set, args.num_samples, defaults=which == "uci-defaults")
+            text, record[which] = compare_uci(
+                seeds, args.set, args.num_samples, defaults=which == "uci-defaults", no_valid=args.no_valid
+            )
         elif which in DATA:
             pom = Path(args.datasets) / "pom"
             if which == "pom-sequences":
@@ -444,9 +471,11 @@ def main(argv=None):
             if which in ("pom-vectors", "pom-one-rating"):
                 data = time_averaged(data)
             if which in ("pom-one-rating", "pom-binary"):
-                text, record[which] = compare_pom_ratings(data, config, seeds, args.num_samples, which == "pom-binary")
+                text, record[which] = compare_pom_ratings(
+                    data, config, seeds, args.num_samples, which == "pom-binary", args.no_valid
+                )
             else:
-                text, record[which] = compare_pom(data, config, seeds, args.num_samples, DATA[which])
+                text, record[which] = compare_pom(data, config, seeds, args.num_samples, DATA[which], args.no_valid)
         else:
             ap.error(f"--data {which!r}: expected one of {', '.join(DATA)}")
         tables.append(text)

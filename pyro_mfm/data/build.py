@@ -98,6 +98,7 @@ def from_arrays(
     attribution: str = "",
     nan_as_missing: bool = False,
     ids: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> MultimodalData:
     """Build a data set from numpy arrays (bring your own data).
 
@@ -113,6 +114,9 @@ def from_arrays(
             samples in no split are left out); default: all in ``"train"``.
         nan_as_missing: mark samples with NaN features missing for that modality instead of raising.
         ids: optional ``(N,)`` sample ids (strings).
+        groups: optional ``(N,)`` group of each sample (the speaker, or the video a segment comes from): where the
+            data have no validation split, training holds one out of the training split by whole groups
+            (``data.valid_fraction``), so that model selection sees new speakers as the test split does.
 
     Raises:
         DataError: naming the modality or key and what was expected (wrong shapes or lengths, masks of unknown
@@ -137,7 +141,9 @@ def from_arrays(
     assignment = _assignment(split, n)
     if ids is not None and np.asarray(ids).shape != (n,):
         raise DataError(f"ids: shape {np.asarray(ids).shape}, expected ({n},) (one id per sample)")
-    full = MultimodalDataset(schema, feats, present, steps, y, label_present, ids=ids)
+    if groups is not None and np.asarray(groups).shape != (n,):
+        raise DataError(f"groups: shape {np.asarray(groups).shape}, expected ({n},) (one group per sample)")
+    full = MultimodalDataset(schema, feats, present, steps, y, label_present, ids=ids, groups=groups)
     data = MultimodalData(schema, {s: full.subset(idx) for s, idx in assignment.items()})
     for s, ds in data.splits.items():
         ds.split = s

@@ -9,6 +9,9 @@ Storage conventions (the same in memory and in the native HDF5 file):
 * ``labels``: ``(N, k)`` float32 (regression, multilabel) or ``(N,)`` int64 (categorical); zero where missing.
 * ``label_present``: ``(N,)`` bool.
 * ``ids`` (optional): ``(N,)`` sample ids (strings), e.g. ``"video[3]"`` for segment 3 of a video.
+* ``groups`` (optional): ``(N,)`` group names (strings), e.g. the speaker or the video a segment comes from: a
+  validation split held out of the training split (:meth:`MultimodalData.hold_out`) takes whole groups. Without
+  them, ids of the form ``"video[3]"`` group by the part before the bracket.
 * ``imputed`` (optional, a file written by ``impute``): ``imputed[m]`` ``(N,)`` bool, the samples whose features of
   ``m`` are a model's imputation, not data; ``imputed_std[m]`` their posterior standard deviation (zero where
   observed); the data set's ``imputation`` says from what, by which checkpoint.
@@ -19,8 +22,9 @@ so a file larger than memory is read batch by batch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -66,6 +70,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         split: str = "",
         validate: bool = True,
         ids=None,
+        groups=None,
     ):
         self.schema = schema
         self.source = source
@@ -99,6 +104,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 np.ones(self.n, dtype=bool) if label_present is None else np.asarray(label_present, dtype=bool)
             )
         self.ids = None if ids is None else np.asarray(ids, dtype=str)
+        self.groups = None if groups is None else np.asarray(groups, dtype=str)
         self.imputed: dict[str, np.ndarray] | None = None
         self.imputed_std: dict[str, np.ndarray] | None = None
         self.imputation: dict | None = None  # the file's record of the imputation (see MultimodalData.imputation)
@@ -141,6 +147,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 )
         if self.ids is not None and self.ids.shape != (self.n,):
             raise DataError(f"{self._where(key='ids')}: shape {self.ids.shape}, expected ({self.n},)")
+        if self.groups is not None and self.groups.shape != (self.n,):
+            raise DataError(f"{self._where(key='groups')}: shape {self.groups.shape}, expected ({self.n},)")
 
     def validate_values(self, nan_as_missing: bool = False) -> MultimodalDataset:
         """Check features are finite and labels are in range (reads everything once).
@@ -282,6 +290,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 source=self.source,
                 split=self.split,
                 ids=None if self.ids is None else self.ids.copy(),
+                groups=None if self.groups is None else self.groups.copy(),
             )
         )
 
@@ -299,6 +308,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 source=self.source,
                 split=self.split,
                 ids=None if self.ids is None else self.ids[idx],
+                groups=None if self.groups is None else self.groups[idx],
             ),
             idx,
         )
@@ -351,9 +361,44 @@ class MultimodalData:
             ds.validate_values(nan_as_missing)
         return self
 
+    def hold_out(self, fraction: float, train: str = "train", valid: str = "valid", seed: int = 0) -> MultimodalData:
+        """These data with a ``valid`` split of about ``fraction`` of the ``train`` split's samples, drawn at random
+        (``seed``) by whole groups (:func:`sample_groups`: speakers or videos where the data name them, else single
+        samples), and the rest as ``train``; the data as they are where ``valid`` already has samples, ``fraction``
+        is 0, or the training split has fewer than two groups. The two splits are read into memory."""
+        ds = self[train]
+        if fraction <= 0 or (valid in self.splits and len(self.splits[valid]) > 0):
+            return self
+        names, inverse = np.unique(sample_groups(ds), return_inverse=True)
+        if len(names) < 2:
+            return self
+        order = np.random.default_rng(seed).permutation(len(names))
+        # whole groups in random order until they hold at least the fraction; at least one group stays for training
+        take = int(np.searchsorted(np.cumsum(np.bincount(inverse)[order]), fraction * ds.n)) + 1
+        held = np.isin(inverse, order[: min(take, len(names) - 1)])
+        splits = dict(self.splits)
+        splits[train], splits[valid] = ds.subset(np.flatnonzero(~held)), ds.subset(np.flatnonzero(held))
+        splits[valid].split = valid
+        return replace(self, splits=splits)
+
     def __repr__(self) -> str:
         body = "\n  ".join(repr(ds) for ds in self.splits.values())
         return f"MultimodalData({self.schema.name or self.source})\n  {body}"
+
+
+_GROUPED_ID = re.compile(r"^(.+)\[[^\[\]]*\]$")
+
+
+def sample_groups(ds: MultimodalDataset) -> np.ndarray:
+    """Each sample's group: ``ds.groups`` where given; else, where every id has the form ``"video[3]"``, the part
+    before the bracket (segments of one video); else each sample a group of its own (its index)."""
+    if ds.groups is not None:
+        return ds.groups
+    if ds.ids is not None and ds.n:
+        found = [_GROUPED_ID.match(str(i)) for i in ds.ids]
+        if all(found):
+            return np.array([f.group(1) for f in found])
+    return np.arange(ds.n).astype(str)
 
 
 def __getattr__(name: str):

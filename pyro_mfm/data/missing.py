@@ -32,5 +32,5 @@ def with_present(ds: MultimodalDataset, present: Mapping[str, np.ndarray]) -> Mu
         masks[m] = np.asarray(present[m], bool) if m in present else np.asarray(ds.present[m], bool)
         features[m] = (x * masks[m].reshape((-1,) + (1,) * (x.ndim - 1))).astype(x.dtype)
     return MultimodalDataset(
-        ds.schema, features, masks, ds.steps, ds.labels, ds.label_present, ids=ds.ids, split=ds.split
+        ds.schema, features, masks, ds.steps, ds.labels, ds.label_present, ids=ds.ids, groups=ds.groups, split=ds.split
     )

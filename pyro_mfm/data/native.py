@@ -13,6 +13,8 @@ Layout (version 1; also documented in ``docs/data_format.md``)::
                                         absent when the schema has no label
     /<split>/label_present              bool, (n,); absent when the schema has no label
     /<split>/ids                        optional, variable-length UTF-8 strings, (n,): sample ids
+    /<split>/groups                     optional, variable-length UTF-8 strings, (n,): the sample's group (speaker,
+                                        video), which a validation split held out of the training split keeps whole
     /<split>/<modality>/imputed         optional (files of imputations), bool, (n,): the features are imputed
     /<split>/<modality>/imputed_std     optional, float32, as features: posterior standard deviation
     / attrs: imputation                 optional, JSON: observed subset, imputed modalities, checkpoint and its
@@ -112,6 +114,8 @@ def _write(f: h5py.File, data: MultimodalData) -> None:
             g.create_dataset("label_present", data=np.asarray(ds.label_present, dtype=bool))
         if ds.ids is not None:
             g.create_dataset("ids", data=[str(i) for i in ds.ids], dtype=h5py.string_dtype("utf-8"))
+        if ds.groups is not None:
+            g.create_dataset("groups", data=[str(i) for i in ds.groups], dtype=h5py.string_dtype("utf-8"))
 
 
 def _write_features(group: h5py.Group, x, shape: tuple[int, ...]) -> None:
@@ -260,6 +264,7 @@ def _read_split(f, path, split, schema: Schema, lazy: bool, validate: bool) -> M
         labels = _get(g, "labels", path, split, None, f"labels of shape (N, {schema.label.dim}) or (N,)")[()]
         label_present = _get(g, "label_present", path, split, None, "a bool mask of shape (N,)")[()]
     ids = g["ids"].asstr()[()] if "ids" in g else None
+    groups = g["groups"].asstr()[()] if "groups" in g else None
     ds = MultimodalDataset(
         schema,
         features,
@@ -271,6 +276,7 @@ def _read_split(f, path, split, schema: Schema, lazy: bool, validate: bool) -> M
         split=split,
         validate=False,
         ids=ids,
+        groups=groups,
     )
     if any("imputed" in g[spec.name] for spec in schema.modalities):
         ds.imputed, ds.imputed_std = {}, {}

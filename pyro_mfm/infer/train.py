@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.dataset import Batch, MultimodalData
+from ..data.dataset import Batch, MultimodalData, sample_groups
 from ..data.stats import FeatureStats
 from ..model import MFM
 from . import distributed
@@ -71,7 +71,9 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
 ) -> TrainResult:
-    """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``.
+    """Train an MFM on ``data[config.data.train_split]``, selecting on ``config.data.valid_split``; where the data
+    have no validation split, on ``config.data.valid_fraction`` of the training split held out as one
+    (:meth:`~pyro_mfm.data.MultimodalData.hold_out`, by whole groups where the data name them).
 
     With ``out_dir``, writes ``last.pt``/``best.pt``/``epoch-XXXX.pt``/``log.jsonl``/``config.json``, holding an
     exclusive lock on the folder (a second training into it fails at once); a non-empty folder is refused unless
@@ -147,7 +149,15 @@ def _fit(
     on_epoch,
     built: dict,
 ) -> TrainResult:
-    tc = config.train
+    tc, dc, given = config.train, config.data, data
+    data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
+    if data is not given and group.main and tc.progress:
+        valid = data[dc.valid_split]
+        tqdm.write(
+            f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the "
+            f"{len(given[dc.train_split])} training samples ({len(np.unique(sample_groups(valid)))} groups; "
+            f"data.valid_fraction = {dc.valid_fraction}) for model selection and calibration"
+        )
     run, resumed = prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
     result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed)

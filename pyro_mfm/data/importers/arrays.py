@@ -3,7 +3,8 @@
 NPZ (:func:`load_npz`): one array per modality, ``(N, d)`` or ``(N, T, d)``, under the modality's name; ``label``
 (``(N,)`` class indices or regression values, ``(N, k)`` outputs or 0/1 labels; NaN where unknown); optional
 ``<modality>_present`` ``(N,)`` and ``<modality>_steps`` ``(N, T)`` bool masks, ``label_present`` ``(N,)``, ``split``
-``(N,)`` split names and ``ids`` ``(N,)`` sample ids. Object arrays are refused (loading them would unpickle).
+``(N,)`` split names, ``ids`` ``(N,)`` sample ids and ``groups`` ``(N,)`` their groups (speaker, video). Object
+arrays are refused (loading them would unpickle).
 
 CSV (:func:`load_csv`): one file per modality with a header row; a sample id column; feature columns (their header
 names become the feature names); optionally a label column, a split column and a presence column (``0``/``1``,
@@ -26,7 +27,7 @@ from ..dataset import MultimodalData
 from ..schema import DataError, LabelSpec
 
 LABEL_KINDS = ("auto", "regression", "categorical", "multilabel")
-NPZ_RESERVED = ("label", "label_present", "split", "ids")
+NPZ_RESERVED = ("label", "label_present", "split", "ids", "groups")
 TRUE, FALSE = ("1", "true", "yes", "y", "t"), ("0", "false", "no", "n", "f")
 
 
@@ -68,7 +69,7 @@ def load_npz(path, label_kind: str = "auto", name: str | None = None, nan_as_mis
     except ValueError as e:
         raise DataError(
             f"file {path}: an array holds Python objects ({e}); expected numeric arrays, and string "
-            "arrays for 'split' and 'ids'"
+            "arrays for 'split', 'ids' and 'groups'"
         ) from None
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(f"file {path}: not a readable .npz archive: {e}") from None
@@ -92,7 +93,7 @@ def load_npz(path, label_kind: str = "auto", name: str | None = None, nan_as_mis
     present = {m: arrays[f"{m}_present"] for m in features if f"{m}_present" in arrays}
     steps = {m: arrays[f"{m}_steps"] for m in features if f"{m}_steps" in arrays}
     n = next(iter(features.values())).shape[0]
-    for k in [f"{m}_present" for m in present] + ["label_present", "split", "ids"]:
+    for k in [f"{m}_present" for m in present] + ["label_present", "split", "ids", "groups"]:
         if k in arrays and arrays[k].shape != (n,):
             raise DataError(f"file {path}, key {k!r}: shape {arrays[k].shape}, expected ({n},)")
     y = arrays.get("label")
@@ -123,6 +124,7 @@ def load_npz(path, label_kind: str = "auto", name: str | None = None, nan_as_mis
         name=name if name is not None else path.stem,
         nan_as_missing=nan_as_missing,
         ids=arrays["ids"].astype(str) if "ids" in arrays else None,
+        groups=arrays["groups"].astype(str) if "groups" in arrays else None,
     )
     return _finish(data, path, label_names)
 

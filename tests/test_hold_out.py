@@ -1,0 +1,89 @@
+"""A validation split held out of the training split where the data have none: whole groups, reproducible, kept
+through the file formats, and what training selects and calibrates on."""
+
+import numpy as np
+import pytest
+
+from pyro_mfm.config import Config
+from pyro_mfm.data import DataError, from_arrays, load, save
+from pyro_mfm.data.dataset import sample_groups
+from pyro_mfm.data.importers.arrays import load_npz
+from pyro_mfm.infer import fit
+
+
+def speakers_data(n=300, speakers=30, split=None, **kwargs):
+    rng = np.random.default_rng(0)
+    who = rng.integers(0, speakers, n)
+    x = rng.normal(size=(n, 3)) + who[:, None] * 0.1
+    return from_arrays(
+        {"a": x, "b": x[:, :2] + rng.normal(size=(n, 2))},
+        x.sum(1),
+        groups=np.array([f"speaker{w}" for w in who]),
+        split=split,
+        **kwargs,
+    )
+
+
+def test_hold_out_takes_whole_groups_about_the_fraction_and_keeps_every_sample():
+    data = speakers_data(split=np.where(np.arange(300) < 250, "train", "test"))
+    held = data.hold_out(0.15, seed=3)
+    train, valid, full = held["train"], held["valid"], data["train"]
+    assert set(train.groups).isdisjoint(valid.groups)  # no speaker on both sides
+    assert len(train) + len(valid) == len(full)
+    assert sorted(np.concatenate([train.features["a"], valid.features["a"]]).sum(1)) == pytest.approx(
+        sorted(np.asarray(full.features["a"]).sum(1))
+    )
+    # groups are added until they hold the fraction: at least 0.15 of the samples, less one group's more
+    largest = max(np.unique(full.groups, return_counts=True)[1])
+    assert 0.15 * len(full) <= len(valid) < 0.15 * len(full) + largest
+    assert held["test"] is data["test"] and valid.split == "valid"
+    # the same seed draws the same speakers, another seed others
+    assert list(data.hold_out(0.15, seed=3)["valid"].groups) == list(valid.groups)
+    assert set(data.hold_out(0.15, seed=4)["valid"].groups) != set(valid.groups)
+
+
+def test_hold_out_leaves_data_with_a_validation_split_or_fraction_zero_as_they_are():
+    data = speakers_data(split=np.where(np.arange(300) < 200, "train", np.where(np.arange(300) < 250, "valid", "test")))
+    assert data.hold_out(0.15) is data
+    alone = speakers_data()
+    assert alone.hold_out(0.0) is alone
+    one = from_arrays({"a": np.ones((5, 2))}, np.zeros(5), groups=["x"] * 5)
+    assert one.hold_out(0.15) is one  # a single group cannot be split
+
+
+def test_groups_come_from_grouped_ids_else_each_sample_alone():
+    ids = np.array(["vid1[0]", "vid1[1]", "vid2[0]", "vid3[4]"])
+    ds = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=ids)["train"]
+    assert list(sample_groups(ds)) == ["vid1", "vid1", "vid2", "vid3"]
+    plain = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=np.array(["a", "b[1]", "c", "d"]))["train"]
+    assert list(sample_groups(plain)) == ["0", "1", "2", "3"]
+    with pytest.raises(DataError, match=r"groups: shape \(3,\), expected \(4,\)"):
+        from_arrays({"a": np.ones((4, 2))}, np.zeros(4), groups=["a", "b", "c"])
+
+
+def test_groups_survive_the_native_file_and_npz(tmp_path):
+    data = speakers_data()
+    save(data, tmp_path / "d.h5")
+    assert list(load(tmp_path / "d.h5")["train"].groups) == list(data["train"].groups)
+    x = np.asarray(data["train"].features["a"])
+    np.savez(tmp_path / "d.npz", a=x, label=x.sum(1), groups=data["train"].groups)
+    assert list(load_npz(tmp_path / "d.npz")["train"].groups) == list(data["train"].groups)
+
+
+def test_training_without_a_validation_split_selects_and_calibrates_on_the_held_out_groups(capsys):
+    data = speakers_data(split=np.where(np.arange(300) < 250, "train", "test"))
+    config = Config.from_dict(
+        {
+            "data": {"source": "speakers"},
+            "model": {"hidden": 8, "z_y_dim": 2, "z_a_dim": 1},
+            "train": {"epochs": 3, "kl_warmup": 0, "batch_size": 64, "seed": 1},
+        }
+    )
+    result = fit(config, data)
+    valid = data.hold_out(0.15, seed=1)["valid"]
+    assert result.history[-1]["valid_n"] == len(valid)  # scored on the held-out speakers
+    assert result.calibration  # and calibrated on them
+    assert f"holding out {len(valid)} of the 250 training samples" in capsys.readouterr().out
+    # valid_fraction = 0: the whole training split, no validation score, no calibration
+    whole = fit(config.override(["data.valid_fraction=0"]), data)
+    assert not any(k.startswith("valid_") for k in whole.history[-1]) and not whole.calibration
