@@ -156,11 +156,17 @@ METRIC_NOTES = "\n".join(
 
 def best_epoch_line(result) -> str:
     """The best epoch counted from 1, as the console counts it, with its validation score."""
-    best = result.best
+    best, held = result.best, result.held_out
+    where = (
+        f" The data have no validation split: {held['samples']} training samples ({held['groups']} groups; "
+        f"data.valid_fraction = {held['fraction']}) were held out as one."
+        if held
+        else ""
+    )
     if not best or best.get("epoch", -1) < 0:
-        return "No epoch was selected (no validation score after the KL warm-up)."
+        return "No epoch was selected (no validation score after the KL warm-up)." + where
     scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
-    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores})."
+    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{where}"
 
 
 def _baseline_lines(data: MultimodalData, baselines: dict) -> list[str]:

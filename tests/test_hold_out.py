@@ -9,6 +9,7 @@ from pyro_mfm.data import DataError, from_arrays, load, save
 from pyro_mfm.data.dataset import sample_groups
 from pyro_mfm.data.importers.arrays import load_npz
 from pyro_mfm.infer import fit
+from pyro_mfm.report import best_epoch_line
 
 
 def speakers_data(n=300, speakers=30, split=None, **kwargs):
@@ -84,6 +85,10 @@ def test_training_without_a_validation_split_selects_and_calibrates_on_the_held_
     assert result.history[-1]["valid_n"] == len(valid)  # scored on the held-out speakers
     assert result.calibration  # and calibrated on them
     assert f"holding out {len(valid)} of the 250 training samples" in capsys.readouterr().out
+    groups = len(set(valid.groups))
+    assert result.held_out == {"samples": len(valid), "groups": groups, "fraction": 0.15}
+    assert f"{len(valid)} training samples ({groups} groups; data.valid_fraction = 0.15)" in best_epoch_line(result)
     # valid_fraction = 0: the whole training split, no validation score, no calibration
     whole = fit(config.override(["data.valid_fraction=0"]), data)
     assert not any(k.startswith("valid_") for k in whole.history[-1]) and not whole.calibration
+    assert whole.held_out == {} and "held out" not in best_epoch_line(whole)

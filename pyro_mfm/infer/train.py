@@ -55,6 +55,9 @@ class TrainResult:
     resumed: dict = field(default_factory=dict)
     """Where a resumed run continued: ``{"from": checkpoint, "epoch": e, "step": s, "changed": {key: [old, new]}}``
     (epoch and step 0-based; empty for a fresh run)."""
+    held_out: dict = field(default_factory=dict)
+    """Where the data had no validation split: ``{"samples": n, "groups": g, "fraction": f}``, the validation split
+    held out of the training split (``data.valid_fraction``); empty otherwise."""
 
 
 def fit(
@@ -151,16 +154,23 @@ def _fit(
 ) -> TrainResult:
     tc, dc, given = config.train, config.data, data
     data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
-    if data is not given and group.main and tc.progress:
+    held_out = {}
+    if data is not given:
         valid = data[dc.valid_split]
-        tqdm.write(
-            f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the "
-            f"{len(given[dc.train_split])} training samples ({len(np.unique(sample_groups(valid)))} groups; "
-            f"data.valid_fraction = {dc.valid_fraction}) for model selection and calibration"
-        )
+        held_out = {
+            "samples": len(valid),
+            "groups": len(np.unique(sample_groups(valid))),
+            "fraction": dc.valid_fraction,
+        }
+        if group.main and tc.progress:
+            tqdm.write(
+                f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the "
+                f"{len(given[dc.train_split])} training samples ({held_out['groups']} groups; "
+                f"data.valid_fraction = {dc.valid_fraction}) for model selection and calibration"
+            )
     run, resumed = prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
-    result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed)
+    result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed, held_out=held_out)
     log_split = data[config.data.valid_split] if run.has_valid else run.train  # its first batch shows the loss terms
     log_batch = (
         log_split.batch(np.arange(min(len(log_split), config.evaluate.batch_size)), device) if ckpt.writer else None
