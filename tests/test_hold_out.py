@@ -92,3 +92,25 @@ def test_training_without_a_validation_split_selects_and_calibrates_on_the_held_
     whole = fit(config.override(["data.valid_fraction=0"]), data)
     assert not any(k.startswith("valid_") for k in whole.history[-1]) and not whole.calibration
     assert whole.held_out == {} and "held out" not in best_epoch_line(whole)
+
+
+def test_csv_group_column_is_read_and_every_sample_needs_one(tmp_path, capsys):
+    from pyro_mfm.cli import main
+
+    def write(rows):
+        (tmp_path / "a.csv").write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+
+    write([["id", "label", "group", "f0"], ["u1", 0.5, "spk1", 1], ["u2", 1.5, "spk1", 2], ["u3", 2.5, "spk2", 3]])
+    args = ["data", "convert", "--from", "csv", str(tmp_path / "a.csv"), "--out"]
+    assert main(args + [str(tmp_path / "a.h5")]) == 0
+    data = load(tmp_path / "a.h5")
+    assert list(data["train"].groups) == ["spk1", "spk1", "spk2"]
+    assert data.schema["a"].feature_names == ("f0",)  # the group column is not a feature
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "a.h5")]) == 0
+    assert "groups: 2 (speakers, videos, ...)" in capsys.readouterr().out
+    write([["id", "label", "group", "f0"], ["u1", 0.5, "spk1", 1], ["u2", 1.5, "", 2]])
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "b.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "column 'group': no group for ids 'u2'" in err and err.count("\n") == 1

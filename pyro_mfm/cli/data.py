@@ -42,9 +42,9 @@ def register(subparsers) -> None:
         "mfn: the folder of {modality}_{split}.h5 and y_{split}.h5; csd: the labels .csd, then feature "
         ".csd files (each PATH or NAME=PATH); pickle: a MulT/MMSA .pkl; native: a native .h5 file; "
         "npz: one .npz archive (an array per modality, "
-        "'label', optional '<modality>_present', '<modality>_steps', 'label_present', 'split', 'ids'); "
+        "'label', optional '<modality>_present', '<modality>_steps', 'label_present', 'split', 'ids', 'groups'); "
         "csv: one CSV per modality (each PATH or NAME=PATH) keyed by --id-column, with optional label, "
-        "split and presence columns; a sample with empty feature cells is missing.",
+        "split, group and presence columns; a sample with empty feature cells is missing.",
     )
     conv.add_argument("--from", dest="source", choices=SOURCES, required=True, help="format of SRC")
     conv.add_argument("src", nargs="+", metavar="SRC", help="input file(s) or folder")
@@ -93,6 +93,12 @@ def register(subparsers) -> None:
     conv.add_argument("--label-column", default="label", help="csv: column of labels (default 'label')")
     conv.add_argument("--split-column", default="split", help="csv: column of split names (default 'split')")
     conv.add_argument(
+        "--group-column",
+        default="group",
+        help="csv: column of each sample's group, e.g. its speaker (default 'group'); where the data have no "
+        "validation split, training holds one out by whole groups",
+    )
+    conv.add_argument(
         "--presence-column", default="present", help="csv: column of 0/1 presence of the modality (default 'present')"
     )
     conv.set_defaults(func=run_convert)
@@ -127,6 +133,8 @@ def describe(data: MultimodalData) -> str:
         lines.append(f"  {split:<8} N={ds.n:<7} present: {pres}")
         if s.label is not None and ds.n:
             lines.append(f"  {'':<8} labels: {_label_summary(ds)}")
+        if ds.groups is not None and ds.n:
+            lines.append(f"  {'':<8} groups: {len(np.unique(ds.groups))} (speakers, videos, ...)")
     if data.imputation is not None:
         imp = data.imputation
         lines.append(
@@ -233,6 +241,7 @@ def convert(args) -> MultimodalData:
             id_column=args.id_column,
             label_column=args.label_column,
             split_column=args.split_column,
+            group_column=args.group_column,
             presence_column=args.presence_column,
             label_kind=args.label_kind,
             name=args.name or "",

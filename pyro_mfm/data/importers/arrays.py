@@ -7,10 +7,10 @@ NPZ (:func:`load_npz`): one array per modality, ``(N, d)`` or ``(N, T, d)``, und
 arrays are refused (loading them would unpickle).
 
 CSV (:func:`load_csv`): one file per modality with a header row; a sample id column; feature columns (their header
-names become the feature names); optionally a label column, a split column and a presence column (``0``/``1``,
-``true``/``false``). Every file lists the same samples; a sample whose features are all empty cells, or whose
-presence is false, is missing for that modality. Label and split may be in any of the files (where several hold
-them, they must agree). Labels that are not numbers are class names.
+names become the feature names); optionally a label column, a split column, a group column (the speaker or video of
+each sample) and a presence column (``0``/``1``, ``true``/``false``). Every file lists the same samples; a sample
+whose features are all empty cells, or whose presence is false, is missing for that modality. Label, split and group
+may be in any of the files (where several hold them, they must agree). Labels that are not numbers are class names.
 """
 
 from __future__ import annotations
@@ -163,15 +163,16 @@ def load_csv(
     label_kind: str = "auto",
     name: str = "",
     nan_as_missing: bool = False,
+    group_column: str = "group",
 ) -> MultimodalData:
     """Read one CSV per modality (``{modality: path}``) keyed by ``id_column``, as the module docstring says."""
     if not files:
         raise DataError("--from csv: expected at least one CSV file (NAME=PATH or PATH)")
-    special = {id_column, label_column, split_column, presence_column}
+    special = {id_column, label_column, split_column, presence_column, group_column}
     order: list[str] | None = None
     first = None
     features, present, feature_names = {}, {}, {}
-    shared: dict[str, dict] = {label_column: {}, split_column: {}}
+    shared: dict[str, dict] = {label_column: {}, split_column: {}, group_column: {}}
     where: dict[str, Path] = {}
     for m, p in files.items():
         path = Path(p)
@@ -194,6 +195,15 @@ def load_csv(
     split = None
     if shared[split_column]:
         split = np.array([shared[split_column][s] or "train" for s in order])
+    groups = None
+    if shared[group_column]:
+        missing = [s for s in order if not shared[group_column].get(s)]
+        if missing:
+            raise DataError(
+                f"file {where[group_column]}, column {group_column!r}: no group for ids "
+                f"{', '.join(map(repr, missing[:5]))}; expected a group (speaker, video) for every sample"
+            )
+        groups = np.array([shared[group_column][s] for s in order])
     data = from_arrays(
         features,
         y,
@@ -204,6 +214,7 @@ def load_csv(
         nan_as_missing=nan_as_missing,
         ids=np.array(order),
         num_classes=len(label_names) if label_names else None,
+        groups=groups,
     )
     return _finish(data, first, label_names, feature_names)
 
@@ -275,7 +286,7 @@ def _features(
 
 
 def _merge_shared(path: Path, shared: dict, where: dict, col: dict, order: list, rows: list) -> None:
-    """Add a file's label and split cells to ``shared`` (column -> id -> text); files must agree where both
+    """Add a file's label, split and group cells to ``shared`` (column -> id -> text); files must agree where both
     have a value."""
     for key, values in shared.items():
         if key in col:
