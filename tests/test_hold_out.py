@@ -1,6 +1,8 @@
 """A validation split held out of the training split where the data have none: whole groups, reproducible, kept
 through the file formats, and what training selects and calibrates on."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -25,22 +27,32 @@ def speakers_data(n=300, speakers=30, split=None, **kwargs):
     )
 
 
-def test_hold_out_takes_whole_groups_about_the_fraction_and_keeps_every_sample():
+def test_hold_out_takes_whole_groups_the_fraction_of_them_and_keeps_every_sample():
     data = speakers_data(split=np.where(np.arange(300) < 250, "train", "test"))
     held = data.hold_out(0.15, seed=3)
     train, valid, full = held["train"], held["valid"], data["train"]
     assert set(train.groups).isdisjoint(valid.groups)  # no speaker on both sides
+    assert len(set(valid.groups)) == math.ceil(0.15 * len(set(full.groups)))  # 5 of the 30 speakers
     assert len(train) + len(valid) == len(full)
     assert sorted(np.concatenate([train.features["a"], valid.features["a"]]).sum(1)) == pytest.approx(
         sorted(np.asarray(full.features["a"]).sum(1))
     )
-    # groups are added until they hold the fraction: at least 0.15 of the samples, less one group's more
-    largest = max(np.unique(full.groups, return_counts=True)[1])
-    assert 0.15 * len(full) <= len(valid) < 0.15 * len(full) + largest
     assert held["test"] is data["test"] and valid.split == "valid"
     # the same seed draws the same speakers, another seed others
     assert list(data.hold_out(0.15, seed=3)["valid"].groups) == list(valid.groups)
     assert set(data.hold_out(0.15, seed=4)["valid"].groups) != set(valid.groups)
+
+
+def test_hold_out_without_groups_is_stratified_by_class():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [200, 60, 40])  # unbalanced classes
+    data = from_arrays({"a": rng.normal(size=(300, 2))}, y)
+    for seed in range(3):
+        valid = data.hold_out(0.2, seed=seed)["valid"]
+        assert list(np.bincount(valid.labels)) == [40, 12, 8]  # each class's share, exactly
+    # fewer samples to hold out than classes: still a split, not stratified
+    tiny = from_arrays({"a": np.ones((12, 2))}, np.arange(12) % 10).hold_out(0.15)
+    assert (len(tiny["train"]), len(tiny["valid"])) == (10, 2)
 
 
 def test_hold_out_leaves_data_with_a_validation_split_or_fraction_zero_as_they_are():

@@ -362,22 +362,32 @@ class MultimodalData:
         return self
 
     def hold_out(self, fraction: float, train: str = "train", valid: str = "valid", seed: int = 0) -> MultimodalData:
-        """These data with a ``valid`` split of about ``fraction`` of the ``train`` split's samples, drawn at random
-        (``seed``) by whole groups (:func:`sample_groups`: speakers or videos where the data name them, else single
-        samples), and the rest as ``train``; the data as they are where ``valid`` already has samples, ``fraction``
-        is 0, or the training split has fewer than two groups. The two splits are read into memory."""
+        """These data with a ``valid`` split of ``fraction`` of the ``train`` split drawn at random (``seed``), and the
+        rest as ``train``: whole groups where the data name them (:func:`sample_groups`: speakers or videos; that
+        fraction of the groups, scikit-learn's ``GroupShuffleSplit``), else single samples, stratified by class for
+        class labels (``train_test_split``, as scikit-learn's own early stopping draws its validation samples).
+        The data as they are where ``valid`` already has samples, ``fraction`` is 0, or the training split has
+        fewer than two samples (or groups). The two splits are read into memory."""
+        from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
         ds = self[train]
-        if fraction <= 0 or (valid in self.splits and len(self.splits[valid]) > 0):
+        if fraction <= 0 or ds.n < 2 or (valid in self.splits and len(self.splits[valid]) > 0):
             return self
-        names, inverse = np.unique(sample_groups(ds), return_inverse=True)
-        if len(names) < 2:
-            return self
-        order = np.random.default_rng(seed).permutation(len(names))
-        # whole groups in random order until they hold at least the fraction; at least one group stays for training
-        take = int(np.searchsorted(np.cumsum(np.bincount(inverse)[order]), fraction * ds.n)) + 1
-        held = np.isin(inverse, order[: min(take, len(names) - 1)])
+        index, groups = np.arange(ds.n), sample_groups(ds)
+        if len(np.unique(groups)) < ds.n:
+            if len(np.unique(groups)) < 2:
+                return self
+            kept, held = next(GroupShuffleSplit(1, test_size=fraction, random_state=seed).split(index, groups=groups))
+        else:
+            strata = None
+            if self.schema.label is not None and self.schema.label.kind == "categorical":
+                strata = np.where(ds.label_present, np.asarray(ds.labels), -1)  # unlabelled samples a stratum too
+            try:
+                kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=strata)
+            except ValueError:  # a class of one sample, or fewer samples to hold out than classes: not stratified
+                kept, held = train_test_split(index, test_size=fraction, random_state=seed)
         splits = dict(self.splits)
-        splits[train], splits[valid] = ds.subset(np.flatnonzero(~held)), ds.subset(np.flatnonzero(held))
+        splits[train], splits[valid] = ds.subset(kept), ds.subset(held)
         splits[valid].split = valid
         return replace(self, splits=splits)
 
