@@ -64,12 +64,12 @@ class DataConfig(_Table):
         source: ``"embedded:uci_mfeat"`` for a data set shipped with the package, or a path to a native HDF5 file
             (relative paths are resolved against the configuration file's folder, then the working directory).
         train_split, valid_split, test_split: split names in the file.
-        valid_fraction: where the data have no validation split (or an empty one), training holds this fraction of
-            the training split out as one (by whole groups: speakers or videos, where the data name them; else
-            stratified by class for class labels; a new draw for each ``train.seed``), so that model selection, early stopping and the label calibration have
-            samples the model was not fitted to. 0.15 is the share of CMU-MOSI's standard validation split in its
-            training and validation segments. 0: train on the whole split and select on the training loss, without
-            calibration (the default before).
+        valid_fraction: where the data have no validation split (or an empty one), training holds this fraction of the
+            training split out as one (by whole groups: speakers or videos, where the data name them; else stratified by
+            class for class labels; a new draw for each ``train.seed``), so that model selection, early stopping and the
+            label calibration have samples the model was not fitted to. 0.15 is the share of CMU-MOSI's standard
+            validation split in its training and validation segments. 0: train on the whole split and select on the
+            training loss, without calibration (the default before).
         nan_as_missing: treat samples with NaN features as missing for that modality instead of raising.
     """
 

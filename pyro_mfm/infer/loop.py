@@ -96,6 +96,12 @@ def _mean_over_subsets(mfm, ds, config, metric: str, observed: float, options: d
     return float(np.mean(finite)) if finite else math.nan
 
 
+def best_name(key: str) -> str:
+    """The name under which :class:`ModelSelection` keeps the best score of the record's entry ``key``
+    (``valid_mae_subsets`` -> ``mae_subsets``)."""
+    return key.removeprefix("valid_")
+
+
 def selection_key(metric: str, config) -> str:
     """The key of an epoch's record that model selection reads for ``metric``: ``valid_<metric>``, or with a label
     metric and ``train.select_over = "subsets"``, ``valid_<metric>_subsets``."""
@@ -170,7 +176,7 @@ class ModelSelection:
     def __init__(self, metric: str, patience: int = 0, key: str | None = None):
         self.metric, self.patience = metric, patience
         self.key = key or f"valid_{metric}"
-        self.name = self.key.removeprefix("valid_")
+        self.name = best_name(self.key)
         self.higher = HIGHER_IS_BETTER[metric]
         self.best = {"epoch": -1, self.name: -math.inf if self.higher else math.inf}
         self.bad_epochs = 0

@@ -175,7 +175,7 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
     none was scored)."""
     import optuna
 
-    from .loop import selection_key
+    from .loop import best_name, selection_key
 
     key = selection_key(metric, config)
 
@@ -194,7 +194,7 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
 
         result = fit(cfg, data, out / f"trial-{trial.number:04d}", on_epoch=report)
         if result.best.get("epoch", -1) >= 0:
-            return float(result.best[key.removeprefix("valid_")])
+            return float(result.best[best_name(key)])
         last = result.history[-1] if result.history else {}
         return float(last.get(key, last.get("train_loss", float("nan"))))
 
