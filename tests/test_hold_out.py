@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_mfm.config import Config
 from pyro_mfm.data import DataError, from_arrays, load, save
@@ -126,3 +127,22 @@ def test_csv_group_column_is_read_and_every_sample_needs_one(tmp_path, capsys):
     assert main(args + [str(tmp_path / "b.h5")]) == 2
     err = capsys.readouterr().err
     assert "column 'group': no group for ids 'u2'" in err and err.count("\n") == 1
+
+
+def test_the_held_out_split_trains_exactly_as_the_same_split_given():
+    """Training on data without a validation split is training on :meth:`hold_out`'s two splits given as such: the
+    same selected epoch, the same weights, the same calibration (so every statistical test of training with a
+    validation split, the oracle's in ``tests/test_train.py`` among them, holds for it)."""
+    data = speakers_data(split=np.where(np.arange(300) < 250, "train", "test"))
+    config = Config.from_dict(
+        {
+            "data": {"source": "speakers"},
+            "model": {"hidden": 8, "z_y_dim": 2, "z_a_dim": 1},
+            "train": {"epochs": 4, "kl_warmup": 1, "batch_size": 64, "seed": 2, "progress": False},
+        }
+    )
+    held = fit(config, data)
+    given = fit(config, data.hold_out(0.15, seed=2))
+    assert held.best == given.best and held.calibration == given.calibration
+    for name, value in held.mfm.state_dict().items():
+        assert torch.equal(value, given.mfm.state_dict()[name]), name
