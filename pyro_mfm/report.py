@@ -19,6 +19,7 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
+from .infer.train import held_out_what
 from .model import MFM
 from .outputs import atomic_write, write_json
 
@@ -158,8 +159,8 @@ def best_epoch_line(result) -> str:
     """The best epoch counted from 1, as the console counts it, with its validation score."""
     best, held = result.best, result.held_out
     where = (
-        f" The data have no validation split: {held['samples']} training samples ({held['groups']} groups; "
-        f"data.valid_fraction = {held['fraction']}) were held out as one."
+        f" The data have no validation split: {held['samples']} training samples ({held_out_what(held)}) were held "
+        "out as one."
         if held
         else ""
     )

@@ -57,7 +57,8 @@ class TrainResult:
     (epoch and step 0-based; empty for a fresh run)."""
     held_out: dict = field(default_factory=dict)
     """Where the data had no validation split: ``{"samples": n, "groups": g, "fraction": f}``, the validation split
-    held out of the training split (``data.valid_fraction``); empty otherwise."""
+    held out of the training split (``data.valid_fraction``; ``g`` whole groups, 0 where single samples were
+    drawn); empty otherwise."""
 
 
 def fit(
@@ -156,17 +157,17 @@ def _fit(
     data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
     held_out = {}
     if data is not given:
-        valid = data[dc.valid_split]
+        valid, n = data[dc.valid_split], len(given[dc.train_split])
+        grouped = len(np.unique(sample_groups(given[dc.train_split]))) < n  # else single samples were drawn
         held_out = {
             "samples": len(valid),
-            "groups": len(np.unique(sample_groups(valid))),
+            "groups": len(np.unique(sample_groups(valid))) if grouped else 0,
             "fraction": dc.valid_fraction,
         }
         if group.main and tc.progress:
             tqdm.write(
-                f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the "
-                f"{len(given[dc.train_split])} training samples ({held_out['groups']} groups; "
-                f"data.valid_fraction = {dc.valid_fraction}) for model selection and calibration"
+                f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the {n} "
+                f"training samples ({held_out_what(held_out)}) for model selection and calibration"
             )
     run, resumed = prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
@@ -202,6 +203,12 @@ def _fit(
         )
         ckpt.save_calibration(result.calibration)
     return result
+
+
+def held_out_what(held_out: dict) -> str:
+    """How :attr:`TrainResult.held_out`'s samples were drawn, for the console and the report."""
+    drawn = f"{held_out['groups']} whole groups" if held_out["groups"] else "single samples"
+    return f"{drawn}; data.valid_fraction = {held_out['fraction']}"
 
 
 def _stop_requested(run: Run, stop: StopRequested) -> bool:
