@@ -2,7 +2,7 @@
 
     python inference/real_data_comparison.py [--data uci,uci-defaults,pom-vectors,pom-sequences,pom-sequences-defaults,
                                               pom-one-rating,pom-binary]
-                                             [--seeds 0,1,2] [--train-size 220]
+                                             [--seeds 0,1,2] [--train-size 220] [--no-valid]
                                              [--datasets ../shared/datasets] [--out comparison.json]
                                              [--set table.key=value ...]
 
@@ -25,7 +25,9 @@
   or logistic regression per subset, paired over the 17 tasks. Not in the default ``--data``: 17 trainings a seed.
 
 ``--train-size N`` trains every model on N of POM's 600 training videos (drawn once; ICT-MMMO has 220), to see
-how the comparison holds on a small data set.
+how the comparison holds on a small data set. ``--no-valid`` gives the MFM the training and validation samples as
+one training split with no validation split, as a user's data with a training and a test split only (training then
+holds ``data.valid_fraction`` of it out; the linear baselines keep choosing their penalty on the validation split).
 
 Every MFM metric is a mean and standard deviation over the seeds. For each pair of nested subsets S inside S', the
 paired difference of S' against S (accuracy, or MAE) is averaged over the seeds per test sample; "worse" means worse
