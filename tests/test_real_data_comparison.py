@@ -118,3 +118,20 @@ def test_the_tasks_keep_which_modality_each_sample_lacks():
         for s, rows in (("train", slice(0, 60)), ("valid", slice(60, 75)), ("test", slice(75, 90))):
             np.testing.assert_array_equal(np.asarray(task[s].present["video"]), ~lacks[rows])
             assert np.asarray(task[s].present["audio"]).all()
+
+
+def test_no_valid_moves_the_validation_samples_into_the_training_split():
+    """``--no-valid``: the MFM's data hold the training and validation samples as one training split, with their
+    features, masks and labels, and no validation split; the test split stays as it is."""
+    from pyro_mfm.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=40)
+    split = np.array(["train"] * 25 + ["valid"] * 5 + ["test"] * 10)
+    present = {"a": rng.random(40) > 0.2}
+    data = from_arrays({"a": x}, y, split=split, present=present)
+    merged = _script().without_validation(data)
+    assert list(merged.splits) == ["train", "test"] and len(merged["train"]) == 30
+    np.testing.assert_allclose(np.asarray(merged["train"].labels)[:, 0], y[:30], rtol=1e-6)
+    assert list(merged["train"].present["a"]) == list(present["a"][:30])
+    np.testing.assert_array_equal(np.asarray(merged["test"].features["a"]), np.asarray(data["test"].features["a"]))
