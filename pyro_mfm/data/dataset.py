@@ -373,8 +373,8 @@ class MultimodalData:
         ds = self[train]
         if fraction <= 0 or ds.n < 2 or (valid in self.splits and len(self.splits[valid]) > 0):
             return self
-        index, groups = np.arange(ds.n), sample_groups(ds)
-        if len(np.unique(groups)) < ds.n:
+        index, groups = np.arange(ds.n), held_out_groups(ds)
+        if groups is not None:
             if len(np.unique(groups)) < 2:
                 return self
             kept, held = next(GroupShuffleSplit(1, test_size=fraction, random_state=seed).split(index, groups=groups))
@@ -409,6 +409,13 @@ def sample_groups(ds: MultimodalDataset) -> np.ndarray:
         if all(found):
             return np.array([f.group(1) for f in found])
     return np.arange(ds.n).astype(str)
+
+
+def held_out_groups(ds: MultimodalDataset) -> np.ndarray | None:
+    """The groups :meth:`MultimodalData.hold_out` keeps whole (:func:`sample_groups`, where some group holds more
+    than one sample); None where every sample is a group of its own and single samples are drawn."""
+    groups = sample_groups(ds)
+    return groups if len(np.unique(groups)) < ds.n else None
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.dataset import Batch, MultimodalData, sample_groups
+from ..data.dataset import Batch, MultimodalData, held_out_groups, sample_groups
 from ..data.stats import FeatureStats
 from ..model import MFM
 from . import distributed
@@ -158,7 +158,7 @@ def _fit(
     held_out = {}
     if data is not given:
         valid, n = data[dc.valid_split], len(given[dc.train_split])
-        grouped = len(np.unique(sample_groups(given[dc.train_split]))) < n  # else single samples were drawn
+        grouped = held_out_groups(given[dc.train_split]) is not None  # else single samples were drawn
         held_out = {
             "samples": len(valid),
             "groups": len(np.unique(sample_groups(valid))) if grouped else 0,
