@@ -34,7 +34,16 @@ from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
 from .likelihoods import LabelEncoding, Standardise
-from .nets import ExpertEncoder, InformationExpert, MemoryFusion, make_encoder, mlp, product_of_experts, step_mean
+from .nets import (
+    ExpertEncoder,
+    InformationExpert,
+    LinearExpert,
+    MemoryFusion,
+    make_encoder,
+    mlp,
+    product_of_experts,
+    step_mean,
+)
 
 # the standard deviation with which the wae objective's MFN code of z_y stands as a Gaussian (for consumers that
 # take a distribution; draws from it are the code to 1e-6)
@@ -91,11 +100,15 @@ class Guide(nn.Module):
             self.q_y_fused = nn.Linear(fused_in, (1 if self.deterministic else 2) * config.z_y_dim)
             if self.deterministic:
                 self._register_load_state_dict_pre_hook(self._point_code_rows)
+        elif self.shared and config.expert == "linear":
+            linear = {s.name: LinearExpert(self._linear_dim(s), config.z_y_dim) for s in schema.modalities}
+            self.q_y = nn.ModuleDict(linear)
         elif self.shared:
             self.q_y = nn.ModuleDict(
                 {m: InformationExpert(enc_h[m], config.z_y_dim, h, dropout, layers) for m in self.names}
             )
-            if self.y_in is not None:
+        if self.shared and config.fusion != "mfn":
+            if self.y_in is not None:  # the label's expert (training), an MLP whatever model.expert is
                 self.q_label = InformationExpert(self.y_in.dim, config.z_y_dim, h, dropout, layers)
         if self.private:
             self.q_a = nn.ModuleDict({m: ExpertEncoder(enc_h[m] + k_y, z_a[m], h, dropout, layers) for m in self.names})
@@ -109,6 +122,11 @@ class Guide(nn.Module):
         # temperature is lowered by r_mn, so that two views that carry the same evidence are not counted twice;
         # fitted with the temperatures (pyro_mfm.infer.calibrate, train.calibrate = "all"); 0 in training
         self.register_buffer("expert_redundancy", torch.zeros(len(self.names), len(self.names)))
+
+    def _linear_dim(self, spec) -> int:
+        """The width of a linear expert's input (:meth:`linear_inputs`) for modality ``spec``."""
+        flat = not spec.is_sequence or self.config.sequence_net == "mlp"
+        return spec.dim * (spec.steps or 1) if flat else spec.dim
 
     def _point_code_rows(self, state, prefix, *args):
         """A ``wae`` checkpoint written when ``q_y_fused`` gave a scale as well keeps its code rows (the scale rows
@@ -170,17 +188,34 @@ class Guide(nn.Module):
         inputs = self.inputs(batch) if inputs is None else inputs
         return {m: self.trunk[m](inputs[m], self.steps(batch, m)) for m in self.names}
 
-    def experts(self, h: dict) -> list:
-        """(eta_m, Lambda_m) of every modality's expert of z_y, untempered."""
+    def linear_inputs(self, batch: Batch, inputs: dict) -> dict:
+        """What a linear expert reads (``model.expert = "linear"``): each modality's standardised features, flattened
+        over the steps of a sequence that an MLP reads, averaged over the real steps of one that an LSTM reads."""
+        out = {}
+        for m in self.names:
+            if self.schema[m].is_sequence and self.config.sequence_net != "mlp":
+                out[m] = step_mean(inputs[m], self.steps(batch, m))
+            else:
+                out[m] = inputs[m].flatten(-2) if self.schema[m].is_sequence else inputs[m]
+        return out
+
+    def experts(self, h: dict, linear: dict | None = None) -> list:
+        """(eta_m, Lambda_m) of every modality's expert of z_y, untempered: from the encoder features ``h``, or with
+        ``model.expert = "linear"`` from ``linear`` (:meth:`linear_inputs`)."""
+        if self.config.expert == "linear":
+            return [self.q_y[m](linear[m]) for m in self.names]
         return [self.q_y[m](h[m]) for m in self.names]
 
     def features(self, batch: Batch, h: dict | None = None) -> Features:
         """The encoder features of ``batch`` (or the given ``h``), and the experts of z_y (product of experts) or the
         MFN's output."""
         mfn = self.shared and self.config.fusion == "mfn"
-        inputs = self.inputs(batch) if h is None or mfn else None
+        linear = self.q_y is not None and self.config.expert == "linear"
+        inputs = self.inputs(batch) if h is None or mfn or linear else None
         h = self.encode(batch, inputs) if h is None else h
-        experts = self.experts(h) if self.q_y is not None else None
+        experts = None
+        if self.q_y is not None:
+            experts = self.experts(h, self.linear_inputs(batch, inputs) if linear else None)
         fused = None
         if mfn:
             steps = {m: self.steps(batch, m) for m in self.names}

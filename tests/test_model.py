@@ -447,3 +447,45 @@ def test_training_and_the_search_resolve_select_metric_auto_alike(label, likelih
     assert select_metric(config, mfm) == selection_metric(config, data) == expected
     named = config.override(["train.select_metric='nlpd'"])
     assert select_metric(named, mfm) == selection_metric(named, data) == "nlpd"
+
+
+def test_linear_experts_read_the_standardised_features_linearly_with_one_precision():
+    """``model.expert = "linear"``: eta_m is an affine map of the standardised features (of a sequence read by an
+    LSTM, their mean over the real steps) and Lambda_m one matrix for every sample, the form of a linear-Gaussian
+    modality's exact expert; the MLP experts stay the default."""
+    from pyro_mfm.nets import InformationExpert, LinearExpert, step_mean
+
+    data = small_data()
+    assert isinstance(build(data).guide.q_y["a"], InformationExpert)
+    mfm = build(data, expert="linear").eval()
+    guide, batch = mfm.guide, data["train"].batch(np.arange(20))
+    inputs = guide.inputs(batch)
+    with torch.no_grad():
+        experts = dict(zip(mfm.names, guide.features(batch).experts))
+        for m, x in (("a", inputs["a"]), ("b", inputs["b"]), ("s", step_mean(inputs["s"], guide.steps(batch, "s")))):
+            expert = guide.q_y[m]
+            assert isinstance(expert, LinearExpert) and expert.eta.in_features == x.shape[-1]
+            eta, precision = experts[m]
+            assert torch.allclose(eta, x @ expert.eta.weight.T + expert.eta.bias, atol=1e-6)
+            assert torch.equal(precision, precision[:1].expand_as(precision))  # the same for every sample
+            assert torch.linalg.eigvalsh(precision[0]).min() >= 0
+        # affine: eta(x1 + x2) = eta(x1) + eta(x2) - eta(0)
+        e = guide.q_y["a"]
+        x1, x2 = torch.randn(5, 3), torch.randn(5, 3)
+        zero = e(torch.zeros(5, 3))[0]
+        assert torch.allclose(e(x1 + x2)[0], e(x1)[0] + e(x2)[0] - zero, atol=1e-5)
+    # a sequence read by an MLP is read flattened over its steps
+    assert build(data, expert="linear", sequence_net="mlp").guide.q_y["s"].eta.in_features == 5 * 2
+
+
+def test_linear_experts_train_and_predict_any_subset_and_need_the_product_of_experts():
+    data = small_data()
+    mfm = build(data, expert="linear")
+    loss = Objective(mfm)(data["train"].batch(np.arange(32)))
+    loss.backward()
+    assert torch.isfinite(loss) and mfm.guide.q_y["b"].factor.grad.abs().sum() > 0
+    for obs in (["a"], ["s"], ["a", "b", "s"]):
+        pred = predict(mfm.eval(), data["test"], obs, num_samples=4)
+        assert np.isfinite(pred.point).all()
+    with pytest.raises(ConfigError, match="model.expert = 'linear'.*model.fusion = 'mfn'"):
+        Config().override(["model.expert='linear'", "model.fusion='mfn'"])

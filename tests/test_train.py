@@ -80,16 +80,20 @@ def test_checkpoint_reloads_and_corruption_is_detected(tmp_path):
 
 
 @pytest.mark.slow
-def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle():
+@pytest.mark.parametrize("expert", ["mlp", "linear"])
+def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle(expert):
     """3 modalities, 20% of modalities missing at random in training. For every observed subset on 2,000 held-out
     samples: label MSE and imputation MSE within 15% of the exact Bayes-optimal values, and 90% predictive
     intervals covering between 85% and 95% (the coverage estimate's standard error is sqrt(.9 * .1 / 2000) = 0.7%,
-    a relative MSE's about sqrt(2 / 2000) = 3%)."""
+    a relative MSE's about sqrt(2 / 2000) = 3%). With MLP experts of z_y, and with linear ones (``model.expert =
+    "linear"``), the form of these modalities' exact experts."""
     gen = LinearGaussianMFM.random({"a": 4, "b": 6, "c": 8}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
     data = gen.sample({"train": 4000, "valid": 1000}, missing=0.2, seed=1)
     test = gen.sample({"test": 2000}, missing=0.0, seed=1)["test"]
     cfg = Config().override(
-        SMALL + ["train.epochs=150", "train.patience=30", "train.select_metric='loss'", "model.alpha=0.0"]
+        SMALL
+        + ["train.epochs=150", "train.patience=30", "train.select_metric='loss'", "model.alpha=0.0"]
+        + [f"model.expert='{expert}'"]
     )
     mfm = fit(cfg, data).mfm
     y = test.labels[:, 0]

@@ -49,6 +49,23 @@ class InformationExpert(nn.Module):
         return eta, factor @ factor.transpose(-1, -2)
 
 
+class LinearExpert(nn.Module):
+    """x -> (eta, Lambda) in the form of a linear-Gaussian modality's exact expert: the information vector linear in
+    the modality's standardised features, eta = W x + b, and one precision Lambda = F F^T for every sample (a
+    modality x = A z_y + noise contributes eta = A^T S^-1 x and Lambda = A^T S^-1 A to the posterior of z_y)."""
+
+    def __init__(self, in_dim: int, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.eta = nn.Linear(in_dim, z_dim)
+        # Lambda = 0.09 I at the start: a weak expert, as an MLP expert's small initial outputs give
+        self.factor = nn.Parameter(0.3 * torch.eye(z_dim))
+
+    def forward(self, x):
+        precision = self.factor @ self.factor.T
+        return self.eta(x), precision.expand(x.shape[:-1] + precision.shape)
+
+
 def product_of_experts(etas, precisions, weights) -> dist.MultivariateNormal:
     """The normalised product of the prior N(0, I) and the experts, each expert's eta and Lambda multiplied by its
     weight: 1 (or True) where its modality is observed, 0 (False) where not, or a calibrated weight in between.
