@@ -106,7 +106,7 @@ def test_training_without_a_validation_split_selects_and_calibrates_on_the_held_
     plain = from_arrays({"a": np.asarray(data["train"].features["a"])}, np.asarray(data["train"].labels))
     single = fit(config, plain)
     assert single.held_out == {"samples": 38, "groups": 0, "fraction": 0.15}  # ceil(0.15 * 250)
-    assert "38 training samples (single samples; data.valid_fraction = 0.15)" in best_epoch_line(single)
+    assert "38 training samples (single samples: the data name no groups" in best_epoch_line(single)
     # valid_fraction = 0: the whole training split, no validation score, no calibration
     whole = fit(config.override(["data.valid_fraction=0"]), data)
     assert not any(k.startswith("valid_") for k in whole.history[-1]) and not whole.calibration

@@ -207,7 +207,11 @@ def _fit(
 
 def held_out_what(held_out: dict) -> str:
     """How :attr:`TrainResult.held_out`'s samples were drawn, for the console and the report."""
-    drawn = f"{held_out['groups']} whole groups" if held_out["groups"] else "single samples"
+    drawn = (
+        f"{held_out['groups']} whole groups"
+        if held_out["groups"]
+        else "single samples: the data name no groups, such as each sample's speaker or video, to hold out whole"
+    )
     return f"{drawn}; data.valid_fraction = {held_out['fraction']}"
 
 
