@@ -148,14 +148,18 @@ class LabelLikelihood(nn.Module):
     def distribution(self, f_y):
         return self.from_output(self.head(f_y))
 
-    def from_output(self, out):
-        """p(y | f_y) from the head's output ``head(f_y)``."""
+    def from_output(self, out, offset=None):
+        """p(y | f_y) from the head's output ``head(f_y)``; ``offset``: a log temperature added to
+        :attr:`log_temperature` per entry of ``out``'s leading dimensions (the observed modalities' share, see
+        :meth:`pyro_mfm.model.Model.label_distribution`)."""
+        t = self.log_temperature if offset is None else self.log_temperature + offset.unsqueeze(-1)
         if self.kind == "categorical":
-            return dist.Categorical(logits=out * (-self.log_temperature).exp())
+            return dist.Categorical(logits=out * (-t).exp())
         if self.kind == "bernoulli":
-            return dist.Bernoulli(logits=out * (-self.log_temperature).exp()).to_event(1)
+            return dist.Bernoulli(logits=out * (-t).exp()).to_event(1)
         loc = self.mean + self.std * out
-        scale = self.scale().expand_as(loc)
+        scale = self.scale() if offset is None else self.scale() * offset.unsqueeze(-1).exp()
+        scale = scale.expand_as(loc)
         base = dist.Normal(loc, scale) if self.kind == "normal" else dist.Laplace(loc, scale)
         return base.to_event(1)
 

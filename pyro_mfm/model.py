@@ -101,6 +101,11 @@ class Model(nn.Module):
                 dropout,
                 config.label_scale,
             )
+        # each modality's share of the label's log temperature where it is observed: the label's spread for a sample
+        # observing S is the calibrated one times exp(sum over m in S of this), fitted on held-out data after
+        # training (pyro_mfm.infer.calibrate), so that a subset of weak modalities can be wider than one with a
+        # strong modality; 0 (no change) in training
+        self.register_buffer("label_observed_log_temperature", torch.zeros(len(self.names)))
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 
     def factor(self, site: str, z):
@@ -164,19 +169,23 @@ class Model(nn.Module):
                 f[s] = self.factor(s, latents[s])
         return self.F[m](self.read(site, f))
 
-    def label_distribution(self, latents, block: int | None = None):
+    def label_distribution(self, latents, block: int | None = None, observed=None):
         """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in ``reads["y"]``. ``block``: run the
         networks on at most this many entries of the codes' first dimension (the draws) at a time, so that their
-        activations stay in cache; the same values."""
+        activations stay in cache; the same values. ``observed``: masks ``(..., N, M)`` of the modalities each sample
+        observes (aligned with the codes' dimensions after the first), whose calibrated shares of the label's log
+        temperature (:attr:`label_observed_log_temperature`) then apply; ``None``: none apply (training)."""
         if not isinstance(latents, dict):
             latents = {"z_y": latents}
         latents = {s: latents[s] for s in self.reads["y"]}
         n = next(iter(latents.values())).shape[0]
         head = lambda lat: self.D.head(self.read("y", {s: self.factor(s, z) for s, z in lat.items()}))  # noqa: E731
+        shares = self.label_observed_log_temperature
+        offset = None if observed is None else observed.to(shares.dtype) @ shares
         if block is None or block >= n:
-            return self.D.from_output(head(latents))
+            return self.D.from_output(head(latents), offset)
         blocks = [head({s: z[k : k + block] for s, z in latents.items()}) for k in range(0, n, block)]
-        return self.D.from_output(torch.cat(blocks))
+        return self.D.from_output(torch.cat(blocks), offset)
 
 
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its
@@ -239,6 +248,9 @@ def upgrade_state_dict(state: dict) -> dict:
     if "guide.expert_log_temperature" in state and "guide.expert_redundancy" not in state:
         m = state["guide.expert_log_temperature"].shape[0]
         state["guide.expert_redundancy"] = torch.zeros(m, m)
+    if "model.label_observed_log_temperature" not in state:  # written before the label's shares per modality
+        m = sum(1 for k in state if k.startswith("guide.x_in.") and k.endswith(".mean"))
+        state["model.label_observed_log_temperature"] = torch.zeros(m)
     return state
 
 
@@ -300,10 +312,14 @@ class MFM(nn.Module):
         """The guide's mean codes ``{"z_y": ..., "z_a_<m>": ...}`` (one pass, no sampling)."""
         return self.guide.codes(batch)
 
-    def label_distribution(self, latents, block: int | None = None):
+    def label_distribution(self, latents, block: int | None = None, observed=None):
         """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in :attr:`label_sites`
         (:meth:`Model.label_distribution`)."""
-        return self.model.label_distribution(latents, block)
+        return self.model.label_distribution(latents, block, observed)
+
+    def observed(self, batch: Batch):
+        """``(N, M)`` masks of the modalities each sample of ``batch`` observes (for :meth:`label_distribution`)."""
+        return torch.stack([batch.present[m] for m in self.names], -1)
 
     @property
     def label_sites(self) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
-from pyro_mfm.infer import fit
+from pyro_mfm.infer import fit, predict
 from pyro_mfm.infer.calibrate import calibrate, calibration_subsets
 from pyro_mfm.infer.checkpoint import load_model
 from pyro_mfm.model import MFM, SINGLE, _random_subset
@@ -165,6 +165,31 @@ def test_label_only_calibration_keeps_point_predictions():
     after = mfm.label_distribution(mfm.posterior_z_y(batch).mean).mean
     assert torch.allclose(before, after)
     assert cal["nlpd_after"] <= cal["nlpd_before"]
+    # each modality's share of the label's log temperature where it is observed, fitted with it
+    shares = mfm.model.label_observed_log_temperature
+    assert list(cal["label_observed_log_temperature"]) == ["a", "b"] and shares.abs().sum() > 0
+    assert torch.equal(shares, torch.tensor(list(cal["label_observed_log_temperature"].values())))
+    # they set the label's scale of a sample by what it observes, and move no point prediction
+    z = mfm.posterior_z_y(batch).mean
+    scale = lambda observed: mfm.label_distribution(z, observed=observed).base_dist.scale  # noqa: E731
+    only_b = torch.tensor([[False, True]]).expand(50, 2)
+    base = mfm.label_distribution(z).base_dist.scale
+    assert torch.allclose(scale(only_b), base * shares[1].exp()) and torch.allclose(
+        scale(~only_b), base * shares[0].exp()
+    )
+    assert torch.allclose(scale(torch.ones(50, 2, dtype=torch.bool)), base * shares.sum().exp())
+    mfm.model.label_observed_log_temperature = torch.tensor([0.0, 1.0])
+    wide = predict(mfm, data["test"], ["b"], num_samples=20, seed=0)
+    mfm.model.label_observed_log_temperature = torch.zeros(2)
+    plain = predict(mfm, data["test"], ["b"], num_samples=20, seed=0)
+    assert np.array_equal(wide.point, plain.point)
+    assert ((wide.upper - wide.lower) > (plain.upper - plain.lower)).all()
+    # the experts' calibration ("all") sets the shares to 0; a checkpoint written before them loads with none
+    mfm.model.label_observed_log_temperature = torch.tensor([0.3, -0.2])
+    calibrate(mfm, data["valid"], experts=True)
+    assert (mfm.model.label_observed_log_temperature == 0).all()
+    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "model.label_observed_log_temperature"})
+    assert (mfm.model.label_observed_log_temperature == 0).all()
 
 
 def test_calibration_subsets_cover_singles_and_all_when_there_are_many():
@@ -220,3 +245,20 @@ def test_calibration_stays_within_its_bounds_and_steps_around_points_it_cannot_f
     result = calibrate(mfm, sharp)
     assert result["nlpd_after"] < result["nlpd_before"]
     assert all(t <= 0.5 for t in result["expert_log_temperature"].values())
+
+
+def test_class_labels_keep_one_temperature_for_every_subset():
+    """The modalities' shares of the label's log temperature are fitted for regression labels only (on UCI's classes
+    they moved ECE both ways); a class label's calibration leaves them at 0."""
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=4)
+    data = gen.sample({"train": 200, "valid": 100}, seed=4)
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
+        }
+    )
+    mfm = fit(cfg, data).mfm
+    cal = calibrate(mfm, data["valid"], experts=False)
+    assert cal["label_observed_log_temperature"] == {"a": 0.0, "b": 0.0}
+    assert (mfm.model.label_observed_log_temperature == 0).all() and cal["label_log_temperature"][0] != 0

@@ -211,6 +211,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             batch = batch.observe_only(observed).without_labels()
             features, start = _rows(encoded, start, len(batch))
             block = draw_block(len(batch), num_samples, device)
+            observed_here = mfm.observed(batch)  # the label's calibrated spread for what each sample observes
             if mfm.shared:
                 q_z_y = mfm.posterior_z_y(batch, features)
                 z_mean = q_z_y.mean
@@ -219,10 +220,10 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
                     if mfm.guide.deterministic
                     else q_z_y.sample((num_samples,))
                 )  # the guide's Delta code, or draws of q(z_y | x_obs)
-                p_y = mfm.label_distribution(z_y, block)
+                p_y = mfm.label_distribution(z_y, block, observed_here)
             else:  # the label reads every z_a,m
                 z = guide_draws(mfm, batch, num_samples)
-                p_y, z_mean = mfm.label_distribution(z, block), mfm.representation(batch)
+                p_y, z_mean = mfm.label_distribution(z, block, observed_here), mfm.representation(batch)
             points.append(_finite(mfm.D.point(p_y).mean(0), f"{dataset._where()}: the predictive of the label").cpu())
             if regression:
                 lo, hi = mixture_quantiles(p_y, q)
