@@ -335,7 +335,8 @@ class TrainConfig(_Table):
             cost about a tenth of a step on small networks); ``"always"`` on every step.
         calibrate: after training, fit on the validation split (:mod:`pyro_mfm.infer.calibrate`) ``"all"``: how
             much precision each modality's expert of z_y may claim and the label likelihood's spread; ``"label"``:
-            the label's spread only (point predictions unchanged); ``"none"``. Stored in ``best.pt`` and written to
+            the label's spread only, for a regression label with each observed modality's share of it (point
+            predictions unchanged); ``"none"``. Stored in ``best.pt`` and written to
             ``calibration.json``.
     """
 
