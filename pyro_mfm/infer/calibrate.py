@@ -188,9 +188,10 @@ def calibrate(
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
     Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
-    [...], "nlpd_before": ..., "nlpd_after": ...}`` (mean negative log predictive density per labelled sample and
-    subset, on ``ds``). ``experts = False`` fits the label's factor alone (the experts keep t = 0 and r = 0). Does
-    nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
+    [...], "label_observed_log_temperature": {m: s_m}, "nlpd_before": ..., "nlpd_after": ...}`` (mean negative log
+    predictive density per labelled sample and subset, on ``ds``). ``experts = False`` fits the label's factor alone
+    (the experts keep t = 0 and r = 0), with the modalities' shares s_m of it for a regression label and two or more
+    modalities (else 0). Does nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
