@@ -242,7 +242,7 @@ class Guide(nn.Module):
                 loc, raw = features.fused.chunk(2, dim=-1)
                 raw = nn.functional.softplus(raw) + 1e-4
             return dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(raw))
-        weights = self.expert_weights(torch.stack([batch.present[m] for m in self.names], -1))
+        weights = self.expert_weights(batch.present_masks(self.names))
         experts = list(features.experts)
         if self.y_in is not None and batch.y is not None:
             experts.append(self.q_label(self.y_in(batch.y)))

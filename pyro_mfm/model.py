@@ -203,7 +203,7 @@ def _random_subset(batch: Batch, single: float | None = None) -> Batch:
     observed. The members are then drawn uniformly. With two modalities observed, ``single = 0.5`` is the uniform
     rule, draw for draw."""
     names = list(batch.present)
-    present = torch.stack([batch.present[m] for m in names], -1)
+    present = batch.present_masks(names)
     count = present.sum(-1, keepdim=True)
     u = torch.rand(count.shape, device=present.device)
     if single is None:
@@ -316,10 +316,6 @@ class MFM(nn.Module):
         """p(y | D(.)) for given codes: a tensor of z_y, or a dict of the sites in :attr:`label_sites`
         (:meth:`Model.label_distribution`)."""
         return self.model.label_distribution(latents, block, observed)
-
-    def observed(self, batch: Batch):
-        """``(N, M)`` masks of the modalities each sample of ``batch`` observes (for :meth:`label_distribution`)."""
-        return torch.stack([batch.present[m] for m in self.names], -1)
 
     @property
     def label_sites(self) -> list[str]:

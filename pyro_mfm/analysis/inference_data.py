@@ -62,7 +62,7 @@ def _draw_chain(
             batch = batch.observe_only(observed)
             z_y = posterior(batch if given_labels else batch.without_labels())["z_y"]
             # the label's calibrated spread for the observed modalities where z_y is inferred from them alone
-            p_y = mfm.label_distribution(z_y, observed=None if given_labels else mfm.observed(batch))
+            p_y = mfm.label_distribution(z_y, observed=None if given_labels else batch.present_masks(mfm.names))
             for key, value in (
                 ("z_y", z_y),
                 ("y_point", _point(p_y)),

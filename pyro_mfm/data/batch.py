@@ -58,3 +58,8 @@ class Batch:
 
     def without_labels(self) -> Batch:
         return replace(self, y=None, y_present=None)
+
+    def present_masks(self, names=None) -> torch.Tensor:
+        """``(N, M)`` bool masks of which modalities each sample observes, in the order of ``names`` (default: the
+        batch's own)."""
+        return torch.stack([self.present[m] for m in (self.present if names is None else names)], -1)

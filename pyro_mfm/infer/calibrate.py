@@ -105,9 +105,7 @@ class HeldOutNLPD:
         self.fixed = {}  # without a product of experts the codes do not depend on what is fitted: computed once
         if self.poe:  # per batch: which modality each subset observes for each sample, (S, M, N)
             member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=self.device)
-            self.observed = [
-                member[:, :, None] & torch.stack([b.present[m] for m in mfm.names])[None] for b, _, _, _ in parts
-            ]
+            self.observed = [member[:, :, None] & b.present_masks(mfm.names).T[None] for b, _, _, _ in parts]
             # subsets per step: tensors that fit in cache
             self.chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))
 
@@ -136,7 +134,7 @@ class HeldOutNLPD:
                     count += int(keep.sum()) * lp.shape[0]
             else:
                 for obs in self.subsets:
-                    observed = None if shares is None else self.mfm.observed(batch.observe_only(obs))
+                    observed = None if shares is None else batch.observe_only(obs).present_masks(self.mfm.names)
                     lp = self.log_predictive(self.codes(i, batch, obs, eps), y, observed)
                     total = total - lp[keep].sum()
                     count += int(keep.sum())

@@ -39,7 +39,7 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator, rows=
     if rate <= 0:
         return batch
     names = list(batch.present)
-    present = torch.stack([batch.present[m] for m in names], -1)
+    present = batch.present_masks(names)
     draws = torch.rand(present.shape if rows is None else (total, len(names)), generator=generator)
     drop = (draws if rows is None else draws[rows]).to(present.device) < rate
     kept = present & ~drop

@@ -211,7 +211,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             batch = batch.observe_only(observed).without_labels()
             features, start = _rows(encoded, start, len(batch))
             block = draw_block(len(batch), num_samples, device)
-            observed_here = mfm.observed(batch)  # the label's calibrated spread for what each sample observes
+            observed_here = batch.present_masks(mfm.names)  # the label's calibrated spread for what each observes
             if mfm.shared:
                 q_z_y = mfm.posterior_z_y(batch, features)
                 z_mean = q_z_y.mean
