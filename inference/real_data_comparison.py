@@ -146,9 +146,13 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bo
             if pred.kind == "categorical":  # the same draws for every seed: the seeds share the test labels
                 per[obs]["ece_draws"] = calibrated_ece_draws(pred.point[keep])
         out.append(per)
+        a = result.averaged
+        average = f", mean of epochs {a['from_epoch']}-{a['from_epoch'] + a['epochs'] - 1} " if a else ""
+        average += ("kept" if a["kept"] else "not kept") if a else ""
         print(
             f"  seed {seed}: trained and evaluated in {time.time() - start:.0f} s (best epoch "
-            f"{result.best.get('epoch', -1) + 1}, calibration {result.calibration.get('nlpd_before', float('nan')):.4f}"
+            f"{result.best.get('epoch', -1) + 1}{average}, calibration "
+            f"{result.calibration.get('nlpd_before', float('nan')):.4f}"
             f" -> {result.calibration.get('nlpd_after', float('nan')):.4f})",
             file=sys.stderr,
             flush=True,

@@ -338,6 +338,14 @@ class TrainConfig(_Table):
             the label's spread only, for a regression label with each observed modality's share of it (point
             predictions unchanged); ``"none"``. Stored in ``best.pt`` and written to
             ``calibration.json``.
+        average_weights: stochastic weight averaging over the patience window (Izmailov et al., UAI 2018): keep
+            the mean of the weights at the end of the best epoch and of every epoch trained after it, where that
+            mean scores on the validation split at least as well as the median of those epochs (else the best
+            epoch's weights), so that the kept weights are not one noisy point of the trajectory. (The best epoch's
+            own score is the best of those noisy scores, and so flatters it.) The epochs that early
+            stopping trains past the best are what it averages: no training is added. On the library's defaults it
+            took UCI's mean over the 63 subsets from +0.50 to +0.87 points above the logistic regressions (README,
+            "Quality on real data").
     """
 
     epochs: int = setting(100, ge=1, le=1_000_000)
@@ -360,6 +368,7 @@ class TrainConfig(_Table):
     on_divergence: Literal["stop", "skip"] = "stop"
     validate: Literal["first", "always"] = "first"
     calibrate: Literal["all", "label", "none"] = "label"
+    average_weights: bool = True
 
 
 @dataclass

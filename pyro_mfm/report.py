@@ -19,7 +19,7 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
-from .infer.train import held_out_what
+from .infer.train import averaged_what, held_out_what
 from .model import MFM
 from .outputs import atomic_write, write_json
 
@@ -167,7 +167,9 @@ def best_epoch_line(result) -> str:
     if not best or best.get("epoch", -1) < 0:
         return "No epoch was selected (no validation score after the KL warm-up)." + where
     scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
-    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{where}"
+    averaged = averaged_what(getattr(result, "averaged", {}))
+    averaged = " " + averaged if averaged else ""
+    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{averaged}{where}"
 
 
 def _baseline_lines(data: MultimodalData, baselines: dict) -> list[str]:
@@ -253,6 +255,7 @@ def write_report(
         "attribution": data.schema.attribution,
         "test_samples": len(test),
         "best": result.best,
+        "averaged": result.averaged,
         "train_seconds": t_train,
         "total_seconds": time.time() - t0,
         "subsets": records,

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data.sources import load_data
     from ..infer.faults import DivergenceError
-    from ..infer.train import fit
+    from ..infer.train import averaged_what, fit
     from ..outputs import check_output_dir
 
     config = config_from_args(args)
@@ -82,6 +82,7 @@ def run(args) -> int:
             f"best epoch {result.best['epoch'] + 1}: "
             + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
             + f"; checkpoint in {args.out}"
+            + (f"\n{averaged_what(result.averaged)}" if result.averaged else "")
         )
     return 0
 

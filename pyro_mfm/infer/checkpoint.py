@@ -190,9 +190,12 @@ def save_run(
             old.unlink(missing_ok=True)
 
 
-def update_weights(path, mfm: MFM) -> None:
-    """Replace the weights (and buffers) stored in checkpoint ``path`` by ``mfm``'s, keeping everything else."""
+def update_weights(path, mfm: MFM, keep_as: str | None = None) -> None:
+    """Replace the weights (and buffers) stored in checkpoint ``path`` by ``mfm``'s, keeping everything else; with
+    ``keep_as``, the weights they replace stay in the payload under that key (unless it holds some already)."""
     payload = read_checkpoint(path)
+    if keep_as is not None:
+        payload.setdefault(keep_as, payload["model"])
     payload["model"] = mfm.state_dict()
     buf = _serialise(payload)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))

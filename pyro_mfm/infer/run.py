@@ -25,6 +25,7 @@ from .loop import (
     ModelSelection,
     Progress,
     RandomState,
+    WeightAverage,
     select_metric,
     selection_key,
 )
@@ -71,12 +72,13 @@ class Run:
         self.selection = ModelSelection(metric, tc.patience, selection_key(metric, config))
         self.rng = RandomState(tc.seed, group)
         self.warmup = KLWarmup(tc.kl_warmup)
+        self.average = WeightAverage(mfm, tc.average_weights and has_valid)
         self.ckpt = Checkpointer(out_dir, group, mfm, config, stats, self.state_dict, tc.keep_last)
         self.guard = DivergenceGuard(tc.on_divergence, mfm, optimizer, self.ckpt.save_position, self.ckpt.out_dir)
 
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict()}
-        for part in (self.rng, self.progress, self.selection, self.ckpt):
+        for part in (self.rng, self.progress, self.selection, self.average, self.ckpt):
             state.update(part.state_dict())
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -84,7 +86,7 @@ class Run:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(split_decay_state(state["optimizer"], self.optimizer, self.mfm))
-        for part in (self.rng, self.progress, self.selection, self.ckpt):
+        for part in (self.rng, self.progress, self.selection, self.average, self.ckpt):
             part.load_state_dict(state)
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])

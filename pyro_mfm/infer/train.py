@@ -59,6 +59,12 @@ class TrainResult:
     """Where the data had no validation split: ``{"samples": n, "groups": g, "fraction": f}``, the validation split
     held out of the training split (``data.valid_fraction``; ``g`` whole groups, 0 where single samples were
     drawn); empty otherwise."""
+    averaged: dict = field(default_factory=dict)
+    """The mean of the weights over the patience window (``train.average_weights``): ``{"epochs": n, "from_epoch":
+    e, "score": s, "best_score": b, "median_score": m, "kept": k}``, the n epochs from the best, e (1-based), on,
+    the mean's validation score s, the best epoch's b and the window's median m, and whether the mean was kept (the
+    returned model and ``best.pt``); empty where there was nothing to average (an interrupted run, no validation
+    split, the best epoch the last)."""
 
 
 def fit(
@@ -188,9 +194,11 @@ def _fit(
                 break
             if run.selection.should_stop:
                 break
-    # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch
+    # an interrupted run returns the model as it stands (matching last.pt); a finished one, its best epoch, or the
+    # mean of the weights from there on where that scores at least as well
     if not result.interrupted:
         _load_best(run)
+        result.averaged = _keep_average(run)
     result.history, result.best, result.skipped = run.selection.history, run.selection.best, run.guard.reports
     run.mfm.eval()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
@@ -213,6 +221,21 @@ def held_out_what(held_out: dict) -> str:
         else "single samples: the data name no groups, such as each sample's speaker or video, to hold out whole"
     )
     return f"{drawn}; data.valid_fraction = {held_out['fraction']}"
+
+
+def averaged_what(averaged: dict) -> str:
+    """One sentence on :attr:`TrainResult.averaged`, for the console and the report (empty where nothing was
+    averaged)."""
+    if not averaged:
+        return ""
+    last = averaged["from_epoch"] + averaged["epochs"] - 1
+    scores = (
+        f"validation score {averaged['score']:.4g} against the best epoch's {averaged['best_score']:.4g} and the "
+        f"median epoch's {averaged['median_score']:.4g}"
+    )
+    if averaged["kept"]:
+        return f"The model is the mean of the weights of epochs {averaged['from_epoch']}-{last} ({scores})."
+    return f"The mean of the weights of epochs {averaged['from_epoch']}-{last} was not kept ({scores})."
 
 
 def _stop_requested(run: Run, stop: StopRequested) -> bool:
@@ -295,6 +318,7 @@ def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
         record.update({f"valid_{k}": v for k, v in distributed.broadcast(scores, group).items()})
     scored = run.warmup.complete(epoch)
     improved = selection.update(record, scored=scored)
+    run.average.update(improved, scored)
     if group.main:
         log.epoch(record, run.mfm, run.optimizer, log_batch)
         if on_epoch is not None:
@@ -313,6 +337,54 @@ def _end_epoch(run: Run, log: TrainingLog, log_batch, on_epoch) -> None:
             + (" *" if improved else "")
         )
     run.ckpt.end_epoch(epoch, improved, selection.history)
+
+
+def _keep_average(run: Run) -> dict:
+    """With the best epoch's weights loaded: score the mean of the weights over the patience window
+    (:class:`~pyro_mfm.infer.loop.WeightAverage`) on the validation split, and keep it (in the model and in
+    ``best.pt``) where it scores at least as well as the median epoch of that window; the record of
+    :attr:`TrainResult.averaged`."""
+    average, selection, group = run.average, run.selection, run.group
+    if average.count < 2:  # nothing trained past the best, or no averaging
+        return {}
+    best = [p.detach().clone() for p in run.mfm.parameters()]
+    with torch.no_grad():
+        for p, a in zip(run.mfm.parameters(), average.parameters()):
+            p.copy_(a)
+    scores = (
+        validation_score(run.mfm, run.data, run.config, selection.metric, run.objective, run.warmup.beta)
+        if group.main
+        else None
+    )
+    score = float(distributed.broadcast(scores, group)[selection.key.removeprefix("valid_")])
+    best_score = selection.best[selection.name]
+    # the best epoch's score is the best of the window's noisy scores, and so flatters it: the mean of the weights
+    # is kept where it scores at least as well as the window's typical epoch (its median score)
+    window = [selection.score(r) for r in selection.history if r["epoch"] >= selection.best["epoch"]]
+    median = float(np.median(window))
+    kept = bool(score >= median if selection.higher else score <= median)
+    if kept:
+        run.ckpt.replace_best()
+    else:
+        with torch.no_grad():
+            for p, b in zip(run.mfm.parameters(), best):
+                p.copy_(b)
+    record = {
+        "epochs": average.count,
+        "from_epoch": selection.best["epoch"] + 1,
+        "score": score,
+        "best_score": best_score,
+        "median_score": median,
+        "kept": kept,
+    }
+    run.ckpt.log_event({"event": "average_weights", **record}, selection.history)
+    if group.main and run.config.train.progress:
+        tqdm.write(
+            f"mean of the weights of epochs {record['from_epoch']}-{record['from_epoch'] + average.count - 1}: "
+            f"{selection.key.replace('_', ' ', 1)} {score:.4f} (best epoch {best_score:.4f}, median epoch "
+            f"{median:.4f}); " + ("kept" if kept else "not kept: the best epoch's weights stay")
+        )
+    return record
 
 
 def _load_best(run: Run) -> None:
