@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from test_reliability import TINY  # the same tiny networks
 
 from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM
@@ -17,24 +18,13 @@ from pyro_mfm.infer import train as train_module
 from pyro_mfm.infer.checkpoint import read_checkpoint
 from pyro_mfm.infer.loop import WeightAverage
 
-SMALL = [
-    "train.progress=False",
-    "model.z_y_dim=2",
-    "model.z_a_dim=2",
-    "model.hidden=16",
-    "model.f_y_dim=8",
-    "model.f_a_dim=4",
-    "train.batch_size=32",
-    "train.valid_samples=2",
-    "train.kl_warmup=0",
-    "train.calibrate=none",
-    "train.keep_last=100",
-]
+SMALL = TINY + ["train.batch_size=32", "train.kl_warmup=0", "train.calibrate=none", "train.keep_last=100"]
 
 
 def data():
-    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=0)
-    return gen.sample({"train": 96, "valid": 32, "test": 16}, missing=0.2, seed=0)
+    return LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=0).sample(
+        {"train": 96, "valid": 32}, missing=0.2, seed=0
+    )
 
 
 def params(state: dict, mfm) -> dict:
