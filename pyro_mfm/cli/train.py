@@ -82,7 +82,8 @@ def run(args) -> int:
             f"best epoch {result.best['epoch'] + 1}: "
             + ", ".join(f"{k} {v:.4g}" for k, v in result.best.items() if k != "epoch")
             + f"; checkpoint in {args.out}"
-            + (f"\n{averaged_what(result.averaged)}" if result.averaged else "")
+            # the training's progress lines already said it
+            + (f"\n{averaged_what(result.averaged)}" if result.averaged and not config.train.progress else "")
         )
     return 0
 

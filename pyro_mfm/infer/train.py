@@ -379,11 +379,7 @@ def _keep_average(run: Run) -> dict:
     }
     run.ckpt.log_event({"event": "average_weights", **record}, selection.history)
     if group.main and run.config.train.progress:
-        tqdm.write(
-            f"mean of the weights of epochs {record['from_epoch']}-{record['from_epoch'] + average.count - 1}: "
-            f"{selection.key.replace('_', ' ', 1)} {score:.4f} (best epoch {best_score:.4f}, median epoch "
-            f"{median:.4f}); " + ("kept" if kept else "not kept: the best epoch's weights stay")
-        )
+        tqdm.write(averaged_what(record))
     return record
 
 
