@@ -7,9 +7,18 @@ way on every machine; ``HYPOTHESIS_PROFILE=explore`` draws new random examples e
 import os
 from pathlib import Path
 
-import pytest
-import torch
-from hypothesis import settings
+# One thread per test process for the BLAS and OpenMP pools of numpy, scipy and scikit-learn too, in this process
+# (threadpool_limits, below) and in the processes the tests start (notebook kernels, CLI runs), which read these
+# variables as they load. With two test processes on two cores, each library's default of one thread per core put
+# four or more busy threads on two cores: the UCI comparison's 252 logistic regressions took 94 s alone and 153 s
+# beside another test process, against 22 s on one thread.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 settings.register_profile("default", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
@@ -34,5 +43,6 @@ def one_thread():
     2-core machine (several threads on small networks are slower there, not faster)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(n)
