@@ -175,17 +175,26 @@ class Model(nn.Module):
         activations stay in cache; the same values. ``observed``: masks ``(..., N, M)`` of the modalities each sample
         observes (aligned with the codes' dimensions after the first), whose calibrated shares of the label's log
         temperature (:attr:`label_observed_log_temperature`) then apply; ``None``: none apply (training)."""
+        return self.label_from_output(self.label_output(latents, block), observed)
+
+    def label_output(self, latents, block: int | None = None) -> torch.Tensor:
+        """The label head's output D.head(f_y) for given codes (as :meth:`label_distribution`): what the label's
+        temperatures act on (:meth:`label_from_output`)."""
         if not isinstance(latents, dict):
             latents = {"z_y": latents}
         latents = {s: latents[s] for s in self.reads["y"]}
         n = next(iter(latents.values())).shape[0]
         head = lambda lat: self.D.head(self.read("y", {s: self.factor(s, z) for s, z in lat.items()}))  # noqa: E731
+        if block is None or block >= n:
+            return head(latents)
+        return torch.cat([head({s: z[k : k + block] for s, z in latents.items()}) for k in range(0, n, block)])
+
+    def label_from_output(self, out: torch.Tensor, observed=None):
+        """p(y | D(.)) from the head's output :meth:`label_output`, with the label's log temperature and, given
+        ``observed`` (as :meth:`label_distribution`), the observed modalities' shares of it."""
         shares = self.label_observed_log_temperature
         offset = None if observed is None else observed.to(shares.dtype) @ shares
-        if block is None or block >= n:
-            return self.D.from_output(head(latents), offset)
-        blocks = [head({s: z[k : k + block] for s, z in latents.items()}) for k in range(0, n, block)]
-        return self.D.from_output(torch.cat(blocks), offset)
+        return self.D.from_output(out, offset)
 
 
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its

@@ -262,3 +262,42 @@ def test_class_labels_keep_one_temperature_for_every_subset():
     cal = calibrate(mfm, data["valid"], experts=False)
     assert cal["label_observed_log_temperature"] == {"a": 0.0, "b": 0.0}
     assert (mfm.model.label_observed_log_temperature == 0).all() and cal["label_log_temperature"][0] != 0
+
+
+@pytest.mark.parametrize("label,fusion", [("regression", "poe"), ("categorical", "poe"), ("regression", "mfn")])
+def test_the_label_only_objective_from_cached_outputs_equals_drawing_anew(label, fusion):
+    """With the experts' values at 0 the draws of z_y are fixed, so the label-only calibration computes the label
+    head's outputs once and only rescales them: at any label factor and shares, and any number of the draws, the
+    same objective as drawing through the product of experts (or the fusion network's posterior) at each
+    evaluation."""
+    from pyro_mfm.infer.calibrate import HeldOutNLPD, _encoded
+
+    if fusion == "mfn":  # the MFN reads sequences of one length
+        gen = LinearGaussianMFM.random({"a": (5, 3), "b": (5, 2)}, z_y_dim=2, label=label, seed=0)
+        data = gen.sample({"train": 120}, missing=0.3, seed=0)
+    else:
+        data = small_data(label=label, n=120)
+    mfm = MFM(data.schema, small_config(fusion=fusion), feature_statistics(data["train"])).eval()
+    parts = _encoded(mfm, data["train"], 64, torch.device("cpu"))  # two batches
+    subsets = calibration_subsets(mfm.names)
+    cached = HeldOutNLPD(mfm, parts, subsets, 24, seed=1, cache=True)
+    anew = HeldOutNLPD(mfm, parts, subsets, 24, seed=1, cache=False)
+    m, k = len(mfm.names), mfm.D.log_temperature.numel()
+    t, r = torch.zeros(m), torch.zeros(m, m)
+    for t_y, shares in ((torch.zeros(k), torch.zeros(m)), (torch.full((k,), 0.4), torch.linspace(-0.3, 0.5, m))):
+        for draws in (6, 24):
+            cached.draws = anew.draws = draws
+            with torch.no_grad():
+                a, b = cached(t, r, t_y, shares), anew(t, r, t_y, shares)
+            assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-5), (label, fusion, draws, a, b)
+
+
+def test_label_draws_keep_the_cached_outputs_within_their_budget():
+    """The label-only fit takes as many draws as the budget of cached outputs allows, from 16 up to 256; where even
+    16 would not fit, :func:`calibrate` draws anew at each evaluation instead of caching."""
+    from pyro_mfm.infer.calibrate import EXPERT_DRAWS, LABEL_DRAWS, OUTPUT_BUDGET, label_draws
+
+    assert label_draws(7 * 1000 * 1) == LABEL_DRAWS  # three modalities, 1,000 held-out samples, one output
+    uci = 63 * 200 * 10  # 63 subsets, 200 held-out digits, 10 classes
+    assert EXPERT_DRAWS < label_draws(uci) < LABEL_DRAWS and label_draws(uci) * uci <= OUTPUT_BUDGET
+    assert label_draws(63 * 100_000 * 10) == EXPERT_DRAWS
