@@ -57,8 +57,9 @@ LOG_TEMPERATURE_BOUND = 10.0
 # Var[p(y | z)] / (2 K p(y | x_S)^2) (Jensen's inequality), most where q(z_y | x_S) is wide beside the label's own
 # spread (weak subsets), and a wider label lessens that bias: so the fit widens the label until it suits a mixture
 # of K draws, wider than the one of evaluate.num_samples (100) that prediction reports. On the linear-Gaussian oracle
-# (tests/test_train.py), 16 draws gave the label a log factor of +0.30 and 90% intervals covering 0.93-0.95 on
-# the subsets of the weakest modality; 256 gave -0.05 to -0.25 and 0.89-0.92. With the experts fitted too
+# (tests/test_train.py's data), 16 draws gave the label a log factor of +0.30 to +0.32 and 90% intervals covering
+# up to 0.93-0.95 where the weakest modality was observed; 256 gave -0.04 to -0.25 and 0.885-0.923 on every subset
+# (README, "The calibration's draws"). With the experts fitted too
 # (``"all"``) each evaluation draws anew through the product of experts, and 16 stay; with the label's factor alone
 # the draws are fixed, the head's outputs are computed once and each evaluation rescales them, so that many draws
 # cost little more than a pass of evaluation.
