@@ -290,6 +290,8 @@ def test_the_label_only_objective_from_cached_outputs_equals_drawing_anew(label,
             with torch.no_grad():
                 a, b = cached(t, r, t_y, shares), anew(t, r, t_y, shares)
             assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-5), (label, fusion, draws, a, b)
+    with pytest.raises(ValueError, match="alone"):  # its draws are those of experts at t = 0 and r = 0
+        cached(torch.full((m,), 0.5), r, torch.zeros(k), torch.zeros(m))
 
 
 def test_label_draws_keep_the_cached_outputs_within_their_budget():

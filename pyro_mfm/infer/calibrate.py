@@ -146,6 +146,8 @@ class HeldOutNLPD:
             self.mfm.model.label_observed_log_temperature = shares
         total, count = 0.0, 0
         if self.cache:
+            if bool(t.any()) or bool(r.any()):  # the cached draws are those of t = 0 and r = 0
+                raise ValueError("HeldOutNLPD(cache=True) fits the label's factor alone: experts' t and r must be 0")
             for out, y, keep, observed in self.outputs():
                 d = self.mfm.model.label_from_output(out[: self.draws], None if shares is None else observed)
                 lp = d.log_prob(y)
