@@ -290,7 +290,7 @@ def test_the_label_only_objective_from_cached_outputs_equals_drawing_anew(label,
             with torch.no_grad():
                 a, b = cached(t, r, t_y, shares), anew(t, r, t_y, shares)
             assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-5), (label, fusion, draws, a, b)
-    with pytest.raises(ValueError, match="alone"):  # its draws are those of experts at t = 0 and r = 0
+    with pytest.raises(ValueError, match="fixed ones"):  # its draws are those of experts at t = 0 and r = 0
         cached(torch.full((m,), 0.5), r, torch.zeros(k), torch.zeros(m))
 
 
@@ -303,3 +303,37 @@ def test_label_draws_keep_the_cached_outputs_within_their_budget():
     uci = 63 * 200 * 10  # 63 subsets, 200 held-out digits, 10 classes
     assert EXPERT_DRAWS < label_draws(uci) < LABEL_DRAWS and label_draws(uci) * uci <= OUTPUT_BUDGET
     assert label_draws(63 * 100_000 * 10) == EXPERT_DRAWS
+
+
+def test_with_the_experts_the_label_factor_is_fitted_again_with_many_draws():
+    """``calibrate = "all"`` fits the experts' values with 16 draws drawn anew at each evaluation, then the label's
+    factor again at those values with a label-only fit's draws (cached: the experts are fixed by then), from which the
+    16 draws' bias (README, "The calibration's draws") is gone: the label's factor minimises that objective."""
+    from pyro_mfm.infer.calibrate import EXPERT_DRAWS, HeldOutNLPD, _encoded
+
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)
+    data = gen.sample({"train": 300, "valid": 200}, missing=0.2, seed=3)
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False, "calibrate": "none"},
+        }
+    )
+    mfm = fit(cfg, data).mfm
+    cal = calibrate(mfm, data["valid"], experts=True)
+    refit = cal["label_refit"]
+    assert refit["draws"] > EXPERT_DRAWS and refit["nlpd_after"] <= refit["nlpd_before"]
+    t, r, t_y = mfm.expert_log_temperature.clone(), mfm.expert_redundancy.clone(), mfm.D.log_temperature.clone()
+    assert t.abs().sum() > 0  # the experts' values were fitted too
+    assert cal["label_log_temperature"] == [float(v) for v in t_y]
+    parts = _encoded(mfm, data["valid"], 512, torch.device("cpu"))
+    objective = HeldOutNLPD(
+        mfm, parts, calibration_subsets(mfm.names), refit["draws"], seed=0, cache=True, fixed=(t, r)
+    )
+    with torch.no_grad():
+        at = float(objective(t, r, t_y))
+        assert at == pytest.approx(refit["nlpd_after"], rel=1e-5)
+        for step in (-0.05, 0.05):
+            assert at <= float(objective(t, r, t_y + step))
+    # a label-only fit leaves nothing to fit again
+    assert calibrate(mfm, data["valid"], experts=False)["label_refit"] is None

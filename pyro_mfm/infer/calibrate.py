@@ -39,6 +39,7 @@ as well as to the label; they leave the training objective, and any fit with t =
 from __future__ import annotations
 
 import math
+from functools import partial
 from itertools import combinations
 
 import numpy as np
@@ -59,10 +60,10 @@ LOG_TEMPERATURE_BOUND = 10.0
 # of K draws, wider than the one of evaluate.num_samples (100) that prediction reports. On the linear-Gaussian oracle
 # (tests/test_train.py's data), 16 draws gave the label a log factor of +0.30 to +0.32 and 90% intervals covering
 # up to 0.93-0.95 where the weakest modality was observed; 256 gave -0.04 to -0.25 and 0.885-0.923 on every subset
-# (README, "The calibration's draws"). With the experts fitted too
-# (``"all"``) each evaluation draws anew through the product of experts, and 16 stay; with the label's factor alone
-# the draws are fixed, the head's outputs are computed once and each evaluation rescales them, so that many draws
-# cost little more than a pass of evaluation.
+# (README, "The calibration's draws"). With the label's factor alone the draws are fixed, the head's outputs are
+# computed once and each evaluation rescales them, so that many draws cost little more than a pass of evaluation.
+# With the experts fitted too (``"all"``) each evaluation draws anew through the product of experts, with 16 draws;
+# the label's factor is then fitted again at the experts' values, with the draws of a label-only fit.
 EXPERT_DRAWS, LABEL_DRAWS = 16, 256
 OUTPUT_BUDGET = 2**24  # numbers of the head's cached outputs (64 MiB in float32)
 
@@ -114,12 +115,15 @@ class HeldOutNLPD:
     (:func:`_encoded`) over ``subsets``, as a function of the experts' log temperatures ``t`` (M,), the pairs'
     redundancies ``r`` (M, M) and the label's log temperature, with ``num_samples`` fixed draws of z_y per sample."""
 
-    def __init__(self, mfm: MFM, parts: list, subsets: list, num_samples: int, seed: int, cache: bool = False):
+    def __init__(
+        self, mfm: MFM, parts: list, subsets: list, num_samples: int, seed: int, cache: bool = False, fixed=None
+    ):
         self.mfm, self.parts, self.subsets, self.num_samples = mfm, parts, subsets, num_samples
         self.draws = num_samples  # the first ``draws`` of the fixed draws enter the objective (see :func:`calibrate`)
-        # cache: the experts' temperatures and redundancies stay 0, so the draws of z_y, and the label head's
-        # outputs at them, are fixed: computed once (:meth:`outputs`), and each evaluation only rescales them
-        self.cache, self.cached = cache, None
+        # cache: the experts' temperatures and redundancies stay at ``fixed`` = (t, r) (default 0), so the draws of
+        # z_y, and the label head's outputs at them, are fixed: computed once (:meth:`outputs`), and each evaluation
+        # only rescales them
+        self.cache, self.cached, self.fixed_experts = cache, None, fixed
         self.device = next(mfm.parameters()).device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         k = mfm.config.z_y_dim
@@ -146,8 +150,9 @@ class HeldOutNLPD:
             self.mfm.model.label_observed_log_temperature = shares
         total, count = 0.0, 0
         if self.cache:
-            if bool(t.any()) or bool(r.any()):  # the cached draws are those of t = 0 and r = 0
-                raise ValueError("HeldOutNLPD(cache=True) fits the label's factor alone: experts' t and r must be 0")
+            fixed_t, fixed_r = self.experts_fixed()
+            if not (torch.equal(t, fixed_t) and torch.equal(r, fixed_r)):  # the cached draws are those of fixed
+                raise ValueError("HeldOutNLPD(cache=True): t and r must be the fixed ones its draws were taken at")
             for out, y, keep, observed in self.outputs():
                 d = self.mfm.model.label_from_output(out[: self.draws], None if shares is None else observed)
                 lp = d.log_prob(y)
@@ -173,21 +178,27 @@ class HeldOutNLPD:
                     count += int(keep.sum())
         return total / count
 
+    def experts_fixed(self):
+        """The experts' log temperatures (M,) and redundancies (M, M) at which the cached draws are taken."""
+        if self.fixed_experts is not None:
+            return self.fixed_experts
+        m = len(self.mfm.names)
+        dtype = self.mfm.D.log_temperature.dtype
+        return torch.zeros(m, dtype=dtype, device=self.device), torch.zeros(m, m, dtype=dtype, device=self.device)
+
     @torch.no_grad()
     def outputs(self) -> list:
-        """With the experts' values fixed at 0: per batch (and subset without a product of experts), the label
-        head's outputs at the fixed draws, (K, S, N, ...) or (K, N, ...), with the labels, the labelled samples and
-        the observed modalities' masks (S, N, M) or (N, M); computed on the first call."""
+        """With the experts' values fixed (:meth:`experts_fixed`): per batch (and subset without a product of
+        experts), the label head's outputs at the fixed draws, (K, S, N, ...) or (K, N, ...), with the labels, the
+        labelled samples and the observed modalities' masks (S, N, M) or (N, M); computed on the first call."""
         if self.cached is None:
             model, names, cache = self.mfm.model, self.mfm.names, []
-            m = len(names)
-            zeros_t = torch.zeros(m, device=self.device)
-            zeros_r = torch.zeros(m, m, device=self.device)
+            fixed_t, fixed_r = self.experts_fixed()
             for i, ((batch, y, keep, experts), eps) in enumerate(zip(self.parts, self.noise)):
                 if self.poe:
                     for s in range(0, len(self.subsets), self.chunk):
                         observed = self.observed[i][s : s + self.chunk]  # (S, M, N)
-                        z = self.product_draws(experts, observed, zeros_t, zeros_r, eps)
+                        z = self.product_draws(experts, observed, fixed_t, fixed_r, eps)
                         cache.append((model.label_output(z), y, keep, observed.mT))
                 else:
                     for obs in self.subsets:
@@ -242,12 +253,13 @@ def calibrate(
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
     Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
-    [...], "label_observed_log_temperature": {m: s_m}, "nlpd_before": ..., "nlpd_after": ...}`` (mean negative log
-    predictive density per labelled sample and subset, on ``ds``). ``num_samples``: draws of z_y per sample and
-    subset (``None``: :data:`EXPERT_DRAWS` with the experts, else :func:`label_draws`). ``experts = False`` fits the
-    label's factor alone (the experts keep t = 0 and r = 0), with the modalities' shares s_m of it for a regression
-    label and two or more modalities (else 0). Does nothing (and returns ``{}``) when the model has no label or
-    ``ds`` no labelled sample.
+    [...], "label_observed_log_temperature": {m: s_m}, "nlpd_before": ..., "nlpd_after": ..., "label_refit": ...}``
+    (mean negative log predictive density per labelled sample and subset, on ``ds``; ``label_refit``: with the
+    experts, the draws and the objective before and after the label's factor was fitted again at their values, else
+    ``None``). ``num_samples``: draws of z_y per sample and subset (``None``: :data:`EXPERT_DRAWS` with the experts,
+    else :func:`label_draws`). ``experts = False`` fits the label's factor alone (the experts keep t = 0 and r = 0),
+    with the modalities' shares s_m of it for a regression label and two or more modalities (else 0). Does nothing
+    (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
@@ -280,10 +292,10 @@ def calibrate(
         t_y, t_x, r, shares = unpack(x)
         return objective(t_x, _symmetric(r, m), t_y, shares)
 
-    def value_and_grad(x):
+    def value_and_grad(x, f=nlpd):
         x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
         try:
-            loss = nlpd(x)
+            loss = f(x)
             (grad,) = torch.autograd.grad(loss, x)
         except torch.linalg.LinAlgError:  # a product too ill-conditioned to factorise at this x: not a fit to take
             return math.inf, np.zeros(len(x))
@@ -294,7 +306,7 @@ def calibrate(
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    x = np.zeros(sum(sizes))
+    x, label_refit = np.zeros(sum(sizes)), None
     try:
         with torch.no_grad():  # the model as trained: t = 0, r = 0
             before = float(nlpd(x))
@@ -322,6 +334,32 @@ def calibrate(
             after = float(nlpd(x))
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
             x, after = np.zeros_like(x), before
+        refit = label_draws(outputs)
+        if experts_on and refit > num_samples and refit * outputs <= OUTPUT_BUDGET:
+            # the label's factor again, at the experts' fitted values, with the draws of a label-only fit: the
+            # experts' EXPERT_DRAWS bias the label wide (LABEL_DRAWS), and with the experts fixed the draws are too
+            t_y, t_x, r, _ = unpack(x)
+            fixed = (t_x, _symmetric(r, m))
+            label_objective = HeldOutNLPD(mfm, parts, subsets, refit, seed, cache=True, fixed=fixed)
+
+            def label_nlpd(v):
+                return label_objective(*fixed, v)
+
+            with torch.no_grad():
+                refit_before = float(label_nlpd(t_y))
+            v = minimize(
+                partial(value_and_grad, f=label_nlpd),
+                t_y.cpu().double().numpy(),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=[(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * k_y,
+                options={"maxiter": max_iter, "ftol": 1e-5 * min(abs(refit_before), 1.0)},
+            ).x
+            with torch.no_grad():
+                refit_after = float(label_nlpd(torch.as_tensor(v, dtype=dtype, device=device)))
+            if math.isfinite(refit_after) and refit_after <= refit_before:
+                x[:k_y] = v
+                label_refit = {"draws": refit, "nlpd_before": refit_before, "nlpd_after": refit_after}
     finally:  # whatever stopped the fit, the model holds plain tensors of one fit (the last accepted, or none)
         for p in frozen:
             p.requires_grad_(True)
@@ -343,4 +381,6 @@ def calibrate(
         "nlpd_before": before,
         "nlpd_after": after,
         "subsets": len(objective.subsets),
+        # with the experts: the label's factor fitted again at their values with more draws (None: not refitted)
+        "label_refit": label_refit,
     }
