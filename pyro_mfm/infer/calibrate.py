@@ -205,6 +205,7 @@ class HeldOutNLPD:
                         observed = batch.observe_only(obs).present_masks(names)
                         cache.append((model.label_output(self.codes(i, batch, obs, eps)), y, keep, observed))
             self.cached = cache
+            self.fixed.clear()  # the codes behind the cached outputs: every evaluation reads the outputs instead
         return self.cached
 
     def product_draws(self, experts, observed, t, r, eps):
