@@ -1,6 +1,6 @@
 """The MFM against ridge regression on synthetic data shaped like CMU-MOSI's segments, split by speaker.
 
-    python inference/speaker_testbed.py [--seeds 0,1,2] [--identity 1.5] [--groups] [--data-seed 0]
+    python inference/speaker_testbed.py [--seeds 0,1,2] [--identity 1.5] [--groups] [--data-seed 0] [--mlp]
                                         [--out testbed.json] [--set table.key=value ...]
 
 Real sentiment data (CMU-MOSI: text 100, audio 73 and video 100 features per segment, a score in [-3, 3], about
@@ -22,7 +22,9 @@ as single segments, or whole speakers with ``--groups``, which passes each segme
 ridge per subset standardises with the training moments and picks its penalty by leave-one-out on the training
 split (``RidgeCV``), as a user with such data would. Prints a Markdown table: test MAE per subset, MFM mean and
 standard deviation over seeds, the ridge, their difference, and the nested pairs where adding a modality is worse by
-more than one paired standard error (as ``real_data_comparison.py``). ``--set`` overrides apply to the MFM; ``--out``
+more than one paired standard error (as ``real_data_comparison.py``). ``--mlp`` adds a plain MLP regressor per subset
+(:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the penalty its held-out split picks), to
+tell what the MFM loses as an MLP from what it loses as an MFM. ``--set`` overrides apply to the MFM; ``--out``
 writes every number as JSON.
 """
 
@@ -85,13 +87,49 @@ def ridge_cv(features, y, split, names):
     return fit.predict((x[test] - mu) / sd)
 
 
-def compare(seeds, overrides, identity: float, groups: bool, data_seed: int = 0, num_samples: int = 50):
+# the L2 penalties (scikit-learn's alpha) among which the MLP baseline picks the one its own held-out split scores best
+MLP_ALPHAS = (1e-4, 1.0, 3.0, 10.0, 30.0)
+
+
+def mlp_baseline(features, y, split, names, seeds, alphas=MLP_ALPHAS, hidden=(128, 128), max_iter=500):
+    """Test MAE of a plain MLP regressor on ``names`` (scikit-learn's, two hidden layers as wide as the MFM's
+    default, Adam, early stopping on a tenth of the training split), averaged over ``seeds``: with scikit-learn's
+    default penalty (``alphas[0]``), and with the penalty whose held-out score (R^2, on the early-stopping split,
+    averaged over the seeds) is the best. Returns ``(plain MAE, chosen MAE, chosen alpha)``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    x = np.concatenate([features[m] for m in names], 1).astype(float)
+    train, test = split == "train", split == "test"
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+    x = (x - mu) / sd
+    maes, scores = {}, {}
+    for alpha in alphas:
+        runs = []
+        for seed in seeds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                net = MLPRegressor(
+                    hidden_layer_sizes=hidden, alpha=alpha, early_stopping=True, random_state=seed, max_iter=max_iter
+                ).fit(x[train], y[train])
+            runs.append((float(np.abs(net.predict(x[test]) - y[test]).mean()), float(net.best_validation_score_)))
+        maes[alpha], scores[alpha] = np.mean([r[0] for r in runs]), np.mean([r[1] for r in runs])
+    best = max(alphas, key=lambda a: scores[a])
+    return float(maes[alphas[0]]), float(maes[best]), float(best)
+
+
+def compare(
+    seeds, overrides, identity: float, groups: bool, data_seed: int = 0, num_samples: int = 50, mlp: dict | None = None
+):
     features, y, split, speakers = speaker_data(data_seed, identity)
     data = from_arrays(features, y, split=split, groups=speakers if groups else None, name="speaker testbed")
     config = Config.from_dict({"data": {"source": "speaker-testbed"}}).override(overrides)
     subsets = observed_subsets(data.schema.names)
     y_test = y[split == "test"]
     ridge = {obs: float(np.abs(ridge_cv(features, y, split, obs) - y_test).mean()) for obs in subsets}
+    mlps = {obs: mlp_baseline(features, y, split, obs, seeds, **mlp) for obs in subsets} if mlp is not None else {}
     runs = run_mfm(config, data, subsets, seeds, num_samples)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
@@ -100,14 +138,15 @@ def compare(seeds, overrides, identity: float, groups: bool, data_seed: int = 0,
         f"{int((split == 'test').sum())} test segments, held out {'by speaker' if groups else 'by segment'}), test "
         f"MAE, MFM mean ± sd over seeds {list(seeds)}; ridge per subset (penalty by leave-one-out)",
         "",
-        "| observed | MFM MAE | ridge MAE | MFM - ridge | MFM corr | MFM 90% coverage |",
-        "|---|---|---|---|---|---|",
+        "| observed | MFM MAE | ridge MAE | MFM - ridge | MFM corr | MFM 90% coverage |"
+        + (" MLP MAE | MLP MAE, L2 on held-out (alpha) |" if mlps else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if mlps else ""),
     ]
     for obs in subsets:
         (mae, sd), (corr, _), (cov, _) = s[obs]["mae"], s[obs]["corr"], s[obs]["coverage"]
         lines.append(
             f"| {name(obs)} | {mae:.4f} ± {sd:.4f} | {ridge[obs]:.4f} | {mae - ridge[obs]:+.4f} | {corr:.3f} "
-            f"| {cov:.3f} |"
+            f"| {cov:.3f} |" + (f" {mlps[obs][0]:.4f} | {mlps[obs][1]:.4f} ({mlps[obs][2]:g}) |" if mlps else "")
         )
     worse = [p for p in pairs if p["worse"]]
     lines.append(
@@ -119,6 +158,7 @@ def compare(seeds, overrides, identity: float, groups: bool, data_seed: int = 0,
         "groups": groups,
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in ridge.items()},
+        "mlp": {name(o): dict(zip(("plain", "chosen", "alpha"), v)) for o, v in mlps.items()},
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
@@ -132,12 +172,16 @@ def main(argv=None):
     ap.add_argument("--groups", action="store_true", help="pass each segment's speaker as its group")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--num-samples", type=int, default=50)
+    ap.add_argument(
+        "--mlp", action="store_true", help="add a plain MLP regressor per subset (scikit-learn; a few minutes more)"
+    )
     ap.add_argument("--out")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    text, record = compare(seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples)
+    mlp = {} if args.mlp else None
+    text, record = compare(seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples, mlp)
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=2))

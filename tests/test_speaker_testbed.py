@@ -57,3 +57,26 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
     for name, values in record["per_seed"].items():
         assert len(values["mae"]) == 2
         assert record["mfm"][name]["mae"] == pytest.approx([np.mean(values["mae"]), np.std(values["mae"])])
+
+
+def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its_own_held_out_split(capsys):
+    testbed = _script()
+    features, y, split, _ = testbed.speaker_data(seed=0, identity=1.5)
+    small = {"hidden": (16,), "max_iter": 60}
+    text = testbed.mlp_baseline(features, y, split, ("text",), [0], alphas=(1e-4, 1e5), **small)
+    audio = testbed.mlp_baseline(features, y, split, ("audio",), [0], alphas=(1e-4,), **small)
+    # text carries the score strongly and audio weakly; a penalty of 1e5 flattens the network to a constant, which
+    # its held-out split scores below the unpenalised fit, so the default penalty is the one chosen
+    assert text[0] < 0.8 < audio[0]
+    assert text[2] == 1e-4 and text[1] == text[0]
+    # the table gains the two MLP columns and the record their values
+    table, record = testbed.compare(
+        [0],
+        ["train.epochs=1", "train.kl_warmup=0", "model.hidden=8", "train.calibrate='none'"],
+        1.5,
+        False,
+        num_samples=2,
+        mlp={"alphas": (1e-4,), **small},
+    )
+    assert "| MLP MAE |" in table and len(record["mlp"]) == 7
+    assert record["mlp"]["text"]["plain"] == pytest.approx(text[0])
