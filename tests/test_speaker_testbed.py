@@ -59,7 +59,7 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
         assert record["mfm"][name]["mae"] == pytest.approx([np.mean(values["mae"]), np.std(values["mae"])])
 
 
-def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its_own_held_out_split(capsys):
+def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its_own_held_out_split():
     testbed = _script()
     features, y, split, _ = testbed.speaker_data(seed=0, identity=1.5)
     small = {"hidden": (16,), "max_iter": 60}
