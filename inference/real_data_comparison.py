@@ -2,7 +2,7 @@
 
     python inference/real_data_comparison.py [--data uci,uci-defaults,pom-vectors,pom-sequences,pom-sequences-defaults,
                                               pom-one-rating,pom-binary]
-                                             [--seeds 0,1,2] [--train-size 220] [--no-valid]
+                                             [--seeds 0,1,2] [--train-size 220] [--no-valid] [--mlp]
                                              [--datasets ../shared/datasets] [--out comparison.json]
                                              [--set table.key=value ...]
 
@@ -28,6 +28,8 @@
 how the comparison holds on a small data set. ``--no-valid`` gives the MFM the training and validation samples as
 one training split with no validation split, as a user's data with a training and a test split only (training then
 holds ``data.valid_fraction`` of it out; the linear baselines keep choosing their penalty on the validation split).
+``--mlp`` adds to POM's three subsets a plain MLP regressor on the ridge's time-averaged features
+(:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the one its held-out split picks).
 
 Every MFM metric is a mean and standard deviation over the seeds. For each pair of nested subsets S inside S', the
 paired difference of S' against S (accuracy, or MAE) is averaged over the seeds per test sample; "worse" means worse
@@ -87,6 +89,41 @@ def ridge_baseline(data, names):
     fits = [Ridge(alpha=a).fit(z(tr), y(tr)) for a in (0.1, 1, 10, 100, 1000, 10000)]
     best = min(fits, key=lambda f: np.abs(f.predict(z(va)) - y(va)).mean())
     return best.predict(z(te))
+
+
+# the L2 penalties (scikit-learn's alpha) among which the MLP baseline picks the one its own held-out split scores best
+MLP_ALPHAS = (1e-4, 1.0, 3.0, 10.0, 30.0)
+
+
+def mlp_baseline(features, y, split, names, seeds, alphas=MLP_ALPHAS, hidden=(128, 128), max_iter=500):
+    """Test MAE of a plain MLP regressor on ``names`` (scikit-learn's, two hidden layers as wide as the MFM's
+    default, Adam, early stopping on a tenth of the training split), averaged over ``seeds``: with scikit-learn's
+    default penalty (``alphas[0]``), and with the penalty whose held-out score (R^2, on the early-stopping split,
+    averaged over the seeds) is the best. ``features``: ``{m: (N, d)}``; ``y``: ``(N,)`` or ``(N, k)`` (the MAE is
+    then the mean over the k labels); ``split``: ``(N,)`` of ``"train"`` and ``"test"``. Returns ``(plain MAE,
+    chosen MAE, chosen alpha)``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    x = np.concatenate([features[m] for m in names], 1).astype(float)
+    train, test = split == "train", split == "test"
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+    x = (x - mu) / sd
+    maes, scores = {}, {}
+    for alpha in alphas:
+        runs = []
+        for seed in seeds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                net = MLPRegressor(
+                    hidden_layer_sizes=hidden, alpha=alpha, early_stopping=True, random_state=seed, max_iter=max_iter
+                ).fit(x[train], y[train])
+            runs.append((float(np.abs(net.predict(x[test]) - y[test]).mean()), float(net.best_validation_score_)))
+        maes[alpha], scores[alpha] = np.mean([r[0] for r in runs]), np.mean([r[1] for r in runs])
+    best = max(alphas, key=lambda a: scores[a])
+    return float(maes[alphas[0]]), float(maes[best]), float(best)
 
 
 def time_averaged(seq):
@@ -280,11 +317,27 @@ def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid:
     return "\n".join(lines), record
 
 
-def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False):
+def split_arrays(data, splits=("train", "test")):
+    """``features {m: (N, d)}``, labels and the split of each sample of ``data``'s ``splits``, as arrays (a sequence
+    flattened over its steps; a missing modality zero, as the data hold it)."""
+    parts = [data[s] for s in splits]
+    features = {
+        m: np.concatenate([np.asarray(ds.features[m], float).reshape(len(ds), -1) for ds in parts])
+        for m in data.schema.names
+    }
+    labels = np.concatenate([np.asarray(ds.labels) for ds in parts])
+    return features, labels, np.concatenate([[s] * len(ds) for s, ds in zip(splits, parts)])
+
+
+def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False, mlp: dict | None = None):
     subsets = [("audio", "video"), ("audio",), ("video",)]
     y = np.asarray(data["test"].labels)
     vectors = data if not data.schema.modalities[0].is_sequence else time_averaged(data)
     base = {obs: regression_metrics(y, ridge_baseline(vectors, obs)) for obs in subsets}
+    mlps = {}
+    if mlp is not None:
+        arrays = split_arrays(vectors)
+        mlps = {obs: mlp_baseline(*arrays, obs, seeds, **mlp) for obs in subsets}
     runs = run_mfm(config, data, subsets, seeds, num_samples, no_valid)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
@@ -292,14 +345,16 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False)
         f"POM ({label}), test MAE and correlation (means over the 17 ratings), MFM mean ± sd over seeds "
         f"{list(seeds)}; ridge per subset on time-averaged features (penalty on validation MAE)",
         "",
-        "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |",
-        "|---|---|---|---|---|---|",
+        "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |"
+        + (" MLP MAE | MLP MAE, L2 on held-out (alpha) |" if mlps else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if mlps else ""),
     ]
     for obs in subsets:
         (mae, mae_sd), (corr, corr_sd), (cov, cov_sd) = s[obs]["mae"], s[obs]["corr"], s[obs]["coverage"]
         lines.append(
             f"| {name(obs)} | {mae:.4f} ± {mae_sd:.4f} | {base[obs]['mae']:.4f} | {corr:.4f} ± {corr_sd:.4f} "
             f"| {base[obs]['corr']:.4f} | {cov:.3f} ± {cov_sd:.3f} |"
+            + (f" {mlps[obs][0]:.4f} | {mlps[obs][1]:.4f} ({mlps[obs][2]:g}) |" if mlps else "")
         )
     lines += [
         "- nested pairs worse by more than one paired standard error (MAE): "
@@ -315,6 +370,7 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False)
     record = {
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in base.items()},
+        "mlp": {name(o): dict(zip(("plain", "chosen", "alpha"), v)) for o, v in mlps.items()},
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
@@ -452,6 +508,12 @@ def main(argv=None):
         help="train the MFM on the training and validation samples together, with no validation split (as a user "
         "whose data has a training and a test split only)",
     )
+    ap.add_argument(
+        "--mlp",
+        action="store_true",
+        help="POM (pom-vectors, pom-sequences, pom-sequences-defaults): add a plain MLP regressor per subset on the "
+        "time-averaged features (scikit-learn), with its default L2 penalty and with the one its held-out split picks",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -481,7 +543,9 @@ def main(argv=None):
                     data, config, seeds, args.num_samples, which == "pom-binary", args.no_valid
                 )
             else:
-                text, record[which] = compare_pom(data, config, seeds, args.num_samples, DATA[which], args.no_valid)
+                text, record[which] = compare_pom(
+                    data, config, seeds, args.num_samples, DATA[which], args.no_valid, {} if args.mlp else None
+                )
         else:
             ap.error(f"--data {which!r}: expected one of {', '.join(DATA)}")
         tables.append(text)

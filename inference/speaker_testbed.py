@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_data_comparison import name, nested, run_mfm, seed_values, summary  # noqa: E402
+from real_data_comparison import mlp_baseline, name, nested, run_mfm, seed_values, summary  # noqa: E402
 
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
@@ -85,39 +85,6 @@ def ridge_cv(features, y, split, names):
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
     fit = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((x[train] - mu) / sd, y[train])
     return fit.predict((x[test] - mu) / sd)
-
-
-# the L2 penalties (scikit-learn's alpha) among which the MLP baseline picks the one its own held-out split scores best
-MLP_ALPHAS = (1e-4, 1.0, 3.0, 10.0, 30.0)
-
-
-def mlp_baseline(features, y, split, names, seeds, alphas=MLP_ALPHAS, hidden=(128, 128), max_iter=500):
-    """Test MAE of a plain MLP regressor on ``names`` (scikit-learn's, two hidden layers as wide as the MFM's
-    default, Adam, early stopping on a tenth of the training split), averaged over ``seeds``: with scikit-learn's
-    default penalty (``alphas[0]``), and with the penalty whose held-out score (R^2, on the early-stopping split,
-    averaged over the seeds) is the best. Returns ``(plain MAE, chosen MAE, chosen alpha)``."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPRegressor
-
-    x = np.concatenate([features[m] for m in names], 1).astype(float)
-    train, test = split == "train", split == "test"
-    mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
-    x = (x - mu) / sd
-    maes, scores = {}, {}
-    for alpha in alphas:
-        runs = []
-        for seed in seeds:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                net = MLPRegressor(
-                    hidden_layer_sizes=hidden, alpha=alpha, early_stopping=True, random_state=seed, max_iter=max_iter
-                ).fit(x[train], y[train])
-            runs.append((float(np.abs(net.predict(x[test]) - y[test]).mean()), float(net.best_validation_score_)))
-        maes[alpha], scores[alpha] = np.mean([r[0] for r in runs]), np.mean([r[1] for r in runs])
-    best = max(alphas, key=lambda a: scores[a])
-    return float(maes[alphas[0]]), float(maes[best]), float(best)
 
 
 def compare(

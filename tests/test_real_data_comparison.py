@@ -135,3 +135,26 @@ def test_no_valid_moves_the_validation_samples_into_the_training_split():
     np.testing.assert_allclose(np.asarray(merged["train"].labels)[:, 0], y[:30], rtol=1e-6)
     assert list(merged["train"].present["a"]) == list(present["a"][:30])
     np.testing.assert_array_equal(np.asarray(merged["test"].features["a"]), np.asarray(data["test"].features["a"]))
+
+
+def test_pom_comparison_with_the_mlp_baseline_adds_its_columns_for_every_subset(tmp_path):
+    """``split_arrays`` gives the training and test samples' features and labels as they are in the data, in that
+    order; ``compare_pom(mlp=...)`` adds a plain MLP's two columns to each subset's row and its values to the record,
+    the same as :func:`mlp_baseline` gives on those arrays."""
+    from pyro_mfm.config import Config
+
+    script, data = _script(), _two_ratings()
+    features, labels, split = script.split_arrays(data)
+    assert list(split) == ["train"] * 60 + ["test"] * 15
+    np.testing.assert_array_equal(features["video"][60:], np.asarray(data["test"].features["video"]))
+    np.testing.assert_array_equal(labels[:60], np.asarray(data["train"].labels))
+    config = Config.from_dict(
+        {"data": {"source": str(tmp_path)}, "model": {"hidden": 8}, "train": {"epochs": 1, "kl_warmup": 0}}
+    )
+    small = {"alphas": (1e-4, 1.0), "hidden": (8,), "max_iter": 30}
+    text, record = script.compare_pom(data, config, [0], 2, "two ratings", mlp=small)
+    assert "| MLP MAE |" in text and text.count("\n| ") == 1 + 3
+    assert set(record["mlp"]) == {"audio + video", "audio", "video"}
+    plain, chosen, alpha = script.mlp_baseline(features, labels, split, ("audio",), [0], **small)
+    assert record["mlp"]["audio"] == pytest.approx({"plain": plain, "chosen": chosen, "alpha": alpha})
+    assert alpha in small["alphas"] and 0 < plain < 3
