@@ -1,6 +1,7 @@
 """The MFM against ridge regression on synthetic data shaped like CMU-MOSI's segments, split by speaker.
 
     python inference/speaker_testbed.py [--seeds 0,1,2] [--identity 1.5] [--groups] [--data-seed 0] [--mlp]
+                                        [--modalities audio]
                                         [--out testbed.json] [--set table.key=value ...]
 
 Real sentiment data (CMU-MOSI: text 100, audio 73 and video 100 features per segment, a score in [-3, 3], about
@@ -24,8 +25,9 @@ split (``RidgeCV``), as a user with such data would. Prints a Markdown table: te
 standard deviation over seeds, the ridge, their difference, and the nested pairs where adding a modality is worse by
 more than one paired standard error (as ``real_data_comparison.py``). ``--mlp`` adds a plain MLP regressor per subset
 (:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the penalty its held-out split picks), to
-tell what the MFM loses as an MLP from what it loses as an MFM. ``--set`` overrides apply to the MFM; ``--out``
-writes every number as JSON.
+tell what the MFM loses as an MLP from what it loses as an MFM. ``--modalities`` gives the models some of the
+modalities alone (the data drawn as with all three). ``--set`` overrides apply to the MFM; ``--out`` writes every
+number as JSON.
 """
 
 from __future__ import annotations
@@ -88,9 +90,21 @@ def ridge_cv(features, y, split, names):
 
 
 def compare(
-    seeds, overrides, identity: float, groups: bool, data_seed: int = 0, num_samples: int = 50, mlp: dict | None = None
+    seeds,
+    overrides,
+    identity: float,
+    groups: bool,
+    data_seed: int = 0,
+    num_samples: int = 50,
+    mlp: dict | None = None,
+    modalities=None,
 ):
     features, y, split, speakers = speaker_data(data_seed, identity)
+    if modalities is not None:  # the MFM and the baselines see these modalities alone
+        unknown = sorted(set(modalities) - set(features))
+        if unknown or not modalities:
+            raise ValueError(f"modalities {list(modalities)}: expected some of {list(features)}")
+        features = {m: features[m] for m in features if m in modalities}
     data = from_arrays(features, y, split=split, groups=speakers if groups else None, name="speaker testbed")
     config = Config.from_dict({"data": {"source": "speaker-testbed"}}).override(overrides)
     subsets = observed_subsets(data.schema.names)
@@ -101,7 +115,7 @@ def compare(
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
     lines = [
-        f"Speaker testbed (identity {identity}, {int((split == 'train').sum())} training and "
+        f"Speaker testbed ({', '.join(features)}; identity {identity}, {int((split == 'train').sum())} training and "
         f"{int((split == 'test').sum())} test segments, held out {'by speaker' if groups else 'by segment'}), test "
         f"MAE, MFM mean ± sd over seeds {list(seeds)}; ridge per subset (penalty by leave-one-out)",
         "",
@@ -122,6 +136,7 @@ def compare(
     )
     record = {
         "identity": identity,
+        "modalities": list(features),
         "groups": groups,
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in ridge.items()},
@@ -144,13 +159,22 @@ def main(argv=None):
         action="store_true",
         help="add a plain MLP regressor per subset (scikit-learn; about a minute more with 3 seeds)",
     )
+    ap.add_argument(
+        "--modalities", help="comma-separated: draw every modality, give the models these alone (e.g. audio)"
+    )
     ap.add_argument("--out")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     mlp = {} if args.mlp else None
-    text, record = compare(seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples, mlp)
+    modalities = args.modalities.split(",") if args.modalities else None
+    try:
+        text, record = compare(
+            seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples, mlp, modalities
+        )
+    except ValueError as e:
+        ap.error(f"--modalities: {e}")
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=2))

@@ -80,3 +80,23 @@ def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its
     )
     assert "| MLP MAE |" in table and len(record["mlp"]) == 7
     assert record["mlp"]["text"]["plain"] == pytest.approx(text[0])
+
+
+def test_the_models_can_be_given_some_modalities_alone(tmp_path, capsys):
+    """``--modalities audio``: the MFM and the ridge see audio alone (one subset, no nested pairs); the data are
+    drawn as with all three, so the ridge's audio MAE is the full run's; an unknown modality is a usage error."""
+    testbed = _script()
+    out = tmp_path / "audio.json"
+    small = ["train.epochs=1", "train.kl_warmup=0", "model.hidden=8", "train.calibrate='none'"]
+    testbed.main(
+        ["--seeds", "0", "--num-samples", "2", "--modalities", "audio", "--out", str(out)]
+        + [a for s in small for a in ("--set", s)]
+    )
+    record = json.loads(out.read_text())
+    assert record["modalities"] == ["audio"] and list(record["ridge"]) == ["audio"] and record["nested"] == []
+    features, y, split, _ = testbed.speaker_data(0, 1.5)
+    ridge = testbed.ridge_cv(features, y, split, ("audio",))
+    assert record["ridge"]["audio"] == pytest.approx(float(np.abs(ridge - y[split == "test"]).mean()))
+    with pytest.raises(SystemExit):
+        testbed.main(["--modalities", "smell"])
+    assert "expected some of ['text', 'audio', 'video']" in capsys.readouterr().err
