@@ -293,7 +293,7 @@ def calibrate(
         t_y, t_x, r, shares = unpack(x)
         return objective(t_x, _symmetric(r, m), t_y, shares)
 
-    def value_and_grad(x, f=nlpd):
+    def value_and_grad(x, f):
         x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
         try:
             loss = f(x)
@@ -303,6 +303,12 @@ def calibrate(
         if not torch.isfinite(loss):
             return math.inf, np.zeros(len(x))
         return float(loss.detach()), grad.detach().cpu().double().numpy()
+
+    def lbfgs(f, x0, bounds, reference):
+        """L-BFGS-B on ``f`` from ``x0``, stopped when a step changes it by less than 1e-5 of ``reference``'s size
+        (at most 1)."""
+        options = {"maxiter": max_iter, "ftol": 1e-5 * min(abs(reference), 1.0)}
+        return minimize(partial(value_and_grad, f=f), x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options).x
 
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
@@ -323,14 +329,7 @@ def calibrate(
         bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * (len(x) - pairs) + [(0.0, None)] * pairs
         for draws in dict.fromkeys((max(1, num_samples // 4), num_samples)):
             objective.draws = draws
-            x = minimize(
-                value_and_grad,
-                x,
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds,
-                options={"maxiter": max_iter, "ftol": 1e-5 * min(abs(before), 1.0)},
-            ).x
+            x = lbfgs(nlpd, x, bounds, before)
         with torch.no_grad():
             after = float(nlpd(x))
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
@@ -348,14 +347,8 @@ def calibrate(
 
             with torch.no_grad():
                 refit_before = float(label_nlpd(t_y))
-            v = minimize(
-                partial(value_and_grad, f=label_nlpd),
-                t_y.cpu().double().numpy(),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=[(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * k_y,
-                options={"maxiter": max_iter, "ftol": 1e-5 * min(abs(refit_before), 1.0)},
-            ).x
+            label_bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * k_y
+            v = lbfgs(label_nlpd, t_y.cpu().double().numpy(), label_bounds, refit_before)
             with torch.no_grad():
                 refit_after = float(label_nlpd(torch.as_tensor(v, dtype=dtype, device=device)))
             if math.isfinite(refit_after) and refit_after <= refit_before:
