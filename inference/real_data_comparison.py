@@ -126,6 +126,20 @@ def mlp_baseline(features, y, split, names, seeds, alphas=MLP_ALPHAS, hidden=(12
     return float(maes[alphas[0]]), float(maes[best]), float(best)
 
 
+# the MLP baseline's two columns, appended to a table's header and rows (empty without the baseline)
+MLP_HEADER = " MLP MAE | MLP MAE, L2 on held-out (alpha) |"
+
+
+def mlp_cells(result) -> str:
+    """A row's two MLP cells from :func:`mlp_baseline`'s ``(plain MAE, chosen MAE, chosen alpha)``."""
+    return f" {result[0]:.4f} | {result[1]:.4f} ({result[2]:g}) |"
+
+
+def mlp_record(mlps: dict) -> dict:
+    """The JSON record of :func:`mlp_baseline`'s results per subset."""
+    return {name(o): dict(zip(("plain", "chosen", "alpha"), v)) for o, v in mlps.items()}
+
+
 def time_averaged(seq):
     """A sequence data set as vectors: each modality averaged over its real steps (zero where missing)."""
     feats, labels, split = {m: [] for m in seq.schema.names}, [], []
@@ -345,16 +359,14 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False,
         f"POM ({label}), test MAE and correlation (means over the 17 ratings), MFM mean ± sd over seeds "
         f"{list(seeds)}; ridge per subset on time-averaged features (penalty on validation MAE)",
         "",
-        "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |"
-        + (" MLP MAE | MLP MAE, L2 on held-out (alpha) |" if mlps else ""),
+        "| observed | MFM MAE | ridge MAE | MFM corr | ridge corr | MFM 90% coverage |" + (MLP_HEADER if mlps else ""),
         "|---|---|---|---|---|---|" + ("---|---|" if mlps else ""),
     ]
     for obs in subsets:
         (mae, mae_sd), (corr, corr_sd), (cov, cov_sd) = s[obs]["mae"], s[obs]["corr"], s[obs]["coverage"]
         lines.append(
             f"| {name(obs)} | {mae:.4f} ± {mae_sd:.4f} | {base[obs]['mae']:.4f} | {corr:.4f} ± {corr_sd:.4f} "
-            f"| {base[obs]['corr']:.4f} | {cov:.3f} ± {cov_sd:.3f} |"
-            + (f" {mlps[obs][0]:.4f} | {mlps[obs][1]:.4f} ({mlps[obs][2]:g}) |" if mlps else "")
+            f"| {base[obs]['corr']:.4f} | {cov:.3f} ± {cov_sd:.3f} |" + (mlp_cells(mlps[obs]) if mlps else "")
         )
     lines += [
         "- nested pairs worse by more than one paired standard error (MAE): "
@@ -370,7 +382,7 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False,
     record = {
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in base.items()},
-        "mlp": {name(o): dict(zip(("plain", "chosen", "alpha"), v)) for o, v in mlps.items()},
+        "mlp": mlp_record(mlps),
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }

@@ -42,7 +42,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_data_comparison import mlp_baseline, name, nested, run_mfm, seed_values, summary  # noqa: E402
+from real_data_comparison import (  # noqa: E402
+    MLP_HEADER,
+    mlp_baseline,
+    mlp_cells,
+    mlp_record,
+    name,
+    nested,
+    run_mfm,
+    seed_values,
+    summary,
+)
 
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
@@ -119,15 +129,14 @@ def compare(
         f"{int((split == 'test').sum())} test segments, held out {'by speaker' if groups else 'by segment'}), test "
         f"MAE, MFM mean ± sd over seeds {list(seeds)}; ridge per subset (penalty by leave-one-out)",
         "",
-        "| observed | MFM MAE | ridge MAE | MFM - ridge | MFM corr | MFM 90% coverage |"
-        + (" MLP MAE | MLP MAE, L2 on held-out (alpha) |" if mlps else ""),
+        "| observed | MFM MAE | ridge MAE | MFM - ridge | MFM corr | MFM 90% coverage |" + (MLP_HEADER if mlps else ""),
         "|---|---|---|---|---|---|" + ("---|---|" if mlps else ""),
     ]
     for obs in subsets:
         (mae, sd), (corr, _), (cov, _) = s[obs]["mae"], s[obs]["corr"], s[obs]["coverage"]
         lines.append(
             f"| {name(obs)} | {mae:.4f} ± {sd:.4f} | {ridge[obs]:.4f} | {mae - ridge[obs]:+.4f} | {corr:.3f} "
-            f"| {cov:.3f} |" + (f" {mlps[obs][0]:.4f} | {mlps[obs][1]:.4f} ({mlps[obs][2]:g}) |" if mlps else "")
+            f"| {cov:.3f} |" + (mlp_cells(mlps[obs]) if mlps else "")
         )
     worse = [p for p in pairs if p["worse"]]
     lines.append(
@@ -140,7 +149,7 @@ def compare(
         "groups": groups,
         "mfm": {name(o): v for o, v in s.items()},
         "ridge": {name(o): v for o, v in ridge.items()},
-        "mlp": {name(o): dict(zip(("plain", "chosen", "alpha"), v)) for o, v in mlps.items()},
+        "mlp": mlp_record(mlps),
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
