@@ -164,6 +164,21 @@ class LabelLikelihood(nn.Module):
         return base.to_event(1)
 
     @staticmethod
+    def join_draws(dists: list):
+        """One label distribution of the draws of several models (an ensemble's members), each of batch shape
+        ``(K_k, N)``: the draws along the first dimension, the same family and event shape (the predictive, the
+        equal-weight mixture over every draw, is then what one model's draws give)."""
+        if len(dists) == 1:
+            return dists[0]
+        first = dists[0]
+        if isinstance(first, dist.Independent):
+            inner = LabelLikelihood.join_draws([d.base_dist for d in dists])
+            return inner.to_event(first.reinterpreted_batch_ndims)
+        if isinstance(first, (dist.Categorical, dist.Bernoulli)):
+            return type(first)(logits=torch.cat([d.logits for d in dists]))
+        return type(first)(torch.cat([d.loc for d in dists]), torch.cat([d.scale for d in dists]))
+
+    @staticmethod
     def point(d):
         """The predictive point summary of one label distribution: class probabilities, or the mean."""
         if isinstance(d, dist.Categorical):

@@ -19,7 +19,7 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
-from .infer.train import averaged_what, held_out_what
+from .infer.train import averaged_what, ensemble_what, held_out_what
 from .model import MFM
 from .outputs import atomic_write, write_json
 
@@ -108,7 +108,8 @@ def _training_plot(pdir: Path, history: list, config: Config | None) -> list:
     if config is not None:
         _subtitle(
             fig,
-            f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
+            ("the first of the ensemble's members; " if config.train.ensemble > 1 else "")
+            + f"training loss: with modality dropout (p = {config.train.modality_dropout:g}) and the KL "
             f"warm-up ({config.train.kl_warmup} epochs); validation: "
             + ("the mean over all modalities and each alone" if selected else "every observed modality"),
         )
@@ -169,7 +170,9 @@ def best_epoch_line(result) -> str:
     scores = ", ".join(f"valid {k} {format_cell(v, '.4g')}" for k, v in best.items() if k != "epoch")
     averaged = averaged_what(getattr(result, "averaged", {}))
     averaged = " " + averaged if averaged else ""
-    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{averaged}{where}"
+    ensemble = ensemble_what(result) if getattr(result, "members", None) else ""
+    ensemble = " " + ensemble if ensemble else ""
+    return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{averaged}{ensemble}{where}"
 
 
 def _baseline_lines(data: MultimodalData, baselines: dict) -> list[str]:
@@ -256,6 +259,7 @@ def write_report(
         "test_samples": len(test),
         "best": result.best,
         "averaged": result.averaged,
+        **({"members": [{"best": r.best, "averaged": r.averaged} for r in result.members]} if result.members else {}),
         "train_seconds": t_train,
         "total_seconds": time.time() - t0,
         "subsets": records,

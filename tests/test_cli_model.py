@@ -27,6 +27,7 @@ kl_warmup = 1
 batch_size = 32
 valid_samples = 3
 progress = false
+ensemble = 1
 
 [evaluate]
 num_samples = 5

@@ -226,7 +226,9 @@ def test_any_set_on_the_command_line_is_a_run_or_one_line(cli_config, field, val
     from pyro_mfm.infer import train as train_module
 
     table, f = field
-    done = mock.Mock(interrupted="", resumed=None, best={"epoch": 0, "loss": 1.0}, averaged={})  # a fresh run's result
+    done = mock.Mock(
+        interrupted="", resumed=None, best={"epoch": 0, "loss": 1.0}, averaged={}, members=[]
+    )  # a fresh run's result
     err = io.StringIO()
     with (
         mock.patch.object(train_module, "fit", mock.Mock(return_value=done)) as fit_stub,

@@ -32,6 +32,7 @@ from pyro_mfm.model import MFM
 
 TINY = [
     "train.progress=False",
+    "train.ensemble=1",
     "model.z_y_dim=2",
     "model.z_a_dim=2",
     "model.hidden=8",

@@ -292,6 +292,7 @@ def test_csd_with_mismatched_rows(tmp_path, n, d, mismatch, nan):
 # ------------------------------------------------------------------------------------------- training on it
 TINY = [
     "train.progress=False",
+    "train.ensemble=1",
     "model.z_y_dim=2",
     "model.z_a_dim=2",
     "model.hidden=8",

@@ -21,6 +21,7 @@ from pyro_mfm.infer.objective import Objective
 
 TINY = [
     "train.progress=False",
+    "train.ensemble=1",
     "model.z_y_dim=2",
     "model.z_a_dim=2",
     "model.hidden=16",

@@ -24,6 +24,7 @@ from pyro_mfm.model import MFM
 
 SMALL = [
     "train.progress=False",
+    "train.ensemble=1",
     "model.z_y_dim=4",
     "model.z_a_dim=4",
     "model.hidden=64",

@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 
 from ..data.dataset import Batch, MultimodalDataset
+from ..ensemble import Ensemble
 from ..model import MFM
 from ._rng import seeded
 
@@ -76,6 +77,15 @@ def variance_contributions(mean_fn, z_y, z_a) -> FactorContributions:
     return FactorContributions(shared.cpu().numpy(), specific.cpu().numpy(), total.cpu().numpy())
 
 
+def _one_model(mfm) -> None:
+    """Refuse an ensemble: its members' codes live in spaces of their own, so codes and factors are one model's."""
+    if isinstance(mfm, Ensemble):
+        raise ValueError(
+            f"an ensemble of {len(mfm)} MFMs: its members' codes live in spaces of their own; expected one model, "
+            "e.g. mfm.members[0]"
+        )
+
+
 def _device(mfm: MFM):
     return next(mfm.parameters()).device
 
@@ -97,6 +107,7 @@ def _empty_batch(mfm: MFM, n: int) -> Batch:
 @torch.no_grad()
 def decoder_mean(mfm: MFM, modality: str, z_y, z_a, chunk: int = 4096) -> torch.Tensor:
     """E[x_m | z_y, z_a,m] for paired codes ``z_y (n, k_y)``, ``z_a (n, k_a)``: the model's ``x_<m>_mean`` site."""
+    _one_model(mfm)
     mfm.schema.check_modalities([modality])
     mfm.eval()
     dev = _device(mfm)
@@ -122,6 +133,7 @@ def posterior_codes(
     Together they are draws from the aggregate posterior (the codes the data actually use). A modality that is
     not observed for a sample has its z_a,m drawn from the prior.
     """
+    _one_model(mfm)
     observed = mfm.schema.names if observed is None else mfm.schema.check_modalities(observed)
     mfm.eval()
     sites = ["z_y"] + [f"z_a_{m}" for m in mfm.schema.names]
@@ -145,6 +157,7 @@ def factor_contributions(
             that have the modality (all modalities observed); ``"prior"``: both drawn from N(0, I).
         num_codes: grid size per factor (the decoder runs ``num_codes ** 2`` times).
     """
+    _one_model(mfm)
     mfm.schema.check_modalities([modality])
     rng = np.random.default_rng(seed)
     if codes == "posterior":
@@ -167,6 +180,7 @@ def conditional_generation(mfm: MFM, modality: str, z_y, z_a) -> np.ndarray:
 
     Row i holds z_y^(i) fixed while z_a,m varies along the row; column j holds z_a,m^(j) fixed while z_y varies.
     """
+    _one_model(mfm)
     z_y, z_a = np.asarray(z_y, np.float32), np.asarray(z_a, np.float32)
     n_y, n_a = len(z_y), len(z_a)
     grid_y = np.repeat(z_y, n_a, axis=0)

@@ -39,6 +39,7 @@ from pyro.infer import Predictive
 
 from ..data.dataset import MultimodalDataset
 from ..data.schema import DataError
+from ..ensemble import Ensemble
 from ..model import MFM
 from ._rng import seeded
 
@@ -85,7 +86,8 @@ def to_arviz(
     """Guide draws of z_y and the label for the labelled samples of ``dataset``, as ArviZ ``InferenceData``.
 
     Args:
-        mfm: one trained model, or several (independent SVI runs, e.g. other seeds): one chain each.
+        mfm: one trained model, or several (independent SVI runs, e.g. other seeds, or an ensemble's members): one
+            chain each.
         dataset: the samples; those without a label are left out (``sample`` coordinates are their positions).
         observed: modalities conditioned on (default all).
         num_samples: draws per chain.
@@ -96,7 +98,7 @@ def to_arviz(
 
     Dims: ``sample``, ``z_y_dim`` and ``y_dim`` (class names for a categorical label).
     """
-    models = [mfm] if isinstance(mfm, MFM) else list(mfm)
+    models = [mfm] if isinstance(mfm, MFM) else list(mfm.members) if isinstance(mfm, Ensemble) else list(mfm)
     if not models:
         raise ValueError("to_arviz: no model given")
     if seeds is None:

@@ -23,9 +23,16 @@ class NotebookSetup:
 
     def config(self, epochs: int, *overrides: str) -> Config:
         """``models/uci_mfeat.toml`` trained for ``epochs`` (KL warm-up over the first quarter, no progress bars),
-        then ``overrides`` (``"table.key=value"``, as ``--set``)."""
+        as one MFM (``train.ensemble = 1``: the notebooks read one model's posterior, codes and factors), then
+        ``overrides`` (``"table.key=value"``, as ``--set``)."""
         return Config.load(self.root / UCI_CONFIG).override(
-            [f"train.epochs={epochs}", f"train.kl_warmup={max(1, epochs // 4)}", "train.progress=False", *overrides]
+            [
+                f"train.epochs={epochs}",
+                f"train.kl_warmup={max(1, epochs // 4)}",
+                "train.progress=False",
+                "train.ensemble=1",
+                *overrides,
+            ]
         )
 
 

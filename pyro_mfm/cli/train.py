@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data.sources import load_data
     from ..infer.faults import DivergenceError
-    from ..infer.train import averaged_what, fit
+    from ..infer.train import averaged_what, ensemble_what, fit
     from ..outputs import check_output_dir
 
     config = config_from_args(args)
@@ -73,7 +73,8 @@ def run(args) -> int:
     if result.interrupted:
         if main:
             print(
-                f"stopped by {result.interrupted}; checkpoint in {args.out}/last.pt (continue with --resume)",
+                f"stopped by {result.interrupted}; checkpoint in "
+                f"{(result.members[-1].out_dir if result.members else args.out)}/last.pt (continue with --resume)",
                 file=sys.stderr,
             )
         return signal_status(result.interrupted)
@@ -84,6 +85,7 @@ def run(args) -> int:
             + f"; checkpoint in {args.out}"
             # the training's progress lines already said it
             + (f"\n{averaged_what(result.averaged)}" if result.averaged and not config.train.progress else "")
+            + (f"\n{ensemble_what(result)}" if result.members else "")
         )
     return 0
 

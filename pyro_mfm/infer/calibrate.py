@@ -153,9 +153,7 @@ class HeldOutNLPD:
             fixed_t, fixed_r = self.experts_fixed()
             if not (torch.equal(t, fixed_t) and torch.equal(r, fixed_r)):  # the cached draws are those of fixed
                 raise ValueError("HeldOutNLPD(cache=True): t and r must be the fixed ones its draws were taken at")
-            for out, y, keep, observed in self.outputs():
-                d = self.mfm.model.label_from_output(out[: self.draws], None if shares is None else observed)
-                lp = d.log_prob(y)
+            for lp, keep in self.log_densities(t_y, shares):
                 lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])  # (..., N)
                 total = total - lp[..., keep].sum()
                 count += int(keep.sum()) * (lp[..., 0].numel())
@@ -177,6 +175,19 @@ class HeldOutNLPD:
                     total = total - lp[keep].sum()
                     count += int(keep.sum())
         return total / count
+
+    def log_densities(self, t_y, shares=None) -> list:
+        """With the experts' values fixed (``cache``): per part of :meth:`outputs`, the labels' log densities
+        log p(y | z_k) at each fixed draw, (K, ..., N), at the label's log temperature ``t_y`` and, if given, the
+        observed modalities' ``shares`` of it, with the labelled samples (N,)."""
+        self.mfm.D.log_temperature = t_y
+        if shares is not None:
+            self.mfm.model.label_observed_log_temperature = shares
+        out = []
+        for head, y, keep, observed in self.outputs():
+            d = self.mfm.model.label_from_output(head[: self.draws], None if shares is None else observed)
+            out.append((d.log_prob(y), keep))
+        return out
 
     def experts_fixed(self):
         """The experts' log temperatures (M,) and redundancies (M, M) at which the cached draws are taken."""
@@ -242,6 +253,26 @@ def _symmetric(values, size: int):
     return r + r.T
 
 
+def _value_and_grad(x, f, dtype, device):
+    x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
+    try:
+        loss = f(x)
+        (grad,) = torch.autograd.grad(loss, x)
+    except torch.linalg.LinAlgError:  # a product too ill-conditioned to factorise at this x: not a fit to take
+        return math.inf, np.zeros(len(x))
+    if not torch.isfinite(loss):
+        return math.inf, np.zeros(len(x))
+    return float(loss.detach()), grad.detach().cpu().double().numpy()
+
+
+def _lbfgs(f, x0, bounds, reference, max_iter: int, dtype, device):
+    """L-BFGS-B on ``f`` (of a tensor of ``dtype`` on ``device``) from ``x0``, stopped when a step changes it by less
+    than 1e-5 of ``reference``'s size (at most 1)."""
+    options = {"maxiter": max_iter, "ftol": 1e-5 * min(abs(reference), 1.0)}
+    value_and_grad = partial(_value_and_grad, f=f, dtype=dtype, device=device)
+    return minimize(value_and_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options).x
+
+
 def calibrate(
     mfm: MFM,
     ds: MultimodalDataset,
@@ -293,22 +324,7 @@ def calibrate(
         t_y, t_x, r, shares = unpack(x)
         return objective(t_x, _symmetric(r, m), t_y, shares)
 
-    def value_and_grad(x, f):
-        x = torch.tensor(x, dtype=dtype, device=device, requires_grad=True)
-        try:
-            loss = f(x)
-            (grad,) = torch.autograd.grad(loss, x)
-        except torch.linalg.LinAlgError:  # a product too ill-conditioned to factorise at this x: not a fit to take
-            return math.inf, np.zeros(len(x))
-        if not torch.isfinite(loss):
-            return math.inf, np.zeros(len(x))
-        return float(loss.detach()), grad.detach().cpu().double().numpy()
-
-    def lbfgs(f, x0, bounds, reference):
-        """L-BFGS-B on ``f`` from ``x0``, stopped when a step changes it by less than 1e-5 of ``reference``'s size
-        (at most 1)."""
-        options = {"maxiter": max_iter, "ftol": 1e-5 * min(abs(reference), 1.0)}
-        return minimize(partial(value_and_grad, f=f), x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options).x
+    lbfgs = partial(_lbfgs, max_iter=max_iter, dtype=dtype, device=device)
 
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
@@ -377,4 +393,84 @@ def calibrate(
         "subsets": len(objective.subsets),
         # with the experts: the label's factor fitted again at their values with more draws (None: not refitted)
         "label_refit": label_refit,
+    }
+
+
+def calibrate_ensemble(
+    ensemble, ds: MultimodalDataset, seed: int = 0, batch_size: int = 512, max_iter: int = 100
+) -> dict:
+    """Fit, on ``ds`` (held out from every member), one offset of the label's log temperature common to the members
+    of ``ensemble`` (and, for a regression label and two or more modalities, one of each modality's share of it),
+    added to what each member's own calibration fitted, so that the ensemble's predictive, the mixture of its
+    members', is calibrated as a whole; store it in the members.
+
+    Each member calibrated alone is right on its own; their mixture is wider where they disagree, and so
+    underconfident. The objective is :func:`calibrate`'s with the label's factor alone, the mean negative log
+    predictive density over the observed subsets, of the mixture: log (1/(K J)) sum over the J members and their K
+    fixed draws of z_y of p(y | z). The experts stay as each member's calibration left them. Returns ``{"label_log_
+    temperature_offset": [...], "label_observed_log_temperature_offset": {m: ...}, "nlpd_before": ..., "nlpd_after":
+    ..., "draws": K, "members": J, "subsets": ...}`` (``{}`` where the model has no label or ``ds`` no labelled
+    sample); an offset that does not lower the objective is not kept."""
+    members = list(ensemble.members)
+    first = members[0]
+    if first.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
+        return {}
+    device, names = next(first.parameters()).device, first.names
+    was_training = [member.training for member in members]
+    for member in members:
+        member.eval()
+    subsets = calibration_subsets(names, seed=seed)
+    objectives, base = [], []
+    for member in members:
+        parts = _encoded(member, ds, batch_size, device)
+        outputs = len(subsets) * sum(len(b) for b, _, _, _ in parts) * member.D.label.dim
+        fixed = (member.expert_log_temperature.detach().clone(), member.expert_redundancy.detach().clone())
+        draws = label_draws(outputs * len(members))
+        objectives.append(HeldOutNLPD(member, parts, subsets, draws, seed, cache=True, fixed=fixed))
+        base.append((member.D.log_temperature.detach().clone(), member.model.label_observed_log_temperature.clone()))
+    m, k_y = len(names), first.D.log_temperature.numel()
+    shares_on = m > 1 and first.D.kind in ("normal", "laplace")
+    sizes = [k_y] + ([m] if shares_on else [])
+    dtype = first.D.log_temperature.dtype
+
+    def nlpd(x):
+        x = torch.as_tensor(x, dtype=dtype, device=device)
+        offset, share_offset = x[:k_y], x[k_y:] if shares_on else None
+        per_member = [
+            objective.log_densities(t + offset, None if share_offset is None else s + share_offset)
+            for objective, (t, s) in zip(objectives, base)
+        ]
+        total, count = 0.0, 0
+        for parts in zip(*per_member):  # the same part of the validation split, from every member
+            lp = torch.cat([p for p, _ in parts])  # (J K, ..., N): the mixture's draws
+            lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+            keep = parts[0][1]
+            total = total - lp[..., keep].sum()
+            count += int(keep.sum()) * lp[..., 0].numel()
+        return total / count
+
+    x = np.zeros(sum(sizes))
+    try:
+        with torch.no_grad():
+            before = float(nlpd(x))
+        bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * len(x)
+        x = _lbfgs(nlpd, x, bounds, before, max_iter, dtype, device)
+        with torch.no_grad():
+            after = float(nlpd(x))
+        if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
+            x, after = np.zeros_like(x), before
+    finally:  # the members hold plain tensors of their own fit plus the kept offset (or none)
+        offset = torch.as_tensor(x, dtype=dtype, device=device)
+        for member, (t, s), training in zip(members, base, was_training):
+            member.D.log_temperature = (t + offset[:k_y]).detach().clone()
+            member.model.label_observed_log_temperature = (s + offset[k_y:] if shares_on else s).detach().clone()
+            member.train(training)
+    return {
+        "label_log_temperature_offset": [float(v) for v in x[:k_y]],
+        "label_observed_log_temperature_offset": {n: float(v) for n, v in zip(names, x[k_y:])} if shares_on else {},
+        "nlpd_before": before,
+        "nlpd_after": after,
+        "draws": objectives[0].draws,
+        "members": len(members),
+        "subsets": len(subsets),
     }

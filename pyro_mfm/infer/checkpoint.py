@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import re
 import shutil
 import warnings
@@ -29,6 +30,7 @@ from .. import __version__
 from ..config import Config
 from ..data.schema import Schema
 from ..data.stats import FeatureStats
+from ..ensemble import Ensemble
 from ..model import MFM, upgrade_state_dict
 from ..outputs import atomic_write, write_json  # noqa: F401  (re-exported: checkpoint writers import them here)
 
@@ -263,7 +265,10 @@ def read_checkpoint(path) -> dict:
 # fields added after checkpoints were first written, with the value that rebuilds the networks of a checkpoint
 # written before them, or resumes its model selection on the record it kept (a stored configuration holds every
 # field of its day, so a missing one predates it)
-PREDATED = {"model": {"sequence_mean": False, "label_weight": "fixed"}, "train": {"select_over": "observed"}}
+PREDATED = {
+    "model": {"sequence_mean": False, "label_weight": "fixed"},
+    "train": {"select_over": "observed", "ensemble": 1},
+}
 
 
 def stored_config(payload: dict) -> Config:
@@ -276,8 +281,13 @@ def stored_config(payload: dict) -> Config:
     return Config.from_dict(tables, where=payload["path"])
 
 
-def load_model(path, device=None) -> tuple[MFM, Config, dict]:
-    """Rebuild the trained :class:`MFM` (in eval mode) from a checkpoint file or folder."""
+def load_model(path, device=None) -> tuple[MFM | Ensemble, Config, dict]:
+    """Rebuild the trained :class:`MFM` (in eval mode) from a checkpoint file or folder, or the
+    :class:`~pyro_mfm.ensemble.Ensemble` from the folder of an ensemble's training (its ``ensemble.json`` and
+    ``member-K/`` folders; the configuration is then the first member's with ``train.ensemble`` = K, and the payload's
+    ``path`` is the folder and its ``checksum`` the SHA-256 of the members' checksums)."""
+    if Path(path).is_dir() and (Path(path) / "ensemble.json").exists():
+        return _load_ensemble(Path(path), device)
     payload = read_checkpoint(path)
     config = stored_config(payload)
     schema = Schema.from_dict(payload["schema"])
@@ -293,6 +303,28 @@ def load_model(path, device=None) -> tuple[MFM, Config, dict]:
         ) from None
     mfm.to(device or "cpu").eval()
     return mfm, config, payload
+
+
+def _load_ensemble(folder: Path, device=None) -> tuple[Ensemble, Config, dict]:
+    where = folder / "ensemble.json"
+    try:
+        info = json.loads(where.read_text())
+        names = [str(n) for n in info["folders"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{where}: not an ensemble's record ({type(e).__name__}: {e}); expected the 'folders' of its members"
+        ) from None
+    missing = [n for n in names if not (folder / n / "best.pt").exists()]
+    if missing:
+        raise CheckpointError(
+            f"ensemble {folder}: member {', '.join(missing)} has no best.pt (training did not finish?); expected all "
+            f"{len(names)} members trained (--resume continues the training)"
+        )
+    loaded = [load_model(folder / n, device) for n in names]
+    config = loaded[0][1].override([f"train.ensemble={len(names)}", f"train.seed={info.get('seed', 0)}"])
+    digest = hashlib.sha256("".join(str(p.get("checksum")) for _, _, p in loaded).encode()).hexdigest()
+    payload = {"path": str(folder), "checksum": digest, "members": [p["path"] for _, _, p in loaded]}
+    return Ensemble([m for m, _, _ in loaded]).eval(), config, payload
 
 
 def weights_mismatch(module: torch.nn.Module, state: dict) -> str:

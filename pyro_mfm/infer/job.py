@@ -84,14 +84,13 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
     )
     check()
     mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
+    checkpoint = out / "checkpoint" / ("" if result.members else "best.pt")  # an ensemble: the folder of its members
     for m in mfm.schema.names:  # each modality imputed from all the others, written in the native format
         others = [n for n in mfm.schema.names if n != m]
         if others:
             imp = impute(mfm, test, others, num_samples=ev.num_samples, batch_size=ev.batch_size, seed=ev.seed)
             native.save(
-                imputed_data(
-                    test, imp, checkpoint=out / "checkpoint" / "best.pt", num_samples=ev.num_samples, seed=ev.seed
-                ),
+                imputed_data(test, imp, checkpoint=checkpoint, num_samples=ev.num_samples, seed=ev.seed),
                 out / f"imputed_{m}.h5",
                 overwrite=True,
             )

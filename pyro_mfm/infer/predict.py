@@ -21,6 +21,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError, schema_differences
+from ..ensemble import members_of
 from ..model import MFM
 
 
@@ -119,6 +120,12 @@ def check_schema(mfm: MFM, dataset: MultimodalDataset) -> None:
 CPU_ROWS_PER_BLOCK = 2048
 
 
+def member_draws(num_samples: int, members: int) -> int:
+    """The posterior draws each of an ensemble's ``members`` gives to a prediction or imputation of
+    ``num_samples`` draws: an equal share, rounded up, so that the mixture weighs the members equally."""
+    return -(-num_samples // members)
+
+
 def draw_block(samples: int, num_samples: int, device) -> int:
     """Draws per block for a pass of ``samples`` samples: on a CPU as many as fill :data:`CPU_ROWS_PER_BLOCK` rows
     (at least one), elsewhere all ``num_samples``."""
@@ -195,7 +202,10 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     if not 0 < interval < 1:
         raise ValueError(f"interval = {interval!r}: expected a probability in (0, 1)")
     observed = _observed(mfm, observed)
-    evaluation_mode(mfm)
+    members = members_of(mfm)
+    draws = member_draws(num_samples, len(members))
+    for member in members:
+        evaluation_mode(member)
     # The posterior predictive p(y | x_obs) = E_q[p(y | D(.))] reads only the label's sites: no decoder pass, and
     # with z_y, no draw of any z_a,m (the guide's q(z_y | x_obs) alone).
     points, samples, log_dens, z_means, lowers, uppers = [], [], [], [], [], []
@@ -210,20 +220,25 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             truth, y_present = batch.y, batch.y_present
             batch = batch.observe_only(observed).without_labels()
             features, start = _rows(encoded, start, len(batch))
-            block = draw_block(len(batch), num_samples, device)
+            block = draw_block(len(batch), draws, device)
             observed_here = batch.present_masks(mfm.names)  # the label's calibrated spread for what each observes
-            if mfm.shared:
-                q_z_y = mfm.posterior_z_y(batch, features)
-                z_mean = q_z_y.mean
-                z_y = (
-                    z_mean.expand((num_samples,) + z_mean.shape)
-                    if mfm.guide.deterministic
-                    else q_z_y.sample((num_samples,))
-                )  # the guide's Delta code, or draws of q(z_y | x_obs)
-                p_y = mfm.label_distribution(z_y, block, observed_here)
-            else:  # the label reads every z_a,m
-                z = guide_draws(mfm, batch, num_samples)
-                p_y, z_mean = mfm.label_distribution(z, block, observed_here), mfm.representation(batch)
+            p_ys, z_means_here = [], []
+            for k, member in enumerate(members):  # an ensemble's predictive: the mixture of every member's draws
+                own = features[k] if features is not None else None
+                if mfm.shared:
+                    q_z_y = member.posterior_z_y(batch, own)
+                    mean = q_z_y.mean
+                    z_y = (
+                        mean.expand((draws,) + mean.shape) if member.guide.deterministic else q_z_y.sample((draws,))
+                    )  # the guide's Delta code, or draws of q(z_y | x_obs)
+                    p_ys.append(member.label_distribution(z_y, block, observed_here))
+                    z_means_here.append(mean)
+                else:  # the label reads every z_a,m
+                    z = guide_draws(member, batch, draws)
+                    p_ys.append(member.label_distribution(z, block, observed_here))
+                    z_means_here.append(member.representation(batch) if k == 0 else None)
+            z_mean = z_means_here[0]  # the first member's: the members' codes live in spaces of their own
+            p_y = mfm.D.join_draws(p_ys)
             points.append(_finite(mfm.D.point(p_y).mean(0), f"{dataset._where()}: the predictive of the label").cpu())
             if regression:
                 lo, hi = mixture_quantiles(p_y, q)
@@ -233,7 +248,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
                 samples.append(p_y.sample().cpu())
             z_means.append(z_mean.cpu())
             if truth is not None:
-                lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(num_samples)
+                lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(draws * len(members))
                 log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
             else:
                 log_dens.append(torch.full((len(batch),), float("nan")))
@@ -261,13 +276,14 @@ class SplitFeatures:
     """The guide's :class:`~pyro_mfm.guide.Features` of every sample of a split with all its modalities as recorded
     (:func:`split_features`), to be read pass by pass by :func:`predict` and :func:`impute` from any subset."""
 
-    features: object  # guide.Features, each tensor with the split's samples along its first dimension
+    features: list  # guide.Features per member of the model, each tensor with the split's samples along its first dim
     n: int
 
 
 @torch.no_grad()
 def split_features(mfm: MFM, dataset: MultimodalDataset, batch_size: int = 512) -> SplitFeatures | None:
-    """The encoder features h_m and experts (eta_m, Lambda_m) of every sample of ``dataset``, computed once.
+    """The encoder features h_m and experts (eta_m, Lambda_m) of every sample of ``dataset``, computed once (for
+    each member of an ensemble).
 
     With a product of experts, q(z_y | x_S) multiplies the experts of the modalities in S, and an expert reads its
     own modality alone, so the experts of the full data serve every subset S: a subset only masks the others out
@@ -276,31 +292,39 @@ def split_features(mfm: MFM, dataset: MultimodalDataset, batch_size: int = 512) 
     take more than :data:`SPLIT_FEATURES_BYTES` (callers then encode each subset's passes as they go)."""
     if not (mfm.shared and mfm.config.fusion == "poe") or not len(dataset):
         return None
-    evaluation_mode(mfm)
-    parts = [mfm.guide.features(batch.without_labels()) for batch in dataset.loader(batch_size, device=_device(mfm))]
-    first = parts[0]
-    per_sample = sum(v[0].numel() for v in first.h.values()) + sum(
-        e[0].numel() + lam[0].numel() for e, lam in first.experts
-    )
-    if per_sample * first.experts[0][0].element_size() * len(dataset) > SPLIT_FEATURES_BYTES:
-        return None
-    h = {m: torch.cat([p.h[m] for p in parts]) for m in first.h}
-    experts = [
-        (torch.cat([p.experts[i][0] for p in parts]), torch.cat([p.experts[i][1] for p in parts]))
-        for i in range(len(first.experts))
-    ]
-    return SplitFeatures(first._replace(h=h, experts=experts), len(dataset))
+    members, out, size = members_of(mfm), [], 0
+    for member in members:
+        evaluation_mode(member)
+        loader = dataset.loader(batch_size, device=_device(mfm))
+        parts = [member.guide.features(batch.without_labels()) for batch in loader]
+        first = parts[0]
+        per_sample = sum(v[0].numel() for v in first.h.values()) + sum(
+            e[0].numel() + lam[0].numel() for e, lam in first.experts
+        )
+        size += per_sample * first.experts[0][0].element_size() * len(dataset)
+        if size > SPLIT_FEATURES_BYTES:
+            return None
+        h = {m: torch.cat([p.h[m] for p in parts]) for m in first.h}
+        experts = [
+            (torch.cat([p.experts[i][0] for p in parts]), torch.cat([p.experts[i][1] for p in parts]))
+            for i in range(len(first.experts))
+        ]
+        out.append(first._replace(h=h, experts=experts))
+    return SplitFeatures(out, len(dataset))
 
 
 def _rows(encoded: SplitFeatures | None, start: int, size: int):
-    """The features of samples ``start`` to ``start + size`` of ``encoded`` (``None`` without), and the next start."""
+    """The features of samples ``start`` to ``start + size`` of ``encoded``, one per member (``None`` without), and
+    the next start."""
     if encoded is None:
         return None, start + size
-    f = encoded.features
     stop = start + size
-    h = {m: v[start:stop] for m, v in f.h.items()}
-    experts = [(e[start:stop], lam[start:stop]) for e, lam in f.experts]
-    return f._replace(h=h, experts=experts), stop
+    rows = []
+    for f in encoded.features:
+        h = {m: v[start:stop] for m, v in f.h.items()}
+        experts = [(e[start:stop], lam[start:stop]) for e, lam in f.experts]
+        rows.append(f._replace(h=h, experts=experts))
+    return rows, stop
 
 
 def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.Tensor:
@@ -373,6 +397,16 @@ def impute(
         return _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encoded)
 
 
+def _mixture(parts: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and variance of an equal-weight mixture of components given by their ``(mean, variance)``s (each in
+    the data's units: an ensemble's members standardise with statistics of their own): the law of total variance."""
+    if len(parts) == 1:
+        return parts[0]
+    centres = torch.stack([c for c, _ in parts])
+    centre = centres.mean(0)
+    return centre, torch.stack([v for _, v in parts]).mean(0) + (centres - centre).square().mean(0)
+
+
 def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encoded=None) -> Imputation:
     check_schema(mfm, dataset)
     if not mfm.generative:
@@ -381,13 +415,16 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encod
         )
     _check_counts(num_samples=num_samples, batch_size=batch_size)
     observed = _observed(mfm, observed)
-    evaluation_mode(mfm)
+    members = members_of(mfm)
+    draws = member_draws(num_samples, len(members))
+    for member in members:
+        evaluation_mode(member)
     names = mfm.schema.names
     # the posterior of the factors from the guide (one pass); then each modality that some sample lacks is decoded
     # from the factors its likelihood reads, and drawn: the decoders of what every sample observes never run
     means = {m: [] for m in names}
     stds = {m: [] for m in names}
-    draws = {m: [] for m in names}
+    kept = {m: [] for m in names}
     device = _device(mfm)
     start = 0
     with pyro.validation_enabled(False):  # as in prediction
@@ -395,40 +432,45 @@ def _impute(mfm, dataset, observed, num_samples, batch_size, keep_samples, encod
             batch = batch.observe_only(observed).without_labels()
             features, start = _rows(encoded, start, len(batch))
             hidden = [m for m in names if not bool(batch.present[m].all())]
-            z = guide_draws(mfm, batch, num_samples, modalities=hidden, features=features) if hidden else {}
             # over the K draws of the factors, E[x] = mean_k E[x | z_k] and, by the law of total variance,
             # Var[x] = mean_k Var[x | z_k] + var_k E[x | z_k]: exact given the draws, no x drawn to estimate it;
-            # the decoders run on blocks of draws (draw_block), whose moments are merged
-            moments = {m: MeanAndSpread() for m in hidden}
+            # the decoders run on blocks of draws (draw_block), whose moments are merged (an ensemble's members
+            # each give an equal share of the draws: the moments of their mixture)
+            moments = {m: [MeanAndSpread() for _ in members] for m in hidden}
             drawn: dict = {m: [] for m in hidden}
-            block = draw_block(len(batch), num_samples, device)
-            for k in range(0, num_samples if hidden else 0, block):
-                z_k = {site: v[k : k + block] for site, v in z.items()}
-                f: dict = {}  # the factors' features, shared by the decoders that read them (f_y by every one)
-                for m in hidden:
-                    loc = mfm.model.decode(m, z_k, factors=f)  # E[x_m | z_k], standardised
-                    moments[m].add(loc)
-                    if keep_samples:
-                        drawn[m].append(mfm.p_x[m].distribution(loc, steps=batch.steps.get(m)).sample())
+            block = draw_block(len(batch), draws, device)
+            for i, member in enumerate(members if hidden else []):
+                own = features[i] if features is not None else None
+                z = guide_draws(member, batch, draws, modalities=hidden, features=own)
+                for k in range(0, draws, block):
+                    z_k = {site: v[k : k + block] for site, v in z.items()}
+                    f: dict = {}  # the factors' features, shared by the decoders that read them (f_y by every one)
+                    for m in hidden:
+                        loc = member.model.decode(m, z_k, factors=f)  # E[x_m | z_k], standardised
+                        moments[m][i].add(loc)
+                        if keep_samples:
+                            drawn[m].append(member.p_x[m].distribution(loc, steps=batch.steps.get(m)).sample())
             for m in names:
                 x = batch.x[m]
                 if m in hidden:
                     keep = batch.present[m].reshape((-1,) + (1,) * len(mfm.schema[m].shape))
                     pad = _padding_mask(mfm, batch, m)
-                    centre, variance = mfm.p_x[m].mixture_moments(*moments[m].result())
+                    centre, variance = _mixture(
+                        [member.p_x[m].mixture_moments(*part.result()) for member, part in zip(members, moments[m])]
+                    )
                     centre = _finite(centre, f"{dataset._where()}: the imputed {m}")
                     mean = torch.where(keep, x, centre * pad)
                     std = torch.where(keep, torch.zeros_like(x), variance.sqrt() * pad)
                     if keep_samples:
-                        draws[m].append(torch.where(keep, x, torch.cat(drawn[m]) * pad).cpu())
+                        kept[m].append(torch.where(keep, x, torch.cat(drawn[m]) * pad).cpu())
                 else:  # observed for every sample: passed through
                     mean, std = x, torch.zeros_like(x)
                     if keep_samples:
-                        draws[m].append(x.expand((num_samples,) + x.shape).cpu())
+                        kept[m].append(x.expand((draws * len(members),) + x.shape).cpu())
                 means[m].append(mean.cpu())
                 stds[m].append(std.cpu())
     join = lambda d, dim=0: {m: torch.cat(v, dim).numpy() for m, v in d.items()}  # noqa: E731
-    return Imputation(join(means), join(stds), join(draws, 1) if keep_samples else None, observed)
+    return Imputation(join(means), join(stds), join(kept, 1) if keep_samples else None, observed)
 
 
 def imputed_data(

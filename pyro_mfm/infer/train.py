@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,12 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData, held_out_groups, sample_groups
 from ..data.stats import FeatureStats
+from ..ensemble import Ensemble, member_seed
 from ..model import MFM
+from ..outputs import write_json
 from . import distributed
-from .calibrate import calibrate
-from .checkpoint import folder_lock, prepare_folder
+from .calibrate import calibrate, calibrate_ensemble
+from .checkpoint import folder_lock, prepare_folder, update_weights
 from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
@@ -65,6 +67,9 @@ class TrainResult:
     the mean's validation score s, the best epoch's b and the window's median m, and whether the mean was kept (the
     returned model and ``best.pt``); empty where there was nothing to average (an interrupted run, no validation
     split, the best epoch the last)."""
+    members: list = field(default_factory=list)
+    """An ensemble's (``train.ensemble`` > 1) members' own results, in order; ``mfm`` is then their
+    :class:`~pyro_mfm.ensemble.Ensemble`, and the other fields are the first member's. Empty for a single MFM."""
 
 
 def fit(
@@ -106,6 +111,11 @@ def fit(
     objective or optimizer needs the ``model`` it belongs to, a scheduler its ``optimizer``.
     """
     config.check("configuration")  # a configuration built or changed in Python gets the checks a file gets
+    if config.train.ensemble > 1 and any(v is not None for v in (model, objective, optimizer, scheduler)):
+        raise ValueError(
+            f"fit: model, objective, optimizer and scheduler build one MFM, and train.ensemble = "
+            f"{config.train.ensemble}; expected train.ensemble = 1 with them"
+        )
     if model is None and (objective is not None or optimizer is not None):
         raise ValueError("fit: an objective or optimizer needs the model it belongs to (model=...)")
     if scheduler is not None and optimizer is None:
@@ -114,6 +124,9 @@ def fit(
     with cpu_threads(config.train.num_threads):
         group, device = distributed.setup(resolve_device(config.train.device))
         try:
+            if config.train.ensemble > 1:
+                args = (resume, overwrite, group, device, allow_config_change, on_epoch)
+                return _fit_ensemble(config, data, out_dir, *args)
             lock = folder_lock(out_dir) if out_dir is not None and group.main else nullcontext()
             with lock:
                 if out_dir is not None and group.main:
@@ -121,6 +134,66 @@ def fit(
                 return _fit(config, data, out_dir, resume, group, device, allow_config_change, on_epoch, built)
         finally:
             distributed.shutdown(group)
+
+
+ENSEMBLE_FILES = ("member-*", "ensemble.json", "calibration.json", ".*.tmp")
+"""What the folder of an ensemble's training holds (``overwrite`` deletes only these)."""
+
+
+def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow_config_change, on_epoch):
+    """Train ``train.ensemble`` members one after the other, member k with :func:`~pyro_mfm.ensemble.member_seed`
+    and into ``out_dir/member-k/`` (a run folder of its own: checkpoints, log, calibration), after writing
+    ``out_dir/ensemble.json``. With ``resume``, members that reached a checkpoint continue (finished ones return at
+    once) and the others start. A signal stops the member in training; its result is returned, interrupted."""
+    tc = config.train
+    # one validation split for every member (held out with the ensemble's seed where the data have none), on which
+    # the ensemble's mixture is calibrated as a whole
+    data, held_out = _hold_out(config, data, group)
+    seeds = [member_seed(tc.seed, k) for k in range(tc.ensemble)]
+    folders = [f"member-{k}" for k in range(tc.ensemble)]
+    out = None if out_dir is None else Path(out_dir)
+    lock = folder_lock(out) if out is not None and group.main else nullcontext()
+    results: list[TrainResult] = []
+    with lock:
+        if out is not None and group.main:
+            prepare_folder(out, resume, overwrite, ENSEMBLE_FILES)
+            out.mkdir(parents=True, exist_ok=True)
+            record = {"members": tc.ensemble, "seed": tc.seed, "seeds": seeds, "folders": folders}
+            write_json(out / "ensemble.json", record)
+        for k, (seed, name) in enumerate(zip(seeds, folders)):
+            if tc.progress and group.main:
+                tqdm.write(f"ensemble member {k + 1} of {tc.ensemble} (train.seed = {seed})")
+            member = config.override([f"train.seed={seed}", "train.ensemble=1"])
+            folder = None if out is None else out / name
+            started = resume and folder is not None and any(folder.glob("*.pt"))
+            member_lock = folder_lock(folder) if folder is not None and group.main else nullcontext()
+            with member_lock:
+                if folder is not None and group.main:  # a member that never reached a checkpoint starts again
+                    prepare_folder(folder, started, resume and not started)
+                built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
+                result = _fit(member, data, folder, started, group, device, allow_config_change, on_epoch, built)
+            results.append(result)
+            if result.interrupted:
+                break
+    ensemble = Ensemble([r.mfm for r in results])
+    calibration, interrupted, valid = {}, results[-1].interrupted, config.data.valid_split
+    if not interrupted and tc.calibrate != "none" and valid in data and len(data[valid]) and group.main:
+        calibration = calibrate_ensemble(ensemble, data[valid], seed=tc.seed, batch_size=config.evaluate.batch_size)
+        if out is not None and calibration:  # the members' best.pt hold their share of it (what loading reads)
+            for result in results:
+                update_weights(result.out_dir / "best.pt", result.mfm)
+            write_json(out / "calibration.json", calibration)
+    return replace(
+        results[0],
+        mfm=ensemble,
+        config=config,
+        out_dir=out,
+        interrupted=interrupted,
+        skipped=[s for r in results for s in r.skipped],
+        members=results,
+        held_out=held_out,
+        calibration=calibration or results[0].calibration,
+    )
 
 
 def _step(loss_fn, batch: Batch, global_size: int, beta: float, params, clip_norm: float, group, device):
@@ -159,22 +232,8 @@ def _fit(
     on_epoch,
     built: dict,
 ) -> TrainResult:
-    tc, dc, given = config.train, config.data, data
-    data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
-    held_out = {}
-    if data is not given:
-        valid, n = data[dc.valid_split], len(given[dc.train_split])
-        grouped = held_out_groups(given[dc.train_split]) is not None  # else single samples were drawn
-        held_out = {
-            "samples": len(valid),
-            "groups": len(np.unique(sample_groups(valid))) if grouped else 0,
-            "fraction": dc.valid_fraction,
-        }
-        if group.main and tc.progress:
-            tqdm.write(
-                f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the {n} "
-                f"training samples ({held_out_what(held_out)}) for model selection and calibration"
-            )
+    tc = config.train
+    data, held_out = _hold_out(config, data, group)
     run, resumed = prepare(config, data, out_dir, resume, group, device, allow_config_change, built)
     ckpt = run.ckpt
     result = TrainResult(run.mfm, config, run.stats, out_dir=ckpt.out_dir, resumed=resumed, held_out=held_out)
@@ -184,7 +243,7 @@ def _fit(
     )
     log = TrainingLog(ckpt.out_dir if ckpt.writer else None, start_epoch=run.progress.epoch)  # TensorBoard events
     with closing(log), StopRequested() as stop:
-        while run.progress.epoch < tc.epochs:
+        while run.progress.epoch < tc.epochs and not run.selection.should_stop:  # a resumed finished run: none
             if _run_epoch(run, stop):  # stopped inside the epoch, after writing last.pt
                 result.interrupted = stop.name or "signal on another rank"
                 break
@@ -213,6 +272,28 @@ def _fit(
     return result
 
 
+def _hold_out(config: Config, data: MultimodalData, group) -> tuple[MultimodalData, dict]:
+    """``data`` with the validation split held out of the training split where it has none (``data.valid_fraction``,
+    seeded by ``train.seed``), and the record of :attr:`TrainResult.held_out`."""
+    tc, dc, given = config.train, config.data, data
+    data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
+    if data is given:
+        return data, {}
+    valid, n = data[dc.valid_split], len(given[dc.train_split])
+    grouped = held_out_groups(given[dc.train_split]) is not None  # else single samples were drawn
+    held_out = {
+        "samples": len(valid),
+        "groups": len(np.unique(sample_groups(valid))) if grouped else 0,
+        "fraction": dc.valid_fraction,
+    }
+    if group.main and tc.progress:
+        tqdm.write(
+            f"{dc.source}: no validation split {dc.valid_split!r}; holding out {len(valid)} of the {n} "
+            f"training samples ({held_out_what(held_out)}) for model selection and calibration"
+        )
+    return data, held_out
+
+
 def held_out_what(held_out: dict) -> str:
     """How :attr:`TrainResult.held_out`'s samples were drawn, for the console and the report."""
     drawn = (
@@ -236,6 +317,17 @@ def averaged_what(averaged: dict) -> str:
     if averaged["kept"]:
         return f"The model is the mean of the weights of epochs {averaged['from_epoch']}-{last} ({scores})."
     return f"The mean of the weights of epochs {averaged['from_epoch']}-{last} was not kept ({scores})."
+
+
+def ensemble_what(result: TrainResult) -> str:
+    """One sentence on an ensemble's members, for the console and the report (empty for a single MFM)."""
+    if not result.members:
+        return ""
+    epochs = ", ".join(str(r.best.get("epoch", -1) + 1) for r in result.members)
+    return (
+        f"An ensemble of {len(result.members)} MFMs (train.ensemble), each from a seed of its own; best epochs "
+        f"{epochs}; the best epoch above is the first member's."
+    )
 
 
 def _stop_requested(run: Run, stop: StopRequested) -> bool:

@@ -181,7 +181,9 @@ def _trial_objective(fit, config: Config, data, space: dict, metric: str, out: P
 
     def objective(trial) -> float:
         values = suggest(trial, space)
-        cfg = config.override(overrides(values) + ["train.progress=False"])
+        # a trial trains one MFM (unless the space searches train.ensemble): the search is over one member's
+        # settings, and its pruning reads one run's epochs; best.toml keeps the base configuration's train.ensemble
+        cfg = config.override(["train.ensemble=1"] + overrides(values) + ["train.progress=False"])
         trial.set_user_attr("folder", f"trial-{trial.number:04d}")
 
         def report(record: dict) -> None:

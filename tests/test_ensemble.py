@@ -1,0 +1,193 @@
+"""Ensembles of MFMs (``train.ensemble``): the members' seeds, the mixture that prediction and imputation report,
+training into member folders, resume, loading, the command line, and what refuses an ensemble."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_mfm.analysis import factors
+from pyro_mfm.cli import main
+from pyro_mfm.config import Config
+from pyro_mfm.data import save
+from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.ensemble import Ensemble, member_seed
+from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
+from pyro_mfm.infer.calibrate import calibrate, calibrate_ensemble
+from pyro_mfm.infer.evaluate import evaluate
+from pyro_mfm.model import MFM
+from tests.test_cli_model import CONFIG
+from tests.test_train import SMALL, tiny_data
+
+FAST = SMALL + ["train.epochs=3", "train.kl_warmup=1", "train.batch_size=32", "train.valid_samples=3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = tiny_data()
+    out = tmp_path_factory.mktemp("ensemble") / "run"
+    return data, out, fit(Config().override(FAST + ["train.ensemble=2"]), data, out)
+
+
+def test_member_seeds_start_from_the_seed_and_never_repeat_another_ensembles():
+    assert member_seed(7, 0) == 7
+    seeds = {s: [member_seed(s, k) for k in range(8)] for s in range(20)}
+    drawn = [x for s in seeds.values() for x in s[1:]]
+    assert len(set(drawn)) == len(drawn)  # no member of one ensemble is a member of another
+    assert not set(drawn) & set(range(20))  # nor the single model of a nearby seed
+    assert all(0 <= x < 2**32 for x in drawn)
+
+
+def test_an_ensemble_of_one_model_twice_predicts_what_the_model_predicts():
+    """The mixture of two equal members, each with half the draws, is the model with all of them: the members draw
+    in turn from one random stream, so the draws are the very same."""
+    data = tiny_data()
+    mfm = MFM(data.schema, Config().override(FAST).model, feature_statistics(data["train"])).eval()
+    twice = Ensemble([mfm, copy.deepcopy(mfm)])
+    test = data["test"]
+    for observed in (None, ["a"]):
+        one = predict(mfm, test, observed, num_samples=40, seed=3, batch_size=1000)
+        two = predict(twice, test, observed, num_samples=40, seed=3, batch_size=1000)
+        for a, b in ((one.point, two.point), (one.lower, two.lower), (one.upper, two.upper)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one.log_density, two.log_density, rtol=1e-5, atol=1e-6)
+        assert two.samples.shape == one.samples.shape
+
+
+def test_the_ensembles_imputation_is_the_mixture_of_its_members():
+    """Mean and variance of the imputation of hidden b from a: those of the equal mixture of the two members'
+    imputations, within the Monte Carlo error of 2,000 draws per member (the law of total variance across them).
+    The members differ in their initialisation and in the statistics they standardise b with (the second's mean
+    two standard deviations higher), as members that held out other samples do, so that the mixture's spread
+    between them counts."""
+    data = tiny_data()
+    test, n = data["test"], 2000
+    built = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        stats = feature_statistics(data["train"])
+        stats.mean["b"] = stats.mean["b"] + 2 * seed * stats.std["b"]
+        built.append(MFM(data.schema, Config().override(FAST).model, stats).eval())
+    members = [impute(m, test, ["a"], num_samples=n, seed=1) for m in built]
+    both = impute(Ensemble(built), test, ["a"], num_samples=2 * n, seed=2)
+    means = np.stack([m.mean["b"] for m in members])
+    variances = np.stack([m.std["b"] ** 2 for m in members])
+    mean = means.mean(0)
+    variance = variances.mean(0) + ((means - mean) ** 2).mean(0)
+    hidden = ~np.asarray(test.present["b"])
+    se = np.sqrt(variance / n)  # standard error of each mean estimate, about (within 2 sd of 4 estimates)
+    assert np.all(np.abs(both.mean["b"][hidden] - mean[hidden]) < 5 * se[hidden])
+    np.testing.assert_allclose(both.std["b"][hidden] ** 2, variance[hidden], rtol=0.15)
+    # and the two members differ, or the mixture would test nothing
+    assert np.abs(means[0] - means[1])[hidden].mean() > 10 * se[hidden].mean()
+
+
+def test_an_ensemble_trains_its_members_into_folders_of_their_own(trained):
+    data, out, result = trained
+    assert isinstance(result.mfm, Ensemble) and len(result.mfm) == len(result.members) == 2
+    record = json.loads((out / "ensemble.json").read_text())
+    assert record["folders"] == ["member-0", "member-1"] and record["seeds"] == [0, member_seed(0, 1)]
+    for k, member in enumerate(result.members):
+        assert (out / f"member-{k}" / "best.pt").exists() and member.out_dir == out / f"member-{k}"
+        assert member.config.train.seed == record["seeds"][k] and member.config.train.ensemble == 1
+    # member 0 is the single model of the ensemble's seed
+    single = fit(Config().override(FAST), data)
+    for a, b in zip(single.mfm.parameters(), result.members[0].mfm.parameters()):
+        assert torch.equal(a, b)
+    # the members differ, and the ensemble's predictive mixes them
+    pa, pb = (predict(m, data["test"], num_samples=20, seed=0) for m in result.mfm.members)
+    assert np.abs(pa.point - pb.point).mean() > 1e-3
+    both = predict(result.mfm, data["test"], num_samples=40, seed=0)
+    assert np.all(both.lower <= both.point) and np.all(both.point <= both.upper)
+    records = evaluate(result.mfm, data["test"], num_samples=4, progress=False)
+    assert len(records) == 3 and all(np.isfinite(r["label"]["mae"]) for r in records)
+
+
+def test_the_ensemble_loads_from_its_folder_and_resumes_to_the_same_members(trained, tmp_path):
+    data, out, result = trained
+    loaded, config, payload = load_model(out)
+    assert isinstance(loaded, Ensemble) and config.train.ensemble == 2 and payload["path"] == str(out)
+    a = predict(result.mfm, data["test"], num_samples=10, seed=0)
+    b = predict(loaded, data["test"], num_samples=10, seed=0)
+    np.testing.assert_array_equal(a.point, b.point)
+    # a run cut after two epochs of each member, then resumed, gives the members of the uninterrupted run
+    cut = tmp_path / "cut"
+    fit(Config().override(FAST + ["train.ensemble=2", "train.epochs=2"]), data, cut)
+    resumed = fit(Config().override(FAST + ["train.ensemble=2"]), data, cut, resume=True)
+    for full, again in zip(result.members, resumed.members):
+        for x, y in zip(full.mfm.parameters(), again.mfm.parameters()):
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+    # resuming a finished ensemble trains nothing more
+    history = [len(r.history) for r in resumed.members]
+    again = fit(Config().override(FAST + ["train.ensemble=2"]), data, cut, resume=True)
+    assert [len(r.history) for r in again.members] == history
+    # a member without its best.pt is named
+    (cut / "member-1" / "best.pt").unlink()
+    (cut / "member-1" / "last.pt").unlink()
+    with pytest.raises(CheckpointError, match="member-1 has no best.pt"):
+        load_model(cut)
+
+
+def test_one_model_settings_refuse_an_ensemble(trained):
+    data, _, result = trained
+    with pytest.raises(ValueError, match="expected train.ensemble = 1"):
+        mfm = MFM(data.schema, Config().override(FAST).model, feature_statistics(data["train"]))
+        fit(Config().override(FAST + ["train.ensemble=2"]), data, model=mfm)
+    with pytest.raises(ValueError, match="members' codes live in spaces of their own"):
+        factors.posterior_codes(result.mfm, data["test"])
+
+
+def test_the_command_line_trains_and_evaluates_an_ensemble(tmp_path):
+    from pyro_mfm.data import LinearGaussianMFM
+
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=0)
+    save(gen.sample({"train": 80, "valid": 30, "test": 30}, missing=0.2, seed=0), tmp_path / "data.h5")
+    (tmp_path / "tiny.toml").write_text(CONFIG.format(data="data.h5"))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "tiny.toml"), "--out", str(run), "--set", "train.ensemble=2"]) == 0
+    assert (run / "member-1" / "best.pt").exists()
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--out", str(report), "--quiet"]) == 0
+    got = json.loads(report.read_text())
+    assert got["checkpoint"] == str(run) and len(got["subsets"]) == 3
+    preds = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--out", str(preds)]) == 0
+    assert len(preds.read_text().splitlines()) == 31
+
+
+def test_the_ensemble_is_calibrated_as_a_mixture(trained):
+    """Two members biased in opposite directions (the label's mean moved by half a standard deviation up in one and
+    down in the other), each calibrated alone, widen their own spread to cover their bias; their mixture, centred,
+    is then too wide, and the ensemble's calibration narrows it. Its offset is the one the mixture's held-out
+    density prefers: the validation split's mean log predictive density over the observed subsets, with the same
+    draws of z_y (temperatures do not move them), is lower with the offset moved by 0.3 either way."""
+    data, out, result = trained
+    record = result.calibration  # the trained ensemble's own fit, stored beside its members
+    assert record["members"] == 2 and record["nlpd_after"] <= record["nlpd_before"]
+    assert json.loads((out / "calibration.json").read_text())["nlpd_after"] == record["nlpd_after"]
+    valid = data["valid"]
+    members = [copy.deepcopy(m) for m in result.mfm.members]
+    for m, sign in zip(members, (1, -1)):
+        m.D.mean += sign * 0.5 * m.D.std
+        calibrate(m, valid, experts=False)
+    ensemble = Ensemble(members)
+    alone = [float(m.D.log_temperature[0]) for m in members]
+    fitted = calibrate_ensemble(ensemble, valid)
+    assert fitted["label_log_temperature_offset"][0] < -0.1 and fitted["nlpd_after"] < fitted["nlpd_before"]
+    assert [float(m.D.log_temperature[0]) for m in members] == pytest.approx(
+        [a + fitted["label_log_temperature_offset"][0] for a in alone]
+    )
+    base = [m.D.log_temperature.clone() for m in members]
+
+    def density(shift: float) -> float:
+        for m, t in zip(members, base):
+            m.D.log_temperature = t + shift
+        subsets = (["a"], ["b"], ["a", "b"])
+        return float(
+            np.mean([np.nanmean(predict(ensemble, valid, o, num_samples=400, seed=5).log_density) for o in subsets])
+        )
+
+    at = density(0.0)
+    assert at > density(0.3) and at > density(-0.3)
