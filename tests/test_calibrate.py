@@ -94,7 +94,14 @@ def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp
     cfg = Config.from_dict(
         {
             "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False, "calibrate": "all"},
+            "train": {
+                "ensemble": 1,
+                "epochs": 3,
+                "kl_warmup": 1,
+                "batch_size": 64,
+                "progress": False,
+                "calibrate": "all",
+            },
         }
     )
     result = fit(cfg, data, out_dir=tmp_path / "run")
@@ -127,7 +134,14 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
     cfg = Config.from_dict(
         {
             "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {"epochs": 30, "kl_warmup": 1, "batch_size": 32, "progress": False, "calibrate": "none"},
+            "train": {
+                "ensemble": 1,
+                "epochs": 30,
+                "kl_warmup": 1,
+                "batch_size": 32,
+                "progress": False,
+                "calibrate": "none",
+            },
         }
     )
     mfm = fit(cfg, data).mfm
@@ -154,7 +168,7 @@ def test_label_only_calibration_keeps_point_predictions():
     cfg = Config.from_dict(
         {
             "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
+            "train": {"ensemble": 1, "epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
         }
     )
     mfm = fit(cfg, data).mfm
@@ -255,7 +269,7 @@ def test_class_labels_keep_one_temperature_for_every_subset():
     cfg = Config.from_dict(
         {
             "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {"epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
+            "train": {"ensemble": 1, "epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
         }
     )
     mfm = fit(cfg, data).mfm
@@ -316,7 +330,14 @@ def test_with_the_experts_the_label_factor_is_fitted_again_with_many_draws():
     cfg = Config.from_dict(
         {
             "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {"epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False, "calibrate": "none"},
+            "train": {
+                "ensemble": 1,
+                "epochs": 3,
+                "kl_warmup": 1,
+                "batch_size": 64,
+                "progress": False,
+                "calibrate": "none",
+            },
         }
     )
     mfm = fit(cfg, data).mfm

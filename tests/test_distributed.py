@@ -31,6 +31,7 @@ hidden = 16
 objective = "wae"
 lambda_mmd = 0.0
 [train]
+ensemble = 1
 epochs = 2
 kl_warmup = 0
 batch_size = 16

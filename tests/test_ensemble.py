@@ -16,6 +16,7 @@ from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.ensemble import Ensemble, member_seed
 from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
 from pyro_mfm.infer.calibrate import calibrate, calibrate_ensemble
+from pyro_mfm.infer.checkpoint import folder_lock
 from pyro_mfm.infer.evaluate import evaluate
 from pyro_mfm.model import MFM
 from tests.test_cli_model import CONFIG
@@ -123,6 +124,9 @@ def test_the_ensemble_loads_from_its_folder_and_resumes_to_the_same_members(trai
     history = [len(r.history) for r in resumed.members]
     again = fit(Config().override(FAST + ["train.ensemble=2"]), data, cut, resume=True)
     assert [len(r.history) for r in again.members] == history
+    # a folder in use by another training is refused before anything is read or written
+    with folder_lock(cut), pytest.raises(CheckpointError, match="in use by another process"):
+        fit(Config().override(FAST + ["train.ensemble=2"]), None, cut, resume=True)
     # a member without its best.pt is named
     (cut / "member-1" / "best.pt").unlink()
     (cut / "member-1" / "last.pt").unlink()

@@ -135,6 +135,7 @@ f_y_dim = 4
 f_a_dim = 4
 hidden = 8
 [train]
+ensemble = 1
 epochs = 2
 kl_warmup = 1
 batch_size = 16

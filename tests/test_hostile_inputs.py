@@ -346,6 +346,7 @@ f_y_dim = 4
 f_a_dim = 4
 hidden = {hidden}
 [train]
+ensemble = 1
 epochs = 2
 kl_warmup = 0
 batch_size = 16

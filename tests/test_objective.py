@@ -142,6 +142,7 @@ def test_training_validates_the_first_step_or_every_step(monkeypatch, validate, 
         Config().override(
             [
                 "train.progress=False",
+                "train.ensemble=1",
                 "model.hidden=8",
                 "train.epochs=2",
                 "train.batch_size=32",

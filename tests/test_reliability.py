@@ -219,6 +219,7 @@ f_y_dim = 8
 f_a_dim = 4
 hidden = 16
 [train]
+ensemble = 1
 epochs = 3
 kl_warmup = 1
 batch_size = 4

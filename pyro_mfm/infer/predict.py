@@ -33,9 +33,11 @@ class Prediction:
         point: class probabilities ``(N, K)`` (categorical), label probabilities ``(N, k)`` (multilabel), or the
             predictive mean ``(N, k)`` (regression), each averaged over posterior draws of z_y.
         lower, upper: the central credible interval of mass ``interval`` (regression; ``None`` otherwise).
-        samples: ``(S, N, ...)`` draws of y from the posterior predictive.
+        samples: ``(S, N, ...)`` draws of y from the posterior predictive (an ensemble's: S rounded up to a multiple
+            of its members, each giving an equal share).
         log_density: ``(N,)`` log p(y_true | observed modalities) where the label is known (NaN elsewhere).
-        z_y: ``(N, k)`` posterior mean of the shared factor.
+        z_y: ``(N, k)`` posterior mean of the shared factor (an ensemble's first member's: the members' codes live
+            in spaces of their own).
         observed: the modalities the prediction conditioned on.
         kind: the label likelihood (``normal``, ``laplace``, ``categorical``, ``bernoulli``).
     """
@@ -183,7 +185,9 @@ def predict(
     seed: int | None = None,
     encoded: SplitFeatures | None = None,
 ) -> Prediction:
-    """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``.
+    """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``;
+    of an :class:`~pyro_mfm.ensemble.Ensemble`, the equal mixture of its members' (each ``num_samples / K`` draws,
+    rounded up).
 
     A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
     ``seed``, the draws are seeded (the same numbers on every call on CPU; the caller's random state is left as it
@@ -383,7 +387,8 @@ def impute(
     seed: int | None = None,
     encoded: SplitFeatures | None = None,
 ) -> Imputation:
-    """Posterior predictive of every modality given the modalities in ``observed``.
+    """Posterior predictive of every modality given the modalities in ``observed`` (of an ensemble, the equal
+    mixture of its members', as in :func:`predict`).
 
     Entries that are observed (the modality is in ``observed`` and present for the sample) pass through unchanged;
     all others are drawn from p(x_m | z_y, z_a,m) with z_y ~ q(z_y | observed) and z_a,m from its prior (or the

@@ -146,9 +146,6 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
     ``out_dir/ensemble.json``. With ``resume``, members that reached a checkpoint continue (finished ones return at
     once) and the others start. A signal stops the member in training; its result is returned, interrupted."""
     tc = config.train
-    # one validation split for every member (held out with the ensemble's seed where the data have none), on which
-    # the ensemble's mixture is calibrated as a whole
-    data, held_out = _hold_out(config, data, group)
     seeds = [member_seed(tc.seed, k) for k in range(tc.ensemble)]
     folders = [f"member-{k}" for k in range(tc.ensemble)]
     out = None if out_dir is None else Path(out_dir)
@@ -157,6 +154,10 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
     with lock:
         if out is not None and group.main:
             prepare_folder(out, resume, overwrite, ENSEMBLE_FILES)
+        # one validation split for every member (held out with the ensemble's seed where the data have none), on
+        # which the ensemble's mixture is calibrated as a whole
+        data, held_out = _hold_out(config, data, group)
+        if out is not None and group.main:
             out.mkdir(parents=True, exist_ok=True)
             record = {"members": tc.ensemble, "seed": tc.seed, "seeds": seeds, "folders": folders}
             write_json(out / "ensemble.json", record)
