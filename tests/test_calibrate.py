@@ -88,22 +88,20 @@ def test_label_subset_and_predictive_terms_are_finite_and_reduce_to_the_mean_cod
     assert (torch.logsumexp(log_p, 0) - math.log(64) >= log_p.mean(0) - 1e-5).all()
 
 
+def small_regression_config(calibrate: str) -> Config:
+    """One small MFM, three epochs, with ``train.calibrate = calibrate``."""
+    return Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"ensemble": 1, "epochs": 3, "kl_warmup": 1, "batch_size": 64, "progress": False},
+        }
+    ).override([f"train.calibrate='{calibrate}'"])
+
+
 def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp_path):
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)
     data = gen.sample({"train": 300, "valid": 200, "test": 50}, missing=0.2, seed=3)
-    cfg = Config.from_dict(
-        {
-            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {
-                "ensemble": 1,
-                "epochs": 3,
-                "kl_warmup": 1,
-                "batch_size": 64,
-                "progress": False,
-                "calibrate": "all",
-            },
-        }
-    )
+    cfg = small_regression_config("all")
     result = fit(cfg, data, out_dir=tmp_path / "run")
     cal = result.calibration
     assert cal["nlpd_after"] <= cal["nlpd_before"]
@@ -327,19 +325,7 @@ def test_with_the_experts_the_label_factor_is_fitted_again_with_many_draws():
 
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)
     data = gen.sample({"train": 300, "valid": 200}, missing=0.2, seed=3)
-    cfg = Config.from_dict(
-        {
-            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {
-                "ensemble": 1,
-                "epochs": 3,
-                "kl_warmup": 1,
-                "batch_size": 64,
-                "progress": False,
-                "calibrate": "none",
-            },
-        }
-    )
+    cfg = small_regression_config("none")
     mfm = fit(cfg, data).mfm
     cal = calibrate(mfm, data["valid"], experts=True)
     refit = cal["label_refit"]
