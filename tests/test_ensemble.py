@@ -132,6 +132,9 @@ def test_the_ensemble_loads_from_its_folder_and_resumes_to_the_same_members(trai
     (cut / "member-1" / "last.pt").unlink()
     with pytest.raises(CheckpointError, match="member-1 has no best.pt"):
         load_model(cut)
+    (cut / "ensemble.json").write_text("{")  # a damaged record is one line naming the file
+    with pytest.raises(CheckpointError, match="ensemble.json: not an ensemble's record"):
+        load_model(cut)
 
 
 def test_one_model_settings_refuse_an_ensemble(trained):
