@@ -162,6 +162,13 @@ def test_the_command_line_trains_and_evaluates_an_ensemble(tmp_path):
     preds = tmp_path / "p.csv"
     assert main(["predict", str(run), "--out", str(preds)]) == 0
     assert len(preds.read_text().splitlines()) == 31
+    # the main job: its report names the members, its imputed files the ensemble's folder, and evaluate reads it
+    report = tmp_path / "report"
+    assert main(["run", str(tmp_path / "tiny.toml"), "--out", str(report), "--set", "train.ensemble=2"]) == 0
+    assert "An ensemble of 2 MFMs" in (report / "report.md").read_text()
+    assert len(json.loads((report / "metrics.json").read_text())["members"]) == 2
+    assert main(["evaluate", str(report), "--out", str(tmp_path / "again.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["checkpoint"] == str(report / "checkpoint")
 
 
 def test_the_ensemble_is_calibrated_as_a_mixture(trained):

@@ -92,12 +92,12 @@ def add_checkpoint_arguments(
 
 
 def checkpoint_path(run: str) -> Path:
-    """The checkpoint named by RUN: a file, a training folder, or the ``checkpoint/`` folder of a report folder."""
+    """The checkpoint named by RUN: a file, a training folder (of one MFM or an ensemble), or the ``checkpoint/``
+    folder of a report folder."""
     path = Path(run)
     if (
         path.is_dir()
-        and not (path / "best.pt").exists()
-        and not (path / "last.pt").exists()
+        and not any((path / name).exists() for name in ("best.pt", "last.pt", "ensemble.json"))
         and (path / "checkpoint").is_dir()
     ):
         return path / "checkpoint"

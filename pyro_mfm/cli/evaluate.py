@@ -58,7 +58,7 @@ def run(args) -> int:
 def checkpoint_in(path) -> bool:
     """Whether ``path`` is a checkpoint file, or a folder with one (a training folder or a report folder)."""
     p = checkpoint_path(path)
-    return p.is_file() or any((p / name).exists() for name in ("best.pt", "last.pt"))
+    return p.is_file() or any((p / name).exists() for name in ("best.pt", "last.pt", "ensemble.json"))
 
 
 def _evaluate_one(args):
