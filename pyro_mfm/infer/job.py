@@ -84,7 +84,8 @@ def _report(config: Config, out: Path, data: MultimodalData, result, t0: float, 
     )
     check()
     mean_baseline = mean_imputation_baseline(data[config.data.train_split], test)
-    checkpoint = out / "checkpoint" / ("" if result.members else "best.pt")  # an ensemble: the folder of its members
+    # what the imputed files name as their model: best.pt, or an ensemble's folder of members
+    checkpoint = out / "checkpoint" if result.members else out / "checkpoint" / "best.pt"
     for m in mfm.schema.names:  # each modality imputed from all the others, written in the native format
         others = [n for n in mfm.schema.names if n != m]
         if others:
