@@ -31,8 +31,8 @@ def member_seed(seed: int, k: int) -> int:
 
 class Ensemble(nn.Module):
     """K trained :class:`~pyro_mfm.model.MFM` members of one schema, whose predictive is the equal mixture of
-    theirs. It answers what prediction, imputation and evaluation ask of a model (the schema, the label's and the
-    modalities' likelihoods, the configuration of the networks); each member's own guide and networks are
+    theirs. It answers what prediction, imputation and evaluation ask of a model as a whole (the schema, the label's
+    likelihood, the configuration of the networks); each member's own guide and networks are
     ``members[k]``."""
 
     def __init__(self, members: list[MFM]):
@@ -54,15 +54,6 @@ class Ensemble(nn.Module):
     def D(self):
         """The label's likelihood (its kind and point summary are the members')."""
         return self.members[0].D
-
-    @property
-    def p_x(self):
-        return self.members[0].p_x
-
-    @property
-    def guide(self):
-        """The first member's guide (whether codes are deterministic is a property of the configuration)."""
-        return self.members[0].guide
 
 
 def members_of(model) -> list:

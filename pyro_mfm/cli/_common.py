@@ -91,15 +91,16 @@ def add_checkpoint_arguments(
     )
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` is a training folder: of one MFM (``best.pt`` or ``last.pt``) or of an ensemble."""
+    return any((folder / name).exists() for name in ("best.pt", "last.pt", "ensemble.json"))
+
+
 def checkpoint_path(run: str) -> Path:
     """The checkpoint named by RUN: a file, a training folder (of one MFM or an ensemble), or the ``checkpoint/``
     folder of a report folder."""
     path = Path(run)
-    if (
-        path.is_dir()
-        and not any((path / name).exists() for name in ("best.pt", "last.pt", "ensemble.json"))
-        and (path / "checkpoint").is_dir()
-    ):
+    if path.is_dir() and not holds_run(path) and (path / "checkpoint").is_dir():
         return path / "checkpoint"
     return path
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import add_checkpoint_arguments, add_set_argument, checkpoint_path, load_for_inference, parse_observed
+from ._common import (
+    add_checkpoint_arguments,
+    add_set_argument,
+    checkpoint_path,
+    holds_run,
+    load_for_inference,
+    parse_observed,
+)
 
 
 def register(subparsers) -> None:
@@ -58,7 +65,7 @@ def run(args) -> int:
 def checkpoint_in(path) -> bool:
     """Whether ``path`` is a checkpoint file, or a folder with one (a training folder or a report folder)."""
     p = checkpoint_path(path)
-    return p.is_file() or any((p / name).exists() for name in ("best.pt", "last.pt", "ensemble.json"))
+    return p.is_file() or holds_run(p)
 
 
 def _evaluate_one(args):

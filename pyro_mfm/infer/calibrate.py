@@ -110,6 +110,17 @@ def _encoded(mfm: MFM, ds: MultimodalDataset, batch_size: int, device):
     return parts
 
 
+def _mean_nlpd(parts) -> torch.Tensor:
+    """The mean negative log predictive density over ``parts`` of ``(lp, keep)``: each the log densities of the labels
+    at K draws, (K, ..., N), whose mixture log (1/K) sum_k p(y | z_k) is scored on the labelled samples ``keep``."""
+    total, count = 0.0, 0
+    for lp, keep in parts:
+        lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])  # (..., N)
+        total = total - lp[..., keep].sum()
+        count += int(keep.sum()) * (lp[..., 0].numel())
+    return total / count
+
+
 class HeldOutNLPD:
     """The objective of :func:`calibrate`: the mean negative log predictive density of the labels of ``parts``
     (:func:`_encoded`) over ``subsets``, as a function of the experts' log temperatures ``t`` (M,), the pairs'
@@ -153,11 +164,7 @@ class HeldOutNLPD:
             fixed_t, fixed_r = self.experts_fixed()
             if not (torch.equal(t, fixed_t) and torch.equal(r, fixed_r)):  # the cached draws are those of fixed
                 raise ValueError("HeldOutNLPD(cache=True): t and r must be the fixed ones its draws were taken at")
-            for lp, keep in self.log_densities(t_y, shares):
-                lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])  # (..., N)
-                total = total - lp[..., keep].sum()
-                count += int(keep.sum()) * (lp[..., 0].numel())
-            return total / count
+            return _mean_nlpd(self.log_densities(t_y, shares))
         for i, ((batch, y, keep, experts), eps) in enumerate(zip(self.parts, self.noise)):
             eps = eps[: self.draws]
             if self.poe:
@@ -440,14 +447,8 @@ def calibrate_ensemble(
             objective.log_densities(t + offset, None if share_offset is None else s + share_offset)
             for objective, (t, s) in zip(objectives, base)
         ]
-        total, count = 0.0, 0
-        for parts in zip(*per_member):  # the same part of the validation split, from every member
-            lp = torch.cat([p for p, _ in parts])  # (J K, ..., N): the mixture's draws
-            lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
-            keep = parts[0][1]
-            total = total - lp[..., keep].sum()
-            count += int(keep.sum()) * lp[..., 0].numel()
-        return total / count
+        # the same part of the validation split from every member: the mixture's J K draws
+        return _mean_nlpd((torch.cat([lp for lp, _ in parts]), parts[0][1]) for parts in zip(*per_member))
 
     x = np.zeros(sum(sizes))
     try:

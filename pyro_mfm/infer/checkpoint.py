@@ -321,7 +321,7 @@ def _load_ensemble(folder: Path, device=None) -> tuple[Ensemble, Config, dict]:
             f"{len(names)} members trained (--resume continues the training)"
         )
     loaded = [load_model(folder / n, device) for n in names]
-    config = loaded[0][1].override([f"train.ensemble={len(names)}", f"train.seed={info.get('seed', 0)}"])
+    config = loaded[0][1].override([f"train.ensemble={len(names)}"])  # member 0 trained from the ensemble's seed
     digest = hashlib.sha256("".join(str(p.get("checksum")) for _, _, p in loaded).encode()).hexdigest()
     payload = {"path": str(folder), "checksum": digest, "members": [p["path"] for _, _, p in loaded]}
     return Ensemble([m for m, _, _ in loaded]).eval(), config, payload

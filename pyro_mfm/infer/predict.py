@@ -226,7 +226,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             features, start = _rows(encoded, start, len(batch))
             block = draw_block(len(batch), draws, device)
             observed_here = batch.present_masks(mfm.names)  # the label's calibrated spread for what each observes
-            p_ys, z_means_here = [], []
+            p_ys = []
             for k, member in enumerate(members):  # an ensemble's predictive: the mixture of every member's draws
                 own = features[k] if features is not None else None
                 if mfm.shared:
@@ -236,12 +236,11 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
                         mean.expand((draws,) + mean.shape) if member.guide.deterministic else q_z_y.sample((draws,))
                     )  # the guide's Delta code, or draws of q(z_y | x_obs)
                     p_ys.append(member.label_distribution(z_y, block, observed_here))
-                    z_means_here.append(mean)
                 else:  # the label reads every z_a,m
-                    z = guide_draws(member, batch, draws)
-                    p_ys.append(member.label_distribution(z, block, observed_here))
-                    z_means_here.append(member.representation(batch) if k == 0 else None)
-            z_mean = z_means_here[0]  # the first member's: the members' codes live in spaces of their own
+                    p_ys.append(member.label_distribution(guide_draws(member, batch, draws), block, observed_here))
+                    mean = member.representation(batch) if k == 0 else None
+                if k == 0:  # the first member's code: the members' codes live in spaces of their own
+                    z_mean = mean
             p_y = mfm.D.join_draws(p_ys)
             points.append(_finite(mfm.D.point(p_y).mean(0), f"{dataset._where()}: the predictive of the label").cpu())
             if regression:

@@ -127,13 +127,20 @@ def fit(
             if config.train.ensemble > 1:
                 args = (resume, overwrite, group, device, allow_config_change, on_epoch)
                 return _fit_ensemble(config, data, out_dir, *args)
-            lock = folder_lock(out_dir) if out_dir is not None and group.main else nullcontext()
-            with lock:
-                if out_dir is not None and group.main:
-                    prepare_folder(out_dir, resume, overwrite)
-                return _fit(config, data, out_dir, resume, group, device, allow_config_change, on_epoch, built)
+            return _fit_in_folder(
+                config, data, out_dir, resume, overwrite, group, device, allow_config_change, on_epoch, built
+            )
         finally:
             distributed.shutdown(group)
+
+
+def _fit_in_folder(config, data, out_dir, resume, overwrite, group, device, allow_config_change, on_epoch, built):
+    """:func:`_fit` into ``out_dir`` (if any) while holding its lock, after refusing or clearing a non-empty one."""
+    lock = folder_lock(out_dir) if out_dir is not None and group.main else nullcontext()
+    with lock:
+        if out_dir is not None and group.main:
+            prepare_folder(out_dir, resume, overwrite)
+        return _fit(config, data, out_dir, resume, group, device, allow_config_change, on_epoch, built)
 
 
 ENSEMBLE_FILES = ("member-*", "ensemble.json", "calibration.json", ".*.tmp")
@@ -167,12 +174,10 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
             member = config.override([f"train.seed={seed}", "train.ensemble=1"])
             folder = None if out is None else out / name
             started = resume and folder is not None and any(folder.glob("*.pt"))
-            member_lock = folder_lock(folder) if folder is not None and group.main else nullcontext()
-            with member_lock:
-                if folder is not None and group.main:  # a member that never reached a checkpoint starts again
-                    prepare_folder(folder, started, resume and not started)
-                built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
-                result = _fit(member, data, folder, started, group, device, allow_config_change, on_epoch, built)
+            built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
+            # a member that never reached a checkpoint starts again
+            args = (started, resume and not started, group, device, allow_config_change, on_epoch, built)
+            result = _fit_in_folder(member, data, folder, *args)
             results.append(result)
             if result.interrupted:
                 break
