@@ -336,8 +336,9 @@ class TrainConfig(_Table):
         calibrate: after training, fit on the validation split (:mod:`pyro_mfm.infer.calibrate`) ``"all"``: how
             much precision each modality's expert of z_y may claim and the label likelihood's spread; ``"label"``:
             the label's spread only, for a regression label with each observed modality's share of it (point
-            predictions unchanged); ``"none"``. Stored in ``best.pt`` and written to
-            ``calibration.json``.
+            predictions unchanged); ``"pairs"``: the label's spread and each pair of modalities' redundancy (a
+            discount of both experts where both are observed), the experts' temperatures left at 1; ``"none"``.
+            Stored in ``best.pt`` and written to ``calibration.json``.
         average_weights: stochastic weight averaging over the patience window (Izmailov et al., UAI 2018): keep
             the mean of the weights at the end of the best epoch and of every epoch trained after it, where that
             mean scores on the validation split at least as well as the median of those epochs (else the best
@@ -352,6 +353,11 @@ class TrainConfig(_Table):
             minibatch order, most on weakly informative modalities; the mixture averages that variance out and
             widens the intervals where the members disagree. With an output folder each member trains into
             ``member-K/`` of it. 1: a single MFM.
+        ensemble_processes: how many of the members train at once, each in a process of its own with
+            ``num_threads`` threads (0: one per CPU core this process may use, over ``num_threads``, at most
+            ``ensemble``, on a CPU device; one on a GPU or under ``torchrun``). 1: one after the other in this
+            process. The members are the same either way; a run's ``on_epoch`` callback and data that cannot be
+            pickled (a lazily read HDF5 file) train them one after the other.
     """
 
     epochs: int = setting(100, ge=1, le=1_000_000)
@@ -373,9 +379,10 @@ class TrainConfig(_Table):
     keep_last: int = setting(3, ge=0, le=1_000_000)
     on_divergence: Literal["stop", "skip"] = "stop"
     validate: Literal["first", "always"] = "first"
-    calibrate: Literal["all", "label", "none"] = "label"
+    calibrate: Literal["all", "pairs", "label", "none"] = "label"
     average_weights: bool = True
     ensemble: int = setting(4, ge=1, le=64)
+    ensemble_processes: int = setting(0, ge=0, le=64)
 
 
 @dataclass

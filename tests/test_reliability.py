@@ -15,7 +15,7 @@ from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, load_data, save
 from pyro_mfm.infer import CheckpointError, fit
 from pyro_mfm.infer import train as train_module
-from pyro_mfm.infer.checkpoint import epoch_checkpoints, read_resume
+from pyro_mfm.infer.checkpoint import epoch_checkpoints, folder_lock, read_resume
 from pyro_mfm.infer.faults import DivergenceError
 from pyro_mfm.infer.objective import Objective
 
@@ -256,3 +256,58 @@ def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+
+
+def _wait_for(paths, proc, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not all(p.exists() for p in paths) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _released(folder, seconds=60) -> bool:
+    """Whether the lock of a run folder is free within ``seconds`` (the process training into it has ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with folder_lock(folder):
+                return True
+        except CheckpointError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_resumes(data, tmp_path):
+    """Two members trained at once in processes of their own (`train.ensemble_processes = 2`). SIGTERM to the
+    command stops both members at a step boundary after a checkpoint (exit status 143); `kill -9` of the command
+    leaves its member processes to stop the same way and end. Either way `--resume` ends on the same bytes of
+    weights and optimizer state in every member as an uninterrupted run of one member after the other, in this
+    process."""
+    save(data, tmp_path / "data.h5")
+    toml = CLI_CONFIG.replace("ensemble = 1", "ensemble = 2\nensemble_processes = 2").replace(
+        "epochs = 3", "epochs = 8"
+    )
+    (tmp_path / "tiny.toml").write_text(toml)
+    cmd = [sys.executable, "-m", "pyro_mfm", "train", str(tmp_path / "tiny.toml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = Config.load(tmp_path / "tiny.toml", ["train.ensemble_processes=1"])
+    fit(config, load_data(config), tmp_path / "full")
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        out = tmp_path / how.name
+        proc = subprocess.Popen(
+            cmd + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        _wait_for([out / f"member-{k}" / "epoch-0001.pt" for k in (0, 1)], proc)
+        proc.send_signal(how)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == (128 + how if how == signal.SIGTERM else -how), err
+        if how == signal.SIGTERM:
+            assert "stopped by SIGTERM" in err and "Traceback" not in err
+        for k in (0, 1):
+            assert _released(out / f"member-{k}")  # the member's process has ended
+            assert weights(out / f"member-{k}" / "last.pt")["state"]["epoch"] < 8  # it really stopped early
+        resumed = subprocess.run(cmd + ["--out", str(out), "--resume"], capture_output=True, text=True, env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        for k in (0, 1):
+            full, again = (weights(root / f"member-{k}" / "last.pt") for root in (tmp_path / "full", out))
+            assert_same_run(full, again)

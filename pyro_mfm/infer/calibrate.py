@@ -288,6 +288,7 @@ def calibrate(
     seed: int = 0,
     max_iter: int = 100,
     experts: bool = True,
+    redundancies: bool | None = None,
 ) -> dict:
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
@@ -297,35 +298,41 @@ def calibrate(
     experts, the draws and the objective before and after the label's factor was fitted again at their values, else
     ``None``). ``num_samples``: draws of z_y per sample and subset (``None``: :data:`EXPERT_DRAWS` with the experts,
     else :func:`label_draws`). ``experts = False`` fits the label's factor alone (the experts keep t = 0 and r = 0),
-    with the modalities' shares s_m of it for a regression label and two or more modalities (else 0). Does nothing
-    (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
+    with the modalities' shares s_m of it for a regression label and two or more modalities (else 0).
+    ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn; ``experts = False`` with
+    ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor (and shares), the
+    experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or ``ds`` no
+    labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
     device, was_training, names = next(mfm.parameters()).device, mfm.training, mfm.names
     mfm.eval()
-    experts_on = experts and mfm.config.fusion == "poe" and mfm.shared
+    poe = mfm.config.fusion == "poe" and mfm.shared
+    m, k_y = len(names), mfm.D.log_temperature.numel()
+    temperatures_on = experts and poe
+    pairs_on = (experts if redundancies is None else redundancies) and poe and m > 1
+    experts_on = temperatures_on or pairs_on  # the product of experts changes with what is fitted
     parts, subsets = _encoded(mfm, ds, batch_size, device), calibration_subsets(names, seed=seed)
     outputs = len(subsets) * sum(len(b) for b, _, _, _ in parts) * mfm.D.label.dim  # the head's, per draw
     if num_samples is None:
         num_samples = EXPERT_DRAWS if experts_on else label_draws(outputs)
     cache = not experts_on and num_samples * outputs <= OUTPUT_BUDGET  # else drawn anew at each evaluation
     objective = HeldOutNLPD(mfm, parts, subsets, num_samples, seed, cache=cache)
-    m, k_y = len(names), mfm.D.log_temperature.numel()
-    # the label's spread alone ("label"): its log temperature and, for a regression label and two or more
-    # modalities, each modality's share of it where observed (a subset of weak modalities wider than one with a
-    # strong modality; the point predictions unchanged); "all": the label's log temperature, the experts' and the
-    # pairs' values
-    shares_on = not experts_on and m > 1 and mfm.D.kind in ("normal", "laplace")
-    sizes = [k_y] + ([m, m * (m - 1) // 2] if experts_on else []) + ([m] if shares_on else [])
+    # the label's spread ("label"): its log temperature and, for a regression label and two or more modalities,
+    # each modality's share of it where observed (a subset of weak modalities wider than one with a strong
+    # modality; the point predictions unchanged); "pairs": with the pairs' redundancies; "all": the label's log
+    # temperature, the experts' and the pairs' values
+    shares_on = not temperatures_on and m > 1 and mfm.D.kind in ("normal", "laplace")
+    n_pairs = m * (m - 1) // 2 if pairs_on else 0
+    sizes = [k_y, m if temperatures_on else 0, n_pairs, m if shares_on else 0]
     dtype = mfm.D.log_temperature.dtype
 
     def unpack(x):
-        parts = torch.split(torch.as_tensor(x, dtype=dtype, device=device), sizes)
-        t_y = parts[0]
-        t_x = parts[1] if experts_on else torch.zeros(m, dtype=dtype, device=device)
-        r = parts[2] if experts_on else torch.zeros(m * (m - 1) // 2, dtype=dtype, device=device)
-        return t_y, t_x, r, parts[-1] if shares_on else None
+        t_y, t_x, r, shares = torch.split(torch.as_tensor(x, dtype=dtype, device=device), sizes)
+        t_x = t_x if temperatures_on else torch.zeros(m, dtype=dtype, device=device)
+        r = r if pairs_on else torch.zeros(m * (m - 1) // 2, dtype=dtype, device=device)
+        return t_y, t_x, r, shares if shares_on else None
 
     def nlpd(x):
         t_y, t_x, r, shares = unpack(x)
@@ -348,8 +355,8 @@ def calibrate(
         # the draws (a quarter of the cost per evaluation), then on all of them from there, where a few steps suffice.
         # It stops when a step changes the objective by less than 1e-5 of its value, far below its sampling error on any
         # validation split (0.1-1% at best).
-        pairs = sizes[2] if experts_on else 0
-        bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * (len(x) - pairs) + [(0.0, None)] * pairs
+        bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * (k_y + sizes[1])
+        bounds += [(0.0, None)] * n_pairs + [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * sizes[3]
         for draws in dict.fromkeys((max(1, num_samples // 4), num_samples)):
             objective.draws = draws
             x = lbfgs(nlpd, x, bounds, before)
@@ -359,23 +366,27 @@ def calibrate(
             x, after = np.zeros_like(x), before
         refit = label_draws(outputs)
         if experts_on and refit > num_samples and refit * outputs <= OUTPUT_BUDGET:
-            # the label's factor again, at the experts' fitted values, with the draws of a label-only fit: the
-            # experts' EXPERT_DRAWS bias the label wide (LABEL_DRAWS), and with the experts fixed the draws are too
-            t_y, t_x, r, _ = unpack(x)
+            # the label's factor (and shares) again, at the experts' fitted values, with the draws of a label-only
+            # fit: the experts' EXPERT_DRAWS bias the label wide (LABEL_DRAWS), and with the experts fixed the draws
+            # are too
+            t_y, t_x, r, shares = unpack(x)
             fixed = (t_x, _symmetric(r, m))
             label_objective = HeldOutNLPD(mfm, parts, subsets, refit, seed, cache=True, fixed=fixed)
+            label_part = torch.as_tensor(np.concatenate([x[:k_y], x[len(x) - sizes[3] :]]), dtype=dtype)
+            label_part = label_part.double().numpy()  # the values as the model holds them
 
             def label_nlpd(v):
-                return label_objective(*fixed, v)
+                v = torch.as_tensor(v, dtype=dtype, device=device)
+                return label_objective(*fixed, v[:k_y], v[k_y:] if shares_on else None)
 
             with torch.no_grad():
-                refit_before = float(label_nlpd(t_y))
-            label_bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * k_y
-            v = lbfgs(label_nlpd, t_y.cpu().double().numpy(), label_bounds, refit_before)
+                refit_before = float(label_nlpd(label_part))
+            label_bounds = [(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)] * len(label_part)
+            v = lbfgs(label_nlpd, label_part, label_bounds, refit_before)
             with torch.no_grad():
-                refit_after = float(label_nlpd(torch.as_tensor(v, dtype=dtype, device=device)))
+                refit_after = float(label_nlpd(v))
             if math.isfinite(refit_after) and refit_after <= refit_before:
-                x[:k_y] = v
+                x[:k_y], x[len(x) - sizes[3] :] = v[:k_y], v[k_y:]
                 label_refit = {"draws": refit, "nlpd_before": refit_before, "nlpd_after": refit_after}
     finally:  # whatever stopped the fit, the model holds plain tensors of one fit (the last accepted, or none)
         for p in frozen:

@@ -22,10 +22,27 @@ class DivergenceError(RuntimeError):
     """A non-finite loss or gradient with ``train.on_divergence = "stop"``; the message names sites and samples."""
 
 
+_deferred: int | None = None  # a signal that arrived before any StopRequested block (see defer_stop)
+
+
+def defer_stop(signum, frame) -> None:
+    """A signal handler that keeps ``signum`` for the next :class:`StopRequested` block (which then starts with
+    that stop requested): a process that trains one run after another (an ensemble's member process) installs it,
+    so that a stop asked for between or just before its runs is not lost."""
+    global _deferred
+    _deferred = signum
+
+
+def stop_deferred() -> bool:
+    """Whether :func:`defer_stop` has received a signal in this process."""
+    return _deferred is not None
+
+
 class StopRequested:
     """Within ``with StopRequested() as stop:``, SIGINT and SIGTERM set ``stop.signum`` instead of killing the
     process, so training can finish its step, save a checkpoint and return. A second signal interrupts at once
-    (``KeyboardInterrupt``); the previous handlers come back on exit. Outside the main thread, a no-op."""
+    (``KeyboardInterrupt``); the previous handlers come back on exit. Outside the main thread, a no-op. A signal
+    kept by :func:`defer_stop` counts as the first."""
 
     def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
         self.signals = signals
@@ -45,6 +62,8 @@ class StopRequested:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._before[s] = signal.signal(s, self._handle)
+            if self.signum is None and _deferred in self.signals:
+                self.signum = _deferred
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,6 +10,8 @@ parameters (``train.on_divergence``, :mod:`pyro_mfm.infer.faults`).
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import warnings
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,7 @@ from .checkpoint import folder_lock, prepare_folder, update_weights
 from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
+from .processes import run_in_processes
 from .progress import bars_enabled
 from .resume import RESUME_FREE, config_changes  # noqa: F401  (re-exported)
 from .run import Run, prepare
@@ -158,6 +161,7 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
     out = None if out_dir is None else Path(out_dir)
     lock = folder_lock(out) if out is not None and group.main else nullcontext()
     results: list[TrainResult] = []
+    stopped = ""
     with lock:
         if out is not None and group.main:
             prepare_folder(out, resume, overwrite, ENSEMBLE_FILES)
@@ -168,21 +172,44 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
             out.mkdir(parents=True, exist_ok=True)
             record = {"members": tc.ensemble, "seed": tc.seed, "seeds": seeds, "folders": folders}
             write_json(out / "ensemble.json", record)
-        for k, (seed, name) in enumerate(zip(seeds, folders)):
-            if tc.progress and group.main:
-                tqdm.write(f"ensemble member {k + 1} of {tc.ensemble} (train.seed = {seed})")
-            member = config.override([f"train.seed={seed}", "train.ensemble=1"])
-            folder = None if out is None else out / name
-            started = resume and folder is not None and any(folder.glob("*.pt"))
-            built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
-            # a member that never reached a checkpoint starts again
-            args = (started, resume and not started, group, device, allow_config_change, on_epoch, built)
-            result = _fit_in_folder(member, data, folder, *args)
-            results.append(result)
-            if result.interrupted:
-                break
+        members = [config.override([f"train.seed={seed}", "train.ensemble=1"]) for seed in seeds]
+        where = [None if out is None else out / name for name in folders]
+        # a member that never reached a checkpoint starts again
+        started = [resume and folder is not None and any(folder.glob("*.pt")) for folder in where]
+        fresh = [resume and not s for s in started]
+        processes, blob = _member_processes(config, data, device, group, on_epoch)
+        if processes > 1:
+            if tc.progress:
+                tqdm.write(
+                    f"training the {tc.ensemble} ensemble members {processes} at a time, each in a process of its "
+                    f"own (train.ensemble_processes)"
+                )
+            threads = tc.num_threads or max(1, torch.get_num_threads() // processes)
+            calls = [
+                (
+                    folders[k],
+                    (members[k], blob, where[k], started[k], fresh[k], device, allow_config_change, threads),
+                )
+                for k in range(tc.ensemble)
+            ]
+            results, stopped = run_in_processes(_train_member, calls, processes)
+            results = [r for r in results if r is not None]
+        else:
+            for k in range(tc.ensemble):
+                if tc.progress and group.main:
+                    tqdm.write(f"ensemble member {k + 1} of {tc.ensemble} (train.seed = {seeds[k]})")
+                built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
+                args = (started[k], fresh[k], group, device, allow_config_change, on_epoch, built)
+                result = _fit_in_folder(members[k], data, where[k], *args)
+                results.append(result)
+                if result.interrupted:
+                    break
+    if not results:  # a signal before any member began
+        raise KeyboardInterrupt("stopped before any ensemble member began training")
+    # members that a stop kept from starting leave the ensemble interrupted too
+    interrupted = next((r.interrupted for r in results if r.interrupted), stopped if len(results) < tc.ensemble else "")
     ensemble = Ensemble([r.mfm for r in results])
-    calibration, interrupted, valid = {}, results[-1].interrupted, config.data.valid_split
+    calibration, valid = {}, config.data.valid_split
     if not interrupted and tc.calibrate != "none" and valid in data and len(data[valid]) and group.main:
         calibration = calibrate_ensemble(ensemble, data[valid], seed=tc.seed, batch_size=config.evaluate.batch_size)
         if out is not None and calibration:  # the members' best.pt hold their share of it (what loading reads)
@@ -200,6 +227,34 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
         held_out=held_out,
         calibration=calibration or results[0].calibration,
     )
+
+
+def _member_processes(config: Config, data: MultimodalData, device, group, on_epoch) -> tuple[int, bytes | None]:
+    """How many processes train an ensemble's members at once (``train.ensemble_processes``; 1: in this one),
+    and the data pickled for them."""
+    tc = config.train
+    if tc.ensemble_processes:
+        processes = tc.ensemble_processes
+    elif device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        processes = cores // max(1, tc.num_threads)
+    else:
+        processes = 1
+    processes = min(processes, tc.ensemble)
+    if processes <= 1 or group.enabled or on_epoch is not None:
+        return 1, None
+    try:
+        return processes, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    except (TypeError, pickle.PicklingError):  # e.g. an open HDF5 file's datasets (data read lazily)
+        return 1, None
+
+
+def _train_member(config: Config, data: bytes, out_dir, resume, overwrite, device, allow_config_change, threads):
+    """One ensemble member trained in a process of its own (:func:`~pyro_mfm.infer.processes.run_in_processes`)."""
+    built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
+    with cpu_threads(threads):
+        args = (resume, overwrite, distributed.Dist(), device, allow_config_change, None, built)
+        return _fit_in_folder(config, pickle.loads(data), out_dir, *args)
 
 
 def _step(loss_fn, batch: Batch, global_size: int, beta: float, params, clip_norm: float, group, device):
@@ -273,6 +328,7 @@ def _fit(
             seed=tc.seed,
             batch_size=config.evaluate.batch_size,
             experts=tc.calibrate == "all",
+            redundancies=tc.calibrate in ("all", "pairs"),
         )
         ckpt.save_calibration(result.calibration)
     return result
