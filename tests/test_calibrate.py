@@ -155,6 +155,16 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
     assert cal["nlpd_after"] < cal["nlpd_before"]
     r = mfm.expert_redundancy
     assert torch.allclose(r, r.T) and (r.diag() == 0).all() and (r >= 0).all()
+    # train.calibrate = "pairs": the label's factor and shares with the pair's redundancy, the experts' temperatures
+    # left at 0. It nests "label" (r = 0), so its optimum is at least as good, and better here, where {a, c} counts
+    # one expert twice; the discount is found (r > 0)
+    fits = {}
+    for what, redundancies in (("label", False), ("pairs", True)):
+        mfm.expert_log_temperature.zero_()
+        fits[what] = calibrate(mfm, data["valid"], experts=False, redundancies=redundancies, num_samples=64)
+    assert all(t == 0 for t in fits["pairs"]["expert_log_temperature"].values()), fits["pairs"]
+    assert fits["pairs"]["expert_redundancy"]["a+c"] > 0 and fits["label"]["expert_redundancy"]["a+c"] == 0
+    assert fits["pairs"]["nlpd_after"] < fits["label"]["nlpd_after"], fits
     # a checkpoint written before the redundancy existed loads with none
     mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "guide.expert_redundancy"})
     assert (mfm.expert_redundancy == 0).all()

@@ -297,7 +297,7 @@ def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_re
         proc = subprocess.Popen(
             cmd + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
-        _wait_for([out / f"member-{k}" / "epoch-0001.pt" for k in (0, 1)], proc)
+        _wait_for([out / f"member-{k}" / "last.pt" for k in (0, 1)], proc)  # each has trained an epoch
         proc.send_signal(how)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == (128 + how if how == signal.SIGTERM else -how), err
