@@ -337,8 +337,9 @@ class TrainConfig(_Table):
             much precision each modality's expert of z_y may claim and the label likelihood's spread; ``"label"``:
             the label's spread only, for a regression label with each observed modality's share of it (point
             predictions unchanged); ``"pairs"``: the label's spread and each pair of modalities' redundancy (a
-            discount of both experts where both are observed), the experts' temperatures left at 1; ``"none"``.
-            Stored in ``best.pt`` and written to ``calibration.json``.
+            discount of both experts where both are observed), the experts' temperatures left at 1; ``"auto"``:
+            ``"pairs"`` for a class label, ``"label"`` for a regression label; ``"none"``. Stored in ``best.pt``
+            and written to ``calibration.json``.
         average_weights: stochastic weight averaging over the patience window (Izmailov et al., UAI 2018): keep
             the mean of the weights at the end of the best epoch and of every epoch trained after it, where that
             mean scores on the validation split at least as well as the median of those epochs (else the best
@@ -379,7 +380,7 @@ class TrainConfig(_Table):
     keep_last: int = setting(3, ge=0, le=1_000_000)
     on_divergence: Literal["stop", "skip"] = "stop"
     validate: Literal["first", "always"] = "first"
-    calibrate: Literal["all", "pairs", "label", "none"] = "label"
+    calibrate: Literal["auto", "all", "pairs", "label", "none"] = "auto"
     average_weights: bool = True
     ensemble: int = setting(4, ge=1, le=64)
     ensemble_processes: int = setting(0, ge=0, le=64)

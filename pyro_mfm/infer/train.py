@@ -29,7 +29,7 @@ from ..ensemble import Ensemble, member_seed
 from ..model import MFM
 from ..outputs import write_json
 from . import distributed
-from .calibrate import calibrate, calibrate_ensemble
+from .calibrate import calibrate, calibrate_ensemble, calibration_mode
 from .checkpoint import folder_lock, prepare_folder, update_weights
 from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
@@ -322,13 +322,14 @@ def _fit(
     result.history, result.best, result.skipped = run.selection.history, run.selection.best, run.guard.reports
     run.mfm.eval()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
+        mode = calibration_mode(tc.calibrate, run.mfm)
         result.calibration = calibrate(
             run.mfm,
             data[config.data.valid_split],
             seed=tc.seed,
             batch_size=config.evaluate.batch_size,
-            experts=tc.calibrate == "all",
-            redundancies=tc.calibrate in ("all", "pairs"),
+            experts=mode == "all",
+            redundancies=mode in ("all", "pairs"),
         )
         ckpt.save_calibration(result.calibration)
     return result
