@@ -11,7 +11,7 @@ import torch
 from pyro_mfm.analysis import factors
 from pyro_mfm.cli import main
 from pyro_mfm.config import Config
-from pyro_mfm.data import save
+from pyro_mfm.data import load, save
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.ensemble import Ensemble, member_seed
 from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
@@ -140,6 +140,21 @@ def test_the_ensemble_loads_from_its_folder_and_resumes_to_the_same_members(trai
     (cut / "ensemble.json").write_text("{")  # a damaged record is one line naming the file
     with pytest.raises(CheckpointError, match="ensemble.json: not an ensemble's record"):
         load_model(cut)
+
+
+def test_data_read_lazily_train_the_members_one_after_the_other_to_the_same_bits(trained, tmp_path):
+    """Data read lazily from an HDF5 file cannot be pickled for member processes; with two processes asked for, the
+    members then train one after the other in this process, and come out as the processes trained them."""
+    data, _, result = trained
+    save(data, tmp_path / "data.h5")
+    lazy = load(tmp_path / "data.h5", lazy=True)
+    try:
+        again = fit(Config().override(FAST + ["train.ensemble=2", "train.ensemble_processes=2"]), lazy)
+    finally:
+        lazy.close()
+    for full, member in zip(result.members, again.members):
+        for x, y in zip(full.mfm.parameters(), member.mfm.parameters()):
+            assert torch.equal(x, y)
 
 
 def test_one_model_settings_refuse_an_ensemble(trained):

@@ -151,10 +151,12 @@ ENSEMBLE_FILES = ("member-*", "ensemble.json", "calibration.json", ".*.tmp")
 
 
 def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow_config_change, on_epoch):
-    """Train ``train.ensemble`` members one after the other, member k with :func:`~pyro_mfm.ensemble.member_seed`
-    and into ``out_dir/member-k/`` (a run folder of its own: checkpoints, log, calibration), after writing
-    ``out_dir/ensemble.json``. With ``resume``, members that reached a checkpoint continue (finished ones return at
-    once) and the others start. A signal stops the member in training; its result is returned, interrupted."""
+    """Train ``train.ensemble`` members, member k with :func:`~pyro_mfm.ensemble.member_seed` and into
+    ``out_dir/member-k/`` (a run folder of its own: checkpoints, log, calibration), after writing
+    ``out_dir/ensemble.json``: ``train.ensemble_processes`` at a time, each in a process of its own
+    (:func:`_member_processes`), or one after the other in this one. With ``resume``, members that reached a
+    checkpoint continue (finished ones return at once) and the others start. A signal stops the members in training
+    and keeps the others from starting; the ensemble of those that trained is returned, interrupted."""
     tc = config.train
     seeds = [member_seed(tc.seed, k) for k in range(tc.ensemble)]
     folders = [f"member-{k}" for k in range(tc.ensemble)]
@@ -245,7 +247,7 @@ def _member_processes(config: Config, data: MultimodalData, device, group, on_ep
         return 1, None
     try:
         return processes, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
-    except (TypeError, pickle.PicklingError):  # e.g. an open HDF5 file's datasets (data read lazily)
+    except (TypeError, AttributeError, pickle.PicklingError):  # e.g. an open HDF5 file's datasets (read lazily)
         return 1, None
 
 
