@@ -230,6 +230,12 @@ device = "cpu"
 """
 
 
+def _wait_for(paths, proc, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not all(p.exists() for p in paths) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     """Kill `pyro-mfm train` with SIGTERM while it trains; it saves and exits 143; `--resume` then ends on the
     same bytes of weights and optimizer state as an uninterrupted run."""
@@ -242,9 +248,7 @@ def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     proc = subprocess.Popen(
         cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "cut" / "epoch-0001.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _wait_for([tmp_path / "cut" / "epoch-0001.pt"], proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -256,12 +260,6 @@ def test_sigterm_to_a_real_training_process_then_resume(data, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
-
-
-def _wait_for(paths, proc, seconds=120):
-    deadline = time.monotonic() + seconds
-    while not all(p.exists() for p in paths) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
 
 
 def _released(folder, seconds=60) -> bool:

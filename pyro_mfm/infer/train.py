@@ -200,8 +200,7 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
             for k in range(tc.ensemble):
                 if tc.progress and group.main:
                     tqdm.write(f"ensemble member {k + 1} of {tc.ensemble} (train.seed = {seeds[k]})")
-                built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
-                args = (started[k], fresh[k], group, device, allow_config_change, on_epoch, built)
+                args = (started[k], fresh[k], group, device, allow_config_change, on_epoch, _built_by_config())
                 result = _fit_in_folder(members[k], data, where[k], *args)
                 results.append(result)
                 if result.interrupted:
@@ -251,11 +250,15 @@ def _member_processes(config: Config, data: MultimodalData, device, group, on_ep
         return 1, None
 
 
+def _built_by_config() -> dict:
+    """What :func:`fit` is given to use instead of building it: nothing (an ensemble's member builds all of it)."""
+    return {"model": None, "objective": None, "optimizer": None, "scheduler": None}
+
+
 def _train_member(config: Config, data: bytes, out_dir, resume, overwrite, device, allow_config_change, threads):
     """One ensemble member trained in a process of its own (:func:`~pyro_mfm.infer.processes.run_in_processes`)."""
-    built = {"model": None, "objective": None, "optimizer": None, "scheduler": None}
     with cpu_threads(threads):
-        args = (resume, overwrite, distributed.Dist(), device, allow_config_change, None, built)
+        args = (resume, overwrite, distributed.Dist(), device, allow_config_change, None, _built_by_config())
         return _fit_in_folder(config, pickle.loads(data), out_dir, *args)
 
 
