@@ -134,21 +134,23 @@ def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle(expe
 
 @pytest.mark.slow
 def test_unlabelled_samples_improve_the_classifier():
-    """97% of training labels missing (97 labelled samples of 3,000, fewer than the 120 features): the MFM trained on
+    """97% of training labels missing (40 labelled samples of 1,500, fewer than the 120 features): the MFM trained on
     all samples (the unlabelled ones through the generative part) is more accurate than the same model trained on
     the labelled samples alone, with the same number of optimisation steps (the labelled samples repeated to the
     size of the full training split, so the epochs, steps and early stopping are alike).
 
-    Three training seeds; the gain in test accuracy (2,000 samples) is positive on each, and its mean over the seeds
-    exceeds the one-sided 97.5% quantile of Student's t with 2 degrees of freedom (4.303) times its standard error
+    Four training seeds; the gain in test accuracy (2,000 samples) is positive on each, and its mean over the seeds
+    exceeds the one-sided 97.5% quantile of Student's t with 3 degrees of freedom (3.182) times its standard error
     over the seeds: the training's own variability, not only the test sample's, is in the bound.
 
     The label carries the generative model's weight (``model.label_weight = "fixed"``, alpha = 1): on data drawn
     from the MFM's own story that is the weighting under which unlabelled samples inform z_y (the default
-    ``"auto"`` makes the model discriminative; README). With equal steps, the gains were 0.024-0.035 (Bayes
-    accuracy 0.906). With 10% labelled, and ten times the epochs for the labelled 300 alone, the two were level
-    (0.859-0.872 against 0.850-0.866 over four seeds); without equal steps the labelled-only model takes 10 to 30
-    times fewer steps and can stop at chance."""
+    ``"auto"`` makes the model discriminative; README). With equal steps and 30 epochs, the gains over six seeds
+    were 0.04-0.11 (mean 0.076, t = 7.0); 3,000 samples (97 labelled) and 60 epochs gave 0.024-0.035 at three
+    times the cost, and 20 epochs left one seed of six below its labelled-only model. With 10% labelled, and ten
+    times the epochs for the labelled 300 alone, the two were level (0.859-0.872 against 0.850-0.866 over four
+    seeds); without equal steps the labelled-only model takes 10 to 30 times fewer steps and can stop at
+    chance."""
     gen = LinearGaussianMFM.random(
         {"a": 40, "b": 40, "c": 40},
         z_y_dim=2,
@@ -159,7 +161,7 @@ def test_unlabelled_samples_improve_the_classifier():
         noise=1.0,
         seed=1,
     )
-    data = gen.sample({"train": 3000}, label_missing=0.97, seed=4)
+    data = gen.sample({"train": 1500}, label_missing=0.97, seed=4)
     data.splits["valid"] = gen.sample({"valid": 500}, seed=4)["valid"]
     test = gen.sample({"test": 2000}, seed=4)["test"]
     train = data["train"]
@@ -167,10 +169,10 @@ def test_unlabelled_samples_improve_the_classifier():
     repeated = np.resize(labelled, len(train))  # the labelled samples, repeated: as many steps per epoch
     supervised = MultimodalData(data.schema, {"train": train.subset(repeated), "valid": data["valid"]})
     gains = []
-    for seed in range(3):
+    for seed in range(4):
         cfg = Config().override(
             SMALL
-            + ["train.epochs=60", "train.select_metric='accuracy'", "model.label_weight='fixed'", f"train.seed={seed}"]
+            + ["train.epochs=30", "train.select_metric='accuracy'", "model.label_weight='fixed'", f"train.seed={seed}"]
             + ["train.calibrate='none'"]  # what is compared is what training makes of the unlabelled samples
         )
         acc = {
@@ -180,7 +182,7 @@ def test_unlabelled_samples_improve_the_classifier():
         gains.append(acc["semi"] - acc["supervised"])
     gains = np.array(gains)
     se = gains.std(ddof=1) / math.sqrt(len(gains))
-    assert (gains > 0).all() and gains.mean() > 4.303 * se, (gains, se)
+    assert (gains > 0).all() and gains.mean() > 3.182 * se, (gains, se)
 
 
 @pytest.mark.slow

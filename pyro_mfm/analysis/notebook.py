@@ -21,10 +21,11 @@ class NotebookSetup:
     root: Path
     data: MultimodalData
 
-    def config(self, epochs: int, *overrides: str) -> Config:
+    def config(self, epochs: int, *overrides: str, calibrate: str | None = None) -> Config:
         """``models/uci_mfeat.toml`` trained for ``epochs`` (KL warm-up over the first quarter, no progress bars),
         as one MFM (``train.ensemble = 1``: the notebooks read one model's posterior, codes and factors), then
-        ``overrides`` (``"table.key=value"``, as ``--set``)."""
+        ``overrides`` (``"table.key=value"``, as ``--set``); ``calibrate``: ``train.calibrate`` where given (the
+        configuration's otherwise)."""
         return Config.load(self.root / UCI_CONFIG).override(
             [
                 f"train.epochs={epochs}",
@@ -32,6 +33,7 @@ class NotebookSetup:
                 "train.progress=False",
                 "train.ensemble=1",
                 *overrides,
+                *([] if calibrate is None else [f"train.calibrate={calibrate!r}"]),
             ]
         )
 
