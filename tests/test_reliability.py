@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ from pyro_mfm.data import LinearGaussianMFM, load_data, save
 from pyro_mfm.infer import CheckpointError, fit
 from pyro_mfm.infer import train as train_module
 from pyro_mfm.infer.checkpoint import epoch_checkpoints, folder_lock, read_resume
-from pyro_mfm.infer.faults import DivergenceError
+from pyro_mfm.infer.faults import DivergenceError, StopRequested
 from pyro_mfm.infer.objective import Objective
+from pyro_mfm.infer.processes import ProcessEnded, run_in_processes
 
 TINY = [
     "train.progress=False",
@@ -312,3 +314,91 @@ def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_re
         for k in (0, 1):
             full, again = (weights(root / f"member-{k}" / "last.pt") for root in (tmp_path / "full", out))
             assert_same_run(full, again)
+
+
+def _killed_or_waiting(folder, name):
+    """A call of ``run_in_processes``: "killed" kills its own process with SIGKILL once the other call is running;
+    the other waits for a stop (at most 60 s), records the signal that stopped it, and returns a result larger than
+    a pipe's buffer, as a trained model is."""
+    folder = Path(folder)
+    if name == "killed":
+        deadline = time.monotonic() + 60
+        while not (folder / "waiting").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+    with StopRequested() as stop:
+        (folder / "waiting").touch()
+        deadline = time.monotonic() + 60
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (folder / "stopped").write_text(stop.name or "not stopped")
+    return bytes(1 << 20)
+
+
+@pytest.mark.parametrize("first", ["killed", "waiting"])
+def test_a_process_killed_in_a_call_stops_the_others_once_and_is_named(tmp_path, first):
+    """A process of ``run_in_processes`` killed in the middle of its call (as the out-of-memory killer does) ends
+    the run with ``ProcessEnded`` naming that call, after the other call was stopped by one SIGTERM (a second would
+    interrupt it without its checkpoint) and its process ended, though its result does not fit a pipe. Both orders
+    of the calls: the pool watches the processes it knew of when it last woke, which may not include the second."""
+    calls = [(name, (name,)) for name in ([first] + [n for n in ("killed", "waiting") if n != first])]
+    with pytest.raises(ProcessEnded) as raised:
+        run_in_processes(_killed_or_waiting, calls, 2, shared=(str(tmp_path),))
+    assert raised.value.ended == ["killed (killed by SIGKILL)"]
+    assert "killed (killed by SIGKILL): its process ended in the middle of the call" in str(raised.value)
+    assert (tmp_path / "stopped").read_text() == "SIGTERM"
+
+
+def _member_processes_of(pid: int) -> list[int]:
+    """The processes started by ``multiprocessing``'s spawn whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the member processes in /proc")
+def test_a_member_process_killed_is_one_line_and_the_run_resumes(data, tmp_path):
+    """`kill -9` of one member's process (the out-of-memory killer's way) while two members train at once: the
+    command stops the other member after a checkpoint and exits with status 1 and one line naming the member, no
+    traceback; `--resume` then ends on the bytes of an uninterrupted run."""
+    save(data, tmp_path / "data.h5")
+    toml = CLI_CONFIG.replace("ensemble = 1", "ensemble = 2\nensemble_processes = 2").replace(
+        "epochs = 3", "epochs = 6"
+    )
+    (tmp_path / "tiny.toml").write_text(toml)
+    cmd = [sys.executable, "-m", "pyro_mfm", "train", str(tmp_path / "tiny.toml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = Config.load(tmp_path / "tiny.toml", ["train.ensemble_processes=1"])
+    fit(config, load_data(config), tmp_path / "full")
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(
+        cmd + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    _wait_for([out / f"member-{k}" / "last.pt" for k in (0, 1)], proc)  # each has trained an epoch
+    members = _member_processes_of(proc.pid)
+    assert len(members) == 2, members
+    os.kill(members[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    error = [line for line in err.splitlines() if line.startswith("pyro-mfm: error:")]
+    assert len(error) == 1 and "Traceback" not in err, err
+    assert "(killed by SIGKILL) ended in the middle of training" in error[0] and "--resume" in error[0], err
+    for k in (0, 1):
+        assert _released(out / f"member-{k}")
+    resumed = subprocess.run(
+        cmd + ["--out", str(out), "--resume", "--set", "train.ensemble_processes=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    for k in (0, 1):
+        assert_same_run(*(weights(root / f"member-{k}" / "last.pt") for root in (tmp_path / "full", out)))

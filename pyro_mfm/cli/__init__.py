@@ -15,6 +15,7 @@ from .. import __version__
 from ..config import ConfigError
 from ..data.schema import DataError
 from ..infer.checkpoint import CheckpointError
+from ..infer.processes import ProcessEnded
 from ..outputs import OutputError
 
 COMMANDS = (
@@ -40,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (2 for bad input or an output that cannot be written, printed
-    as one line on stderr).
+    """Run the command line; returns the exit status (2 for bad input or an output that cannot be written, 1 for an
+    ensemble member's process killed in training, each printed as one line on stderr).
 
     Output closed early by the reader (``pyro-mfm ... | head``) ends the command quietly, as other command-line
     tools do, with the status 128 + SIGPIPE (141).
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
     except (DataError, ConfigError, CheckpointError, OutputError) as e:
         print(f"pyro-mfm: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ProcessEnded as e:  # not bad input: a process of the command was killed (exit status 1)
+        print(f"pyro-mfm: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         _silence_stdout()
         return 141

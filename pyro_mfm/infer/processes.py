@@ -5,7 +5,8 @@ terminal's Ctrl-C reaches only this process; a SIGINT or SIGTERM here is passed 
 second as a second), where training stops at the next step boundary after a checkpoint as it does in this process
 (:class:`~pyro_mfm.infer.faults.StopRequested`), and calls not yet started are not started. A process whose parent
 has gone (``kill -9``) stops the same way, leaving checkpoints to resume from. Each call's printed lines are
-prefixed with its name, as several run at once.
+prefixed with its name, as several run at once. A process that ends in the middle of a call (``kill -9``, the
+out-of-memory killer) stops the others the same way and is reported as :class:`ProcessEnded`, naming its call.
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from .faults import StopRequested, defer_stop, stop_deferred
 
 POLL_SECONDS = 0.1
+
+
+class ProcessEnded(RuntimeError):
+    """A process of :func:`run_in_processes` ended in the middle of a call (killed by a signal, e.g. by the
+    out-of-memory killer); ``ended``: the calls' names, each with how its process ended."""
+
+    def __init__(self, message: str, ended: list[str]):
+        super().__init__(message)
+        self.ended = ended
 
 
 class Prefixed(io.TextIOBase):
@@ -47,13 +58,14 @@ class Prefixed(io.TextIOBase):
         self.stream.flush()
 
 
-def _watch(parent: int, stops) -> None:
+def _watch(parent: int, stops, abandon) -> None:
     """Send this process one SIGTERM per stop its parent asked for (``stops``), and one when the parent is gone;
-    with the parent gone, end the process once no call is running (nothing would read its results)."""
+    with the parent gone, or its pool broken (``abandon``: another process ended), end the process once no call is
+    running (nothing would read its results)."""
     sent = 0
     while True:
         orphan = os.getppid() != parent
-        if orphan and not _busy:
+        if (orphan or abandon.value) and not _busy:
             os._exit(1)
         wanted = max(stops.value, 1) if orphan else stops.value
         for _ in range(sent, wanted):
@@ -62,57 +74,106 @@ def _watch(parent: int, stops) -> None:
         time.sleep(POLL_SECONDS)
 
 
-_stops = None  # in a process of run_in_processes: the stops its parent asked for (shared, passed at its start)
-_busy = False  # ... and whether a call is running in it
+# in a process of run_in_processes, what its parent passed at its start: the stops asked for, whether the pool is
+# abandoned, which process runs which call and which calls have returned, and the arguments every call shares; and
+# whether a call is running
+_stops = _abandon = _pids = _returned = None
+_shared: tuple = ()
+_busy = False
 
 
-def _start(parent: int, stops) -> None:
-    global _stops
-    _stops = stops
+def _start(parent: int, stops, abandon, pids, returned, shared: tuple) -> None:
+    global _stops, _abandon, _pids, _returned, _shared
+    _stops, _abandon, _pids, _returned, _shared = stops, abandon, pids, returned, shared
     os.setsid()
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, defer_stop)
-    threading.Thread(target=_watch, args=(parent, stops), daemon=True).start()
+    threading.Thread(target=_watch, args=(parent, stops, abandon), daemon=True).start()
 
 
-def _call(fn, name: str, args: tuple):
+def _call(fn, index: int, name: str, args: tuple):
     global _busy
-    if _stops.value or stop_deferred():  # asked to stop before this call began: it does not begin
+    if _stops.value or _abandon.value or stop_deferred():  # asked to stop before this call began: it does not begin
         return None
+    _pids[index] = os.getpid()
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = Prefixed(streams[0], f"{name}: "), Prefixed(streams[1], f"{name}: ")
     _busy = True
     try:
-        return fn(*args)
+        return fn(*_shared, *args)
     finally:
+        _returned[index] = 1
         _busy = False
         sys.stdout, sys.stderr = streams
 
 
-def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int) -> tuple[list, str]:
-    """``fn(*args)`` for each ``(name, args)`` of ``calls``, at most ``processes`` at once, each in a process of its
-    own (``fn`` and ``args`` picklable): the results in order, ``None`` for calls that a stop kept from starting,
-    and the name of the signal that asked for it (``""`` if none).
+def _how(process) -> str:
+    """How a process ended: the signal that killed it, or its exit code."""
+    code = None if process is None else process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}" if code is not None else "ended"
+
+
+def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int, shared: tuple = ()) -> tuple[list, str]:
+    """``fn(*shared, *args)`` for each ``(name, args)`` of ``calls``, at most ``processes`` at once, each in a
+    process of its own (``fn``, ``shared`` and ``args`` picklable; ``shared`` is sent once to each process): the
+    results in order, ``None`` for calls that a stop kept from starting, and the name of the signal that asked for
+    it (``""`` if none).
     A SIGINT or SIGTERM to this process stops the running calls (passed on as one SIGTERM each); a second passes
     a second on and raises ``KeyboardInterrupt`` here. The first error raised in a call stops the others and is
-    raised here once they have returned."""
+    raised here once they have returned. A process that ends in the middle of a call stops the others as one
+    signal does, and raises :class:`ProcessEnded` here, naming its call, once they have ended."""
     context = multiprocessing.get_context("spawn")
-    stops = context.Value("i", 0)
+    # no locks: a process killed while holding one would leave it held for every other
+    stops, abandon = context.Value("i", 0, lock=False), context.Value("i", 0, lock=False)
+    pids, returned = context.Array("q", len(calls), lock=False), context.Array("b", len(calls), lock=False)
     with StopRequested() as stop:
-        with ProcessPoolExecutor(
-            processes, mp_context=context, initializer=_start, initargs=(os.getpid(), stops)
-        ) as pool:
-            futures = [pool.submit(_call, fn, name, args) for name, args in calls]
-            pending = set(futures)
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION)
-                    if stop.signum is not None or any(f.exception() is not None for f in done):
+        pool = ProcessPoolExecutor(
+            processes,
+            mp_context=context,
+            initializer=_start,
+            initargs=(os.getpid(), stops, abandon, pids, returned, shared),
+        )
+        futures = [pool.submit(_call, fn, i, name, args) for i, (name, args) in enumerate(calls)]
+        pending, workers = set(futures), {}  # workers: the processes seen alive, by pid
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION)
+                broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+                alive = {p.pid: p for p in multiprocessing.active_children()}
+                workers.update(alive)
+                # the pool stops the other processes with a SIGTERM once it sees one end, but it watches the
+                # processes it knew of when it last woke, which may not include that one: then they are stopped
+                # from here, once; either way each ends once its call has returned (its result would not be read)
+                gone = any(pids[i] and not returned[i] and pids[i] not in alive for i in range(len(calls)))
+                if broken or gone:
+                    if not broken:
                         stops.value = max(stops.value, 1)
-            except KeyboardInterrupt:  # a second signal: passed on, and raised once the processes have returned
-                stops.value = 2
-                wait(pending)
-                raise
+                    abandon.value = 1
+                    break
+                if stop.signum is not None or any(f.exception() is not None for f in done):
+                    stops.value = max(stops.value, 1)
+            while abandon.value and any(p.pid in workers for p in multiprocessing.active_children()):
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:  # a second signal: passed on, and raised once the processes have returned
+            stops.value = 2
+            wait(pending)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if abandon.value:
+        ended = [
+            f"{calls[i][0]} ({_how(workers.get(pids[i]))})" for i in range(len(calls)) if pids[i] and not returned[i]
+        ]
+        raise ProcessEnded(
+            f"{', '.join(ended)}: its process ended in the middle of the call (killed by a signal, e.g. by the "
+            "out-of-memory killer); the other calls were stopped",
+            ended,
+        )
     for f in futures:
         if f.exception() is not None:
             raise f.exception()

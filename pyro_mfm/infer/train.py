@@ -34,7 +34,7 @@ from .checkpoint import folder_lock, prepare_folder, update_weights
 from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
-from .processes import run_in_processes
+from .processes import ProcessEnded, run_in_processes
 from .progress import bars_enabled
 from .resume import RESUME_FREE, config_changes  # noqa: F401  (re-exported)
 from .run import Run, prepare
@@ -188,13 +188,18 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
                 )
             threads = tc.num_threads or max(1, torch.get_num_threads() // processes)
             calls = [
-                (
-                    folders[k],
-                    (members[k], blob, where[k], started[k], fresh[k], device, allow_config_change, threads),
-                )
+                (folders[k], (members[k], where[k], started[k], fresh[k], device, allow_config_change, threads))
                 for k in range(tc.ensemble)
             ]
-            results, stopped = run_in_processes(_train_member, calls, processes)
+            try:
+                results, stopped = run_in_processes(_train_member, calls, processes, shared=(blob,))
+            except ProcessEnded as e:
+                raise ProcessEnded(
+                    f"{out if out is not None else 'ensemble'}: the process of {', '.join(e.ended)} ended in the "
+                    "middle of training (killed by a signal, e.g. by the out-of-memory killer); the other members "
+                    "stopped after a checkpoint" + (" (continue with --resume)" if out is not None else ""),
+                    e.ended,
+                ) from None
             results = [r for r in results if r is not None]
         else:
             for k in range(tc.ensemble):
@@ -255,7 +260,7 @@ def _built_by_config() -> dict:
     return {"model": None, "objective": None, "optimizer": None, "scheduler": None}
 
 
-def _train_member(config: Config, data: bytes, out_dir, resume, overwrite, device, allow_config_change, threads):
+def _train_member(data: bytes, config: Config, out_dir, resume, overwrite, device, allow_config_change, threads):
     """One ensemble member trained in a process of its own (:func:`~pyro_mfm.infer.processes.run_in_processes`)."""
     with cpu_threads(threads):
         args = (resume, overwrite, distributed.Dist(), device, allow_config_change, None, _built_by_config())
