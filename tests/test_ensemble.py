@@ -3,6 +3,10 @@ training into member folders, resume, loading, the command line, and what refuse
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +229,24 @@ def test_the_ensemble_is_calibrated_as_a_mixture(trained):
 
     at = density(0.0)
     assert at > density(0.3) and at > density(-0.3)
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error(tmp_path):
+    """A script that trains members in processes at its top level, without `if __name__ == "__main__":`: spawn's
+    start-up runs the script again in each new process, which then fails before any member begins. The script ends
+    at once with an error that says so (before, a process whose start-up message was large could wait forever)."""
+    script = tmp_path / "train_ensemble.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from pyro_mfm.config import Config\n"
+        "from pyro_mfm.infer import fit\n"
+        "from tests.test_train import SMALL, tiny_data\n"
+        "fit(Config().override(SMALL + ['train.epochs=1', 'train.ensemble=2', 'train.ensemble_processes=2']), "
+        "tiny_data())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    assert "a member process ended before its training began" in done.stderr, done.stderr[-2000:]
+    assert 'needs `if __name__ == "__main__":`' in done.stderr

@@ -341,9 +341,9 @@ def test_a_process_killed_in_a_call_stops_the_others_once_and_is_named(tmp_path,
     the run with ``ProcessEnded`` naming that call, after the other call was stopped by one SIGTERM (a second would
     interrupt it without its checkpoint) and its process ended, though its result does not fit a pipe. Both orders
     of the calls: the pool watches the processes it knew of when it last woke, which may not include the second."""
-    calls = [(name, (name,)) for name in ([first] + [n for n in ("killed", "waiting") if n != first])]
+    calls = [(name, (str(tmp_path), name)) for name in ([first] + [n for n in ("killed", "waiting") if n != first])]
     with pytest.raises(ProcessEnded) as raised:
-        run_in_processes(_killed_or_waiting, calls, 2, shared=(str(tmp_path),))
+        run_in_processes(_killed_or_waiting, calls, 2)
     assert raised.value.ended == ["killed (killed by SIGKILL)"]
     assert "killed (killed by SIGKILL): its process ended in the middle of the call" in str(raised.value)
     assert (tmp_path / "stopped").read_text() == "SIGTERM"

@@ -75,16 +75,14 @@ def _watch(parent: int, stops, abandon) -> None:
 
 
 # in a process of run_in_processes, what its parent passed at its start: the stops asked for, whether the pool is
-# abandoned, which process runs which call and which calls have returned, and the arguments every call shares; and
-# whether a call is running
+# abandoned, which process runs which call and which calls have returned; and whether a call is running
 _stops = _abandon = _pids = _returned = None
-_shared: tuple = ()
 _busy = False
 
 
-def _start(parent: int, stops, abandon, pids, returned, shared: tuple) -> None:
-    global _stops, _abandon, _pids, _returned, _shared
-    _stops, _abandon, _pids, _returned, _shared = stops, abandon, pids, returned, shared
+def _start(parent: int, stops, abandon, pids, returned) -> None:
+    global _stops, _abandon, _pids, _returned
+    _stops, _abandon, _pids, _returned = stops, abandon, pids, returned
     os.setsid()
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, defer_stop)
@@ -100,7 +98,7 @@ def _call(fn, index: int, name: str, args: tuple):
     sys.stdout, sys.stderr = Prefixed(streams[0], f"{name}: "), Prefixed(streams[1], f"{name}: ")
     _busy = True
     try:
-        return fn(*_shared, *args)
+        return fn(*args)
     finally:
         _returned[index] = 1
         _busy = False
@@ -118,11 +116,12 @@ def _how(process) -> str:
     return f"exit code {code}" if code is not None else "ended"
 
 
-def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int, shared: tuple = ()) -> tuple[list, str]:
-    """``fn(*shared, *args)`` for each ``(name, args)`` of ``calls``, at most ``processes`` at once, each in a
-    process of its own (``fn``, ``shared`` and ``args`` picklable; ``shared`` is sent once to each process): the
-    results in order, ``None`` for calls that a stop kept from starting, and the name of the signal that asked for
-    it (``""`` if none).
+def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int) -> tuple[list, str]:
+    """``fn(*args)`` for each ``(name, args)`` of ``calls``, at most ``processes`` at once, each in a process of its
+    own (``fn`` and ``args`` picklable; they go through the pool's queue, not the processes' start, where a process
+    that fails to start would leave a large start-up message unread and this one waiting on it): the results in
+    order, ``None`` for calls that a stop kept from starting, and the name of the signal that asked for it (``""``
+    if none).
     A SIGINT or SIGTERM to this process stops the running calls (passed on as one SIGTERM each); a second passes
     a second on and raises ``KeyboardInterrupt`` here. The first error raised in a call stops the others and is
     raised here once they have returned. A process that ends in the middle of a call stops the others as one
@@ -136,11 +135,12 @@ def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int, shared:
             processes,
             mp_context=context,
             initializer=_start,
-            initargs=(os.getpid(), stops, abandon, pids, returned, shared),
+            initargs=(os.getpid(), stops, abandon, pids, returned),
         )
-        futures = [pool.submit(_call, fn, i, name, args) for i, (name, args) in enumerate(calls)]
-        pending, workers = set(futures), {}  # workers: the processes seen alive, by pid
+        futures, pending, workers = [], set(), {}  # workers: the processes seen alive, by pid
         try:
+            futures = [pool.submit(_call, fn, i, name, args) for i, (name, args) in enumerate(calls)]
+            pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION)
                 broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
@@ -170,8 +170,8 @@ def run_in_processes(fn, calls: list[tuple[str, tuple]], processes: int, shared:
             f"{calls[i][0]} ({_how(workers.get(pids[i]))})" for i in range(len(calls)) if pids[i] and not returned[i]
         ]
         raise ProcessEnded(
-            f"{', '.join(ended)}: its process ended in the middle of the call (killed by a signal, e.g. by the "
-            "out-of-memory killer); the other calls were stopped",
+            f"{', '.join(ended) or 'a call'}: its process ended in the middle of the call (killed by a signal, e.g. "
+            "by the out-of-memory killer); the other calls were stopped",
             ended,
         )
     for f in futures:

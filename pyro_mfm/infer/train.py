@@ -188,16 +188,24 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
                 )
             threads = tc.num_threads or max(1, torch.get_num_threads() // processes)
             calls = [
-                (folders[k], (members[k], where[k], started[k], fresh[k], device, allow_config_change, threads))
+                (folders[k], (blob, members[k], where[k], started[k], fresh[k], device, allow_config_change, threads))
                 for k in range(tc.ensemble)
             ]
             try:
-                results, stopped = run_in_processes(_train_member, calls, processes, shared=(blob,))
+                results, stopped = run_in_processes(_train_member, calls, processes)
             except ProcessEnded as e:
+                folder = out if out is not None else "ensemble"
+                if not e.ended:  # e.g. a script without `if __name__ == "__main__":`, run again by spawn's start-up
+                    raise ProcessEnded(
+                        f"{folder}: a member process ended before its training began (its error, if any, is printed "
+                        'above; a script that trains members in processes needs `if __name__ == "__main__":` around '
+                        "what it runs, as multiprocessing's spawn requires)",
+                        e.ended,
+                    ) from None
                 raise ProcessEnded(
-                    f"{out if out is not None else 'ensemble'}: the process of {', '.join(e.ended)} ended in the "
-                    "middle of training (killed by a signal, e.g. by the out-of-memory killer); the other members "
-                    "stopped after a checkpoint" + (" (continue with --resume)" if out is not None else ""),
+                    f"{folder}: the process of {', '.join(e.ended)} ended in the middle of training (killed by a "
+                    "signal, e.g. by the out-of-memory killer); the other members stopped after a checkpoint"
+                    + (" (continue with --resume)" if out is not None else ""),
                     e.ended,
                 ) from None
             results = [r for r in results if r is not None]
