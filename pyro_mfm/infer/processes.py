@@ -11,6 +11,8 @@ out-of-memory killer) stops the others the same way and is reported as :class:`P
 
 from __future__ import annotations
 
+import ast
+import inspect
 import io
 import multiprocessing
 import os
@@ -20,6 +22,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from .faults import StopRequested, defer_stop, stop_deferred
 
@@ -103,6 +106,46 @@ def _call(fn, index: int, name: str, args: tuple):
         _returned[index] = 1
         _busy = False
         sys.stdout, sys.stderr = streams
+
+
+def unguarded_main_script() -> str | None:
+    """The main script's path where this call comes from its top-level code outside ``if __name__ ==
+    "__main__":`` (a spawned process starts by running that code again, as ``__mp_main__``, and would call this
+    again); ``None`` where spawn would not run it (an interactive session or notebook, a package's ``__main__``)
+    or the call is under the guard."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or (name is not None and (name == "__main__" or name.endswith(".__main__"))):
+        return None
+    line, frame = None, inspect.currentframe()
+    while frame is not None:  # the outermost line of the main module's top-level code on the stack
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None if _is_main_guard(node) else path
+    return None
+
+
+def _is_main_guard(node) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (either side of the ``==``)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)):
+        return False
+    test = node.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    values = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and values == ["__main__"]
 
 
 def _how(process) -> str:

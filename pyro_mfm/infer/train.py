@@ -34,7 +34,7 @@ from .checkpoint import folder_lock, prepare_folder, update_weights
 from .device import cpu_threads, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
-from .processes import ProcessEnded, run_in_processes
+from .processes import ProcessEnded, run_in_processes, unguarded_main_script
 from .progress import bars_enabled
 from .resume import RESUME_FREE, config_changes  # noqa: F401  (re-exported)
 from .run import Run, prepare
@@ -256,6 +256,17 @@ def _member_processes(config: Config, data: MultimodalData, device, group, on_ep
         processes = 1
     processes = min(processes, tc.ensemble)
     if processes <= 1 or group.enabled or on_epoch is not None:
+        return 1, None
+    script = unguarded_main_script()
+    if script is not None:
+        warnings.warn(
+            f'{script}: fit was called from the script\'s top level outside `if __name__ == "__main__":`, which a '
+            "member process would run again as it starts (multiprocessing's spawn); the members train one after the "
+            "other in this process instead (train.ensemble_processes); put the script's work under that guard to "
+            "train them at once",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return 1, None
     try:
         return processes, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
