@@ -277,12 +277,10 @@ def _released(folder, seconds=60) -> bool:
             time.sleep(0.05)
 
 
-def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_resumes(data, tmp_path):
-    """Two members trained at once in processes of their own (`train.ensemble_processes = 2`). SIGTERM to the
-    command stops both members at a step boundary after a checkpoint (exit status 143); `kill -9` of the command
-    leaves its member processes to stop the same way and end. Either way `--resume` (in member processes after
-    SIGTERM, one member after the other after kill -9) ends on the same bytes of weights and optimizer state in
-    every member as an uninterrupted run of one member after the other, in this process."""
+def _two_members_in_processes(data, tmp_path):
+    """A `pyro-mfm train` command (and its environment) of two members trained at once in processes of their own,
+    6 epochs, on ``data`` saved in ``tmp_path``; the same run uninterrupted, one member after the other in this
+    process, trained into ``tmp_path / "full"``."""
     save(data, tmp_path / "data.h5")
     toml = CLI_CONFIG.replace("ensemble = 1", "ensemble = 2\nensemble_processes = 2").replace(
         "epochs = 3", "epochs = 6"
@@ -292,6 +290,16 @@ def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_re
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = Config.load(tmp_path / "tiny.toml", ["train.ensemble_processes=1"])
     fit(config, load_data(config), tmp_path / "full")
+    return cmd, env
+
+
+def test_an_ensemble_trained_in_processes_stops_on_sigterm_and_on_kill_9_then_resumes(data, tmp_path):
+    """Two members trained at once in processes of their own (`train.ensemble_processes = 2`). SIGTERM to the
+    command stops both members at a step boundary after a checkpoint (exit status 143); `kill -9` of the command
+    leaves its member processes to stop the same way and end. Either way `--resume` (in member processes after
+    SIGTERM, one member after the other after kill -9) ends on the same bytes of weights and optimizer state in
+    every member as an uninterrupted run of one member after the other, in this process."""
+    cmd, env = _two_members_in_processes(data, tmp_path)
     for how in (signal.SIGTERM, signal.SIGKILL):
         out = tmp_path / how.name
         proc = subprocess.Popen(
@@ -369,15 +377,7 @@ def test_a_member_process_killed_is_one_line_and_the_run_resumes(data, tmp_path)
     """`kill -9` of one member's process (the out-of-memory killer's way) while two members train at once: the
     command stops the other member after a checkpoint and exits with status 1 and one line naming the member, no
     traceback; `--resume` then ends on the bytes of an uninterrupted run."""
-    save(data, tmp_path / "data.h5")
-    toml = CLI_CONFIG.replace("ensemble = 1", "ensemble = 2\nensemble_processes = 2").replace(
-        "epochs = 3", "epochs = 6"
-    )
-    (tmp_path / "tiny.toml").write_text(toml)
-    cmd = [sys.executable, "-m", "pyro_mfm", "train", str(tmp_path / "tiny.toml")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    config = Config.load(tmp_path / "tiny.toml", ["train.ensemble_processes=1"])
-    fit(config, load_data(config), tmp_path / "full")
+    cmd, env = _two_members_in_processes(data, tmp_path)
     out = tmp_path / "cut"
     proc = subprocess.Popen(
         cmd + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
