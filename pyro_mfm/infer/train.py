@@ -195,7 +195,7 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
                 results, stopped = run_in_processes(_train_member, calls, processes)
             except ProcessEnded as e:
                 folder = out if out is not None else "ensemble"
-                if not e.ended:  # e.g. a script without `if __name__ == "__main__":`, run again by spawn's start-up
+                if not e.ended:  # e.g. a process killed as it started, or top-level work that spawn's start-up ran
                     raise ProcessEnded(
                         f"{folder}: a member process ended before its training began (its error, if any, is printed "
                         'above; a script that trains members in processes needs `if __name__ == "__main__":` around '
