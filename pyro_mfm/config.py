@@ -129,7 +129,7 @@ class ModelConfig(_Table):
             0.7 points on average at the scaled weight). A regression label is left at ``alpha``: its likelihood's
             learned scale weighs it, and on POM a scaled weight cost MAE. ``"fixed"``: ``alpha`` as given, the
             weighting under which unlabelled samples inform z_y (for semi-supervised training: with 90% of the
-            labels missing on data from the MFM's own story, "auto" lost the gain they give; README).
+            labels missing on data from the MFM's own story, "auto" lost the gain they give; `docs/quality.md`).
         objective: ``"elbo"`` (stochastic Gaussian guide, the ELBO plus ``alpha`` times the discriminative term) or
             ``"wae"`` (the paper's: deterministic codes, -log-likelihood of the observed modalities and label plus
             ``lambda_mmd`` times the minibatch MMD between the codes and N(0, I) for z_y and every z_a,m; ``alpha``
@@ -139,7 +139,7 @@ class ModelConfig(_Table):
             label term, so that the posterior of every subset, single modalities included, is trained to predict
             the label (0: the observed ones only). The mean of the terms carries the weight ``alpha``. Default 2: on
             UCI, subset terms raise single-view accuracy by 2-9 points; on POM, 2 is slightly better than 0 and 4
-            (README, "Quality on real data").
+            (`docs/quality.md`).
         impute_subsets: random subsets S of each sample's observed modalities (sizes drawn uniformly from 1 up) on
             which the modalities observed but outside S are scored as imputation draws them: lambda_x,m log p(x_m |
             F_m(G_y(z_y), G_m(z_a,m))), z_y ~ q(z_y | x_S) and z_a,m from its prior, one reparameterised draw, a
@@ -164,7 +164,7 @@ class ModelConfig(_Table):
             the real steps of a sequence read by an LSTM, and one Lambda_m for every sample). On data whose features
             are near-linear and noisy (``inference/speaker_testbed.py``, shaped like CMU-MOSI) ``"linear"`` is level
             with a per-subset ridge regression where the MLP experts trail it by 0.02-0.13 MAE; on POM and UCI it is
-            far worse (README, "Quality on real data").
+            far worse (`docs/quality.md`).
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
@@ -317,7 +317,7 @@ class TrainConfig(_Table):
             recorded it: the weakest prediction the model makes is scored too); ``"observed"``, the predictions from
             all modalities alone. With the library's defaults on UCI, the prediction from all six views kept its
             best validation accuracy from epochs 10-18 of 100, and selecting on it left single views 5-10 points
-            below what the epochs after give them (README, "Quality on real data"). The extra predictions draw from
+            below what the epochs after give them (`docs/quality.md`). The extra predictions draw from
             a seed of their own: the training is the same under either.
         patience: epochs without improvement before stopping (0: never stop early).
         valid_samples: posterior samples per validation prediction.
@@ -346,8 +346,8 @@ class TrainConfig(_Table):
             epoch's weights), so that the kept weights are not one noisy point of the trajectory. (The best epoch's
             own score is the best of those noisy scores, and so flatters it.) The epochs that early
             stopping trains past the best are what it averages: no training is added. On the library's defaults it
-            took UCI's mean over the 63 subsets from +0.50 to +0.87 points above the logistic regressions (README,
-            "Quality on real data").
+            took UCI's mean over the 63 subsets from +0.50 to +0.87 points above the logistic regressions
+            (`docs/quality.md`).
         ensemble: how many MFMs to train, each from a seed of its own (the first from ``seed``), whose posterior
             predictive is the equal mixture of theirs (:class:`~pyro_mfm.ensemble.Ensemble`; deep ensembles,
             Lakshminarayanan et al., NeurIPS 2017). One training's predictions vary with its initialisation and

@@ -200,7 +200,7 @@ class Model(nn.Module):
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its
 # modalities' experts, so an expert that predicts the label alone is what every larger subset builds on; with sizes
 # uniform on 1..M, each modality alone was 1 in 36 of the subsets on UCI's six views, and single views trailed
-# their logistic regressions by 1.9-2.5 points (README, "Quality on real data"). With two modalities the rule is the
+# their logistic regressions by 1.9-2.5 points (`docs/quality.md`). With two modalities the rule is the
 # uniform one.
 SINGLE = 0.5
 
@@ -374,7 +374,7 @@ class MFM(nn.Module):
         With dropout in training each subset is encoded anew, with masks of its own: sharing the observed pass's
         masks made the main job's imputations worse on two seeds of two, and with the imputation term the label
         lower on the shape-descriptor subsets over six seeds; sharing them in the imputation term's subsets alone
-        left single views lower over twelve seeds (the README weighs that evidence). The MFN reads the
+        left single views lower over twelve seeds (`docs/quality.md` weighs that evidence). The MFN reads the
         modalities together, so with it each subset is encoded anew as well. Empty without a label or without labels
         in ``batch``.
         """

@@ -330,7 +330,8 @@ def test_label_draws_keep_the_cached_outputs_within_their_budget():
 def test_with_the_experts_the_label_factor_is_fitted_again_with_many_draws():
     """``calibrate = "all"`` fits the experts' values with 16 draws drawn anew at each evaluation, then the label's
     factor again at those values with a label-only fit's draws (cached: the experts are fixed by then), from which the
-    16 draws' bias (README, "The calibration's draws") is gone: the label's factor minimises that objective."""
+    16 draws' bias (`docs/quality.md`, "The calibration's draws") is gone: the label's factor minimises that
+    objective."""
     from pyro_mfm.infer.calibrate import EXPERT_DRAWS, HeldOutNLPD, _encoded
 
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=3)

@@ -143,14 +143,13 @@ def test_unlabelled_samples_improve_the_classifier():
     exceeds the one-sided 97.5% quantile of Student's t with 3 degrees of freedom (3.182) times its standard error
     over the seeds: the training's own variability, not only the test sample's, is in the bound.
 
-    The label carries the generative model's weight (``model.label_weight = "fixed"``, alpha = 1): on data drawn
-    from the MFM's own story that is the weighting under which unlabelled samples inform z_y (the default
-    ``"auto"`` makes the model discriminative; README). With equal steps and 30 epochs, the gains over six seeds
-    were 0.04-0.11 (mean 0.076, t = 7.0); 3,000 samples (97 labelled) and 60 epochs gave 0.024-0.035 at three
-    times the cost, and 20 epochs left one seed of six below its labelled-only model. With 10% labelled, and ten
-    times the epochs for the labelled 300 alone, the two were level (0.859-0.872 against 0.850-0.866 over four
-    seeds); without equal steps the labelled-only model takes 10 to 30 times fewer steps and can stop at
-    chance."""
+    The label carries the generative model's weight (``model.label_weight = "fixed"``, alpha = 1): on data drawn from
+    the MFM's own story that is the weighting under which unlabelled samples inform z_y (the default ``"auto"`` makes
+    the model discriminative; `docs/quality.md`). With equal steps and 30 epochs, the gains over six seeds were
+    0.04-0.11 (mean 0.076, t = 7.0); 3,000 samples (97 labelled) and 60 epochs gave 0.024-0.035 at three times the cost,
+    and 20 epochs left one seed of six below its labelled-only model. With 10% labelled, and ten times the epochs for
+    the labelled 300 alone, the two were level (0.859-0.872 against 0.850-0.866 over four seeds); without equal steps
+    the labelled-only model takes 10 to 30 times fewer steps and can stop at chance."""
     gen = LinearGaussianMFM.random(
         {"a": 40, "b": 40, "c": 40},
         z_y_dim=2,
@@ -202,7 +201,8 @@ def test_uci_all_views_accuracy():
     accuracy = np.mean(pred.label == data["test"].labels)
     assert accuracy >= 0.97, accuracy
     # the other views imputed from pix: below the squared error of the training mean (the configuration's
-    # imputation term; 60 epochs give 0.15-0.60 of it, 12 without the term 0.83-0.93 with narrower heads, README)
+    # imputation term; 60 epochs give 0.15-0.60 of it, 12 without the term 0.83-0.93 with narrower heads,
+    # docs/quality.md)
     test, train = data["test"], data["train"]
     imp = impute(mfm, test, ["pix"], num_samples=50, seed=0)
     ratios = {}

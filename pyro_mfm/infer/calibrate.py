@@ -61,8 +61,9 @@ LOG_TEMPERATURE_BOUND = 10.0
 # of K draws, wider than the one of evaluate.num_samples (100) that prediction reports. On the linear-Gaussian oracle
 # (tests/test_train.py's data), 16 draws gave the label a log factor of +0.30 to +0.32 and 90% intervals covering
 # up to 0.93-0.95 where the weakest modality was observed; 256 gave -0.04 to -0.25 and 0.885-0.923 on every subset
-# (README, "The calibration's draws"). With the label's factor alone the draws are fixed, the head's outputs are
-# computed once and each evaluation rescales them, so that many draws cost little more than a pass of evaluation.
+# (`docs/quality.md`, "The calibration's draws"). With the label's factor alone the draws are fixed, the head's
+# outputs are computed once and each evaluation rescales them, so that many draws cost little more than a pass of
+# evaluation.
 # With the experts fitted too (``"all"``) each evaluation draws anew through the product of experts, with 16 draws;
 # the label's factor is then fitted again at the experts' values, with the draws of a label-only fit.
 EXPERT_DRAWS, LABEL_DRAWS = 16, 256
@@ -81,7 +82,7 @@ def calibration_mode(mode: str, mfm: MFM) -> str:
     ``"label"`` for a regression label. On UCI's six views (class labels) the pairs' redundancies took the nested
     pairs of subsets that adding views made worse by more than one paired standard error from 54 to 20 of 602 and
     left POM's binary tasks as they were; on POM's 17 ratings (a regression label) they cost audio + video 0.022
-    MAE, shrinking its means (README, "Quality on real data")."""
+    MAE, shrinking its means (`docs/quality.md`)."""
     if mode != "auto":
         return mode
     return "label" if mfm.D is not None and mfm.D.kind in ("normal", "laplace") else "pairs"

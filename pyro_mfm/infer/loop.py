@@ -247,9 +247,9 @@ class WeightAverage:
     best. When training ends, :func:`pyro_mfm.infer.train.fit` keeps it where it scores on the validation split at
     least as well as the median epoch of that window.
 
-    The weights of one epoch's end are one point of a noisy trajectory (on the speaker testbed of the README, after
-    the first ten epochs the test MAE of audio alone moved by 0.02 from one epoch to the next at the median and by up
-    to 0.17); the epochs that early stopping trains past the best lie around the same optimum, and their mean is
+    The weights of one epoch's end are one point of a noisy trajectory (on the speaker testbed of `docs/quality.md`,
+    after the first ten epochs the test MAE of audio alone moved by 0.02 from one epoch to the next at the median and by
+    up to 0.17); the epochs that early stopping trains past the best lie around the same optimum, and their mean is
     nearer its centre than any of them.
 
     State: ``average`` (the averaged module's state and how many epochs it holds; ``None`` before the first best)."""
@@ -310,7 +310,7 @@ class KLWarmup:
     def complete(self, epoch: int) -> bool:
         """Whether ``epoch`` ends at or after the warm-up (its score is one of the final objective). The warm-up's
         last epoch is scored: it ends at ``beta`` just below 1. Scoring only the epochs after it changed no kept
-        epoch on UCI's defaults or POM's sequences and cost a little on POM's single ratings (README)."""
+        epoch on UCI's defaults or POM's sequences and cost a little on POM's single ratings (`docs/quality.md`)."""
         return epoch + 1 >= self.epochs
 
 
