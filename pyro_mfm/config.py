@@ -338,8 +338,10 @@ class TrainConfig(_Table):
             the label's spread only, for a regression label with each observed modality's share of it (point
             predictions unchanged); ``"pairs"``: the label's spread and each pair of modalities' redundancy (a
             discount of both experts where both are observed), the experts' temperatures left at 1; ``"auto"``:
-            ``"pairs"`` for a class label, ``"label"`` for a regression label; ``"none"``. Stored in ``best.pt``
-            and written to ``calibration.json``.
+            ``"pairs"`` for a class label, ``"label"`` for a regression label; ``"none"``. With a class label every
+            mode also fits each modality's own offset of the label's temperature where it is observed alone (kept
+            where it gains more than one nat on the validation split). Stored in ``best.pt`` and written to
+            ``calibration.json``.
         average_weights: stochastic weight averaging over the patience window (Izmailov et al., UAI 2018): keep
             the mean of the weights at the end of the best epoch and of every epoch trained after it, where that
             mean scores on the validation split at least as well as the median of those epochs (else the best

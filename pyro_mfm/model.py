@@ -106,6 +106,11 @@ class Model(nn.Module):
         # training (pyro_mfm.infer.calibrate), so that a subset of weak modalities can be wider than one with a
         # strong modality; 0 (no change) in training
         self.register_buffer("label_observed_log_temperature", torch.zeros(len(self.names)))
+        # the label's log temperature where a modality is observed alone, added to the above: a prediction from one
+        # modality draws z_y from its expert alone, whose posterior may span classes (a weak view alone is then
+        # underconfident) where two views together count shared evidence twice (overconfident), which one label
+        # temperature cannot serve both; fitted with it for a class label (pyro_mfm.infer.calibrate); 0 in training
+        self.register_buffer("label_single_log_temperature", torch.zeros(len(self.names)))
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 
     def factor(self, site: str, z):
@@ -191,10 +196,14 @@ class Model(nn.Module):
 
     def label_from_output(self, out: torch.Tensor, observed=None):
         """p(y | D(.)) from the head's output :meth:`label_output`, with the label's log temperature and, given
-        ``observed`` (as :meth:`label_distribution`), the observed modalities' shares of it."""
-        shares = self.label_observed_log_temperature
-        offset = None if observed is None else observed.to(shares.dtype) @ shares
-        return self.D.from_output(out, offset)
+        ``observed`` (as :meth:`label_distribution`), the observed modalities' shares of it and, where a sample
+        observes one modality alone, that modality's own offset of it (:attr:`label_single_log_temperature`)."""
+        if observed is None:
+            return self.D.from_output(out)
+        shares, singles = self.label_observed_log_temperature, self.label_single_log_temperature
+        observed = observed.to(shares.dtype)
+        alone = observed * (observed.sum(-1, keepdim=True) == 1).to(shares.dtype)
+        return self.D.from_output(out, observed @ shares + alone @ singles)
 
 
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its
@@ -257,9 +266,11 @@ def upgrade_state_dict(state: dict) -> dict:
     if "guide.expert_log_temperature" in state and "guide.expert_redundancy" not in state:
         m = state["guide.expert_log_temperature"].shape[0]
         state["guide.expert_redundancy"] = torch.zeros(m, m)
+    m = sum(1 for k in state if k.startswith("guide.x_in.") and k.endswith(".mean"))
     if "model.label_observed_log_temperature" not in state:  # written before the label's shares per modality
-        m = sum(1 for k in state if k.startswith("guide.x_in.") and k.endswith(".mean"))
         state["model.label_observed_log_temperature"] = torch.zeros(m)
+    if "model.label_single_log_temperature" not in state:  # written before the single modalities' offsets
+        state["model.label_single_log_temperature"] = torch.zeros(m)
     return state
 
 

@@ -269,9 +269,13 @@ def test_calibration_stays_within_its_bounds_and_steps_around_points_it_cannot_f
     assert all(t <= 0.5 for t in result["expert_log_temperature"].values())
 
 
-def test_class_labels_keep_one_temperature_for_every_subset():
-    """The modalities' shares of the label's log temperature are fitted for regression labels only (on UCI's classes
-    they moved ECE both ways); a class label's calibration leaves them at 0."""
+def test_class_labels_get_a_temperature_of_their_own_where_one_modality_is_observed_alone():
+    """A class label keeps no shares of the label's log temperature (on UCI's classes they moved ECE both ways), but
+    where a sample observes one modality alone, that modality's own offset u_m of it applies: the logits of a sample
+    observing only m are divided by exp(t_y + u_m), of one observing two or more by exp(t_y). A weak view alone, whose
+    posterior of z_y spans classes, is underconfident where two views together count shared evidence twice, and
+    one temperature cannot serve both. An offset is kept where it gains more than one nat of held-out log density
+    (Akaike: what one fitted parameter gains by chance); on this short fit neither need be."""
     gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="categorical", num_classes=3, seed=4)
     data = gen.sample({"train": 200, "valid": 100}, seed=4)
     cfg = Config.from_dict(
@@ -284,6 +288,72 @@ def test_class_labels_keep_one_temperature_for_every_subset():
     cal = calibrate(mfm, data["valid"], experts=False)
     assert cal["label_observed_log_temperature"] == {"a": 0.0, "b": 0.0}
     assert (mfm.model.label_observed_log_temperature == 0).all() and cal["label_log_temperature"][0] != 0
+    # each single modality's offset is kept only where it gains more than one nat of held-out log density (Akaike)
+    singles = mfm.model.label_single_log_temperature
+    assert list(cal["label_single_log_temperature"]) == ["a", "b"] == list(cal["label_single_gain"])
+    assert torch.equal(singles, torch.tensor(list(cal["label_single_log_temperature"].values())))
+    for i, m in enumerate(["a", "b"]):
+        assert (cal["label_single_gain"][m] > 1) == bool(singles[i] != 0), cal
+    singles = torch.tensor([-0.4, 0.6])
+    mfm.model.label_single_log_temperature = singles
+    batch = data["valid"].batch(np.arange(50)).without_labels()
+    z = mfm.posterior_z_y(batch).mean
+    logits = lambda observed: mfm.label_distribution(z, observed=observed).logits  # noqa: E731
+    raw = mfm.model.label_output(z)
+    t_y = mfm.D.log_temperature
+    one = torch.zeros(50, 2, dtype=torch.bool)
+    for i in range(2):
+        alone = one.clone()
+        alone[:, i] = True
+        assert torch.allclose(logits(alone), torch.log_softmax(raw * (-(t_y + singles[i])).exp(), -1), atol=1e-6)
+    both = torch.ones(50, 2, dtype=torch.bool)
+    assert torch.allclose(logits(both), torch.log_softmax(raw * (-t_y).exp(), -1), atol=1e-6)
+    # prediction reads them: a higher offset for a flattens the predictions from a alone, and only those
+    mfm.model.label_single_log_temperature = torch.zeros(2)
+    plain = {obs: predict(mfm, data["valid"], obs, num_samples=20, seed=0).point for obs in (("a",), ("b",))}
+    mfm.model.label_single_log_temperature = torch.tensor([1.0, 0.0])
+    flat = {obs: predict(mfm, data["valid"], obs, num_samples=20, seed=0).point for obs in (("a",), ("b",))}
+    assert flat[("a",)].max(-1).mean() < plain[("a",)].max(-1).mean()
+    assert np.array_equal(flat[("b",)], plain[("b",)])
+    # a checkpoint written before the single modalities' offsets loads with none
+    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "model.label_single_log_temperature"})
+    assert (mfm.model.label_single_log_temperature == 0).all()
+
+
+def test_a_duplicated_view_alone_is_sharper_than_the_two_copies_together():
+    """Views a and c are copies, with copies of one encoder and expert, and the label is a class: {a} and {c} carry
+    the same information, and {a, c} counts it twice, so its posterior predictive is sharper than {a}'s with the same
+    evidence. Without the redundancies ("label") one log temperature t_y serves {a, c}, and the copies alone take
+    their own offsets u_a = u_c, which are below 0: each alone needs sharper logits than the double-counted pair."""
+    gen = LinearGaussianMFM.random({"a": 3}, z_y_dim=2, label="categorical", num_classes=3, seed=6)
+    sample = gen.sample({"train": 300, "valid": 300}, seed=6)
+    x = np.concatenate([np.asarray(sample[s].features["a"]) for s in ("train", "valid")])
+    y = np.concatenate([np.asarray(sample[s].labels) for s in ("train", "valid")])
+    data = from_arrays({"a": x, "c": x.copy()}, y, split={"train": np.arange(300), "valid": np.arange(300, 600)})
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {
+                "ensemble": 1,
+                "epochs": 30,
+                "kl_warmup": 1,
+                "batch_size": 32,
+                "progress": False,
+                "calibrate": "none",
+            },
+        }
+    )
+    mfm = fit(cfg, data).mfm
+    state = mfm.state_dict()
+    for key in state:  # c's networks become a's: the two experts are identical
+        parts = key.split(".")
+        if "c" in parts:
+            state[key] = state[".".join("a" if p == "c" else p for p in parts)].clone()
+    mfm.load_state_dict(state)
+    cal = calibrate(mfm, data["valid"], experts=False, redundancies=False, num_samples=64)
+    u, gain = cal["label_single_log_temperature"], cal["label_single_gain"]
+    assert abs(u["a"] - u["c"]) < 1e-4 and u["a"] < 0 and min(gain.values()) > 1, cal
+    assert cal["nlpd_after"] < cal["nlpd_before"]
 
 
 @pytest.mark.parametrize("label,fusion", [("regression", "poe"), ("categorical", "poe"), ("regression", "mfn")])
@@ -291,7 +361,7 @@ def test_the_label_only_objective_from_cached_outputs_equals_drawing_anew(label,
     """With the experts' values at 0 the draws of z_y are fixed, so the label-only calibration computes the label
     head's outputs once and only rescales them: at any label factor and shares, and any number of the draws, the
     same objective as drawing through the product of experts (or the fusion network's posterior) at each
-    evaluation."""
+    evaluation (with the single modalities' offsets too)."""
     from pyro_mfm.infer.calibrate import HeldOutNLPD, _encoded
 
     if fusion == "mfn":  # the MFN reads sequences of one length
@@ -306,11 +376,15 @@ def test_the_label_only_objective_from_cached_outputs_equals_drawing_anew(label,
     anew = HeldOutNLPD(mfm, parts, subsets, 24, seed=1, cache=False)
     m, k = len(mfm.names), mfm.D.log_temperature.numel()
     t, r = torch.zeros(m), torch.zeros(m, m)
-    for t_y, shares in ((torch.zeros(k), torch.zeros(m)), (torch.full((k,), 0.4), torch.linspace(-0.3, 0.5, m))):
+    values = (
+        (torch.zeros(k), torch.zeros(m), torch.zeros(m)),
+        (torch.full((k,), 0.4), torch.linspace(-0.3, 0.5, m), torch.linspace(-0.7, 0.2, m)),
+    )
+    for t_y, shares, singles in values:
         for draws in (6, 24):
             cached.draws = anew.draws = draws
             with torch.no_grad():
-                a, b = cached(t, r, t_y, shares), anew(t, r, t_y, shares)
+                a, b = cached(t, r, t_y, shares, singles), anew(t, r, t_y, shares, singles)
             assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-5), (label, fusion, draws, a, b)
     with pytest.raises(ValueError, match="fixed ones"):  # its draws are those of experts at t = 0 and r = 0
         cached(torch.full((m,), 0.5), r, torch.zeros(k), torch.zeros(m))
