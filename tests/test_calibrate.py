@@ -118,14 +118,12 @@ def test_calibration_never_worsens_the_held_out_fit_and_is_stored_in_best_pt(tmp
     assert np.allclose(list(again["expert_log_temperature"].values()), t.numpy(), atol=1e-4)
 
 
-def test_a_duplicated_modality_is_found_redundant_and_counted_once():
-    """Modality c is a copy of a, with a copy of a's encoder and expert: {a}, {c} and {a, c} then carry the same
-    information, and each subset's term of the calibration objective is the same function g of the weight w of
-    the expert's precision, I + w Lambda_a. The optimum puts every subset at g's minimiser w*: exp(t_a) = exp(t_c)
-    = w* and exp(t_a - r) + exp(t_c - r) = w*, so the redundancy r of the pair is log 2 (up to the optimiser's
-    tolerance), which counts the two copies once. Without it the product would claim 2 w* for {a, c}."""
-    gen = LinearGaussianMFM.random({"a": 3}, z_y_dim=2, label="regression", label_noise=0.1, seed=5)
-    sample = gen.sample({"train": 300, "valid": 300}, seed=5)
+def _duplicated_view(seed: int, **label):
+    """A trained MFM of one linear-Gaussian view a (``label``: the generator's label arguments) and its copy c, whose
+    networks are then made a's: the two experts are identical. Returns the model and the data (300 training and 300
+    validation samples)."""
+    gen = LinearGaussianMFM.random({"a": 3}, z_y_dim=2, seed=seed, **label)
+    sample = gen.sample({"train": 300, "valid": 300}, seed=seed)
     x = np.concatenate([np.asarray(sample[s].features["a"]) for s in ("train", "valid")])
     y = np.concatenate([np.asarray(sample[s].labels) for s in ("train", "valid")])
     data = from_arrays({"a": x, "c": x.copy()}, y, split={"train": np.arange(300), "valid": np.arange(300, 600)})
@@ -149,6 +147,16 @@ def test_a_duplicated_modality_is_found_redundant_and_counted_once():
         if "c" in parts:
             state[key] = state[".".join("a" if p == "c" else p for p in parts)].clone()
     mfm.load_state_dict(state)
+    return mfm, data
+
+
+def test_a_duplicated_modality_is_found_redundant_and_counted_once():
+    """Modality c is a copy of a, with a copy of a's encoder and expert: {a}, {c} and {a, c} then carry the same
+    information, and each subset's term of the calibration objective is the same function g of the weight w of
+    the expert's precision, I + w Lambda_a. The optimum puts every subset at g's minimiser w*: exp(t_a) = exp(t_c)
+    = w* and exp(t_a - r) + exp(t_c - r) = w*, so the redundancy r of the pair is log 2 (up to the optimiser's
+    tolerance), which counts the two copies once. Without it the product would claim 2 w* for {a, c}."""
+    mfm, data = _duplicated_view(label="regression", label_noise=0.1, seed=5)
     cal = calibrate(mfm, data["valid"])
     t = cal["expert_log_temperature"]
     assert abs(cal["expert_redundancy"]["a+c"] - math.log(2)) < 0.02 and abs(t["a"] - t["c"]) < 0.02, cal
@@ -325,31 +333,7 @@ def test_a_duplicated_view_alone_is_sharper_than_the_two_copies_together():
     the same information, and {a, c} counts it twice, so its posterior predictive is sharper than {a}'s with the same
     evidence. Without the redundancies ("label") one log temperature t_y serves {a, c}, and the copies alone take
     their own offsets u_a = u_c, which are below 0: each alone needs sharper logits than the double-counted pair."""
-    gen = LinearGaussianMFM.random({"a": 3}, z_y_dim=2, label="categorical", num_classes=3, seed=6)
-    sample = gen.sample({"train": 300, "valid": 300}, seed=6)
-    x = np.concatenate([np.asarray(sample[s].features["a"]) for s in ("train", "valid")])
-    y = np.concatenate([np.asarray(sample[s].labels) for s in ("train", "valid")])
-    data = from_arrays({"a": x, "c": x.copy()}, y, split={"train": np.arange(300), "valid": np.arange(300, 600)})
-    cfg = Config.from_dict(
-        {
-            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
-            "train": {
-                "ensemble": 1,
-                "epochs": 30,
-                "kl_warmup": 1,
-                "batch_size": 32,
-                "progress": False,
-                "calibrate": "none",
-            },
-        }
-    )
-    mfm = fit(cfg, data).mfm
-    state = mfm.state_dict()
-    for key in state:  # c's networks become a's: the two experts are identical
-        parts = key.split(".")
-        if "c" in parts:
-            state[key] = state[".".join("a" if p == "c" else p for p in parts)].clone()
-    mfm.load_state_dict(state)
+    mfm, data = _duplicated_view(label="categorical", num_classes=3, seed=6)
     cal = calibrate(mfm, data["valid"], experts=False, redundancies=False, num_samples=64)
     u, gain = cal["label_single_log_temperature"], cal["label_single_gain"]
     assert abs(u["a"] - u["c"]) < 1e-4 and u["a"] < 0 and min(gain.values()) > 1, cal
