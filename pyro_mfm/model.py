@@ -109,7 +109,7 @@ class Model(nn.Module):
         # the label's log temperature where a modality is observed alone, added to the above: a prediction from one
         # modality draws z_y from its expert alone, whose posterior may span classes (a weak view alone is then
         # underconfident) where two views together count shared evidence twice (overconfident), which one label
-        # temperature cannot serve both; fitted with it for a class label (pyro_mfm.infer.calibrate); 0 in training
+        # temperature cannot serve both; fitted after it for a class label (pyro_mfm.infer.calibrate); 0 in training
         self.register_buffer("label_single_log_temperature", torch.zeros(len(self.names)))
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 

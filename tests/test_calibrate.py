@@ -331,8 +331,9 @@ def test_class_labels_get_a_temperature_of_their_own_where_one_modality_is_obser
 def test_a_duplicated_view_alone_is_sharper_than_the_two_copies_together():
     """Views a and c are copies, with copies of one encoder and expert, and the label is a class: {a} and {c} carry
     the same information, and {a, c} counts it twice, so its posterior predictive is sharper than {a}'s with the same
-    evidence. Without the redundancies ("label") one log temperature t_y serves {a, c}, and the copies alone take
-    their own offsets u_a = u_c, which are below 0: each alone needs sharper logits than the double-counted pair."""
+    evidence. Without the redundancies ("label") one log temperature t_y is fitted to all three subsets, the pair
+    pulling it flat; the copies alone then take their own offsets u_a = u_c, fitted on their own with t_y fixed,
+    which are below 0: each alone needs sharper logits than the double-counted pair."""
     mfm, data = _duplicated_view(label="categorical", num_classes=3, seed=6)
     cal = calibrate(mfm, data["valid"], experts=False, redundancies=False, num_samples=64)
     u, gain = cal["label_single_log_temperature"], cal["label_single_gain"]

@@ -319,17 +319,18 @@ def calibrate(
 ) -> dict:
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
-    Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
-    [...], "label_observed_log_temperature": {m: s_m}, "nlpd_before": ..., "nlpd_after": ..., "label_refit": ...}``
-    (mean negative log predictive density per labelled sample and subset, on ``ds``; ``label_refit``: with the
-    experts, the draws and the objective before and after the label's factor was fitted again at their values, else
-    ``None``). ``num_samples``: draws of z_y per sample and subset (``None``: :data:`EXPERT_DRAWS` with the experts,
-    else :func:`label_draws`). ``experts = False`` fits the label's factor alone (the experts keep t = 0 and r = 0),
-    with the modalities' shares s_m of it for a regression label and two or more modalities (else 0).
-    ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn; ``experts = False`` with
-    ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor (and shares), the
-    experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or ``ds`` no
-    labelled sample.
+    Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature": [...],
+    "label_observed_log_temperature": {m: s_m}, "label_single_log_temperature": {m: u_m}, "label_single_gain": {m:
+    nats}, "nlpd_before": ..., "nlpd_after": ..., "label_refit": ...}`` (mean negative log predictive density per
+    labelled sample and subset, on ``ds``, before the single modalities' offsets, which :func:`_fit_singles` fits
+    afterwards for a class label; ``label_refit``: with the experts, the draws and the objective before and after the
+    label's factor was fitted again at their values, else ``None``). ``num_samples``: draws of z_y per sample and subset
+    (``None``: :data:`EXPERT_DRAWS` with the experts, else :func:`label_draws`). ``experts = False`` fits the label's
+    factor alone (the experts keep t = 0 and r = 0), with the modalities' shares s_m of it for a regression label and
+    two or more modalities (else 0). ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn;
+    ``experts = False`` with ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor
+    (and shares), the experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or
+    ``ds`` no labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
