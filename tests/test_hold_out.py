@@ -69,6 +69,9 @@ def test_groups_come_from_grouped_ids_else_each_sample_alone():
     ids = np.array(["vid1[0]", "vid1[1]", "vid2[0]", "vid3[4]"])
     ds = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=ids)["train"]
     assert list(sample_groups(ds)) == ["vid1", "vid1", "vid2", "vid3"]
+    mmsa = np.array(["03bSnISJMiM$_$1", "03bSnISJMiM$_$12", "_dI--eQ6qVU$_$1", "a[b]$_$2"])  # MMSA's ids
+    ds = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=mmsa)["train"]
+    assert list(sample_groups(ds)) == ["03bSnISJMiM", "03bSnISJMiM", "_dI--eQ6qVU", "a[b]"]
     plain = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=np.array(["a", "b[1]", "c", "d"]))["train"]
     assert list(sample_groups(plain)) == ["0", "1", "2", "3"]
     with pytest.raises(DataError, match=r"groups: shape \(3,\), expected \(4,\)"):

@@ -8,10 +8,11 @@ Storage conventions (the same in memory and in the native HDF5 file):
 * ``steps[m]`` (sequences only): ``(N, T)`` bool, which steps are real; padding steps are zero and ``False``.
 * ``labels``: ``(N, k)`` float32 (regression, multilabel) or ``(N,)`` int64 (categorical); zero where missing.
 * ``label_present``: ``(N,)`` bool.
-* ``ids`` (optional): ``(N,)`` sample ids (strings), e.g. ``"video[3]"`` for segment 3 of a video.
+* ``ids`` (optional): ``(N,)`` sample ids (strings), e.g. ``"video[3]"`` or ``"video$_$3"`` (MMSA's form) for
+  segment 3 of a video.
 * ``groups`` (optional): ``(N,)`` group names (strings), e.g. the speaker or the video a segment comes from: a
   validation split held out of the training split (:meth:`MultimodalData.hold_out`) takes whole groups. Without
-  them, ids of the form ``"video[3]"`` group by the part before the bracket.
+  them, ids of the form ``"video[3]"`` or ``"video$_$3"`` group by the video.
 * ``imputed`` (optional, a file written by ``impute``): ``imputed[m]`` ``(N,)`` bool, the samples whose features of
   ``m`` are a model's imputation, not data; ``imputed_std[m]`` their posterior standard deviation (zero where
   observed); the data set's ``imputation`` says from what, by which checkpoint.
@@ -396,12 +397,14 @@ class MultimodalData:
         return f"MultimodalData({self.schema.name or self.source})\n  {body}"
 
 
-_GROUPED_ID = re.compile(r"^(.+)\[[^\[\]]*\]$")
+# a segment's id that names its video: "video[3]" (CMU-MOSI's computational sequences) or "video$_$3" (MMSA's files)
+_GROUPED_ID = re.compile(r"^(.+?)(?:\[[^\[\]]*\]|\$_\$[^$]*)$")
 
 
 def sample_groups(ds: MultimodalDataset) -> np.ndarray:
-    """Each sample's group: ``ds.groups`` where given; else, where every id has the form ``"video[3]"``, the part
-    before the bracket (segments of one video); else each sample a group of its own (its index)."""
+    """Each sample's group: ``ds.groups`` where given; else, where every id has the form ``"video[3]"`` or
+    ``"video$_$3"``, the part before the bracket or the ``$_$`` (segments of one video); else each sample a group of
+    its own (its index)."""
     if ds.groups is not None:
         return ds.groups
     if ds.ids is not None and ds.n:
