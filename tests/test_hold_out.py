@@ -72,6 +72,11 @@ def test_groups_come_from_grouped_ids_else_each_sample_alone():
     mmsa = np.array(["03bSnISJMiM$_$1", "03bSnISJMiM$_$12", "_dI--eQ6qVU$_$1", "a[b]$_$2"])  # MMSA's ids
     ds = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=mmsa)["train"]
     assert list(sample_groups(ds)) == ["03bSnISJMiM", "03bSnISJMiM", "_dI--eQ6qVU", "a[b]"]
+    videos = np.repeat([f"vid{k}" for k in range(8)], 5)  # 8 videos of 5 segments, named as MMSA names them
+    held = from_arrays({"a": np.ones((40, 2))}, np.zeros(40), ids=[f"{v}$_${i % 5}" for i, v in enumerate(videos)])
+    held = held.hold_out(0.25, seed=0)
+    train_videos, valid_videos = ({str(i).split("$_$")[0] for i in held[s].ids} for s in ("train", "valid"))
+    assert len(held["valid"]) == 10 and not train_videos & valid_videos  # 2 whole videos of 8 held out
     plain = from_arrays({"a": np.ones((4, 2))}, np.zeros(4), ids=np.array(["a", "b[1]", "c", "d"]))["train"]
     assert list(sample_groups(plain)) == ["0", "1", "2", "3"]
     with pytest.raises(DataError, match=r"groups: shape \(3,\), expected \(4,\)"):
