@@ -4,7 +4,7 @@
                                               pom-one-rating,pom-binary]
                                              [--seeds 0,1,2] [--train-size 220] [--no-valid] [--mlp]
                                              [--datasets ../shared/datasets] [--out comparison.json]
-                                             [--set table.key=value ...]
+                                             [--plots FOLDER] [--set table.key=value ...]
 
 * **UCI Multiple Features** (``models/uci_mfeat.toml``, the embedded data): test accuracy and ECE on each of the
   63 subsets of observed views, next to a logistic regression fitted on that subset alone (standardised features,
@@ -34,7 +34,9 @@ holds ``data.valid_fraction`` of it out; the linear baselines keep choosing thei
 Every MFM metric is a mean and standard deviation over the seeds. For each pair of nested subsets S inside S', the
 paired difference of S' against S (accuracy, or MAE) is averaged over the seeds per test sample; "worse" means worse
 by more than one standard error of that per-sample paired difference. ``--set`` overrides apply to every MFM.
-Prints Markdown tables; ``--out`` writes every number as JSON, each seed's too.
+Prints Markdown tables; ``--out`` writes every number as JSON, each seed's too; ``--plots`` draws, for each data
+set but the one-rating-at-a-time ones, the MFM against the linear baseline per subset and the nested pairs
+(:func:`write_plots`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.metrics import calibrated_ece_draws, label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
 from pyro_mfm.nets import step_mean
+from pyro_mfm.outputs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,6 +258,46 @@ def nested(runs, subsets, higher_is_better: bool):
 
 def name(obs):
     return " + ".join(obs)
+
+
+def write_plots(which: str, entry: dict, folder) -> list[Path]:
+    """PNGs of one data set's comparison (``entry``, as ``--out`` records it) in ``folder``: for each metric, the
+    MFM against the linear baseline per subset (:func:`pyro_mfm.plots.against_baseline`; UCI's accuracy with the
+    quality target's 0.5 points of tolerance), and the nested pairs (:func:`pyro_mfm.plots.nested_pairs`). The
+    one-rating-at-a-time comparisons record the tasks, not the subsets: nothing is drawn for them."""
+    from pyro_mfm import plots
+
+    if "mfm" not in entry or "nested" not in entry:
+        return []
+    if "logistic_regression" in entry:
+        label, base, tolerance = "logistic regression", entry["logistic_regression"], 0.005
+        metrics = {"accuracy": {n: v for n, v in base.items()}}
+    else:
+        label, base, tolerance = "ridge", entry["ridge"], 0.0
+        metrics = {"mae": {}, "corr": {}}
+        for n, v in base.items():
+            for metric, values in metrics.items():
+                # the testbed records the ridge's MAE alone, POM its MAE, MSE and correlation
+                values[n] = v.get(metric) if isinstance(v, dict) else (v if metric == "mae" else None)
+        metrics = {m: values for m, values in metrics.items() if all(v is not None for v in values.values())}
+    folder, written = Path(folder), []
+    for metric, baseline in metrics.items():
+        rows = [
+            {
+                "observed": subset.split(" + "),
+                "model": entry["mfm"][subset][metric][0],
+                "model_sd": entry["mfm"][subset][metric][1],
+                "baseline": baseline.get(subset),
+            }
+            for subset in entry["mfm"]
+        ]
+        fig = plots.against_baseline(
+            rows, metric, tolerance=tolerance, model_label=f"MFM ({which})", baseline_label=label
+        )
+        written.append(plots.save(fig, folder / f"{which}-{metric}-against-{label.replace(' ', '-')}.png"))
+    metric = "accuracy" if "logistic_regression" in entry else "MAE"
+    written.append(plots.save(plots.nested_pairs(entry["nested"], metric=metric), folder / f"{which}-nested-pairs.png"))
+    return written
 
 
 def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid: bool = False):
@@ -526,6 +569,7 @@ def main(argv=None):
         help="POM (pom-vectors, pom-sequences, pom-sequences-defaults): add a plain MLP regressor per subset on the "
         "time-averaged features (scikit-learn), with its default L2 penalty and with the one its held-out split picks",
     )
+    ap.add_argument("--plots", metavar="FOLDER", help="write each data set's comparison as PNGs into this folder")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -562,8 +606,11 @@ def main(argv=None):
             ap.error(f"--data {which!r}: expected one of {', '.join(DATA)}")
         tables.append(text)
         print(text + "\n", flush=True)
+        if args.plots:
+            for path in write_plots(which, record[which], args.plots) or ["nothing (a record per task)"]:
+                print(f"{which}: plot {path}", file=sys.stderr, flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2))
+        atomic_write(args.out, lambda f: f.write(json.dumps(record, indent=2).encode()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python inference/speaker_testbed.py [--seeds 0,1,2] [--identity 1.5] [--groups] [--data-seed 0] [--mlp]
                                         [--modalities audio]
-                                        [--out testbed.json] [--set table.key=value ...]
+                                        [--out testbed.json] [--plots FOLDER] [--set table.key=value ...]
 
 Real sentiment data (CMU-MOSI: text 100, audio 73 and video 100 features per segment, a score in [-3, 3], about
 1,450 training and 750 test segments, split by speaker, no validation split) showed the library's MFM below a ridge
@@ -27,7 +27,7 @@ more than one paired standard error (as ``real_data_comparison.py``). ``--mlp`` 
 (:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the penalty its held-out split picks), to
 tell what the MFM loses as an MLP from what it loses as an MFM. ``--modalities`` gives the models some of the
 modalities alone (the data drawn as with all three). ``--set`` overrides apply to the MFM; ``--out`` writes every
-number as JSON.
+number as JSON; ``--plots`` draws the MFM against the ridge per subset and the nested pairs.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ from real_data_comparison import (  # noqa: E402
     run_mfm,
     seed_values,
     summary,
+    write_plots,
 )
 
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
 from pyro_mfm.infer.evaluate import observed_subsets  # noqa: E402
+from pyro_mfm.outputs import atomic_write  # noqa: E402
 
 DIMS = {"text": 100, "audio": 73, "video": 100}
 LOADING = {"text": 1.0, "audio": 0.25, "video": 0.2}  # each modality's share of the sentiment factor
@@ -172,6 +174,7 @@ def main(argv=None):
         "--modalities", help="comma-separated: draw every modality, give the models these alone (e.g. audio)"
     )
     ap.add_argument("--out")
+    ap.add_argument("--plots", metavar="FOLDER", help="write the comparison as PNGs into this folder")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -185,8 +188,11 @@ def main(argv=None):
     except ValueError as e:
         ap.error(f"--modalities: {e}")
     print(text)
+    if args.plots:
+        for path in write_plots("testbed", record, args.plots):
+            print(f"plot {path}", file=sys.stderr, flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2))
+        atomic_write(args.out, lambda f: f.write(json.dumps(record, indent=2).encode()))
 
 
 if __name__ == "__main__":

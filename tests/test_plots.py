@@ -70,6 +70,51 @@ def test_metric_by_observed_edge_cases(tmp_path):
     )
 
 
+def _title(fig):
+    return fig.axes[0].get_title()
+
+
+def test_against_baseline_counts_the_subsets_behind_beyond_the_tolerance(tmp_path):
+    rows = [
+        {"observed": list(sub), "model": 0.9 + 0.01 * k, "model_sd": 0.002, "baseline": 0.9 + 0.01 * k}
+        for k in range(1, 4)
+        for sub in itertools.combinations(MODS, k)
+    ]
+    rows[0]["model"] -= 0.004  # behind, within the tolerance
+    rows[1]["model"] -= 0.006  # behind, beyond it
+    rows[2]["model"] += 0.05  # ahead
+    rows[3]["baseline"] = float("nan")  # no baseline: left out, and counted
+    fig = plots.against_baseline(rows, "accuracy", tolerance=0.005, baseline_label="logistic regression")
+    assert f"1 of {len(rows) - 1} subsets behind the logistic regression by more than 0.005" in _title(fig)
+    assert "1 without a value" in _title(fig) and "higher is better" in _title(fig)
+    named = [t.get_text() for t in fig.axes[0].texts]
+    assert named == [" + ".join(rows[1]["observed"])]
+    _written(fig, tmp_path, "accuracy.png")
+    # lower is better (MAE): a model above the baseline is behind it; with few subsets every one is named
+    rows = [
+        {"observed": ["text"], "model": 0.55, "baseline": 0.56},
+        {"observed": ["audio"], "model": 1.08, "baseline": 1.0},
+        {"observed": ["text", "audio"], "model": 0.56, "baseline": 0.56},
+    ]
+    fig = plots.against_baseline(rows, "mae", baseline_label="ridge")
+    assert "1 of 3 subsets behind the ridge" in _title(fig) and "lower is better" in _title(fig)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["audio", "text", "text + audio"]
+    _written(fig, tmp_path, "mae.png")
+
+
+def test_nested_pairs_counts_the_pairs_worse_by_more_than_one_standard_error(tmp_path):
+    pair = lambda gain, se: {"smaller": ["a"], "larger": ["a", "b"], "gain": gain, "se": se}  # noqa: E731
+    pairs = [pair(0.02, 0.01), pair(-0.005, 0.01), pair(-0.02, 0.01), pair(0.0, 0.0), pair(-0.01, 0.0)]
+    pairs += [pair(float("nan"), 0.01)]
+    fig = plots.nested_pairs(pairs, metric="accuracy")
+    # -0.02 (two se) and a loss with no spread at all are worse; -0.005 (half an se) and 0 +- 0 are not; NaN is out
+    assert "2 of 5 nested pairs" in _title(fig)
+    assert "... and" not in fig.axes[0].texts[0].get_text()
+    assert fig.axes[0].texts[0].get_text().count("a -> a + b") == 2
+    _written(fig, tmp_path, "nested.png")
+    _written(plots.nested_pairs([], metric="MAE"), tmp_path, "none.png")
+
+
 def test_imputation_error(tmp_path):
     close = {m: {"mse": 0.2 + 0.1 * i, "baseline_mse": 1.0, "corr": 0.9 - 0.1 * i} for i, m in enumerate(MODS)}
     _written(plots.imputation_error(close), tmp_path, "a.png")

@@ -24,10 +24,13 @@ def _script():
 def test_uci_comparison_prints_every_subset_and_records_each_seed(tmp_path, capsys):
     out = tmp_path / "comparison.json"
     small = ["train.epochs=1", "train.kl_warmup=0", "model.hidden=8", "train.calibrate='none'", "model.label_samples=0"]
-    argv = ["--data", "uci", "--seeds", "0,1", "--num-samples", "2", "--out", str(out)]
+    argv = ["--data", "uci", "--seeds", "0,1", "--num-samples", "2", "--out", str(out), "--plots", str(tmp_path)]
     _script().main(argv + [a for s in small for a in ("--set", s)])
     printed = capsys.readouterr().out
     assert printed.count("\n| ") >= 63 + 1  # a row per subset under the header
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["uci-accuracy-against-logistic-regression.png", "uci-nested-pairs.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in tmp_path.glob("*.png"))
     record = json.loads(out.read_text())["uci"]
     assert len(record["subsets"]) == 63 and len(record["nested"]) == 602
     for name, values in record["per_seed"].items():
@@ -158,3 +161,27 @@ def test_pom_comparison_with_the_mlp_baseline_adds_its_columns_for_every_subset(
     plain, chosen, alpha = script.mlp_baseline(features, labels, split, ("audio",), [0], **small)
     assert record["mlp"]["audio"] == pytest.approx({"plain": plain, "chosen": chosen, "alpha": alpha})
     assert alpha in small["alphas"] and 0 < plain < 3
+
+
+def test_plots_of_pom_draw_mae_and_correlation_and_none_for_the_tasks(tmp_path):
+    """POM's record holds the ridge's MAE, MSE and correlation per subset: both metrics are drawn against it; the
+    one-rating-at-a-time comparisons record tasks, not subsets, and draw nothing."""
+    subsets = ["audio + video", "audio", "video"]
+    entry = {
+        "mfm": {s: {"mae": [0.92, 0.004], "corr": [0.3, 0.01], "coverage": [0.88, 0.003]} for s in subsets},
+        "ridge": {s: {"mae": 0.95, "mse": 1.4, "corr": 0.2} for s in subsets},
+        "nested": [
+            {"smaller": ["audio"], "larger": ["audio", "video"], "gain": 0.004, "se": 0.005, "worse": False},
+            {"smaller": ["video"], "larger": ["audio", "video"], "gain": -0.02, "se": 0.01, "worse": True},
+        ],
+    }
+    written = _script().write_plots("pom-vectors", entry, tmp_path)
+    assert [p.name for p in written] == [
+        "pom-vectors-mae-against-ridge.png",
+        "pom-vectors-corr-against-ridge.png",
+        "pom-vectors-nested-pairs.png",
+    ]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    tasks = {"metric": "mae", "columns": subsets, "per_task": [[0.9, 0.95, 0.97]]}
+    assert _script().write_plots("pom-one-rating", tasks, tmp_path / "tasks") == []
+    assert not (tmp_path / "tasks").exists()

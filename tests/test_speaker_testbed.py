@@ -45,10 +45,15 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
     out = tmp_path / "testbed.json"
     small = ["train.epochs=1", "train.kl_warmup=0", "model.hidden=8", "train.calibrate='none'"]
     _script().main(
-        ["--seeds", "0,1", "--num-samples", "2", "--groups", "--out", str(out)]
+        ["--seeds", "0,1", "--num-samples", "2", "--groups", "--out", str(out), "--plots", str(tmp_path)]
         + [a for s in small for a in ("--set", s)]
     )
     printed = capsys.readouterr().out
+    # the testbed's ridge records its MAE alone: the MFM against it per subset, and the nested pairs
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "testbed-mae-against-ridge.png",
+        "testbed-nested-pairs.png",
+    ]
     assert "held out by speaker" in printed and printed.count("\n| ") == 1 + 7  # the header and a row per subset
     record = json.loads(out.read_text())
     assert record["groups"] and len(record["ridge"]) == 7 and len(record["nested"]) == 12

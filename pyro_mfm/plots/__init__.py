@@ -18,9 +18,10 @@ from .calibration import (
 from .diagnostics import confusion_matrix, latent_projection, sequence_imputation, training_curves
 from .factors import contributions_over_time, factor_fractions, image_grid, metric_vs_rate
 from .posterior import coverage_curve, posterior_ellipses
-from .robustness import imputation_error, metric_by_observed
+from .robustness import against_baseline, imputation_error, metric_by_observed, nested_pairs
 
 __all__ = [
+    "against_baseline",
     "binomial_interval",
     "calibration_bins",
     "confusion_matrix",
@@ -35,6 +36,7 @@ __all__ = [
     "latent_projection",
     "metric_by_observed",
     "metric_vs_rate",
+    "nested_pairs",
     "pit_histogram",
     "posterior_ellipses",
     "reliability_diagram",

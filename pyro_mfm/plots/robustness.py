@@ -208,3 +208,142 @@ def imputation_error(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def against_baseline(
+    rows: Sequence[Mapping],
+    metric: str,
+    *,
+    higher_is_better: bool | None = None,
+    tolerance: float = 0.0,
+    model_label: str = "model",
+    baseline_label: str = "baseline",
+    ax: Axes | None = None,
+) -> Figure:
+    """The model against a baseline fitted on each subset of observed modalities alone, one point per subset.
+
+    The baseline's value is on x, the model's on y (with its standard deviation over seeds as an error bar), the
+    points coloured by how many modalities the subset observes. The diagonal is parity; with ``tolerance`` the
+    dashed line below it (above it for a metric where lower is better) is the baseline's value less that tolerance,
+    and the subsets beyond it on the wrong side are named.
+
+    Args:
+        rows: one dict per subset, ``{"observed": [...], "model": value, "model_sd": value, "baseline": value}``
+            (``model_sd`` optional); a subset whose model or baseline value is missing or NaN is left out and counted
+            in the title.
+        metric: what the values are (axis labels, and the direction when ``higher_is_better`` is None).
+        tolerance: how far behind the baseline a subset may be and still count as level (e.g. 0.005 accuracy).
+    """
+    fig, ax = new_axes(ax, figsize=(6.6, 5.8))
+    if higher_is_better is None:
+        higher_is_better = not lower_is_better(metric)
+    counts = np.array([len(r.get("observed", ())) for r in rows], dtype=int)
+    x = np.array([_value(r, "baseline") for r in rows], dtype=float)
+    y = np.array([_value(r, "model") for r in rows], dtype=float)
+    sd = np.nan_to_num(np.array([_value(r, "model_sd") for r in rows], dtype=float), nan=0.0)
+    names = [" + ".join(map(str, r.get("observed", ()))) for r in rows]
+    ok = np.isfinite(x) & np.isfinite(y)
+    sign = 1.0 if higher_is_better else -1.0
+    behind = ok & (sign * (y - x) < -tolerance)
+    if ok.any():
+        lo, hi = min(x[ok].min(), (y - sd)[ok].min()), max(x[ok].max(), (y + sd)[ok].max())
+        pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+        lo, hi = lo - pad, hi + pad
+        ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, label="parity", zorder=1)
+        if tolerance > 0:
+            edge = np.array([lo, hi]) - sign * tolerance
+            ax.plot([lo, hi], edge, color="C3", ls="--", lw=1, label=f"{baseline_label} - {tolerance:g}", zorder=1)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    for i, k in enumerate(np.unique(counts[ok])):
+        sel = ok & (counts == k)
+        ax.errorbar(
+            x[sel],
+            y[sel],
+            yerr=sd[sel],
+            fmt="o",
+            ms=5,
+            alpha=0.8,
+            color=f"C{i}",
+            elinewidth=0.8,
+            label=f"{k} observed ({sel.sum()})",
+            zorder=2,
+        )
+    # the subsets behind the baseline by more than the tolerance are named (red), and every subset where they are few
+    for j in np.flatnonzero(behind | (ok & (ok.sum() <= 8)))[:16]:
+        color = "C3" if behind[j] else "0.35"
+        ax.annotate(names[j], (x[j], y[j]), xytext=(6, -10), textcoords="offset points", fontsize=7, color=color)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"{baseline_label}, fitted on the subset alone: {metric_label(metric)}")
+    ax.set_ylabel(f"{model_label}: {metric_label(metric)}")
+    arrow = "higher is better" if higher_is_better else "lower is better"
+    missing = f"; {(~ok).sum()} without a value" if (~ok).any() else ""
+    within = f" by more than {tolerance:g}" if tolerance > 0 else ""
+    ax.set_title(
+        f"{metric.replace('_', ' ')} per observed subset ({arrow})\n"
+        f"{behind.sum()} of {ok.sum()} subsets behind the {baseline_label}{within}{missing}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper left")
+    return fig
+
+
+def nested_pairs(pairs: Sequence[Mapping], *, metric: str = "", named: int = 6, ax: Axes | None = None) -> Figure:
+    """What adding modalities does: one point per nested pair S inside S', the gain of S' over S (positive: better)
+    in units of its paired standard error, sorted. The dashed line at -1 marks "worse by more than one paired
+    standard error"; the pairs below it are red and the ``named`` worst are named.
+
+    Args:
+        pairs: ``{"smaller": [...], "larger": [...], "gain": value, "se": value}`` per pair (``gain`` in the
+            metric's units, signed so that positive is better). A pair with a zero standard error stands at 0
+            when its gain is 0 and is drawn at the edge otherwise.
+        metric: the metric the gains are in, for the title.
+    """
+    fig, ax = new_axes(ax, figsize=(7.0, 4.4))
+    gain = np.array([_value(p, "gain") for p in pairs], dtype=float)
+    se = np.array([_value(p, "se") for p in pairs], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, gain / se, np.where(gain == 0, 0.0, np.sign(gain) * np.inf))
+    z = np.where(np.isnan(gain) | np.isnan(se), np.nan, z)
+    ok = ~np.isnan(z)
+    order = np.flatnonzero(ok)[np.argsort(z[ok], kind="stable")]
+    shown = z[order]
+    finite = shown[np.isfinite(shown)]
+    edge = max(3.0, float(np.abs(finite).max()) * 1.05) if len(finite) else 3.0
+    shown = np.clip(shown, -edge, edge)
+    worse = shown < -1
+    pos = np.arange(len(order))
+    ax.scatter(pos[~worse], shown[~worse], s=10, color="C0", label="pair (S inside S')")
+    ax.scatter(pos[worse], shown[worse], s=14, color="C3", label=f"worse by more than one se ({worse.sum()})")
+    ax.axhline(-1, color="C3", ls="--", lw=1)
+    ax.axhline(0, color="0.3", lw=0.8)
+    lines = []
+    for i in order[: min(named, int(worse.sum()))]:  # the worst pairs, listed in a box
+        p = pairs[i]
+        pair = " + ".join(map(str, p.get("smaller", ()))) + " -> " + " + ".join(map(str, p.get("larger", ())))
+        lines.append(f"{pair}: {gain[i]:+.3g} (se {se[i]:.2g})")
+    if lines:
+        more = int(worse.sum()) - len(lines)
+        ax.text(
+            0.98,
+            0.04,
+            "worst:\n" + "\n".join(lines) + (f"\n... and {more} more" if more > 0 else ""),
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="C3",
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="C3", alpha=0.9),
+        )
+    ax.set_xlabel("nested pairs, sorted by the gain of adding modalities")
+    ax.set_ylabel("gain of S' over S / paired se")
+    what = f" ({metric})" if metric else ""
+    ax.set_title(
+        f"Adding modalities{what}: {worse.sum()} of {len(order)} nested pairs (S inside S')\n"
+        "worse by more than one paired standard error",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
