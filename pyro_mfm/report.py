@@ -1,7 +1,8 @@
 """The main job's report: ``metrics.json``, ``report.md`` and ``plots/*.png`` of a report folder.
 
 :func:`write_report` takes what the job computed (the evaluation of every observed subset, the training-mean
-imputation baseline, the training run), adds the one-view linear baselines and the plots, and writes the files.
+imputation baseline, the training run), adds a linear model per subset of observed modalities, the nested pairs
+of subsets and the plots, and writes the files.
 It sits above inference, analysis and plots, which it reads; :mod:`pyro_mfm.infer.job` imports it only when it
 writes a report.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .analysis.baselines import single_view_baselines
+from .analysis.baselines import against_linear, nested_pairs, subset_baselines
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
@@ -41,6 +42,26 @@ def _robustness_plot(pdir: Path, records: list, baselines: dict, metric: str) ->
     single = {m: v[metric] for m, v in baselines.items() if metric in v}
     fig = plots.metric_by_observed(flat, metric, baseline=single or None, baseline_label="linear model on one view")
     return [plots.save(fig, pdir / f"{metric}_by_observed.png")]
+
+
+def _linear_plots(pdir: Path, linear: list, pairs: list, metric: str | None) -> list:
+    """The MFM against the linear model fitted on each subset alone, and what adding modalities does."""
+    written = []
+    if linear:
+        rows = [
+            {"observed": r["observed"], "model": r[metric]["mfm"], "baseline": r[metric]["linear"]}
+            for r in linear
+            if metric in r
+        ]
+        fig = plots.against_baseline(rows, metric, model_label="MFM", baseline_label="linear model")
+        _subtitle(
+            fig, "each subset's linear model fitted on its modalities alone; both scored on the same test samples"
+        )
+        written.append(plots.save(fig, pdir / f"{metric}_against_linear.png"))
+    if pairs:
+        what = "accuracy" if metric == "accuracy" else "minus the MAE"
+        written.append(plots.save(plots.nested_pairs(pairs, metric=what), pdir / "nested_pairs.png"))
+    return written
 
 
 def _imputation_plot(pdir: Path, mfm: MFM, records: list, mean_baseline: dict) -> list:
@@ -128,12 +149,17 @@ def write_plots(
     seed: int | None = 0,
     predictions: dict | None = None,
     config: Config | None = None,
+    linear: list | None = None,
+    pairs: list | None = None,
 ) -> list[str]:
     """The report's plots. ``predictions``: the evaluation's predictions by observed subset; the calibration and
     confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
-    of a prediction made here."""
+    of a prediction made here. ``linear`` and ``pairs``: the MFM against a linear model per subset
+    (:func:`~pyro_mfm.analysis.baselines.against_linear`) and the nested pairs of subsets
+    (:func:`~pyro_mfm.analysis.baselines.nested_pairs`)."""
     pdir = out / "plots"
     written = _robustness_plot(pdir, records, baselines, metric)
+    written += _linear_plots(pdir, linear or [], pairs or [], metric)
     written += _imputation_plot(pdir, mfm, records, mean_baseline)
     if mfm.D is not None:
         written += _label_plots(pdir, mfm, test, predictions, seed)
@@ -175,22 +201,58 @@ def best_epoch_line(result) -> str:
     return f"Best epoch {best['epoch'] + 1} of {len(result.history)} ({scores}).{averaged}{ensemble}{where}"
 
 
-def _baseline_lines(data: MultimodalData, baselines: dict) -> list[str]:
-    """The table of the linear models trained on one modality alone, and a note on the modalities without one."""
+LINEAR_NOTES = (
+    "A linear model fitted on each subset's modalities alone (logistic regression for classes, ridge regression "
+    "otherwise; features standardised with the training moments, a sequence averaged over its real steps; trained "
+    "on the labelled training samples that have every modality of the subset, its penalty chosen on the validation "
+    "split's), and the MFM, both scored on the labelled test samples that have every modality of the subset (n). "
+    "Gain: the MFM's accuracy minus the linear model's, or the linear model's MAE minus the MFM's (positive: the "
+    "MFM is better), with its paired standard error over those samples."
+)
+
+
+def _baseline_lines(data: MultimodalData, linear: list, pairs: list) -> list[str]:
+    """The table of the MFM against a linear model per subset, the subsets without one, and the nested pairs where
+    adding modalities makes the MFM worse by more than one paired standard error."""
     md = []
-    if baselines:
+    if linear:
+        metric = "accuracy" if "accuracy" in linear[0] else "mae"
+        behind, beyond = sum(r["gain"] < 0 for r in linear), sum(r["gain"] < -r["se"] for r in linear)
         md += [
-            "\n## Linear model trained on one modality alone (test split)\n",
-            "| modality | " + " | ".join(next(iter(baselines.values()))) + " |",
-            "|---|" + "---|" * len(next(iter(baselines.values()))),
+            "\n## The MFM against a linear model per subset (test split)\n",
+            LINEAR_NOTES + "\n",
+            f"The MFM is behind the linear model on {behind} of {len(linear)} subsets, by more than one standard "
+            f"error on {beyond}.\n",
+            f"| observed | n | MFM {metric} | linear {metric} | gain | se | penalty (chosen on) |",
+            "|---|---|---|---|---|---|---|",
         ]
-        md += [f"| {m} | " + " | ".join(format_cell(x, ".4g") for x in v.values()) + " |" for m, v in baselines.items()]
-    unscored = [m for m in data.schema.names if m not in baselines]
-    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and unscored:
         md += [
-            f"\nNo one-view baseline for {', '.join(unscored)}: too few labelled samples with the modality "
+            f"| {'+'.join(r['observed'])} | {r['n']} | {format_cell(r[metric]['mfm'], '.4g')} | "
+            f"{format_cell(r[metric]['linear'], '.4g')} | {r['gain']:+.4f} | {r['se']:.4f} | "
+            f"{r['penalty']:g} ({r['chosen_on']}) |"
+            for r in linear
+        ]
+    scored = {"+".join(r["observed"]) for r in linear}
+    singles = [m for m in data.schema.names if m not in scored]
+    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and singles:
+        md += [
+            f"\nNo linear model for {', '.join(singles)} alone: too few labelled samples with the modality "
             "(a training sample of two classes at least, or of the regression label, and a test sample)."
         ]
+    if pairs:
+        worse = sorted((p for p in pairs if p["worse"]), key=lambda p: p["gain"] / max(p["se"], 1e-12))
+        md += [
+            "\n## Adding modalities (test split)\n",
+            f"Of {len(pairs)} nested pairs of subsets (S inside S'; accuracy, or minus the MAE, on the labelled test "
+            f"samples), the MFM's prediction from S' is worse than from S by more than one paired standard error on "
+            f"{len(worse)}" + (":" if worse else "."),
+        ]
+        md += [
+            f"- {'+'.join(p['smaller'])} -> {'+'.join(p['larger'])}: {p['gain']:+.4f} (se {p['se']:.4f})"
+            for p in worse[:20]
+        ]
+        if len(worse) > 20:
+            md.append(f"- ... and {len(worse) - 20} more (`metrics.json`, `nested_pairs`)")
     return md
 
 
@@ -205,7 +267,7 @@ def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
         METRIC_NOTES + "\n",
         table(report["subsets"], baseline=mean_baseline),
     ]
-    md += _baseline_lines(data, report["single_view_baselines"])
+    md += _baseline_lines(data, report["linear_baselines"], report["nested_pairs"])
     md += [
         "\n## Training-mean imputation baseline (MSE, squared feature units)\n",
         ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
@@ -236,7 +298,15 @@ def write_report(
     seconds training took. ``check()`` is called between stages (it raises to stop before anything is written)."""
     mfm, test = result.mfm, data[config.data.test_split]
     ev = config.evaluate
-    baselines = single_view_baselines(data, config) if data.schema.label is not None else {}
+    by_subset = subset_baselines(data, config, [r["observed"] for r in records]) if mfm.D is not None else {}
+    linear = against_linear(by_subset, predictions or {}, test)
+    pairs = nested_pairs(predictions or {}, test) if mfm.D is not None else []
+    # the linear models of one modality alone, marked on the robustness plot
+    baselines = {
+        obs[0]: {k: v for k, v in b.items() if k in ("accuracy", "mae")}
+        for obs, b in by_subset.items()
+        if len(obs) == 1
+    }
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
     written = write_plots(
@@ -251,6 +321,8 @@ def write_report(
         ev.seed,
         predictions=predictions,
         config=config,
+        linear=linear,
+        pairs=pairs,
     )
     check()
     report = {
@@ -264,6 +336,8 @@ def write_report(
         "total_seconds": time.time() - t0,
         "subsets": records,
         "single_view_baselines": baselines,
+        "linear_baselines": linear,
+        "nested_pairs": pairs,
         "mean_imputation_baseline": mean_baseline,
         "history": result.history,
         "plots": written,

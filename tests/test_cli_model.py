@@ -85,6 +85,19 @@ def test_run_writes_the_report_folder(project):
         assert load(out / f"imputed_{m}.h5")["test"].present[m].all()
     text = (out / "report.md").read_text()
     assert "Every subset of observed modalities" in text and "plots/accuracy_by_observed.png" in text
+    # the MFM against a linear model fitted on each subset alone, on the same test samples, and the nested pairs
+    linear, test = metrics["linear_baselines"], load(project / "data.h5")["test"]
+    assert len(linear) == 7
+    for r in linear:  # the test samples with every modality of the subset (20% of the modalities are missing)
+        assert r["n"] == np.logical_and.reduce([test.present[m] for m in r["observed"]]).sum() < len(test)
+    for r in linear:
+        assert r["gain"] == pytest.approx(r["accuracy"]["mfm"] - r["accuracy"]["linear"], abs=1e-9)
+        single = metrics["single_view_baselines"].get(r["observed"][0]) if len(r["observed"]) == 1 else None
+        assert single is None or single["accuracy"] == r["accuracy"]["linear"]
+    assert len(metrics["nested_pairs"]) == 12  # S inside S' among the 7 subsets of 3 modalities
+    assert "The MFM against a linear model per subset" in text and "Adding modalities" in text
+    for name in ("accuracy_against_linear", "nested_pairs"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000 and f"plots/{name}.png" in text
 
 
 def test_bad_input_is_one_clear_line(project, tmp_path, capsys):

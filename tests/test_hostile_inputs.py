@@ -599,7 +599,7 @@ def test_run_with_one_sample_per_split(tmp_path, capsys):
     assert _run_job(tmp_path, data, capsys) == 0
     metrics = _strict_json(tmp_path / "report" / "metrics.json")
     assert metrics["single_view_baselines"] == {} and len(metrics["subsets"]) == 3
-    assert "No one-view baseline for a, b" in (tmp_path / "report" / "report.md").read_text()
+    assert "No linear model for a, b alone" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_run_with_a_modality_absent_from_the_test_split(tmp_path, capsys):

@@ -4,7 +4,15 @@ Everything here works through the model's public surface (the ``model``/``guide`
 ``z_y``, ``z_a_<m>``, ``x_<m>_mean`` and ``label_distribution``), so it needs no knowledge of the networks inside.
 """
 
-from .baselines import baseline_possible, filled_classifier, single_view_baselines, with_missing
+from .baselines import (
+    against_linear,
+    baseline_possible,
+    filled_classifier,
+    nested_pairs,
+    single_view_baselines,
+    subset_baselines,
+    with_missing,
+)
 from .calibration import coverage_curve, pit_values, prediction_sets
 from .factors import (
     FactorContributions,
@@ -20,17 +28,20 @@ from .notebook import NotebookSetup, notebook_setup
 __all__ = [
     "FactorContributions",
     "NotebookSetup",
+    "against_linear",
     "baseline_possible",
     "conditional_generation",
     "coverage_curve",
     "decoder_mean",
     "factor_contributions",
     "filled_classifier",
+    "nested_pairs",
     "notebook_setup",
     "pit_values",
     "posterior_codes",
     "prediction_sets",
     "single_view_baselines",
+    "subset_baselines",
     "to_arviz",
     "variance_contributions",
     "with_missing",

@@ -1,5 +1,5 @@
 """Simple baselines on the same split as the MFM: missingness for training, a filled-in classifier, and a linear
-model on each modality alone."""
+model on each subset of observed modalities alone."""
 
 from __future__ import annotations
 
@@ -68,6 +68,94 @@ def filled_classifier(
     return out
 
 
+# The penalties among which a linear baseline takes the one its validation samples score best: the inverse penalty C
+# of a logistic regression, the penalty alpha of a ridge regression (on standardised features).
+LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)
+RIDGE_ALPHA = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def _vectors(ds: MultimodalDataset, m: str) -> np.ndarray:
+    """Modality ``m`` of every sample as a vector: a sequence as the mean over its real steps."""
+    x = np.asarray(ds.features[m], float)
+    if x.ndim == 3:
+        steps = np.asarray(ds.steps[m], bool)
+        x = (x * steps[..., None]).sum(1) / np.maximum(steps.sum(1), 1)[:, None]
+    return x.reshape(len(ds), -1)
+
+
+def _complete(ds: MultimodalDataset, observed) -> np.ndarray:
+    """The labelled samples of ``ds`` that have every modality of ``observed``."""
+    rows = np.asarray(ds.label_present, bool).copy()
+    for m in observed:
+        rows &= np.asarray(ds.present[m], bool)
+    return rows
+
+
+def subset_baselines(data: MultimodalData, config: Config, subsets: Sequence[Sequence[str]]) -> dict:
+    """Per subset S of observed modalities, a linear model fitted on S's modalities alone, concatenated: a logistic
+    regression for a class label, a ridge regression for a regression label, on features standardised with the
+    training moments (a sequence averaged over its real steps), trained on the labelled training samples that have
+    every modality of S. Its penalty is the one of :data:`LOGISTIC_C` or :data:`RIDGE_ALPHA` that scores best
+    (accuracy, MAE) on the validation split's such samples; without any, cross-validation on the training samples
+    chooses it (a grid search over 5 folds, fewer where a class has fewer samples, for the logistic regression;
+    leave-one-out for the ridge; scikit-learn's default C = 1 where a class has a single sample). A subset without
+    training samples of two classes (or of the label) or without a test sample is left out
+    (:func:`baseline_possible`).
+
+    Returns ``{S: {"rows": test rows scored, "pred": their predicted classes or values, metric: value, "penalty":
+    value, "chosen_on": "validation", "cross-validation" or "default"}}`` with ``metric`` ``"accuracy"`` or
+    ``"mae"`` (the mean over a label's outputs); empty for other labels."""
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
+    from sklearn.model_selection import GridSearchCV
+
+    lab = data.schema.label
+    if lab is None or lab.kind not in ("categorical", "regression"):
+        return {}
+    classes = lab.kind == "categorical"
+    train, test = data[config.data.train_split], data[config.data.test_split]
+    valid = data[config.data.valid_split] if config.data.valid_split in data else None
+    out = {}
+    for obs in subsets:
+        obs = tuple(obs)
+        tr, te = _complete(train, obs), _complete(test, obs)
+        y_tr = np.asarray(train.labels)[tr]
+        if not baseline_possible(lab, y_tr, int(te.sum())):
+            continue
+        x_tr = np.concatenate([_vectors(train, m) for m in obs], 1)[tr]
+        mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-8
+        z = lambda ds, rows: (np.concatenate([_vectors(ds, m) for m in obs], 1)[rows] - mu) / sd  # noqa: E731
+        va = _complete(valid, obs) if valid is not None else None
+        if va is not None and va.any() and (not classes or len(np.unique(y_tr)) >= 2):
+            y_va, x_va = np.asarray(valid.labels)[va], z(valid, va)
+            if classes:
+                fits = {c: LogisticRegression(C=c, max_iter=3000).fit((x_tr - mu) / sd, y_tr) for c in LOGISTIC_C}
+                penalty = max(fits, key=lambda c: np.mean(fits[c].predict(x_va) == y_va))
+            else:
+                fits = {a: Ridge(alpha=a).fit((x_tr - mu) / sd, y_tr) for a in RIDGE_ALPHA}
+                penalty = min(fits, key=lambda a: np.mean(np.abs(fits[a].predict(x_va) - y_va)))
+            model, chosen = fits[penalty], "validation"
+        elif classes:
+            folds = int(min(5, np.unique(y_tr, return_counts=True)[1].min()))
+            if folds >= 2:
+                search = GridSearchCV(LogisticRegression(max_iter=3000), {"C": list(LOGISTIC_C)}, cv=folds)
+                model = search.fit((x_tr - mu) / sd, y_tr).best_estimator_
+                penalty, chosen = float(search.best_params_["C"]), "cross-validation"
+            else:  # a class with a single training sample: no folds to choose on
+                penalty, chosen = 1.0, "default"
+                model = LogisticRegression(C=penalty, max_iter=3000).fit((x_tr - mu) / sd, y_tr)
+        else:
+            model = RidgeCV(alphas=RIDGE_ALPHA).fit((x_tr - mu) / sd, y_tr)
+            penalty, chosen = float(model.alpha_), "cross-validation"
+        pred = model.predict(z(test, te))
+        y_te = np.asarray(test.labels)[te]
+        if classes:
+            value = {"accuracy": float(np.mean(pred == y_te))}
+        else:
+            value = {"mae": float(np.mean(np.abs(pred.reshape(y_te.shape) - y_te)))}
+        out[obs] = {"rows": np.flatnonzero(te), "pred": pred, **value, "penalty": float(penalty), "chosen_on": chosen}
+    return out
+
+
 def single_view_baselines(data: MultimodalData, config: Config) -> dict:
     """Per modality: a logistic (classes) or ridge (regression) model trained on that modality alone."""
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -101,3 +189,73 @@ def baseline_possible(label, train_labels, n_test: int) -> bool:
     if n_test == 0 or len(train_labels) == 0:
         return False
     return label.kind != "categorical" or len(np.unique(train_labels)) >= 2
+
+
+def _scores(pred, y: np.ndarray) -> np.ndarray:
+    """Per sample, what a prediction scores on labels ``y`` (higher is better): 1 where the most probable class is
+    right (else 0), or minus the absolute error, averaged over a regression label's outputs."""
+    point = np.asarray(pred.point)
+    if pred.kind == "categorical":
+        return (point.argmax(-1) == y).astype(float)
+    err = np.abs(point.reshape(len(y), -1) - np.asarray(y, float).reshape(len(y), -1))
+    return -err.mean(-1)
+
+
+def _paired(d: np.ndarray) -> tuple[float, float]:
+    """The mean of paired differences ``d`` and its standard error (0 for a single difference)."""
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), se
+
+
+def against_linear(baselines: dict, predictions: dict, test: MultimodalDataset) -> list[dict]:
+    """The MFM's predictions from each observed subset (``predictions``: ``{subset: Prediction}`` of the test split)
+    against :func:`subset_baselines`, on the test samples the baseline scored: per subset ``{"observed", "n",
+    metric: {"mfm": ..., "linear": ...}, "gain": ..., "se": ..., "penalty", "chosen_on"}``, where ``gain`` is the
+    MFM's accuracy minus the linear model's (or the linear model's MAE minus the MFM's), positive where the MFM is
+    better, and ``se`` its paired standard error over those samples."""
+    y_all = np.asarray(test.labels)
+    rows = []
+    for obs, base in baselines.items():
+        if obs not in predictions:
+            continue
+        idx, y = base["rows"], y_all[base["rows"]]
+        metric = "accuracy" if "accuracy" in base else "mae"
+        mfm = _scores(predictions[obs], y_all)[idx]
+        if metric == "accuracy":
+            linear = (np.asarray(base["pred"]) == y).astype(float)
+        else:
+            linear = -np.abs(np.asarray(base["pred"], float).reshape(len(y), -1) - np.reshape(y, (len(y), -1)))
+            linear = linear.mean(-1)
+        gain, se = _paired(mfm - linear)
+        sign = 1.0 if metric == "accuracy" else -1.0  # MAE from the scores (minus the errors)
+        rows.append(
+            {
+                "observed": list(obs),
+                "n": len(idx),
+                metric: {"mfm": sign * float(mfm.mean()), "linear": base[metric]},
+                "gain": gain,
+                "se": se,
+                "penalty": base["penalty"],
+                "chosen_on": base["chosen_on"],
+            }
+        )
+    return rows
+
+
+def nested_pairs(predictions: dict, test: MultimodalDataset) -> list[dict]:
+    """Every nested pair of the predicted subsets, S inside S': the gain of the MFM's prediction from S' over its
+    prediction from S on the labelled test samples (accuracy, or minus the MAE), with its paired standard error,
+    and whether S' is worse by more than that standard error. ``predictions``: ``{subset: Prediction}``."""
+    keep = np.asarray(test.label_present, bool)
+    kinds = {p.kind for p in predictions.values()}
+    if not keep.any() or not kinds <= {"categorical", "normal", "laplace"}:  # a class, or a regression label
+        return []
+    y = np.asarray(test.labels)
+    scores = {tuple(obs): _scores(p, y)[keep] for obs, p in predictions.items()}
+    pairs = []
+    for small, s_small in scores.items():
+        for big, s_big in scores.items():
+            if set(small) < set(big):
+                gain, se = _paired(s_big - s_small)
+                pairs.append({"smaller": list(small), "larger": list(big), "gain": gain, "se": se, "worse": gain < -se})
+    return pairs
