@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .analysis.baselines import against_linear, nested_pairs, subset_baselines
+from .analysis.baselines import against_linear, nested_gains, subset_baselines
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
@@ -156,7 +156,7 @@ def write_plots(
     confusion plots use the one of all modalities, so that they show the table's numbers. ``seed`` seeds the draws
     of a prediction made here. ``linear`` and ``pairs``: the MFM against a linear model per subset
     (:func:`~pyro_mfm.analysis.baselines.against_linear`) and the nested pairs of subsets
-    (:func:`~pyro_mfm.analysis.baselines.nested_pairs`)."""
+    (:func:`~pyro_mfm.analysis.baselines.nested_gains`)."""
     pdir = out / "plots"
     written = _robustness_plot(pdir, records, baselines, metric)
     written += _linear_plots(pdir, linear or [], pairs or [], metric)
@@ -223,7 +223,7 @@ def _baseline_lines(data: MultimodalData, linear: list, pairs: list) -> list[str
             LINEAR_NOTES + "\n",
             f"The MFM is behind the linear model on {behind} of {len(linear)} subsets, by more than one standard "
             f"error on {beyond}.\n",
-            f"| observed | n | MFM {metric} | linear {metric} | gain | se | penalty (chosen on) |",
+            f"| observed | n | MFM {metric} | linear {metric} | gain | se | C or alpha (chosen on) |",
             "|---|---|---|---|---|---|---|",
         ]
         md += [
@@ -300,7 +300,7 @@ def write_report(
     ev = config.evaluate
     by_subset = subset_baselines(data, config, [r["observed"] for r in records]) if mfm.D is not None else {}
     linear = against_linear(by_subset, predictions or {}, test)
-    pairs = nested_pairs(predictions or {}, test) if mfm.D is not None else []
+    pairs = nested_gains(predictions or {}, test) if mfm.D is not None else []
     # the linear models of one modality alone, marked on the robustness plot
     baselines = {
         obs[0]: {k: v for k, v in b.items() if k in ("accuracy", "mae")}

@@ -12,7 +12,7 @@ from pyro_mfm.analysis.baselines import (
     RIDGE_ALPHA,
     _vectors,
     against_linear,
-    nested_pairs,
+    nested_gains,
     subset_baselines,
 )
 from pyro_mfm.config import Config
@@ -107,7 +107,7 @@ def test_nested_pairs_find_the_subset_that_adding_a_modality_made_worse():
         ("b",): _prediction(np.full((len(y), 3), 1 / 3) + np.eye(3)[(y + 1) % 3] * 0.1),  # always wrong
         ("a", "b"): _prediction(wrong),
     }
-    pairs = {(tuple(p["smaller"]), tuple(p["larger"])): p for p in nested_pairs(predictions, test)}
+    pairs = {(tuple(p["smaller"]), tuple(p["larger"])): p for p in nested_gains(predictions, test)}
     assert set(pairs) == {(("a",), ("a", "b")), (("b",), ("a", "b"))}
     worse = pairs[("a",), ("a", "b")]
     n = keep.sum()
@@ -121,5 +121,5 @@ def test_nested_pairs_find_the_subset_that_adding_a_modality_made_worse():
         ("a", "b"): _prediction(np.ones((len(y), 1)), "normal"),
     }
     labels = SimpleNamespace(labels=np.zeros(len(y)), label_present=keep)
-    assert nested_pairs(reg, labels)[0]["gain"] == -1.0
-    assert nested_pairs({("a",): _prediction(np.zeros((len(y), 2)), "bernoulli")}, labels) == []
+    assert nested_gains(reg, labels)[0]["gain"] == -1.0
+    assert nested_gains({("a",): _prediction(np.zeros((len(y), 2)), "bernoulli")}, labels) == []

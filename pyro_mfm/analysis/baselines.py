@@ -252,7 +252,7 @@ def against_linear(baselines: dict, predictions: dict, test: MultimodalDataset) 
     return rows
 
 
-def nested_pairs(predictions: dict, test: MultimodalDataset) -> list[dict]:
+def nested_gains(predictions: dict, test: MultimodalDataset) -> list[dict]:
     """Every nested pair of the predicted subsets, S inside S': the gain of the MFM's prediction from S' over its
     prediction from S on the labelled test samples (accuracy, or minus the MAE), with its paired standard error,
     and whether S' is worse by more than that standard error. ``predictions``: ``{subset: Prediction}``."""
