@@ -310,8 +310,20 @@ def test_run_over_seeds_reports_mean_and_std(project, capsys):
     assert set(metrics["subsets"][0]["imputation"]["b"]) >= {"mse", "corr"}
     seed1 = json.loads((out / "seed-1" / "metrics.json").read_text())
     assert seed1["config"]["train"]["seed"] == 1
+    # the MFM against each subset's linear model, over the seeds: the seeds' own numbers, summarised
+    seed0 = json.loads((out / "seed-0" / "metrics.json").read_text())
+    per_seed = [seed0["linear_baselines"], seed1["linear_baselines"]]
+    assert [r["observed"] for r in metrics["linear_baselines"]] == [r["observed"] for r in per_seed[0]]
+    for i, row in enumerate(metrics["linear_baselines"]):
+        gains = [rows[i]["gain"] for rows in per_seed]
+        assert row["gain"]["values"] == pytest.approx(gains) and row["gain"]["mean"] == pytest.approx(np.mean(gains))
+        assert row["seeds_behind"] == sum(rows[i]["gain"] < -rows[i]["se"] for rows in per_seed)
+        assert row["accuracy"]["linear"]["std"] == 0  # the linear model does not depend on the seed
+    worse = [sum(p["worse"] for p in m["nested_pairs"]) for m in (seed0, seed1)]
+    assert metrics["nested_pairs"] == 2 and metrics["nested_pairs_worse"]["values"] == worse
     text = (out / "report.md").read_text()
     assert "2 seeds" in text and " ± " in text and "| a+b |" in text
+    assert "The MFM against a linear model per subset" in text and "Adding modalities" in text
     one = (out / "seed-0" / "report.md").read_text()  # the per-seed report reads at a glance
     assert "Best epoch 1 of 1 (valid accuracy" in one and "{" not in one
     assert "ratio to the training mean's" in one and "×)" in one and "NLPD (negative log predictive density)" in one

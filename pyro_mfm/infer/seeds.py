@@ -57,6 +57,58 @@ def aggregate_subsets(per_seed: list[list[dict]]) -> list[dict]:
     return subsets
 
 
+def aggregate_linear(per_seed: list[list[dict]]) -> list[dict]:
+    """The MFM against a linear model per subset (the reports' ``linear_baselines``, one list per seed) over the
+    seeds: per subset the MFM's metric, the linear model's and the gain as :func:`summary` dicts, and how many seeds
+    put the MFM behind the linear model by more than one paired standard error."""
+    out = []
+    for row in per_seed[0]:
+        rows = [next((r for r in rs if r["observed"] == row["observed"]), None) for rs in per_seed]
+        rows = [r for r in rows if r is not None]
+        metric = "accuracy" if "accuracy" in row else "mae"
+        out.append(
+            {
+                "observed": row["observed"],
+                "n": row["n"],
+                metric: {k: summary([r[metric][k] for r in rows]) for k in ("mfm", "linear")},
+                "gain": summary([r["gain"] for r in rows]),
+                "seeds_behind": sum(r["gain"] < -r["se"] for r in rows),
+                "seeds": len(rows),
+            }
+        )
+    return out
+
+
+def linear_lines(summary_: dict) -> list[str]:
+    """The Markdown lines of the MFM against a linear model per subset over the seeds, and of the nested pairs."""
+    rows, lines = summary_.get("linear_baselines") or [], []
+    if rows:
+        metric = "accuracy" if "accuracy" in rows[0] else "mae"
+        behind = sum(r["gain"]["mean"] < 0 for r in rows)
+        lines += [
+            "\n## The MFM against a linear model per subset (test split)\n",
+            "Each seed's report holds the linear model fitted on each subset's modalities alone and how it was fitted; "
+            "gain: the MFM's accuracy minus the linear model's, or the linear model's MAE minus the MFM's (positive: "
+            f"the MFM is better), mean ± sd over the seeds. Behind on average on {behind} of {len(rows)} subsets.\n",
+            f"| observed | n | MFM {metric} | linear {metric} | gain | seeds behind by more than one se |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {'+'.join(r['observed'])} | {r['n']} | {_cell(r[metric]['mfm'])} | {_cell(r[metric]['linear'])} | "
+            f"{_cell(r['gain'])} | {r['seeds_behind']} of {r['seeds']} |"
+            for r in rows
+        ]
+    worse = summary_.get("nested_pairs_worse")
+    if worse:
+        per_seed = ", ".join(f"{v:g}" for v in worse["values"])
+        lines += [
+            "\n## Adding modalities (test split)\n",
+            f"Nested pairs of subsets (of {summary_['nested_pairs']}) where the larger subset is worse by more than "
+            f"one paired standard error, per seed: {per_seed} (each seed's report lists them).",
+        ]
+    return lines
+
+
 def subsets_table(subsets: list[dict]) -> list[str]:
     """The Markdown lines of a table of :func:`aggregate_subsets` records: mean ± sd of every metric."""
     label_keys = [k for k in (subsets[0].get("label", {}) if subsets else {}) if k != "n"]
@@ -90,6 +142,17 @@ def aggregate(reports: list[dict], seeds) -> dict:
         "single_view_baselines": _merge([r["single_view_baselines"] for r in reports])
         if first["single_view_baselines"]
         else {},
+        "linear_baselines": aggregate_linear([r.get("linear_baselines") or [] for r in reports])
+        if first.get("linear_baselines")
+        else [],
+        **(
+            {
+                "nested_pairs": len(first["nested_pairs"]),
+                "nested_pairs_worse": summary([sum(p["worse"] for p in r.get("nested_pairs", [])) for r in reports]),
+            }
+            if first.get("nested_pairs")
+            else {}
+        ),
         "train_seconds": summary([r["train_seconds"] for r in reports]),
         "per_seed": [f"seed-{s}" for s in seeds],
         "config": first["config"],
@@ -128,6 +191,7 @@ def markdown(summary_: dict) -> str:
         "## Every subset of observed modalities (test split)\n",
     ]
     lines += subsets_table(subsets)
+    lines += linear_lines(summary_)
     base = summary_["mean_imputation_baseline"]
     lines += [
         "\n## Training-mean imputation baseline (MSE)\n",
