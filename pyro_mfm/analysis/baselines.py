@@ -111,7 +111,7 @@ def subset_baselines(data: MultimodalData, config: Config, subsets: Sequence[Seq
     if lab is None or lab.kind not in ("categorical", "regression"):
         return {}
     # one BLAS thread: these fits are many small products, which a pool of threads slows several times over (UCI's
-    # 63 subsets on 2 cores: 89 s against 14 s)
+    # 63 subsets on 2 cores: 89 s against 13 s)
     with threadpool_limits(1):
         return _subset_baselines(data, config, subsets)
 
@@ -124,6 +124,9 @@ def _subset_baselines(data: MultimodalData, config: Config, subsets) -> dict:
     classes = lab.kind == "categorical"
     train, test = data[config.data.train_split], data[config.data.test_split]
     valid = data[config.data.valid_split] if config.data.valid_split in data else None
+    names = {m for obs in subsets for m in obs}
+    # each split's modalities as vectors, read once (a native file's splits are read from disk)
+    vectors = {id(ds): {m: _vectors(ds, m) for m in names} for ds in (train, valid, test) if ds is not None}
     out = {}
     for obs in subsets:
         obs = tuple(obs)
@@ -131,30 +134,31 @@ def _subset_baselines(data: MultimodalData, config: Config, subsets) -> dict:
         y_tr = np.asarray(train.labels)[tr]
         if not baseline_possible(lab, y_tr, int(te.sum())):
             continue
-        x_tr = np.concatenate([_vectors(train, m) for m in obs], 1)[tr]
+        x_tr = np.concatenate([vectors[id(train)][m] for m in obs], 1)[tr]
         mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-8
-        z = lambda ds, rows: (np.concatenate([_vectors(ds, m) for m in obs], 1)[rows] - mu) / sd  # noqa: E731
+        z = lambda ds, rows: (np.concatenate([vectors[id(ds)][m] for m in obs], 1)[rows] - mu) / sd  # noqa: E731
+        z_tr = (x_tr - mu) / sd
         va = _complete(valid, obs) if valid is not None else None
-        if va is not None and va.any() and (not classes or len(np.unique(y_tr)) >= 2):
+        if va is not None and va.any():
             y_va, x_va = np.asarray(valid.labels)[va], z(valid, va)
             if classes:
-                fits = {c: LogisticRegression(C=c, max_iter=3000).fit((x_tr - mu) / sd, y_tr) for c in LOGISTIC_C}
+                fits = {c: LogisticRegression(C=c, max_iter=3000).fit(z_tr, y_tr) for c in LOGISTIC_C}
                 penalty = max(fits, key=lambda c: np.mean(fits[c].predict(x_va) == y_va))
             else:
-                fits = {a: Ridge(alpha=a).fit((x_tr - mu) / sd, y_tr) for a in RIDGE_ALPHA}
+                fits = {a: Ridge(alpha=a).fit(z_tr, y_tr) for a in RIDGE_ALPHA}
                 penalty = min(fits, key=lambda a: np.mean(np.abs(fits[a].predict(x_va) - y_va)))
             model, chosen = fits[penalty], "validation"
         elif classes:
             folds = int(min(5, np.unique(y_tr, return_counts=True)[1].min()))
             if folds >= 2:
                 search = GridSearchCV(LogisticRegression(max_iter=3000), {"C": list(LOGISTIC_C)}, cv=folds)
-                model = search.fit((x_tr - mu) / sd, y_tr).best_estimator_
+                model = search.fit(z_tr, y_tr).best_estimator_
                 penalty, chosen = float(search.best_params_["C"]), "cross-validation"
             else:  # a class with a single training sample: no folds to choose on
                 penalty, chosen = 1.0, "default"
-                model = LogisticRegression(C=penalty, max_iter=3000).fit((x_tr - mu) / sd, y_tr)
+                model = LogisticRegression(C=penalty, max_iter=3000).fit(z_tr, y_tr)
         else:
-            model = RidgeCV(alphas=RIDGE_ALPHA).fit((x_tr - mu) / sd, y_tr)
+            model = RidgeCV(alphas=RIDGE_ALPHA).fit(z_tr, y_tr)
             penalty, chosen = float(model.alpha_), "cross-validation"
         pred = model.predict(z(test, te))
         y_te = np.asarray(test.labels)[te]
