@@ -45,12 +45,12 @@ import argparse
 import json
 import sys
 import time
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pyro_mfm.analysis.baselines import nested_differences
 from pyro_mfm.config import Config
 from pyro_mfm.data import from_arrays, load_data
 from pyro_mfm.infer import fit
@@ -236,24 +236,8 @@ def summary(runs, subsets, keys):
 def nested(runs, subsets, higher_is_better: bool):
     """Every nested pair (S, S'), S inside S': the seed-mean paired difference of S' against S (positive: S' is
     better), its standard error over test samples, and whether S' is worse by more than one standard error."""
-    score = {obs: np.mean([r[obs]["score"] for r in runs], 0) for obs in subsets}
-    rows = []
-    for a, b in combinations(subsets, 2):
-        for small, big in ((a, b), (b, a)):
-            if set(small) < set(big):
-                d = score[big] - score[small]
-                d = d if higher_is_better else -d
-                se = float(d.std(ddof=1) / np.sqrt(len(d)))
-                rows.append(
-                    {
-                        "smaller": list(small),
-                        "larger": list(big),
-                        "gain": float(d.mean()),
-                        "se": se,
-                        "worse": bool(d.mean() < -se),
-                    }
-                )
-    return rows
+    sign = 1.0 if higher_is_better else -1.0
+    return nested_differences({obs: sign * np.mean([r[obs]["score"] for r in runs], 0) for obs in subsets})
 
 
 def name(obs):

@@ -4,12 +4,15 @@ model on each subset of observed modalities alone."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.missing import hide_at_random, with_present
+from ..nets import step_mean
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -75,11 +78,10 @@ RIDGE_ALPHA = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def _vectors(ds: MultimodalDataset, m: str) -> np.ndarray:
-    """Modality ``m`` of every sample as a vector: a sequence as the mean over its real steps."""
+    """Modality ``m`` of every sample as a vector: a sequence as the mean over its real steps (:func:`step_mean`)."""
     x = np.asarray(ds.features[m], float)
     if x.ndim == 3:
-        steps = np.asarray(ds.steps[m], bool)
-        x = (x * steps[..., None]).sum(1) / np.maximum(steps.sum(1), 1)[:, None]
+        x = step_mean(torch.as_tensor(x), torch.as_tensor(np.asarray(ds.steps[m], bool))).numpy()
     return x.reshape(len(ds), -1)
 
 
@@ -265,11 +267,17 @@ def nested_gains(predictions: dict, test: MultimodalDataset) -> list[dict]:
     if not keep.any() or not kinds <= {"categorical", "normal", "laplace"}:  # a class, or a regression label
         return []
     y = np.asarray(test.labels)
-    scores = {tuple(obs): _scores(p, y)[keep] for obs, p in predictions.items()}
+    return nested_differences({tuple(obs): _scores(p, y)[keep] for obs, p in predictions.items()})
+
+
+def nested_differences(scores: dict) -> list[dict]:
+    """Every nested pair S inside S' of ``scores`` (``{subset: per-sample scores}``, the same samples in each,
+    higher is better): ``{"smaller", "larger", "gain", "se", "worse"}``, the mean of the paired differences of S'
+    against S, its standard error, and whether S' is worse by more than it."""
     pairs = []
-    for small, s_small in scores.items():
-        for big, s_big in scores.items():
+    for a, b in combinations(scores, 2):
+        for small, big in ((a, b), (b, a)):
             if set(small) < set(big):
-                gain, se = _paired(s_big - s_small)
+                gain, se = _paired(scores[big] - scores[small])
                 pairs.append({"smaller": list(small), "larger": list(big), "gain": gain, "se": se, "worse": gain < -se})
     return pairs
