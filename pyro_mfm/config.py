@@ -164,7 +164,11 @@ class ModelConfig(_Table):
             the real steps of a sequence read by an LSTM, and one Lambda_m for every sample). On data whose features
             are near-linear and noisy (``inference/speaker_testbed.py``, shaped like CMU-MOSI) ``"linear"`` is level
             with a per-subset ridge regression where the MLP experts trail it by 0.02-0.13 MAE; on POM and UCI it is
-            far worse (`docs/quality.md`).
+            far worse (`docs/quality.md`). ``"both"``: an ensemble's (``train.ensemble``) members take the two forms
+            in turn, member 0 the MLP (a single MFM is then the MLP form), and the ensemble's predictive of the label
+            weighs the two forms for each observed subset by how well each predicts the validation split's labels
+            (:func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`), so that data decide which form each subset
+            takes. With ``fusion = "mfn"`` (no experts) every member is the same form.
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
@@ -214,7 +218,7 @@ class ModelConfig(_Table):
     sequence_net: Literal["mlp", "lstm"] = "lstm"
     sequence_mean: bool = True
     lstm_hidden: int | dict[str, int] = setting(32, ge=1, le=MAX_WIDTH)
-    expert: Literal["mlp", "linear"] = "mlp"
+    expert: Literal["mlp", "linear", "both"] = "mlp"
     fusion: Literal["poe", "mfn"] = "poe"
     mfn_memory: int = setting(64, ge=1, le=MAX_WIDTH)
     lambda_mmd: float | dict[str, float] = setting(1.0, ge=0)

@@ -4,19 +4,28 @@ posterior predictive is the equal mixture of theirs (deep ensembles, Lakshminara
 
     p(y | x_S) = (1/K) sum_k p_k(y | x_S),   p(x_m | x_S) = (1/K) sum_k p_k(x_m | x_S)
 
-for every observed subset S. Each member is an :class:`~pyro_mfm.model.MFM` with its own guide, and each answers
-any subset; the mixture averages over what one training's initialisation, minibatch order and held-out draws
-decide, which one trained model cannot. Prediction and imputation (:mod:`pyro_mfm.infer.predict`) draw an equal
-share of the posterior draws from each member. The members' codes z_y live in spaces of their own (a latent space
-is defined only up to rotation), so analyses of the codes read one member (:attr:`Ensemble.members`).
+for every observed subset S (with ``model.expert = "both"``, the label's mixture weighted per subset: below). Each
+member is an :class:`~pyro_mfm.model.MFM` with its own guide, and each answers any subset; the mixture averages
+over what one training's initialisation, minibatch order and held-out draws decide, which one trained model cannot.
+Prediction and imputation (:mod:`pyro_mfm.infer.predict`) draw an equal share of the posterior draws from each
+member. The members' codes z_y live in spaces of their own (a latent space is defined only up to rotation), so
+analyses of the codes read one member (:attr:`Ensemble.members`).
+
+With ``model.expert = "both"`` the members take two forms of the experts of z_y in turn (:func:`member_expert`),
+and the label's predictive is the mixture sum_k w_k(S) p_k(y | x_S), with each member's log weight affine in
+which modalities S holds (its ``model.mixture_log_weight``), normalised over the members: the weights of the two
+forms for each subset, fitted on the validation split (stacking of predictive distributions, Yao, Vehtari,
+Simpson and Gelman, Bayesian Analysis 2018; :func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`). Imputation
+keeps the equal mixture.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
-from .config import MAX_SEED
+from .config import MAX_SEED, ModelConfig
 from .model import MFM
 
 
@@ -27,6 +36,21 @@ def member_seed(seed: int, k: int) -> int:
     if k == 0:
         return seed
     return int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0] % (MAX_SEED + 1))
+
+
+FORMS = ("mlp", "linear")
+"""The experts' forms the members of an ensemble with ``model.expert = "both"`` take in turn."""
+
+
+def member_expert(config: ModelConfig, k: int) -> str:
+    """The form of the experts of z_y of an ensemble's member ``k``: with ``model.expert = "both"`` and a product
+    of experts, :data:`FORMS` in turn (member 0 the MLP, so that it is the single model of its seed), with the MFN
+    (no experts) the MLP; otherwise ``model.expert``."""
+    if config.expert != "both":
+        return config.expert
+    if config.fusion != "poe" or not config.has_z_y:
+        return FORMS[0]
+    return FORMS[k % len(FORMS)]
 
 
 class Ensemble(nn.Module):
@@ -54,6 +78,26 @@ class Ensemble(nn.Module):
     def D(self):
         """The label's likelihood (its kind and point summary are the members')."""
         return self.members[0].D
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the members' weights in the label's mixture differ from equal ones (``model.mixture_log_weight``
+        fitted)."""
+        return any(bool(m.model.mixture_log_weight.any()) for m in self.members)
+
+    def log_weights(self, observed: torch.Tensor) -> torch.Tensor:
+        """The members' log weights in the mixture of their predictives of the label, ``(K, ...)``, for samples
+        observing ``observed``: masks ``(..., M)`` of the modalities. Each member's ``a + sum over observed m of
+        b_m`` (:attr:`~pyro_mfm.model.Model.mixture_log_weight` = [a, b_1 .. b_M]), normalised over the members."""
+        coef = torch.stack([m.model.mixture_log_weight for m in self.members])
+        return mixture_log_weights(coef, observed.to(coef.dtype))
+
+
+def mixture_log_weights(coef: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Log weights ``(K, ...)`` of K members whose coefficients are ``coef`` (K, M + 1), for samples observing
+    ``observed`` ((..., M) masks): each member's a + sum over observed m of b_m, normalised over the members."""
+    raw = coef[:, 0].reshape((-1,) + (1,) * (observed.dim() - 1)) + torch.einsum("...m,km->k...", observed, coef[:, 1:])
+    return torch.log_softmax(raw, 0)
 
 
 def members_of(model) -> list:

@@ -111,6 +111,11 @@ class Model(nn.Module):
         # underconfident) where two views together count shared evidence twice (overconfident), which one label
         # temperature cannot serve both; fitted after it for a class label (pyro_mfm.infer.calibrate); 0 in training
         self.register_buffer("label_single_log_temperature", torch.zeros(len(self.names)))
+        # in an ensemble whose members differ in form (model.expert = "both"), this member's log weight in the
+        # mixture of the members' predictives of the label, for a sample observing S: the first entry plus the sum
+        # over m in S of the others, normalised over the members (pyro_mfm.ensemble); fitted on held-out data after
+        # training (pyro_mfm.infer.calibrate.calibrate_ensemble); 0 (equal weights) otherwise
+        self.register_buffer("mixture_log_weight", torch.zeros(len(self.names) + 1))
         self.register_buffer("_eye", torch.eye(config.z_y_dim), persistent=False)
 
     def factor(self, site: str, z):
@@ -271,6 +276,8 @@ def upgrade_state_dict(state: dict) -> dict:
         state["model.label_observed_log_temperature"] = torch.zeros(m)
     if "model.label_single_log_temperature" not in state:  # written before the single modalities' offsets
         state["model.label_single_log_temperature"] = torch.zeros(m)
+    if "model.mixture_log_weight" not in state:  # written before an ensemble's weights per form
+        state["model.mixture_log_weight"] = torch.zeros(m + 1)
     return state
 
 

@@ -17,11 +17,12 @@ from pyro_mfm.cli import main
 from pyro_mfm.config import Config
 from pyro_mfm.data import load, save
 from pyro_mfm.data.stats import feature_statistics
-from pyro_mfm.ensemble import Ensemble, member_seed
+from pyro_mfm.ensemble import Ensemble, member_expert, member_seed
 from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
 from pyro_mfm.infer.calibrate import calibrate, calibrate_ensemble
 from pyro_mfm.infer.checkpoint import folder_lock
 from pyro_mfm.infer.evaluate import evaluate
+from pyro_mfm.infer.train import ensemble_what
 from pyro_mfm.model import MFM
 from tests.test_cli_model import CONFIG
 from tests.test_train import SMALL, tiny_data
@@ -62,6 +63,51 @@ def test_an_ensemble_of_one_model_twice_predicts_what_the_model_predicts():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(one.log_density, two.log_density, rtol=1e-5, atol=1e-6)
         assert two.samples.shape == one.samples.shape
+
+
+def test_members_take_the_experts_forms_in_turn():
+    both = Config().override(["model.expert=both"]).model
+    assert [member_expert(both, k) for k in range(4)] == ["mlp", "linear", "mlp", "linear"]
+    mfn = Config().override(["model.expert=both", "model.fusion=mfn"]).model  # no experts: one form
+    assert [member_expert(mfn, k) for k in range(3)] == ["mlp"] * 3
+    linear = Config().override(["model.expert=linear"]).model
+    assert [member_expert(linear, k) for k in range(2)] == ["linear"] * 2
+
+
+def test_the_members_weights_for_what_a_sample_observes_weigh_their_predictives():
+    """A member whose log weight is 30 below the other's where a sample observes ``a`` drops out of the mixture
+    there: the ensemble then predicts what the other member predicts alone with its share of the draws (it draws
+    first from the random stream, so the draws are the very same); where only ``b`` is observed the weights are
+    equal, and the prediction is the unweighted ensemble's (as it is for a sample that observes neither)."""
+    data = tiny_data()
+    test = data["test"]
+    has_a = np.asarray(test.present["a"])
+    assert 0 < has_a.sum() < len(has_a)
+    model = Config().override(FAST).model
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(MFM(data.schema, model, feature_statistics(data["train"])).eval())
+    equal = Ensemble([members[0], copy.deepcopy(members[1])])
+    members[1].model.mixture_log_weight = torch.tensor([0.0, -30.0, 0.0])  # [a, b_a, b_b]
+    weighted = Ensemble(members)
+    assert weighted.weighted and not equal.weighted
+    alone = predict(members[0], test, ["a"], num_samples=20, seed=3, batch_size=1000)
+    got = predict(weighted, test, ["a"], num_samples=40, seed=3, batch_size=1000)
+    both = predict(equal, test, ["a"], num_samples=40, seed=3, batch_size=1000)
+    for a, b, c in ((alone.point, got.point, both.point), (alone.lower, got.lower, both.lower)):
+        np.testing.assert_allclose(a[has_a], b[has_a], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(c[~has_a], b[~has_a], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.upper[has_a], got.upper[has_a], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone.log_density[has_a], got.log_density[has_a], rtol=1e-5, atol=1e-5)
+    # the two members' predictions differ, so the weights show
+    assert np.abs(both.point[has_a] - got.point[has_a]).mean() > 1e-3
+    mixed = predict(equal, test, ["b"], num_samples=40, seed=3, batch_size=1000)
+    got = predict(weighted, test, ["b"], num_samples=40, seed=3, batch_size=1000)
+    for a, b in ((mixed.point, got.point), (mixed.lower, got.lower), (mixed.upper, got.upper)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed.log_density, got.log_density, rtol=1e-5, atol=1e-5)
+    assert got.samples.shape == mixed.samples.shape
 
 
 def test_the_ensembles_imputation_is_the_mixture_of_its_members():
@@ -229,6 +275,41 @@ def test_the_ensemble_is_calibrated_as_a_mixture(trained):
 
     at = density(0.0)
     assert at > density(0.3) and at > density(-0.3)
+
+
+def test_an_ensemble_of_both_forms_weighs_them_for_each_subset_on_the_validation_split(tmp_path):
+    """``model.expert = "both"``: the members alternate the MLP and linear forms, and the ensemble's calibration
+    fits each form's weight for what a sample observes, stored in the members' ``best.pt`` (loading predicts the
+    same) and in ``calibration.json``. Beside the trained MLP member, a linear member that was never trained and
+    whose label is moved by three standard deviations gets little weight on any subset, and the held-out density
+    of the mixture rises."""
+    data = tiny_data()
+    out = tmp_path / "run"
+    result = fit(Config().override(FAST + ["train.ensemble=2", "model.expert=both"]), data, out)
+    assert [m.config.model.expert for m in result.members] == ["mlp", "linear"]
+    assert [m.config.expert for m in result.mfm.members] == ["mlp", "linear"]
+    assert "weighs the linear form's members" in ensemble_what(result)  # the console's and the report's line
+    record = json.loads((out / "calibration.json").read_text())
+    assert list(record["mixture_log_weight"]) == ["mlp", "linear"]
+    assert record["mixture_log_weight"]["mlp"] == [0.0, 0.0, 0.0]
+    stored = result.mfm.members[1].model.mixture_log_weight.tolist()
+    assert stored == pytest.approx(record["mixture_log_weight"]["linear"])
+    loaded, _, _ = load_model(out)
+    a = predict(result.mfm, data["test"], num_samples=10, seed=0)
+    b = predict(loaded, data["test"], num_samples=10, seed=0)
+    np.testing.assert_array_equal(a.point, b.point)
+    # a trained member against an untrained one of the other form
+    trained_mlp = copy.deepcopy(result.mfm.members[0])
+    torch.manual_seed(5)
+    linear = Config().override(FAST + ["model.expert=linear"]).model
+    untrained = MFM(data.schema, linear, feature_statistics(data["train"])).eval()
+    untrained.D.mean += 3 * untrained.D.std
+    ensemble = Ensemble([trained_mlp, untrained])
+    fitted = calibrate_ensemble(ensemble, data["valid"])
+    assert fitted["nlpd_after"] < fitted["nlpd_before"] - 0.05
+    observed = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    weights = ensemble.log_weights(observed).exp()  # (members, subsets)
+    assert torch.all(weights[0] > 0.9), weights
 
 
 @pytest.mark.parametrize("guarded", [False, True])

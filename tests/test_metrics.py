@@ -152,6 +152,28 @@ def test_mixture_quantiles_hold_their_mass_and_cover_draws_of_the_mixture():
         assert ((y >= e_lo) & (y <= e_hi)).double().mean().item() < covered - 0.01
 
 
+def test_weighted_mixture_quantiles_hold_their_mass():
+    """With weights on the draws (an ensemble whose members' forms are weighted), the interval's endpoints hold 5%
+    and 95% of the weighted mixture sum_k w_k p_k, which differs from the equal mixture's."""
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_mfm.infer.predict import mixture_quantiles
+
+    g = torch.Generator().manual_seed(0)
+    K, N = 40, 500
+    loc = torch.randn(K, N, 1, generator=g) * 2
+    scale = torch.rand(K, N, 1, generator=g) + 0.1
+    log_w = torch.log_softmax(torch.randn(K, N, generator=g) * 2, 0)
+    probs = torch.tensor([0.05, 0.95])
+    p = dist.Normal(loc, scale)
+    lo, hi = mixture_quantiles(p.to_event(1), probs, log_w)
+    mass = (p.cdf(torch.stack([lo, hi]).unsqueeze(1)) * log_w.exp()[None, :, :, None]).sum(1)
+    assert torch.allclose(mass, probs[:, None, None].expand_as(mass), atol=1e-5)
+    equal = mixture_quantiles(p.to_event(1), probs)
+    assert (equal - torch.stack([lo, hi])).abs().mean() > 0.1
+
+
 def test_class_f1_is_scikit_learns_macro_and_weighted_f1():
     """One per-class call gives what ``f1_score`` gives with ``average="macro"`` and ``"weighted"``, classes that
     are never predicted (F1 0) or never true included."""

@@ -54,6 +54,7 @@ import torch
 from scipy.optimize import minimize
 
 from ..data.dataset import MultimodalDataset
+from ..ensemble import mixture_log_weights
 from ..guide import expert_weights
 from ..model import MFM
 
@@ -501,10 +502,20 @@ def calibrate_ensemble(
     Each member calibrated alone is right on its own; their mixture is wider where they disagree, and so
     underconfident. The objective is :func:`calibrate`'s with the label's factor alone, the mean negative log
     predictive density over the observed subsets, of the mixture: log (1/(K J)) sum over the J members and their K
-    fixed draws of z_y of p(y | z). The experts stay as each member's calibration left them. Returns ``{"label_log_
-    temperature_offset": [...], "label_observed_log_temperature_offset": {m: ...}, "nlpd_before": ..., "nlpd_after":
-    ..., "draws": K, "members": J, "subsets": ...}`` (``{}`` where the model has no label or ``ds`` no labelled
-    sample); an offset that does not lower the objective is not kept."""
+    fixed draws of z_y of p(y | z). The experts stay as each member's calibration left them.
+
+    Where the members' experts differ in form (``model.expert = "both"``), the mixture is weighted, and fitted with
+    the offsets: each form but the first has a log weight a + sum over the observed modalities m of b_m, which its
+    members share, normalised over the members (:func:`~pyro_mfm.ensemble.mixture_log_weights`; stored in each
+    member's ``model.mixture_log_weight``), so that every observed subset takes the forms in the proportion that
+    predicts its held-out labels best (stacking, Yao et al., Bayesian Analysis 2018). The coefficients have a
+    standard normal prior, over the labelled samples: where the split cannot tell the forms apart the mixture stays
+    near equal.
+
+    Returns ``{"label_log_temperature_offset": [...], "label_observed_log_temperature_offset": {m: ...},
+    "nlpd_before": ..., "nlpd_after": ..., "draws": K, "members": J, "subsets": ...}`` and, with forms that
+    differ, ``"mixture_log_weight": {form: [a, b_1, ..., b_M]}`` (``{}`` where the model has no label or ``ds`` no
+    labelled sample); a fit that does not lower the objective is not kept."""
     members = list(ensemble.members)
     first = members[0]
     if first.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
@@ -524,18 +535,40 @@ def calibrate_ensemble(
         base.append((member.D.log_temperature.detach().clone(), member.model.label_observed_log_temperature.clone()))
     m, k_y = len(names), first.D.log_temperature.numel()
     shares_on = m > 1 and first.D.kind in ("normal", "laplace")
-    sizes = [k_y] + ([m] if shares_on else [])
     dtype = first.D.log_temperature.dtype
+    # the members' forms (model.expert = "both"): the mixture weighs each form but the first by a log weight affine
+    # in the observed modalities, the members of a form alike
+    forms = list(dict.fromkeys(member.config.expert for member in members))
+    form_of = torch.tensor([forms.index(member.config.expert) for member in members], device=device)
+    sizes = [k_y] + ([m] if shares_on else []) + [(m + 1) * (len(forms) - 1)]
+    labelled = sum(int(keep.sum()) for _, _, keep, _ in objectives[0].parts)
+    observed = [o.to(dtype) for _, _, _, o in objectives[0].outputs()]  # the same parts and masks for every member
+
+    def form_weights(x):
+        """Each form's coefficients [a, b_1 .. b_M] (the first form's 0), (forms, M + 1)."""
+        return torch.cat([x.new_zeros(1, m + 1), x[sum(sizes[:-1]) :].view(-1, m + 1)])
 
     def nlpd(x):
         x = torch.as_tensor(x, dtype=dtype, device=device)
-        offset, share_offset = x[:k_y], x[k_y:] if shares_on else None
+        offset, share_offset = x[:k_y], x[k_y : k_y + m] if shares_on else None
         per_member = [
             objective.log_densities(t + offset, None if share_offset is None else s + share_offset)
             for objective, (t, s) in zip(objectives, base)
         ]
-        # the same part of the validation split from every member: the mixture's J K draws
-        return _mean_nlpd((torch.cat([lp for lp, _ in parts]), parts[0][1]) for parts in zip(*per_member))
+        if len(forms) == 1:  # the same part of the validation split from every member: the mixture's J K draws
+            return _mean_nlpd((torch.cat([lp for lp, _ in parts]), parts[0][1]) for parts in zip(*per_member))
+        coef = form_weights(x)[form_of]  # (J, M + 1)
+        total, count = 0.0, 0
+        for parts, obs in zip(zip(*per_member), observed):
+            keep = parts[0][1]
+            # each member's mixture over its K draws, weighted by the member's log weight for the observed subset
+            own = torch.stack([torch.logsumexp(lp, 0) - math.log(lp.shape[0]) for lp, _ in parts])  # (J, ..., N)
+            lp = torch.logsumexp(own + mixture_log_weights(coef, obs), 0)
+            total = total - lp[..., keep].sum()
+            count += int(keep.sum()) * lp[..., 0].numel()
+        # a standard normal prior on each weight's coefficients, over the labelled samples: the equal mixture where
+        # the validation split does not tell the forms apart
+        return total / count + 0.5 * x[-sizes[-1] :].square().sum() / labelled
 
     x = np.zeros(sum(sizes))
     try:
@@ -548,17 +581,25 @@ def calibrate_ensemble(
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
             x, after = np.zeros_like(x), before
     finally:  # the members hold plain tensors of their own fit plus the kept offset (or none)
-        offset = torch.as_tensor(x, dtype=dtype, device=device)
-        for member, (t, s), training in zip(members, base, was_training):
-            member.D.log_temperature = (t + offset[:k_y]).detach().clone()
-            member.model.label_observed_log_temperature = (s + offset[k_y:] if shares_on else s).detach().clone()
+        kept = torch.as_tensor(x, dtype=dtype, device=device)
+        coef = form_weights(kept)
+        for member, (t, s), training, form in zip(members, base, was_training, form_of):
+            member.D.log_temperature = (t + kept[:k_y]).detach().clone()
+            member.model.label_observed_log_temperature = (s + kept[k_y : k_y + m] if shares_on else s).detach().clone()
+            if len(forms) > 1:
+                member.model.mixture_log_weight = coef[form].detach().clone()
             member.train(training)
-    return {
+    record = {
         "label_log_temperature_offset": [float(v) for v in x[:k_y]],
-        "label_observed_log_temperature_offset": {n: float(v) for n, v in zip(names, x[k_y:])} if shares_on else {},
+        "label_observed_log_temperature_offset": (
+            {n: float(v) for n, v in zip(names, x[k_y : k_y + m])} if shares_on else {}
+        ),
         "nlpd_before": before,
         "nlpd_after": after,
         "draws": objectives[0].draws,
         "members": len(members),
         "subsets": len(subsets),
     }
+    if len(forms) > 1:
+        record["mixture_log_weight"] = {f: [float(v) for v in c] for f, c in zip(forms, form_weights(kept))}
+    return record

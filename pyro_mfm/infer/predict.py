@@ -21,7 +21,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..data.dataset import MultimodalData, MultimodalDataset
 from ..data.schema import DataError, schema_differences
-from ..ensemble import members_of
+from ..ensemble import Ensemble, members_of
 from ..model import MFM
 
 
@@ -186,8 +186,8 @@ def predict(
     encoded: SplitFeatures | None = None,
 ) -> Prediction:
     """Posterior predictive of y given the modalities in ``observed`` (default: all) for every sample of ``dataset``;
-    of an :class:`~pyro_mfm.ensemble.Ensemble`, the equal mixture of its members' (each ``num_samples / K`` draws,
-    rounded up).
+    of an :class:`~pyro_mfm.ensemble.Ensemble`, the mixture of its members' (each ``num_samples / K`` draws,
+    rounded up), equal or weighted for what each sample observes (``model.expert = "both"``).
 
     A modality in ``observed`` that is missing for a sample is simply not conditioned on for that sample. With
     ``seed``, the draws are seeded (the same numbers on every call on CPU; the caller's random state is left as it
@@ -242,16 +242,25 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
                 if k == 0:  # the first member's code: the members' codes live in spaces of their own
                     z_mean = mean
             p_y = mfm.D.join_draws(p_ys)
-            points.append(_finite(mfm.D.point(p_y).mean(0), f"{dataset._where()}: the predictive of the label").cpu())
+            # each draw's log weight in the mixture: equal, or a member's weight for what the sample observes shared
+            # by its draws (model.expert = "both")
+            log_w = None
+            if isinstance(mfm, Ensemble) and mfm.weighted:
+                log_w = (mfm.log_weights(observed_here) - math.log(draws)).repeat_interleave(draws, 0)
+            point = _mixture_mean(mfm.D.point(p_y), log_w)
+            points.append(_finite(point, f"{dataset._where()}: the predictive of the label").cpu())
             if regression:
-                lo, hi = mixture_quantiles(p_y, q)
+                lo, hi = mixture_quantiles(p_y, q, log_w)
                 lowers.append(lo.cpu())
                 uppers.append(hi.cpu())
             if keep_samples:
-                samples.append(p_y.sample().cpu())
+                samples.append(_mixture_sample(p_y, log_w).cpu())
             z_means.append(z_mean.cpu())
             if truth is not None:
-                lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(draws * len(members))
+                if log_w is None:
+                    lp = torch.logsumexp(p_y.log_prob(truth), 0) - math.log(draws * len(members))
+                else:
+                    lp = torch.logsumexp(p_y.log_prob(truth) + log_w, 0)
                 log_dens.append(torch.where(y_present, lp, torch.full_like(lp, float("nan"))).cpu())
             else:
                 log_dens.append(torch.full((len(batch),), float("nan")))
@@ -330,9 +339,33 @@ def _rows(encoded: SplitFeatures | None, start: int, size: int):
     return rows, stop
 
 
-def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+def _weights_like(log_w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The draws' weights exp(``log_w``), (K, N), shaped to multiply ``values`` of shape (K, N, ...)."""
+    return log_w.exp().reshape(log_w.shape + (1,) * (values.dim() - log_w.dim()))
+
+
+def _mixture_mean(values: torch.Tensor, log_w: torch.Tensor | None) -> torch.Tensor:
+    """The mixture's mean of per-draw ``values`` (K, N, ...): their mean, or with the draws' log weights ``log_w``
+    (K, N), summing to 1 over the draws, their weighted sum."""
+    if log_w is None:
+        return values.mean(0)
+    return (_weights_like(log_w, values) * values).sum(0)
+
+
+def _mixture_sample(p_y, log_w: torch.Tensor | None) -> torch.Tensor:
+    """K draws of y from the mixture of the K draws' label distributions ``p_y`` (batch shape (K, N)): one from each,
+    or with the draws' log weights ``log_w`` (K, N), each from a draw picked by its weight."""
+    y = p_y.sample()
+    if log_w is None:
+        return y
+    pick = torch.multinomial(log_w.T.exp(), log_w.shape[0], replacement=True).T  # (K, N): which draw gives each y
+    return y[pick, torch.arange(log_w.shape[1], device=y.device)]
+
+
+def mixture_quantiles(p_y, probs: torch.Tensor, log_w=None, iterations: int = 60) -> torch.Tensor:
     """Quantiles at ``probs`` of the equal-weight mixture (1/K) sum_k p_k of the K draws' label distributions
-    ``p_y`` (Normal or Laplace, batch shape (K, N), event shape (d,)): shape (len(probs), N, d).
+    ``p_y`` (Normal or Laplace, batch shape (K, N), event shape (d,)): shape (len(probs), N, d). With ``log_w``
+    (K, N), the log weights of the draws (summing to 1 over them), of the mixture sum_k w_k p_k.
 
     The posterior predictive p(y | x_obs) given K draws of z_y is that mixture, whose CDF is exact, so its quantiles
     are found by bisection on the CDF to float precision. Empirical quantiles of one y drawn per z draw are not
@@ -346,7 +379,8 @@ def mixture_quantiles(p_y, probs: torch.Tensor, iterations: int = 60) -> torch.T
     target = probs.to(loc.dtype).reshape((-1,) + (1,) * (loc.dim() - 1))
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        below = base.cdf(mid.unsqueeze(1)).mean(1) < target  # (Q, K, N, d) -> (Q, N, d)
+        cdf = base.cdf(mid.unsqueeze(1))  # (Q, K, N, d)
+        below = (cdf.mean(1) if log_w is None else (_weights_like(log_w, cdf[0]) * cdf).sum(1)) < target
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
     return (lo + hi) / 2

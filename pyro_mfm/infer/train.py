@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData, held_out_groups, sample_groups
 from ..data.stats import FeatureStats
-from ..ensemble import Ensemble, member_seed
+from ..ensemble import Ensemble, member_expert, member_seed
 from ..model import MFM
 from ..outputs import write_json
 from . import distributed
@@ -175,6 +175,8 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
             record = {"members": tc.ensemble, "seed": tc.seed, "seeds": seeds, "folders": folders}
             write_json(out / "ensemble.json", record)
         members = [config.override([f"train.seed={seed}", "train.ensemble=1"]) for seed in seeds]
+        if config.model.expert == "both":  # the members take the experts' forms in turn
+            members = [c.override([f"model.expert={member_expert(config.model, k)}"]) for k, c in enumerate(members)]
         where = [None if out is None else out / name for name in folders]
         # a member that never reached a checkpoint starts again
         started = [resume and folder is not None and any(folder.glob("*.pt")) for folder in where]
@@ -416,10 +418,24 @@ def ensemble_what(result: TrainResult) -> str:
     if not result.members:
         return ""
     epochs = ", ".join(str(r.best.get("epoch", -1) + 1) for r in result.members)
-    return (
+    text = (
         f"An ensemble of {len(result.members)} MFMs (train.ensemble), each from a seed of its own; best epochs "
         f"{epochs}; the best epoch above is the first member's."
     )
+    forms = [r.mfm.config.expert for r in result.members]
+    if len(set(forms)) > 1 and isinstance(result.mfm, Ensemble):
+        names = result.mfm.names
+        observed = torch.cat([torch.ones(1, len(names)), torch.eye(len(names))]) if len(names) > 1 else torch.ones(1, 1)
+        weights = result.mfm.log_weights(observed).exp()  # (members, subsets)
+        linear = weights[[f == "linear" for f in forms]].sum(0).tolist()
+        where = [f"{linear[0]:.2f} with every modality observed"] if len(names) > 1 else []
+        where += [f"{linear[-len(names) + i]:.2f} from {m} alone" for i, m in enumerate(names)]
+        text += (
+            f" The members' experts of z_y take the MLP and the linear form in turn (model.expert = 'both'); the "
+            f"label's predictive weighs the linear form's members {', '.join(where)} (fitted on the validation "
+            "split)."
+        )
+    return text
 
 
 def _stop_requested(run: Run, stop: StopRequested) -> bool:
