@@ -218,7 +218,7 @@ class ModelConfig(_Table):
     sequence_net: Literal["mlp", "lstm"] = "lstm"
     sequence_mean: bool = True
     lstm_hidden: int | dict[str, int] = setting(32, ge=1, le=MAX_WIDTH)
-    expert: Literal["mlp", "linear", "both"] = "mlp"
+    expert: Literal["mlp", "linear", "both"] = "both"
     fusion: Literal["poe", "mfn"] = "poe"
     mfn_memory: int = setting(64, ge=1, le=MAX_WIDTH)
     lambda_mmd: float | dict[str, float] = setting(1.0, ge=0)
