@@ -158,17 +158,18 @@ class ModelConfig(_Table):
         sequence_mean: with ``sequence_net = "lstm"``, each sequence encoder reads the mean of x_m over its real
             steps beside its LSTM's last state, and with ``fusion = "mfn"`` so does the MFN's output layer to z_y.
         lstm_hidden: hidden size of each modality's LSTM (the encoder's and the MFN's; int or table modality -> int).
-        expert: each modality's expert of z_y in the product of experts: ``"mlp"`` (the default: eta_m and Lambda_m
-            from the encoder's features through ``expert_layers`` hidden layers) or ``"linear"`` (the form of a
+        expert: each modality's expert of z_y in the product of experts: ``"mlp"`` (eta_m and Lambda_m from the
+            encoder's features through ``expert_layers`` hidden layers), ``"linear"`` (the form of a
             linear-Gaussian modality's exact expert: eta_m linear in the standardised features, or in the mean over
             the real steps of a sequence read by an LSTM, and one Lambda_m for every sample). On data whose features
             are near-linear and noisy (``inference/speaker_testbed.py``, shaped like CMU-MOSI) ``"linear"`` is level
             with a per-subset ridge regression where the MLP experts trail it by 0.02-0.13 MAE; on POM and UCI it is
-            far worse (`docs/quality.md`). ``"both"``: an ensemble's (``train.ensemble``) members take the two forms
-            in turn, member 0 the MLP (a single MFM is then the MLP form), and the ensemble's predictive of the label
-            weighs the two forms for each observed subset by how well each predicts the validation split's labels
-            (:func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`), so that data decide which form each subset
-            takes. With ``fusion = "mfn"`` (no experts) every member is the same form.
+            far worse (`docs/quality.md`), or ``"both"`` (the default): an ensemble's (``train.ensemble``) members
+            take the two forms in turn, member 0 the MLP (a single MFM is then the MLP form), and the ensemble's
+            predictive of the label weighs the two forms for each observed subset by how well each predicts the
+            validation split's labels (:func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`), so that the data
+            decide which form each subset takes (on the testbed the weak modalities' gap to the ridge halves; on
+            POM's sequences it costs 0.01 MAE). With ``fusion = "mfn"`` (no experts) every member is the MLP form.
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
@@ -355,11 +356,11 @@ class TrainConfig(_Table):
             took UCI's mean over the 63 subsets from +0.50 to +0.87 points above the logistic regressions
             (`docs/quality.md`).
         ensemble: how many MFMs to train, each from a seed of its own (the first from ``seed``), whose posterior
-            predictive is the equal mixture of theirs (:class:`~pyro_mfm.ensemble.Ensemble`; deep ensembles,
-            Lakshminarayanan et al., NeurIPS 2017). One training's predictions vary with its initialisation and
-            minibatch order, most on weakly informative modalities; the mixture averages that variance out and
-            widens the intervals where the members disagree. With an output folder each member trains into
-            ``member-K/`` of it. 1: a single MFM.
+            predictive is the mixture of theirs, equal or weighed per form (``model.expert = "both"``)
+            (:class:`~pyro_mfm.ensemble.Ensemble`; deep ensembles, Lakshminarayanan et al., NeurIPS 2017). One
+            training's predictions vary with its initialisation and minibatch order, most on weakly informative
+            modalities; the mixture averages that variance out and widens the intervals where the members disagree.
+            With an output folder each member trains into ``member-K/`` of it. 1: a single MFM.
         ensemble_processes: how many of the members train at once, each in a process of its own with
             ``num_threads`` threads (0: one per CPU core this process may use, over ``num_threads``, at most
             ``ensemble``, on a CPU device; one on a GPU or under ``torchrun``). 1: one after the other in this

@@ -54,10 +54,10 @@ def member_expert(config: ModelConfig, k: int) -> str:
 
 
 class Ensemble(nn.Module):
-    """K trained :class:`~pyro_mfm.model.MFM` members of one schema, whose predictive is the equal mixture of
-    theirs. It answers what prediction, imputation and evaluation ask of a model as a whole (the schema, the label's
-    likelihood, the configuration of the networks); each member's own guide and networks are
-    ``members[k]``."""
+    """K trained :class:`~pyro_mfm.model.MFM` members of one schema, whose predictive is the mixture of theirs
+    (equal, or for the label weighted per form: :meth:`log_weights`). It answers what prediction, imputation and
+    evaluation ask of a model as a whole (the schema, the label's likelihood, the configuration of the networks);
+    each member's own guide and networks are ``members[k]``."""
 
     def __init__(self, members: list[MFM]):
         super().__init__()
