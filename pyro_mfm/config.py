@@ -167,9 +167,10 @@ class ModelConfig(_Table):
             far worse (`docs/quality.md`), or ``"both"`` (the default): an ensemble's (``train.ensemble``) members
             take the two forms in turn, member 0 the MLP (a single MFM is then the MLP form), and the ensemble's
             predictive of the label weighs the two forms for each observed subset by how well each predicts the
-            validation split's labels (:func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`), so that the data
-            decide which form each subset takes (on the testbed the weak modalities' gap to the ridge halves; on
-            POM's sequences it costs 0.01 MAE). With ``fusion = "mfn"`` (no experts) every member is the MLP form.
+            validation split's labels (:func:`~pyro_mfm.infer.calibrate.calibrate_ensemble`; equally with
+            ``train.calibrate = "none"``), so that the data decide which form each subset takes (on the testbed the
+            weak modalities' gap to the ridge halves; on POM's sequences it costs 0.01 MAE). With ``fusion = "mfn"``
+            (no experts) every member is the MLP form.
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.

@@ -216,6 +216,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
     regression = mfm.D.kind in ("normal", "laplace")
     device = _device(mfm)
     q = torch.tensor([(1 - interval) / 2, (1 + interval) / 2], device=device)
+    weighted = isinstance(mfm, Ensemble) and mfm.weighted  # the members' weights differ from equal ones
     start = 0
     # the distributions' own checks off, as in training after its first step: the data were checked as they were
     # loaded, and the predictive is checked for finite values here
@@ -245,7 +246,7 @@ def _predict(mfm, dataset, observed, num_samples, interval, batch_size, keep_sam
             # each draw's log weight in the mixture: equal, or a member's weight for what the sample observes shared
             # by its draws (model.expert = "both")
             log_w = None
-            if isinstance(mfm, Ensemble) and mfm.weighted:
+            if weighted:
                 log_w = (mfm.log_weights(observed_here) - math.log(draws)).repeat_interleave(draws, 0)
             point = _mixture_mean(mfm.D.point(p_y), log_w)
             points.append(_finite(point, f"{dataset._where()}: the predictive of the label").cpu())
