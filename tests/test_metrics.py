@@ -174,6 +174,31 @@ def test_weighted_mixture_quantiles_hold_their_mass():
     assert (equal - torch.stack([lo, hi])).abs().mean() > 0.1
 
 
+def test_weighted_mixture_samples_come_from_the_draws_their_weights_pick():
+    """Kept samples of a weighted mixture: where one draw has all the weight of a sample, every y of that sample is
+    drawn from it (the draws' distributions far apart and narrow); where two share it, about as often as their
+    weights say (within 4 binomial standard errors)."""
+    import pyro.distributions as dist
+    import torch
+
+    from pyro_mfm.infer.predict import _mixture_sample
+
+    K, N = 50, 3
+    loc = torch.arange(K, dtype=torch.float32)[:, None].expand(K, N) * 10
+    w = torch.zeros(K, N)
+    w[7, 0] = 1.0  # sample 0: all the weight on draw 7
+    w[3, 1], w[40, 1] = 0.25, 0.75  # sample 1: draws 3 and 40
+    w[:, 2] = 1.0 / K  # sample 2: equal
+    torch.manual_seed(0)
+    ys = torch.cat([_mixture_sample(dist.Normal(loc, 1e-3), w.log()) for _ in range(40)])  # (40 K, N)
+    assert torch.allclose(ys[:, 0], torch.full_like(ys[:, 0], 70.0), atol=0.1)
+    picked = (ys[:, 1] - 400).abs() < 1
+    assert torch.all(picked | ((ys[:, 1] - 30).abs() < 1))
+    n = ys.shape[0]
+    assert abs(picked.double().mean().item() - 0.75) < 4 * (0.75 * 0.25 / n) ** 0.5
+    assert len(torch.unique(ys[:, 2].round())) > K / 2  # equal weights reach most draws
+
+
 def test_class_f1_is_scikit_learns_macro_and_weighted_f1():
     """One per-class call gives what ``f1_score`` gives with ``average="macro"`` and ``"weighted"``, classes that
     are never predicted (F1 0) or never true included."""
