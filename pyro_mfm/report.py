@@ -331,7 +331,17 @@ def write_report(
         "test_samples": len(test),
         "best": result.best,
         "averaged": result.averaged,
-        **({"members": [{"best": r.best, "averaged": r.averaged} for r in result.members]} if result.members else {}),
+        **(
+            {
+                "members": [
+                    {"best": r.best, "averaged": r.averaged, "expert": r.mfm.config.expert} for r in result.members
+                ]
+            }
+            if result.members
+            else {}
+        ),
+        # the forms' log weights in the label's mixture (model.expert = "both"), [a, b_1 .. b_M] per form
+        **{k: v for k, v in (getattr(result, "calibration", None) or {}).items() if k == "mixture_log_weight"},
         "train_seconds": t_train,
         "total_seconds": time.time() - t0,
         "subsets": records,

@@ -236,7 +236,10 @@ def test_the_command_line_trains_and_evaluates_an_ensemble(tmp_path):
     report = tmp_path / "report"
     assert main(["run", str(tmp_path / "tiny.toml"), "--out", str(report), "--set", "train.ensemble=2"]) == 0
     assert "An ensemble of 2 MFMs" in (report / "report.md").read_text()
-    assert len(json.loads((report / "metrics.json").read_text())["members"]) == 2
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert [m["expert"] for m in metrics["members"]] == ["mlp", "linear"]  # the default's two forms
+    assert list(metrics["mixture_log_weight"]) == ["mlp", "linear"]
+    assert "weighs the linear form's members" in (report / "report.md").read_text()
     assert main(["evaluate", str(report), "--out", str(tmp_path / "again.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["checkpoint"] == str(report / "checkpoint")
 
