@@ -53,6 +53,12 @@ def member_expert(config: ModelConfig, k: int) -> str:
     return FORMS[k % len(FORMS)]
 
 
+def expert_form(config: ModelConfig) -> str:
+    """The form of the experts a model of ``config`` has: ``model.expert``, where ``"both"`` (a single MFM, or a
+    member built outside an ensemble's training) is the MLP form."""
+    return FORMS[0] if config.expert == "both" else config.expert
+
+
 class Ensemble(nn.Module):
     """K trained :class:`~pyro_mfm.model.MFM` members of one schema, whose predictive is the mixture of theirs
     (equal, or for the label weighted per form: :meth:`log_weights`). It answers what prediction, imputation and

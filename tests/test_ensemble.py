@@ -17,7 +17,7 @@ from pyro_mfm.cli import main
 from pyro_mfm.config import Config
 from pyro_mfm.data import load, save
 from pyro_mfm.data.stats import feature_statistics
-from pyro_mfm.ensemble import Ensemble, member_expert, member_seed
+from pyro_mfm.ensemble import Ensemble, expert_form, member_expert, member_seed
 from pyro_mfm.infer import CheckpointError, fit, impute, load_model, predict
 from pyro_mfm.infer.calibrate import calibrate, calibrate_ensemble
 from pyro_mfm.infer.checkpoint import folder_lock
@@ -72,6 +72,8 @@ def test_members_take_the_experts_forms_in_turn():
     assert [member_expert(mfn, k) for k in range(3)] == ["mlp"] * 3
     linear = Config().override(["model.expert=linear"]).model
     assert [member_expert(linear, k) for k in range(2)] == ["linear"] * 2
+    # a single MFM of "both" is the MLP form, and weighs as one beside MLP members
+    assert expert_form(both) == "mlp" and expert_form(linear) == "linear"
 
 
 def test_the_members_weights_for_what_a_sample_observes_weigh_their_predictives():

@@ -54,7 +54,7 @@ import torch
 from scipy.optimize import minimize
 
 from ..data.dataset import MultimodalDataset
-from ..ensemble import mixture_log_weights
+from ..ensemble import expert_form, mixture_log_weights
 from ..guide import expert_weights
 from ..model import MFM
 
@@ -538,8 +538,8 @@ def calibrate_ensemble(
     dtype = first.D.log_temperature.dtype
     # the members' forms (model.expert = "both"): the mixture weighs each form but the first by a log weight affine
     # in the observed modalities, the members of a form alike
-    forms = list(dict.fromkeys(member.config.expert for member in members))
-    form_of = torch.tensor([forms.index(member.config.expert) for member in members], device=device)
+    forms = list(dict.fromkeys(expert_form(member.config) for member in members))
+    form_of = torch.tensor([forms.index(expert_form(member.config)) for member in members], device=device)
     sizes = [k_y] + ([m] if shares_on else []) + [(m + 1) * (len(forms) - 1)]
     labelled = sum(int(keep.sum()) for _, _, keep, _ in objectives[0].parts)
     observed = [o.to(dtype) for _, _, _, o in objectives[0].outputs()]  # the same parts and masks for every member

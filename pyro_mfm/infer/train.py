@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData, held_out_groups, sample_groups
 from ..data.stats import FeatureStats
-from ..ensemble import Ensemble, member_expert, member_seed
+from ..ensemble import Ensemble, expert_form, member_expert, member_seed
 from ..model import MFM
 from ..outputs import write_json
 from . import distributed
@@ -422,7 +422,7 @@ def ensemble_what(result: TrainResult) -> str:
         f"An ensemble of {len(result.members)} MFMs (train.ensemble), each from a seed of its own; best epochs "
         f"{epochs}; the best epoch above is the first member's."
     )
-    forms = [r.mfm.config.expert for r in result.members]
+    forms = [expert_form(r.mfm.config) for r in result.members]
     if len(set(forms)) > 1 and isinstance(result.mfm, Ensemble):
         names = result.mfm.names
         observed = torch.cat([torch.ones(1, len(names)), torch.eye(len(names))]) if len(names) > 1 else torch.ones(1, 1)
