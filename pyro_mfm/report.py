@@ -341,7 +341,11 @@ def write_report(
             else {}
         ),
         # the forms' log weights in the label's mixture (model.expert = "both"), [a, b_1 .. b_M] per form
-        **{k: v for k, v in (getattr(result, "calibration", None) or {}).items() if k == "mixture_log_weight"},
+        **(
+            {"mixture_log_weight": result.calibration["mixture_log_weight"]}
+            if "mixture_log_weight" in result.calibration
+            else {}
+        ),
         "train_seconds": t_train,
         "total_seconds": time.time() - t0,
         "subsets": records,

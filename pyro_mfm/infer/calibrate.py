@@ -540,13 +540,13 @@ def calibrate_ensemble(
     # in the observed modalities, the members of a form alike
     forms = list(dict.fromkeys(expert_form(member.config) for member in members))
     form_of = torch.tensor([forms.index(expert_form(member.config)) for member in members], device=device)
-    sizes = [k_y] + ([m] if shares_on else []) + [(m + 1) * (len(forms) - 1)]
+    weights_from = k_y + (m if shares_on else 0)  # x: the label's offset, the shares' offsets, the forms' weights
     labelled = sum(int(keep.sum()) for _, _, keep, _ in objectives[0].parts)
     observed = [o.to(dtype) for _, _, _, o in objectives[0].outputs()]  # the same parts and masks for every member
 
     def form_weights(x):
         """Each form's coefficients [a, b_1 .. b_M] (the first form's 0), (forms, M + 1)."""
-        return torch.cat([x.new_zeros(1, m + 1), x[sum(sizes[:-1]) :].view(-1, m + 1)])
+        return torch.cat([x.new_zeros(1, m + 1), x[weights_from:].view(-1, m + 1)])
 
     def nlpd(x):
         x = torch.as_tensor(x, dtype=dtype, device=device)
@@ -568,9 +568,9 @@ def calibrate_ensemble(
             count += int(keep.sum()) * lp[..., 0].numel()
         # a standard normal prior on each weight's coefficients, over the labelled samples: the equal mixture where
         # the validation split does not tell the forms apart
-        return total / count + 0.5 * x[-sizes[-1] :].square().sum() / labelled
+        return total / count + 0.5 * x[weights_from:].square().sum() / labelled
 
-    x = np.zeros(sum(sizes))
+    x = np.zeros(weights_from + (m + 1) * (len(forms) - 1))
     try:
         with torch.no_grad():
             before = float(nlpd(x))

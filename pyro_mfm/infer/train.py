@@ -425,11 +425,11 @@ def ensemble_what(result: TrainResult) -> str:
     forms = [expert_form(r.mfm.config) for r in result.members]
     if len(set(forms)) > 1 and isinstance(result.mfm, Ensemble):
         names = result.mfm.names
-        observed = torch.cat([torch.ones(1, len(names)), torch.eye(len(names))]) if len(names) > 1 else torch.ones(1, 1)
-        weights = result.mfm.log_weights(observed).exp()  # (members, subsets)
+        observed = torch.cat([torch.ones(1, len(names)), torch.eye(len(names))])  # every modality, then each alone
+        weights = result.mfm.log_weights(observed).exp()  # (members, 1 + M)
         linear = weights[[f == "linear" for f in forms]].sum(0).tolist()
         where = [f"{linear[0]:.2f} with every modality observed"] if len(names) > 1 else []
-        where += [f"{linear[-len(names) + i]:.2f} from {m} alone" for i, m in enumerate(names)]
+        where += [f"{linear[1 + i]:.2f} from {m} alone" for i, m in enumerate(names)]
         text += (
             f" The members' experts of z_y take the MLP and the linear form in turn (model.expert = 'both'); the "
             f"label's predictive weighs the linear form's members {', '.join(where)} (fitted on the validation "
