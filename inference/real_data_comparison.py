@@ -177,9 +177,10 @@ def without_validation(data):
     )
 
 
-def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bool = False):
+def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bool = False, after_fit=None):
     """Per seed and subset: the label metrics and the per-sample scores (correct, or absolute error); with
-    ``no_valid``, the MFM trains on :func:`without_validation`'s data."""
+    ``no_valid``, the MFM trains on :func:`without_validation`'s data. ``after_fit(seed, result, data)`` is called
+    with each seed's :class:`TrainResult` and the data it trained on."""
     test = data["test"]
     if no_valid:
         data = without_validation(data)
@@ -188,6 +189,8 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bo
     for seed in seeds:
         start = time.time()
         result = fit(config.override([f"train.seed={seed}", "train.progress=False"]), data)
+        if after_fit is not None:
+            after_fit(seed, result, data)
         per = {}
         for obs in subsets:
             torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """The MFM against ridge regression on synthetic data shaped like CMU-MOSI's segments, split by speaker.
 
     python inference/speaker_testbed.py [--seeds 0,1,2] [--identity 1.5] [--groups] [--data-seed 0] [--mlp]
-                                        [--modalities audio]
+                                        [--modalities audio] [--forms]
                                         [--out testbed.json] [--plots FOLDER] [--set table.key=value ...]
 
 Real sentiment data (CMU-MOSI: text 100, audio 73 and video 100 features per segment, a score in [-3, 3], about
@@ -26,8 +26,11 @@ standard deviation over seeds, the ridge, their difference, and the nested pairs
 more than one paired standard error (as ``real_data_comparison.py``). ``--mlp`` adds a plain MLP regressor per subset
 (:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the penalty its held-out split picks), to
 tell what the MFM loses as an MLP from what it loses as an MFM. ``--modalities`` gives the models some of the
-modalities alone (the data drawn as with all three). ``--set`` overrides apply to the MFM; ``--out`` writes every
-number as JSON; ``--plots`` draws the MFM against the ridge per subset and the nested pairs.
+modalities alone (the data drawn as with all three). ``--forms`` scores each form of expert of the ensemble
+(``model.expert = "both"``) alone, its members' equal mixture, on the held-out segments that weighed the forms and
+on the test split, per subset, beside the linear form's weight in the mixture (:func:`form_scores`). ``--set``
+overrides apply to the MFM; ``--out`` writes every number as JSON; ``--plots`` draws the MFM against the ridge per
+subset and the nested pairs.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from real_data_comparison import (  # noqa: E402
 
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
+from pyro_mfm.ensemble import Ensemble, expert_form, members_of  # noqa: E402
+from pyro_mfm.infer import predict  # noqa: E402
 from pyro_mfm.infer.evaluate import observed_subsets  # noqa: E402
 from pyro_mfm.outputs import atomic_write  # noqa: E402
 
@@ -110,6 +115,7 @@ def compare(
     num_samples: int = 50,
     mlp: dict | None = None,
     modalities=None,
+    forms: bool = False,
 ):
     features, y, split, speakers = speaker_data(data_seed, identity)
     if modalities is not None:  # the MFM and the baselines see these modalities alone
@@ -123,7 +129,9 @@ def compare(
     y_test = y[split == "test"]
     ridge = {obs: float(np.abs(ridge_cv(features, y, split, obs) - y_test).mean()) for obs in subsets}
     mlps = {obs: mlp_baseline(features, y, split, obs, seeds, **mlp) for obs in subsets} if mlp is not None else {}
-    runs = run_mfm(config, data, subsets, seeds, num_samples)
+    per_form = []
+    after = (lambda seed, result, d: per_form.append(form_scores(result, d, subsets, num_samples))) if forms else None
+    runs = run_mfm(config, data, subsets, seeds, num_samples, after_fit=after)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
     lines = [
@@ -145,6 +153,8 @@ def compare(
         f"- nested pairs worse by more than one paired standard error (MAE): {len(worse)} of {len(pairs)}"
         + "".join(f"; {name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})" for p in worse)
     )
+    if forms:
+        lines += ["", *form_lines(per_form, subsets)]
     record = {
         "identity": identity,
         "modalities": list(features),
@@ -155,7 +165,66 @@ def compare(
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
+    if forms:
+        record["forms"] = {name(o): [f[o] for f in per_form] for o in subsets}
     return "\n".join(lines), record
+
+
+def form_scores(result, data, subsets, num_samples: int) -> dict:
+    """Per subset: the test MAE of each form of expert's members alone (their equal mixture's mean, as the
+    ensemble's point) on the held-out split that selected, calibrated and weighed them (the one training held out of
+    ``data``'s training split, drawn again with the run's seed) and on the test split, and the linear form's weight
+    in the ensemble's mixture for samples observing the subset (0 or 1 where the members have one form)."""
+    dc, seed = result.config.data, result.config.train.seed
+    held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=seed)
+    splits = {"held_out": held[dc.valid_split], "test": data["test"]}
+    members = members_of(result.mfm)
+    forms = [f for f in ("mlp", "linear") if any(expert_form(m.config) == f for m in members)]
+    out = {}
+    for obs in subsets:
+        row: dict = {}
+        for split, ds in splits.items():
+            y, keep = np.asarray(ds.labels), np.asarray(ds.label_present)
+            for form in forms:
+                points = []
+                for m in members:
+                    if expert_form(m.config) == form:
+                        torch.manual_seed(seed)
+                        points.append(predict(m, ds, obs, num_samples=num_samples, keep_samples=False).point)
+                row.setdefault(split, {})[form] = float(np.abs(np.mean(points, 0) - y)[keep].mean())
+        linear = torch.tensor([expert_form(m.config) == "linear" for m in members])
+        if isinstance(result.mfm, Ensemble):
+            mask = torch.tensor([m in obs for m in data.schema.names])
+            weights = result.mfm.log_weights(mask).exp()
+        else:
+            weights = torch.ones(1)
+        row["linear_weight"] = float(weights[linear].sum())
+        out[obs] = row
+    return out
+
+
+def form_lines(per_form: list, subsets) -> list:
+    """The Markdown table of :func:`form_scores` over the seeds: means, per subset."""
+    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
+    lines = [
+        "Each form's members alone (mean over seeds): MAE on the held-out segments and on the test split; the linear "
+        "form's weight in the mixture",
+        "",
+        "| observed | held-out MAE, MLP / linear | test MAE, MLP / linear | linear form's weight |",
+        "|---|---|---|---|",
+    ]
+    for obs in subsets:
+        cells = []
+        for split in ("held_out", "test"):
+            cells.append(
+                " / ".join(
+                    f"{mean([f[obs][split][form] for f in per_form if form in f[obs][split]]):.3f}"
+                    for form in ("mlp", "linear")
+                )
+            )
+        weight = mean([f[obs]["linear_weight"] for f in per_form])
+        lines.append(f"| {name(obs)} | {cells[0]} | {cells[1]} | {weight:.2f} |")
+    return lines
 
 
 def main(argv=None):
@@ -173,6 +242,11 @@ def main(argv=None):
     ap.add_argument(
         "--modalities", help="comma-separated: draw every modality, give the models these alone (e.g. audio)"
     )
+    ap.add_argument(
+        "--forms",
+        action="store_true",
+        help="score each form of expert's members alone on the held-out and the test split, beside their weight",
+    )
     ap.add_argument("--out")
     ap.add_argument("--plots", metavar="FOLDER", help="write the comparison as PNGs into this folder")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
@@ -183,7 +257,7 @@ def main(argv=None):
     modalities = args.modalities.split(",") if args.modalities else None
     try:
         text, record = compare(
-            seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples, mlp, modalities
+            seeds, args.set, args.identity, args.groups, args.data_seed, args.num_samples, mlp, modalities, args.forms
         )
     except ValueError as e:
         ap.error(f"--modalities: {e}")

@@ -45,7 +45,7 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
     out = tmp_path / "testbed.json"
     small = ["train.epochs=1", "train.kl_warmup=0", "model.hidden=8", "train.calibrate='none'"]
     _script().main(
-        ["--seeds", "0,1", "--num-samples", "2", "--groups", "--out", str(out), "--plots", str(tmp_path)]
+        ["--seeds", "0,1", "--num-samples", "2", "--groups", "--forms", "--out", str(out), "--plots", str(tmp_path)]
         + [a for s in small for a in ("--set", s)]
     )
     printed = capsys.readouterr().out
@@ -54,7 +54,8 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
         "testbed-mae-against-ridge.png",
         "testbed-nested-pairs.png",
     ]
-    assert "held out by speaker" in printed and printed.count("\n| ") == 1 + 7  # the header and a row per subset
+    # the header and a row per subset, in the comparison and in the table of the forms (--forms)
+    assert "held out by speaker" in printed and printed.count("\n| ") == 2 * (1 + 7)
     record = json.loads(out.read_text())
     assert record["groups"] and len(record["ridge"]) == 7 and len(record["nested"]) == 12
     # the ridge reads the sentiment from text: far below the spread of the scores; the weak modalities less so
@@ -62,6 +63,15 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
     for name, values in record["per_seed"].items():
         assert len(values["mae"]) == 2
         assert record["mfm"][name]["mae"] == pytest.approx([np.mean(values["mae"]), np.std(values["mae"])])
+    # --forms: the default ensemble's two forms scored alone on both splits; uncalibrated, the mixture weighs its
+    # four members equally, so the linear form's two hold half the weight on every subset
+    for name, seeds in record["forms"].items():
+        assert len(seeds) == 2
+        for row in seeds:
+            assert row["linear_weight"] == pytest.approx(0.5)
+            for split in ("held_out", "test"):
+                assert set(row[split]) == {"mlp", "linear"}
+                assert all(0 < v < 5 for v in row[split].values())
 
 
 def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its_own_held_out_split():
