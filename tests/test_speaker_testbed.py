@@ -65,7 +65,8 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
         assert record["mfm"][name]["mae"] == pytest.approx([np.mean(values["mae"]), np.std(values["mae"])])
     # --forms: the default ensemble's two forms scored alone on both splits; uncalibrated, the mixture weighs its
     # four members equally, so the linear form's two hold half the weight on every subset
-    for name, seeds in record["forms"].items():
+    assert len(record["forms"]) == 7
+    for seeds in record["forms"].values():
         assert len(seeds) == 2
         for row in seeds:
             assert row["linear_weight"] == pytest.approx(0.5)
