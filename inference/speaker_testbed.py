@@ -58,10 +58,9 @@ from real_data_comparison import (  # noqa: E402
     write_plots,
 )
 
+from pyro_mfm import analysis  # noqa: E402
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
-from pyro_mfm.ensemble import Ensemble, expert_form, members_of  # noqa: E402
-from pyro_mfm.infer import predict  # noqa: E402
 from pyro_mfm.infer.evaluate import observed_subsets  # noqa: E402
 from pyro_mfm.outputs import atomic_write  # noqa: E402
 
@@ -165,53 +164,34 @@ def compare(
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
-    if forms:
+    if forms and all(per_form):
         record["forms"] = {name(o): [f[o] for f in per_form] for o in subsets}
     return "\n".join(lines), record
 
 
 def form_scores(result, data, subsets, num_samples: int) -> dict:
-    """Per subset: the test MAE of each form of expert's members alone (their equal mixture's mean, as the
-    ensemble's point) on the held-out split that selected, calibrated and weighed them (the one training held out of
-    ``data``'s training split, drawn again with the run's seed) and on the test split, and the linear form's weight
-    in the ensemble's mixture for samples observing the subset (0 or 1 where the members have one form)."""
+    """Per subset, :func:`pyro_mfm.analysis.form_scores` of the run: each form of expert's members alone on the
+    held-out split that selected, calibrated and weighed them (the one training held out of ``data``'s training
+    split, drawn again with the run's seed) and on the test split, and the linear form's weight in the mixture."""
     dc, seed = result.config.data, result.config.train.seed
     held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=seed)
     splits = {"held_out": held[dc.valid_split], "test": data["test"]}
-    members = members_of(result.mfm)
-    forms = [f for f in ("mlp", "linear") if any(expert_form(m.config) == f for m in members)]
-    out = {}
-    for obs in subsets:
-        row: dict = {}
-        for split, ds in splits.items():
-            y, keep = np.asarray(ds.labels), np.asarray(ds.label_present)
-            for form in forms:
-                points = []
-                for m in members:
-                    if expert_form(m.config) == form:
-                        torch.manual_seed(seed)
-                        points.append(predict(m, ds, obs, num_samples=num_samples, keep_samples=False).point)
-                row.setdefault(split, {})[form] = float(np.abs(np.mean(points, 0) - y)[keep].mean())
-        linear = torch.tensor([expert_form(m.config) == "linear" for m in members])
-        if isinstance(result.mfm, Ensemble):
-            mask = torch.tensor([m in obs for m in data.schema.names])
-            weights = result.mfm.log_weights(mask).exp()
-        else:
-            weights = torch.ones(1)
-        row["linear_weight"] = float(weights[linear].sum())
-        out[obs] = row
-    return out
+    records = analysis.form_scores(result.mfm, splits, subsets, num_samples, seed=seed)
+    return {tuple(r["observed"]): r for r in records}
 
 
 def form_lines(per_form: list, subsets) -> list:
     """The Markdown table of :func:`form_scores` over the seeds: means, per subset."""
+    if not all(per_form):  # form_scores compares two forms
+        return ["--forms: the ensemble's members have one form of expert (model.expert); nothing to compare."]
     mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
     lines = [
         "Each form's members alone (mean over seeds): MAE on the held-out segments and on the test split; the linear "
-        "form's weight in the mixture",
+        "form's weight in the mixture; the seeds on which the two splits rank the forms the other way round, each by "
+        "more than two paired standard errors",
         "",
-        "| observed | held-out MAE, MLP / linear | test MAE, MLP / linear | linear form's weight |",
-        "|---|---|---|---|",
+        "| observed | held-out MAE, MLP / linear | test MAE, MLP / linear | linear form's weight | opposite |",
+        "|---|---|---|---|---|",
     ]
     for obs in subsets:
         cells = []
@@ -223,7 +203,8 @@ def form_lines(per_form: list, subsets) -> list:
                 )
             )
         weight = mean([f[obs]["linear_weight"] for f in per_form])
-        lines.append(f"| {name(obs)} | {cells[0]} | {cells[1]} | {weight:.2f} |")
+        opposite = sum(f[obs]["opposite"] for f in per_form if obs in f)
+        lines.append(f"| {name(obs)} | {cells[0]} | {cells[1]} | {weight:.2f} | {opposite} of {len(per_form)} |")
     return lines
 
 

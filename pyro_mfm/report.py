@@ -16,6 +16,7 @@ import numpy as np
 
 from . import plots
 from .analysis.baselines import against_linear, nested_gains, subset_baselines
+from .analysis.forms import OPPOSITE_SE, form_scores
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
@@ -256,6 +257,64 @@ def _baseline_lines(data: MultimodalData, linear: list, pairs: list) -> list[str
     return md
 
 
+FORMS_NOTES = (
+    'The ensemble\'s members take two forms of expert of z_y (`model.expert = "both"`), whose predictives of the '
+    "label it weighs for each observed subset by how well each predicts the validation split's labels. Each form's "
+    "members alone, on the validation split and on the test split's labelled samples (accuracy, or MAE), with the "
+    "linear form's score minus the MLP form's per sample (accuracy, or minus the absolute error: positive where the "
+    "linear form is better) and its paired standard error, and the linear form's weight in the mixture."
+)
+
+
+def _form_splits(config: Config, data: MultimodalData) -> dict:
+    """The validation split that training weighed the forms on (held out of the training split with the run's
+    seed where the data have none, as training held it out) and the test split; ``{}`` without a validation split."""
+    dc = config.data
+    held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
+    if dc.valid_split not in held:
+        return {}
+    return {"validation": held[dc.valid_split], "test": data[dc.test_split]}
+
+
+def _forms_lines(forms: list) -> list[str]:
+    """The table of each form of expert alone on the validation and the test split, and whether the validation split
+    ranks the forms as the test split does."""
+    if not forms or not all("validation" in r and "test" in r for r in forms):
+        return []
+    metric = forms[0]["metric"]
+
+    def cell(r: dict) -> str:
+        return f"{r['mlp']:.4g} / {r['linear']:.4g} ({r['difference']:+.4f} ± {r['se']:.4f})"
+
+    opposite = [r for r in forms if r["opposite"]]
+    md = [
+        "\n## Each form of expert alone (validation and test split)\n",
+        FORMS_NOTES + "\n",
+        f"| observed | validation {metric}: MLP / linear (difference ± se) | test {metric}: MLP / linear (difference "
+        "± se) | linear form's weight |",
+        "|---|---|---|---|",
+    ]
+    md += [
+        f"| {'+'.join(r['observed'])} | {cell(r['validation'])} | {cell(r['test'])} | {r['linear_weight']:.2f} |"
+        for r in forms
+    ]
+    if opposite:
+        md.append(
+            f"\nOn {', '.join('+'.join(r['observed']) for r in opposite)} the validation split ranks the two forms, "
+            f"each split by more than {OPPOSITE_SE:g} standard errors, the other way round from the test split: the "
+            "weights follow the validation split. Where its samples share groups with the training samples "
+            "(segments of the same speakers or videos) and the test samples do not, it rewards what the networks "
+            "learnt of the training groups; `from_arrays(groups=...)`, or ids that name the groups, holds the "
+            "validation split out by whole groups."
+        )
+    else:
+        md.append(
+            "\nThe validation split ranks the two forms as the test split does, or one of them cannot tell them "
+            f"apart (within {OPPOSITE_SE:g} standard errors), on every subset."
+        )
+    return md
+
+
 def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
     """The lines of ``report.md``: the metrics of ``report`` (the content of ``metrics.json``) as text and tables."""
     mean_baseline, written = report["mean_imputation_baseline"], report["plots"]
@@ -268,6 +327,7 @@ def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
         table(report["subsets"], baseline=mean_baseline),
     ]
     md += _baseline_lines(data, report["linear_baselines"], report["nested_pairs"])
+    md += _forms_lines(report.get("forms", []))
     md += [
         "\n## Training-mean imputation baseline (MSE, squared feature units)\n",
         ", ".join(f"{m} {format_cell(v['mse'], '.4g')}" for m, v in mean_baseline.items()),
@@ -301,6 +361,10 @@ def write_report(
     by_subset = subset_baselines(data, config, [r["observed"] for r in records]) if mfm.D is not None else {}
     linear = against_linear(by_subset, predictions or {}, test)
     pairs = nested_gains(predictions or {}, test) if mfm.D is not None else []
+    # an ensemble of both forms of expert: each form alone on the split that weighed them and on the test split
+    observed = [r["observed"] for r in records]
+    forms = form_scores(mfm, _form_splits(config, data), observed, ev.num_samples, ev.batch_size, ev.seed)
+    check()
     # the linear models of one modality alone, marked on the robustness plot
     baselines = {
         obs[0]: {k: v for k, v in b.items() if k in ("accuracy", "mae")}
@@ -352,6 +416,7 @@ def write_report(
         "single_view_baselines": baselines,
         "linear_baselines": linear,
         "nested_pairs": pairs,
+        **({"forms": forms} if forms else {}),
         "mean_imputation_baseline": mean_baseline,
         "history": result.history,
         "plots": written,

@@ -242,8 +242,51 @@ def test_the_command_line_trains_and_evaluates_an_ensemble(tmp_path):
     assert [m["expert"] for m in metrics["members"]] == ["mlp", "linear"]  # the default's two forms
     assert list(metrics["mixture_log_weight"]) == ["mlp", "linear"]
     assert "weighs the linear form's members" in (report / "report.md").read_text()
+    # each form alone on the validation and the test split, per subset: the section of the report, and the numbers
+    # are the forms' own predictions and the mixture's weights
+    assert "## Each form of expert alone" in (report / "report.md").read_text()
+    assert [r["observed"] for r in metrics["forms"]] == [["a"], ["b"], ["a", "b"]]
+    ens, _, _ = load_model(report / "checkpoint")
+    test = load(tmp_path / "data.h5")["test"]
+    keep = np.asarray(test.label_present, bool)
+    coef = np.asarray(metrics["mixture_log_weight"]["linear"])
+    for r in metrics["forms"]:
+        logit = coef[0] + sum(coef[1 + ["a", "b"].index(m)] for m in r["observed"])
+        assert r["linear_weight"] == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-5)
+        for k, form in enumerate(["mlp", "linear"]):
+            alone = predict(Ensemble([ens.members[k]]), test, r["observed"], num_samples=5, seed=0)
+            accuracy = float((alone.point.argmax(-1) == np.asarray(test.labels))[keep].mean())
+            assert r["test"][form] == pytest.approx(accuracy)
+        assert r["test"]["difference"] == pytest.approx(r["test"]["linear"] - r["test"]["mlp"])
+        assert r["validation"]["n"] == 30 and r["test"]["n"] == int(keep.sum())
     assert main(["evaluate", str(report), "--out", str(tmp_path / "again.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["checkpoint"] == str(report / "checkpoint")
+
+
+def test_form_scores_compare_the_two_forms_of_an_ensemble_alone(trained):
+    from pyro_mfm.analysis.forms import form_scores, opposite
+
+    data, _, result = trained
+    ens = result.mfm
+    assert [expert_form(m.config) for m in ens.members] == ["mlp", "linear"]
+    splits = {"validation": data["valid"], "test": data["test"]}
+    records = form_scores(ens, splits, [("a",), ("a", "b")], num_samples=4)
+    assert [r["observed"] for r in records] == [["a"], ["a", "b"]]
+    for r in records:
+        for name, ds in splits.items():  # each form's MAE is its member's prediction alone
+            for k, form in enumerate(["mlp", "linear"]):
+                alone = predict(Ensemble([ens.members[k]]), ds, r["observed"], num_samples=4, seed=0)
+                keep = np.asarray(ds.label_present, bool)
+                mae = np.abs(alone.point.reshape(len(ds), -1) - np.asarray(ds.labels).reshape(len(ds), -1))
+                assert r[name][form] == pytest.approx(mae.mean(-1)[keep].mean())
+        assert r["opposite"] == opposite(r["validation"], r["test"])
+    # one form, or no ensemble: nothing to compare
+    assert form_scores(ens.members[0], splits) == []
+    assert form_scores(Ensemble([ens.members[0], ens.members[0]]), splits) == []
+    # opposite rankings: opposite signs, each beyond two of its standard errors
+    assert opposite({"difference": 0.05, "se": 0.01}, {"difference": -0.05, "se": 0.02})
+    assert not opposite({"difference": 0.05, "se": 0.01}, {"difference": -0.05, "se": 0.03})
+    assert not opposite({"difference": 0.05, "se": 0.01}, {"difference": 0.05, "se": 0.01})
 
 
 def test_the_ensemble_is_calibrated_as_a_mixture(trained):

@@ -71,8 +71,9 @@ def test_testbed_prints_every_subset_against_the_ridge_and_records_each_seed(tmp
         for row in seeds:
             assert row["linear_weight"] == pytest.approx(0.5)
             for split in ("held_out", "test"):
-                assert set(row[split]) == {"mlp", "linear"}
-                assert all(0 < v < 5 for v in row[split].values())
+                assert 0 < row[split]["mlp"] < 5 and 0 < row[split]["linear"] < 5
+                # the paired difference of the forms' scores (minus the absolute errors) is their MAEs' difference
+                assert row[split]["difference"] == pytest.approx(row[split]["mlp"] - row[split]["linear"], abs=1e-6)
 
 
 def test_mlp_baseline_reads_the_sentiment_from_text_and_picks_its_penalty_on_its_own_held_out_split():

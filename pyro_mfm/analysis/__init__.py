@@ -1,4 +1,5 @@
-"""Posterior analysis of a trained MFM: ArviZ conversion, calibration, factor contributions, baselines.
+"""Posterior analysis of a trained MFM: ArviZ conversion, calibration, factor contributions, baselines, the forms of
+expert of an ensemble alone.
 
 Everything here works through the model's public surface (the ``model``/``guide`` pair, its sample sites
 ``z_y``, ``z_a_<m>``, ``x_<m>_mean`` and ``label_distribution``), so it needs no knowledge of the networks inside.
@@ -22,6 +23,7 @@ from .factors import (
     posterior_codes,
     variance_contributions,
 )
+from .forms import form_scores
 from .inference_data import to_arviz
 from .notebook import NotebookSetup, notebook_setup
 
@@ -35,6 +37,7 @@ __all__ = [
     "decoder_mean",
     "factor_contributions",
     "filled_classifier",
+    "form_scores",
     "nested_gains",
     "notebook_setup",
     "pit_values",
