@@ -16,7 +16,7 @@ import numpy as np
 
 from . import plots
 from .analysis.baselines import against_linear, nested_gains, subset_baselines
-from .analysis.forms import OPPOSITE_SE, form_scores
+from .analysis.forms import OPPOSITE_SE, form_scores, has_both_forms
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
@@ -362,9 +362,11 @@ def write_report(
     linear = against_linear(by_subset, predictions or {}, test)
     pairs = nested_gains(predictions or {}, test) if mfm.D is not None else []
     # an ensemble of both forms of expert: each form alone on the split that weighed them and on the test split
-    observed = [r["observed"] for r in records]
-    forms = form_scores(mfm, _form_splits(config, data), observed, ev.num_samples, ev.batch_size, ev.seed)
-    check()
+    forms = []
+    if has_both_forms(mfm):
+        observed = [r["observed"] for r in records]
+        forms = form_scores(mfm, _form_splits(config, data), observed, ev.num_samples, ev.batch_size, ev.seed)
+        check()
     # the linear models of one modality alone, marked on the robustness plot
     baselines = {
         obs[0]: {k: v for k, v in b.items() if k in ("accuracy", "mae")}

@@ -43,12 +43,10 @@ def form_scores(
     and ``s`` its paired standard error; ``opposite``: the first two splits rank the forms in opposite orders, each
     by more than :data:`OPPOSITE_SE` standard errors. Empty unless ``mfm`` is an ensemble with members of both forms
     and a class or regression label."""
+    if not has_both_forms(mfm):
+        return []
     members = members_of(mfm)
     forms = {f: [m for m in members if expert_form(m.config) == f] for f in FORMS}
-    if not isinstance(mfm, Ensemble) or not all(forms.values()) or mfm.D is None:
-        return []
-    if mfm.D.kind not in ("categorical", "normal", "laplace"):
-        return []
     by_form = {f: Ensemble(ms) for f, ms in forms.items()}
     linear = torch.tensor([expert_form(m.config) == "linear" for m in members])
     names = mfm.schema.names
@@ -76,6 +74,14 @@ def form_scores(
         rec["opposite"] = first is not None and second is not None and opposite(first, second)
         records.append(rec)
     return records
+
+
+def has_both_forms(mfm) -> bool:
+    """Whether ``mfm`` is an ensemble with members of both forms of expert and a class or regression label: what
+    :func:`form_scores` compares."""
+    if not isinstance(mfm, Ensemble) or mfm.D is None or mfm.D.kind not in ("categorical", "normal", "laplace"):
+        return False
+    return {expert_form(m.config) for m in mfm.members} == set(FORMS)
 
 
 def opposite(first: dict, second: dict) -> bool:
