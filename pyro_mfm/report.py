@@ -281,10 +281,10 @@ def _forms_lines(forms: list) -> list[str]:
     ranks the forms as the test split does."""
     if not forms or not all("validation" in r and "test" in r for r in forms):
         return []
-    metric = forms[0]["metric"]
+    metric = {"mae": "MAE"}.get(forms[0]["metric"], forms[0]["metric"])
 
     def cell(r: dict) -> str:
-        return f"{r['mlp']:.4g} / {r['linear']:.4g} ({r['difference']:+.4f} ± {r['se']:.4f})"
+        return f"{r['mlp']:.4f} / {r['linear']:.4f} ({r['difference']:+.4f} ± {r['se']:.4f})"
 
     opposite = [r for r in forms if r["opposite"]]
     md = [
