@@ -2,7 +2,7 @@
 
     python inference/real_data_comparison.py [--data uci,uci-defaults,pom-vectors,pom-sequences,pom-sequences-defaults,
                                               pom-one-rating,pom-binary]
-                                             [--seeds 0,1,2] [--train-size 220] [--no-valid] [--mlp]
+                                             [--seeds 0,1,2] [--train-size 220] [--no-valid] [--mlp] [--forms]
                                              [--datasets ../shared/datasets] [--out comparison.json]
                                              [--plots FOLDER] [--set table.key=value ...]
 
@@ -30,6 +30,9 @@ one training split with no validation split, as a user's data with a training an
 holds ``data.valid_fraction`` of it out; the linear baselines keep choosing their penalty on the validation split).
 ``--mlp`` adds to POM's three subsets a plain MLP regressor on the ridge's time-averaged features
 (:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the one its held-out split picks).
+``--forms`` scores, on POM's three subsets, each form of expert's members of the default ensemble (``model.expert =
+"both"``) alone on the validation split that weighed them and on the test split, beside the linear form's weight
+(:func:`forms_hook`, :func:`form_lines`).
 
 Every MFM metric is a mean and standard deviation over the seeds. For each pair of nested subsets S inside S', the
 paired difference of S' against S (accuracy, or MAE) is averaged over the seeds per test sample; "worse" means worse
@@ -50,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_mfm import analysis
 from pyro_mfm.analysis.baselines import nested_differences
 from pyro_mfm.config import Config
 from pyro_mfm.data import from_arrays, load_data
@@ -217,6 +221,49 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bo
     return out
 
 
+def forms_hook(per_form: list, num_samples: int):
+    """An ``after_fit`` for :func:`run_mfm` that appends to ``per_form``, for each seed, each form of expert's
+    members alone (:func:`pyro_mfm.analysis.form_scores`, keyed by subset) on the validation split that selected,
+    calibrated and weighed them (the data's, or the one training held out of the training split, drawn again with
+    the run's seed) and on the test split."""
+
+    def after(seed, result, data):
+        dc, run_seed = result.config.data, result.config.train.seed
+        held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=run_seed)
+        splits = {"held_out": held[dc.valid_split], "test": data[dc.test_split]}
+        records = analysis.form_scores(result.mfm, splits, num_samples=num_samples, seed=run_seed)
+        per_form.append({tuple(r["observed"]): r for r in records})
+
+    return after
+
+
+def form_lines(per_form: list, subsets, held_out: str = "validation split") -> list:
+    """The Markdown table of :func:`forms_hook`'s records over the seeds, per subset: each form's mean metric on the
+    held-out and the test split, the linear form's mean weight, and the seeds on which the two splits rank the forms
+    the other way round, each by more than two paired standard errors."""
+    if not all(per_form):  # form_scores compares two forms
+        return ["--forms: the ensemble's members have one form of expert (model.expert); nothing to compare."]
+    metric = {"mae": "MAE"}.get(per_form[0][subsets[0]]["metric"], "accuracy")
+    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
+    lines = [
+        f"Each form's members alone (mean over seeds): {metric} on the {held_out} and on the test split; the linear "
+        "form's weight in the mixture; the seeds on which the two splits rank the forms the other way round, each by "
+        "more than two paired standard errors",
+        "",
+        f"| observed | {held_out}, MLP / linear | test split, MLP / linear | linear form's weight | opposite |",
+        "|---|---|---|---|---|",
+    ]
+    for obs in subsets:
+        cells = [
+            " / ".join(f"{mean([f[obs][split][form] for f in per_form]):.4f}" for form in ("mlp", "linear"))
+            for split in ("held_out", "test")
+        ]
+        weight = mean([f[obs]["linear_weight"] for f in per_form])
+        opposite = sum(f[obs]["opposite"] for f in per_form)
+        lines.append(f"| {name(obs)} | {cells[0]} | {cells[1]} | {weight:.2f} | {opposite} of {len(per_form)} |")
+    return lines
+
+
 def seed_values(runs, subsets, keys):
     """Each metric's value for every seed, per subset (for paired comparisons of two runs over the same seeds)."""
     return {name(obs): {k: [float(r[obs]["metrics"][k]) for r in runs] for k in keys} for obs in subsets}
@@ -373,7 +420,9 @@ def split_arrays(data, splits=("train", "test")):
     return features, labels, np.concatenate([[s] * len(ds) for s, ds in zip(splits, parts)])
 
 
-def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False, mlp: dict | None = None):
+def compare_pom(
+    data, config, seeds, num_samples, label, no_valid: bool = False, mlp: dict | None = None, forms: bool = False
+):
     subsets = [("audio", "video"), ("audio",), ("video",)]
     y = np.asarray(data["test"].labels)
     vectors = data if not data.schema.modalities[0].is_sequence else time_averaged(data)
@@ -382,7 +431,9 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False,
     if mlp is not None:
         arrays = split_arrays(vectors)
         mlps = {obs: mlp_baseline(*arrays, obs, seeds, **mlp) for obs in subsets}
-    runs = run_mfm(config, data, subsets, seeds, num_samples, no_valid)
+    per_form: list = []
+    hook = forms_hook(per_form, num_samples) if forms else None
+    runs = run_mfm(config, data, subsets, seeds, num_samples, no_valid, after_fit=hook)
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
     lines = [
@@ -416,6 +467,10 @@ def compare_pom(data, config, seeds, num_samples, label, no_valid: bool = False,
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
+    if forms:
+        lines += ["", *form_lines(per_form, subsets)]
+        if all(per_form):
+            record["forms"] = {name(o): [f[o] for f in per_form] for o in subsets}
     return "\n".join(lines), record
 
 
@@ -556,6 +611,12 @@ def main(argv=None):
         help="POM (pom-vectors, pom-sequences, pom-sequences-defaults): add a plain MLP regressor per subset on the "
         "time-averaged features (scikit-learn), with its default L2 penalty and with the one its held-out split picks",
     )
+    ap.add_argument(
+        "--forms",
+        action="store_true",
+        help="POM (pom-vectors, pom-sequences-defaults): score each form of expert's members alone on the validation "
+        "and the test split, beside their weight (model.expert = 'both')",
+    )
     ap.add_argument("--plots", metavar="FOLDER", help="write each data set's comparison as PNGs into this folder")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
@@ -587,7 +648,14 @@ def main(argv=None):
                 )
             else:
                 text, record[which] = compare_pom(
-                    data, config, seeds, args.num_samples, DATA[which], args.no_valid, {} if args.mlp else None
+                    data,
+                    config,
+                    seeds,
+                    args.num_samples,
+                    DATA[which],
+                    args.no_valid,
+                    {} if args.mlp else None,
+                    args.forms,
                 )
         else:
             ap.error(f"--data {which!r}: expected one of {', '.join(DATA)}")

@@ -27,10 +27,10 @@ more than one paired standard error (as ``real_data_comparison.py``). ``--mlp`` 
 (:func:`mlp_baseline`: scikit-learn's, with its default L2 penalty and with the penalty its held-out split picks), to
 tell what the MFM loses as an MLP from what it loses as an MFM. ``--modalities`` gives the models some of the
 modalities alone (the data drawn as with all three). ``--forms`` scores each form of expert of the ensemble
-(``model.expert = "both"``) alone, its members' equal mixture, on the held-out segments that weighed the forms and
-on the test split, per subset, beside the linear form's weight in the mixture (:func:`form_scores`). ``--set``
-overrides apply to the MFM; ``--out`` writes every number as JSON; ``--plots`` draws the MFM against the ridge per
-subset and the nested pairs.
+(``model.expert = "both"``) alone, its members' mixture, on the held-out segments that weighed the forms and
+on the test split, per subset, beside the linear form's weight in the mixture (``real_data_comparison.py``'s
+:func:`form_lines`). ``--set`` overrides apply to the MFM; ``--out`` writes every number as JSON; ``--plots`` draws
+the MFM against the ridge per subset and the nested pairs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_data_comparison import (  # noqa: E402
     MLP_HEADER,
+    form_lines,
+    forms_hook,
     mlp_baseline,
     mlp_cells,
     mlp_record,
@@ -58,7 +60,6 @@ from real_data_comparison import (  # noqa: E402
     write_plots,
 )
 
-from pyro_mfm import analysis  # noqa: E402
 from pyro_mfm.config import Config  # noqa: E402
 from pyro_mfm.data import from_arrays  # noqa: E402
 from pyro_mfm.infer.evaluate import observed_subsets  # noqa: E402
@@ -128,9 +129,10 @@ def compare(
     y_test = y[split == "test"]
     ridge = {obs: float(np.abs(ridge_cv(features, y, split, obs) - y_test).mean()) for obs in subsets}
     mlps = {obs: mlp_baseline(features, y, split, obs, seeds, **mlp) for obs in subsets} if mlp is not None else {}
-    per_form = []
-    after = (lambda seed, result, d: per_form.append(form_scores(result, d, subsets, num_samples))) if forms else None
-    runs = run_mfm(config, data, subsets, seeds, num_samples, after_fit=after)
+    per_form: list = []
+    runs = run_mfm(
+        config, data, subsets, seeds, num_samples, after_fit=forms_hook(per_form, num_samples) if forms else None
+    )
     s = summary(runs, subsets, ["mae", "corr", "coverage"])
     pairs = nested(runs, subsets, higher_is_better=False)
     lines = [
@@ -153,7 +155,7 @@ def compare(
         + "".join(f"; {name(p['smaller'])} -> {name(p['larger'])} {p['gain']:+.4f} (se {p['se']:.4f})" for p in worse)
     )
     if forms:
-        lines += ["", *form_lines(per_form, subsets)]
+        lines += ["", *form_lines(per_form, subsets, "held-out segments")]
     record = {
         "identity": identity,
         "modalities": list(features),
@@ -167,45 +169,6 @@ def compare(
     if forms and all(per_form):
         record["forms"] = {name(o): [f[o] for f in per_form] for o in subsets}
     return "\n".join(lines), record
-
-
-def form_scores(result, data, subsets, num_samples: int) -> dict:
-    """Per subset, :func:`pyro_mfm.analysis.form_scores` of the run: each form of expert's members alone on the
-    held-out split that selected, calibrated and weighed them (the one training held out of ``data``'s training
-    split, drawn again with the run's seed) and on the test split, and the linear form's weight in the mixture."""
-    dc, seed = result.config.data, result.config.train.seed
-    held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=seed)
-    splits = {"held_out": held[dc.valid_split], "test": data["test"]}
-    records = analysis.form_scores(result.mfm, splits, subsets, num_samples, seed=seed)
-    return {tuple(r["observed"]): r for r in records}
-
-
-def form_lines(per_form: list, subsets) -> list:
-    """The Markdown table of :func:`form_scores` over the seeds: means, per subset."""
-    if not all(per_form):  # form_scores compares two forms
-        return ["--forms: the ensemble's members have one form of expert (model.expert); nothing to compare."]
-    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
-    lines = [
-        "Each form's members alone (mean over seeds): MAE on the held-out segments and on the test split; the linear "
-        "form's weight in the mixture; the seeds on which the two splits rank the forms the other way round, each by "
-        "more than two paired standard errors",
-        "",
-        "| observed | held-out MAE, MLP / linear | test MAE, MLP / linear | linear form's weight | opposite |",
-        "|---|---|---|---|---|",
-    ]
-    for obs in subsets:
-        cells = []
-        for split in ("held_out", "test"):
-            cells.append(
-                " / ".join(
-                    f"{mean([f[obs][split][form] for f in per_form if form in f[obs][split]]):.3f}"
-                    for form in ("mlp", "linear")
-                )
-            )
-        weight = mean([f[obs]["linear_weight"] for f in per_form])
-        opposite = sum(f[obs]["opposite"] for f in per_form if obs in f)
-        lines.append(f"| {name(obs)} | {cells[0]} | {cells[1]} | {weight:.2f} | {opposite} of {len(per_form)} |")
-    return lines
 
 
 def main(argv=None):

@@ -163,6 +163,31 @@ def test_pom_comparison_with_the_mlp_baseline_adds_its_columns_for_every_subset(
     assert alpha in small["alphas"] and 0 < plain < 3
 
 
+def test_pom_comparison_scores_each_form_of_expert_alone_on_the_validation_and_the_test_split(tmp_path):
+    """``compare_pom(forms=True)``: a table of the default ensemble's two forms per subset, and each seed's
+    :func:`pyro_mfm.analysis.form_scores` on the data's validation split and the test split in the record."""
+    from pyro_mfm.config import Config
+
+    script, data = _script(), _two_ratings()
+    config = Config.from_dict(
+        {
+            "data": {"source": str(tmp_path)},
+            "model": {"hidden": 8},
+            "train": {"epochs": 1, "kl_warmup": 0, "ensemble": 2, "ensemble_processes": 1},
+        }
+    )
+    text, record = script.compare_pom(data, config, [0, 1], 2, "two ratings", forms=True)
+    assert "| validation split, MLP / linear |" in text and text.count("\n| ") == 2 * (1 + 3)
+    assert set(record["forms"]) == {"audio + video", "audio", "video"}
+    for seeds in record["forms"].values():
+        assert len(seeds) == 2
+        for row in seeds:
+            assert row["held_out"]["n"] == 15 and row["test"]["n"] == 15  # the data's own validation split
+            assert 0 < row["linear_weight"] < 1
+            for split in ("held_out", "test"):
+                assert row[split]["difference"] == pytest.approx(row[split]["mlp"] - row[split]["linear"], abs=1e-6)
+
+
 def test_plots_of_pom_draw_mae_and_correlation_and_none_for_the_tasks(tmp_path):
     """POM's record holds the ridge's MAE, MSE and correlation per subset: both metrics are drawn against it; the
     one-rating-at-a-time comparisons record tasks, not subsets, and draw nothing."""
