@@ -260,9 +260,10 @@ def _baseline_lines(data: MultimodalData, linear: list, pairs: list) -> list[str
 FORMS_NOTES = (
     'The ensemble\'s members take two forms of expert of z_y (`model.expert = "both"`), whose predictives of the '
     "label it weighs for each observed subset by how well each predicts the validation split's labels. Each form's "
-    "members alone, on the validation split and on the test split's labelled samples (accuracy, or MAE), with the "
-    "linear form's score minus the MLP form's per sample (accuracy, or minus the absolute error: positive where the "
-    "linear form is better) and its paired standard error, and the linear form's weight in the mixture."
+    "members alone, on the labelled samples of the validation and the test split that observe every modality of the "
+    "subset (accuracy, or MAE), with the linear form's score minus the MLP form's per sample (accuracy, or minus the "
+    "absolute error: positive where the linear form is better) and its paired standard error, and the linear form's "
+    "weight in the mixture."
 )
 
 

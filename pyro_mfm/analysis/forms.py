@@ -38,11 +38,11 @@ def form_scores(
 
     Returns one record per subset (all of them by default): ``{"observed": [...], "metric": "accuracy" or "mae",
     "linear_weight": w, "opposite": bool, <split>: {"mlp": value, "linear": value, "difference": d, "se": s, "n":
-    n}}`` (a split without labelled samples left out), where ``d`` is the linear form's per-sample score minus the
+    n}}`` (a split without such samples left out), where ``d`` is the linear form's per-sample score minus the
     MLP form's (higher is better: accuracy, or minus the absolute error) averaged over the split's labelled samples
-    and ``s`` its paired standard error; ``opposite``: the first two splits rank the forms in opposite orders, each
-    by more than :data:`OPPOSITE_SE` standard errors. Empty unless ``mfm`` is an ensemble with members of both forms
-    and a class or regression label."""
+    that observe every modality of the subset (``n``) and ``s`` its paired standard error; ``opposite``: the first
+    two splits rank the forms in opposite orders, each by more than :data:`OPPOSITE_SE` standard errors. Empty
+    unless ``mfm`` is an ensemble with members of both forms and a class or regression label."""
     if not has_both_forms(mfm):
         return []
     members = members_of(mfm)
@@ -58,7 +58,9 @@ def form_scores(
         rec: dict = {"observed": list(obs), "metric": metric}
         rec["linear_weight"] = float(mfm.log_weights(mask).exp()[linear].sum())
         for split, ds in splits.items():
-            keep = np.asarray(ds.label_present, bool)
+            # the labelled samples that observe every modality of the subset: where one is missing, neither form
+            # reads it, and those samples would only dilute the difference
+            keep = np.asarray(ds.label_present, bool) & np.all([np.asarray(ds.present[m], bool) for m in obs], 0)
             if not keep.any():  # nothing to score the forms on
                 continue
             y = np.asarray(ds.labels)
