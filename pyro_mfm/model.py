@@ -111,6 +111,10 @@ class Model(nn.Module):
         # underconfident) where two views together count shared evidence twice (overconfident), which one label
         # temperature cannot serve both; fitted after it for a class label (pyro_mfm.infer.calibrate); 0 in training
         self.register_buffer("label_single_log_temperature", torch.zeros(len(self.names)))
+        # the label's log temperature where a sample observes none of the modalities (a subset that it lacks): its
+        # predictive is then the prior predictive, to which no modality's share applies; fitted with the shares for a
+        # regression label (pyro_mfm.infer.calibrate); 0 in training
+        self.register_buffer("label_empty_log_temperature", torch.zeros(()))
         # in an ensemble whose members differ in form (model.expert = "both"), this member's log weight in the
         # mixture of the members' predictives of the label, for a sample observing S: the first entry plus the sum
         # over m in S of the others, normalised over the members (pyro_mfm.ensemble); fitted on held-out data after
@@ -201,14 +205,17 @@ class Model(nn.Module):
 
     def label_from_output(self, out: torch.Tensor, observed=None):
         """p(y | D(.)) from the head's output :meth:`label_output`, with the label's log temperature and, given
-        ``observed`` (as :meth:`label_distribution`), the observed modalities' shares of it and, where a sample
-        observes one modality alone, that modality's own offset of it (:attr:`label_single_log_temperature`)."""
+        ``observed`` (as :meth:`label_distribution`), the observed modalities' shares of it, where a sample
+        observes one modality alone, that modality's own offset of it (:attr:`label_single_log_temperature`), and
+        where it observes none, the offset of the prior predictive (:attr:`label_empty_log_temperature`)."""
         if observed is None:
             return self.D.from_output(out)
         shares, singles = self.label_observed_log_temperature, self.label_single_log_temperature
         observed = observed.to(shares.dtype)
-        alone = observed * (observed.sum(-1, keepdim=True) == 1).to(shares.dtype)
-        return self.D.from_output(out, observed @ shares + alone @ singles)
+        count = observed.sum(-1)
+        alone = observed * (count == 1).unsqueeze(-1).to(shares.dtype)
+        empty = (count == 0).to(shares.dtype) * self.label_empty_log_temperature
+        return self.D.from_output(out, observed @ shares + alone @ singles + empty)
 
 
 # The label term's random subsets are one modality half of the time. A subset's posterior is a product of its
@@ -278,6 +285,8 @@ def upgrade_state_dict(state: dict) -> dict:
         state["model.label_single_log_temperature"] = torch.zeros(m)
     if "model.mixture_log_weight" not in state:  # written before an ensemble's weights per form
         state["model.mixture_log_weight"] = torch.zeros(m + 1)
+    if "model.label_empty_log_temperature" not in state:  # written before the offset where nothing is observed
+        state["model.label_empty_log_temperature"] = torch.zeros(())
     return state
 
 

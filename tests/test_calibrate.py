@@ -222,6 +222,46 @@ def test_label_only_calibration_keeps_point_predictions():
     assert (mfm.model.label_observed_log_temperature == 0).all()
 
 
+def test_a_sample_that_observes_nothing_gets_an_offset_of_its_own():
+    """Where a sample lacks every modality of a subset, its predictive is the prior predictive, to which no
+    modality's share applies: the offset e of the label's log temperature there is fitted with the shares (a
+    regression label), on the held-out samples that observe nothing in some subset, and on no others."""
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", seed=4)
+    cfg = Config.from_dict(
+        {
+            "model": {"z_y_dim": 2, "z_a_dim": 2, "f_y_dim": 8, "f_a_dim": 4, "hidden": 16},
+            "train": {"ensemble": 1, "epochs": 2, "kl_warmup": 1, "progress": False, "calibrate": "none"},
+        }
+    )
+    complete = gen.sample({"train": 200, "valid": 100, "test": 50}, seed=4)
+    mfm = fit(cfg, complete).mfm
+    cal = calibrate(mfm, complete["valid"], experts=False)
+    assert cal["label_empty_log_temperature"] == 0.0  # no held-out sample observes nothing: nothing to fit
+    # half the held-out samples lack b: from b alone they observe nothing
+    data = gen.sample({"train": 200, "valid": 100, "test": 50}, missing=0.5, seed=4)
+    mfm = fit(cfg, data).mfm
+    cal = calibrate(mfm, data["valid"], experts=False)
+    e = mfm.model.label_empty_log_temperature
+    assert float(e) == cal["label_empty_log_temperature"] != 0.0
+    # it scales the label where nothing is observed, and nowhere else
+    z = torch.zeros(5, 2)
+    scale = lambda observed: mfm.label_distribution(z, observed=observed).base_dist.scale  # noqa: E731
+    base, shares = mfm.label_distribution(z).base_dist.scale, mfm.model.label_observed_log_temperature
+    assert torch.allclose(scale(torch.zeros(5, 2, dtype=torch.bool)), base * e.exp())
+    assert torch.allclose(scale(torch.tensor([[True, False]]).expand(5, 2)), base * shares[0].exp())
+    # fitted to the held-out density of those samples (the objective's optimum in e, everything else as fitted)
+    valid = data["valid"]
+    nothing = ~np.asarray(valid.present["b"], bool)
+    fitted = predict(mfm, valid, ["b"], num_samples=200, seed=0).log_density[nothing].mean()
+    mfm.model.label_empty_log_temperature = torch.zeros(())
+    plain = predict(mfm, valid, ["b"], num_samples=200, seed=0).log_density[nothing].mean()
+    assert nothing.sum() > 20 and fitted > plain
+    # a checkpoint written before the offset loads with none
+    mfm.model.label_empty_log_temperature = torch.tensor(0.5)
+    mfm.load_state_dict({k: v for k, v in mfm.state_dict().items() if k != "model.label_empty_log_temperature"})
+    assert float(mfm.model.label_empty_log_temperature) == 0.0
+
+
 def test_calibration_subsets_cover_singles_and_all_when_there_are_many():
     names = [f"m{i}" for i in range(8)]
     subs = calibration_subsets(names, limit=20)

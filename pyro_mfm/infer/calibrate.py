@@ -218,8 +218,11 @@ class HeldOutNLPD:
     def _set_label(self, t_y, shares, singles) -> bool:
         """Put the label's values being fitted into the model; whether any of them depends on the subset."""
         self.mfm.D.log_temperature = t_y
-        if shares is not None:
-            self.mfm.model.label_observed_log_temperature = shares
+        if shares is not None:  # the modalities' shares, and after them, if given, the offset where none is observed
+            m = len(self.mfm.names)
+            self.mfm.model.label_observed_log_temperature = shares[:m]
+            if shares.shape[0] > m:
+                self.mfm.model.label_empty_log_temperature = shares[m]
         if singles is not None:
             self.mfm.model.label_single_log_temperature = singles
         return shares is not None or singles is not None
@@ -320,17 +323,19 @@ def calibrate(
 ) -> dict:
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
-    Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature": [...],
-    "label_observed_log_temperature": {m: s_m}, "label_single_log_temperature": {m: u_m}, "label_single_gain": {m:
-    nats}, "nlpd_before": ..., "nlpd_after": ..., "label_refit": ...}`` (mean negative log predictive density per
-    labelled sample and subset, on ``ds``, before the single modalities' offsets, which :func:`_fit_singles` fits
-    afterwards for a class label; ``label_refit``: with the experts, the draws and the objective before and after the
-    label's factor was fitted again at their values, else ``None``). ``num_samples``: draws of z_y per sample and subset
-    (``None``: :data:`EXPERT_DRAWS` with the experts, else :func:`label_draws`). ``experts = False`` fits the label's
-    factor alone (the experts keep t = 0 and r = 0), with the modalities' shares s_m of it for a regression label and
-    two or more modalities (else 0). ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn;
-    ``experts = False`` with ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor
-    (and shares), the experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or
+    Returns ``{"expert_log_temperature": {m: t_m}, "expert_redundancy": {"m+n": r_mn}, "label_log_temperature":
+    [...], "label_observed_log_temperature": {m: s_m}, "label_empty_log_temperature": e,
+    "label_single_log_temperature": {m: u_m}, "label_single_gain": {m: nats}, "nlpd_before": ..., "nlpd_after": ...,
+    "label_refit": ...}`` (mean negative log predictive density per labelled sample and subset, on ``ds``, before
+    the single modalities' offsets, which :func:`_fit_singles` fits afterwards for a class label; ``label_refit``:
+    with the experts, the draws and the objective before and after the label's factor was fitted again at their
+    values, else ``None``). ``num_samples``: draws of z_y per sample and subset (``None``: :data:`EXPERT_DRAWS` with
+    the experts, else :func:`label_draws`). ``experts = False`` fits the label's factor alone (the experts keep t =
+    0 and r = 0), with the modalities' shares s_m of it for a regression label and two or more modalities (else 0),
+    and with them the offset e where a sample observes none of a subset's modalities (its prior predictive, to which
+    no share applies). ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn; ``experts =
+    False`` with ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor (and
+    shares), the experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or
     ``ds`` no labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
@@ -356,7 +361,9 @@ def calibrate(
     # a class label: then each single modality's own offset of the label's log temperature (in every mode)
     singles_on = m > 1 and mfm.D.kind in ("categorical", "bernoulli")
     n_pairs = m * (m - 1) // 2 if pairs_on else 0
-    sizes = [k_y, m if temperatures_on else 0, n_pairs, m if shares_on else 0]
+    # the shares come with the offset of the samples that observe none of a subset's modalities (their prior
+    # predictive, to which no share applies), the last of them
+    sizes = [k_y, m if temperatures_on else 0, n_pairs, m + 1 if shares_on else 0]
     dtype = mfm.D.log_temperature.dtype
 
     def unpack(x):
@@ -428,10 +435,11 @@ def calibrate(
             p.requires_grad_(True)
         t_y, t_x, r_fit, shares = unpack(x)
         t_y, t_x, r_fit = t_y.detach(), t_x.detach(), r_fit.detach()
-        shares = torch.zeros(m, dtype=dtype, device=device) if shares is None else shares.detach()
+        shares = torch.zeros(m + 1, dtype=dtype, device=device) if shares is None else shares.detach()
         singles = singles.detach()
         mfm.D.log_temperature = t_y.clone()
-        mfm.model.label_observed_log_temperature = shares.clone()
+        mfm.model.label_observed_log_temperature = shares[:m].clone()
+        mfm.model.label_empty_log_temperature = shares[m].clone()
         mfm.model.label_single_log_temperature = singles.clone()
         with torch.no_grad():
             mfm.expert_log_temperature.copy_(t_x)
@@ -443,6 +451,8 @@ def calibrate(
         "expert_redundancy": {f"{names[a]}+{names[b]}": float(v) for a, b, v in zip(*index, r_fit.tolist())},
         "label_log_temperature": [float(t) for t in mfm.D.log_temperature],
         "label_observed_log_temperature": {m: float(s) for m, s in zip(names, shares)},
+        # where a sample observes none of a subset's modalities (a regression label's, fitted with the shares)
+        "label_empty_log_temperature": float(mfm.model.label_empty_log_temperature),
         "label_single_log_temperature": {m: float(s) for m, s in zip(names, singles)},
         # each single modality's gain in held-out log predictive density from its offset, in nats (kept above 1)
         "label_single_gain": singles_gain,
@@ -513,9 +523,10 @@ def calibrate_ensemble(
     near equal.
 
     Returns ``{"label_log_temperature_offset": [...], "label_observed_log_temperature_offset": {m: ...},
-    "nlpd_before": ..., "nlpd_after": ..., "draws": K, "members": J, "subsets": ...}`` and, with forms that
-    differ, ``"mixture_log_weight": {form: [a, b_1, ..., b_M]}`` (``{}`` where the model has no label or ``ds`` no
-    labelled sample); a fit that does not lower the objective is not kept."""
+    "label_empty_log_temperature_offset": ..., "nlpd_before": ..., "nlpd_after": ..., "draws": K, "members": J,
+    "subsets": ...}`` and, with forms that differ, ``"mixture_log_weight": {form: [a, b_1, ..., b_M]}`` (``{}``
+    where the model has no label or ``ds`` no labelled sample); a fit that does not lower the objective is not
+    kept."""
     members = list(ensemble.members)
     first = members[0]
     if first.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
@@ -532,7 +543,10 @@ def calibrate_ensemble(
         fixed = (member.expert_log_temperature.detach().clone(), member.expert_redundancy.detach().clone())
         draws = label_draws(outputs * len(members))
         objectives.append(HeldOutNLPD(member, parts, subsets, draws, seed, cache=True, fixed=fixed))
-        base.append((member.D.log_temperature.detach().clone(), member.model.label_observed_log_temperature.clone()))
+        # the label's log temperature, and its modalities' shares followed by the offset where none is observed
+        model = member.model
+        shares = torch.cat([model.label_observed_log_temperature, model.label_empty_log_temperature[None]])
+        base.append((member.D.log_temperature.detach().clone(), shares.clone()))
     m, k_y = len(names), first.D.log_temperature.numel()
     shares_on = m > 1 and first.D.kind in ("normal", "laplace")
     dtype = first.D.log_temperature.dtype
@@ -540,7 +554,8 @@ def calibrate_ensemble(
     # in the observed modalities, the members of a form alike
     forms = list(dict.fromkeys(expert_form(member.config) for member in members))
     form_of = torch.tensor([forms.index(expert_form(member.config)) for member in members], device=device)
-    weights_from = k_y + (m if shares_on else 0)  # x: the label's offset, the shares' offsets, the forms' weights
+    # x: the label's offset, the shares' offsets (and the offset where none is observed), the forms' weights
+    weights_from = k_y + (m + 1 if shares_on else 0)
     labelled = sum(int(keep.sum()) for _, _, keep, _ in objectives[0].parts)
     observed = [o.to(dtype) for _, _, _, o in objectives[0].outputs()]  # the same parts and masks for every member
 
@@ -550,7 +565,7 @@ def calibrate_ensemble(
 
     def nlpd(x):
         x = torch.as_tensor(x, dtype=dtype, device=device)
-        offset, share_offset = x[:k_y], x[k_y : k_y + m] if shares_on else None
+        offset, share_offset = x[:k_y], x[k_y:weights_from] if shares_on else None
         per_member = [
             objective.log_densities(t + offset, None if share_offset is None else s + share_offset)
             for objective, (t, s) in zip(objectives, base)
@@ -585,7 +600,9 @@ def calibrate_ensemble(
         coef = form_weights(kept)
         for member, (t, s), training, form in zip(members, base, was_training, form_of):
             member.D.log_temperature = (t + kept[:k_y]).detach().clone()
-            member.model.label_observed_log_temperature = (s + kept[k_y : k_y + m] if shares_on else s).detach().clone()
+            shares = (s + kept[k_y:weights_from] if shares_on else s).detach()
+            member.model.label_observed_log_temperature = shares[:m].clone()
+            member.model.label_empty_log_temperature = shares[m].clone()
             if len(forms) > 1:
                 member.model.mixture_log_weight = coef[form].detach().clone()
             member.train(training)
@@ -594,6 +611,7 @@ def calibrate_ensemble(
         "label_observed_log_temperature_offset": (
             {n: float(v) for n, v in zip(names, x[k_y : k_y + m])} if shares_on else {}
         ),
+        "label_empty_log_temperature_offset": float(x[k_y + m]) if shares_on else 0.0,
         "nlpd_before": before,
         "nlpd_after": after,
         "draws": objectives[0].draws,
