@@ -280,12 +280,12 @@ def _form_splits(config: Config, data: MultimodalData) -> dict:
 def _forms_lines(forms: list) -> list[str]:
     """The table of each form of expert alone on the validation and the test split, and whether the validation split
     ranks the forms as the test split does."""
-    if not forms or not all("validation" in r and "test" in r for r in forms):
+    if not forms:
         return []
     metric = {"mae": "MAE"}.get(forms[0]["metric"], forms[0]["metric"])
 
-    def cell(r: dict) -> str:
-        return f"{r['mlp']:.4f} / {r['linear']:.4f} ({r['difference']:+.4f} ± {r['se']:.4f})"
+    def cell(r: dict | None) -> str:  # None: no labelled sample of the split observes the subset
+        return "n/a" if r is None else f"{r['mlp']:.4f} / {r['linear']:.4f} ({r['difference']:+.4f} ± {r['se']:.4f})"
 
     opposite = [r for r in forms if r["opposite"]]
     md = [
@@ -296,7 +296,8 @@ def _forms_lines(forms: list) -> list[str]:
         "|---|---|---|---|",
     ]
     md += [
-        f"| {'+'.join(r['observed'])} | {cell(r['validation'])} | {cell(r['test'])} | {r['linear_weight']:.2f} |"
+        f"| {'+'.join(r['observed'])} | {cell(r.get('validation'))} | {cell(r.get('test'))} | "
+        f"{r['linear_weight']:.2f} |"
         for r in forms
     ]
     if opposite:

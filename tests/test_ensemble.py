@@ -295,6 +295,31 @@ def test_form_scores_compare_the_two_forms_of_an_ensemble_alone(trained):
     assert not opposite({"difference": 0.05, "se": 0.01}, {"difference": 0.05, "se": 0.01})
 
 
+def test_the_reports_forms_section_names_the_subsets_ranked_the_other_way_round():
+    from pyro_mfm.analysis.forms import opposite
+    from pyro_mfm.report import _forms_lines
+
+    def row(observed, valid, test):
+        rec = {"observed": observed, "metric": "mae", "linear_weight": 0.25, "test": test}
+        rec["opposite"] = valid is not None and opposite(valid, test)
+        return rec if valid is None else {**rec, "validation": valid}
+
+    split = lambda d, se: {"mlp": 1.0, "linear": 1.0 - d, "difference": d, "se": se, "n": 50}  # noqa: E731
+    lines = "\n".join(
+        _forms_lines(
+            [
+                row(["a"], split(-0.1, 0.02), split(0.1, 0.02)),  # opposite, each beyond two standard errors
+                row(["b"], split(-0.1, 0.02), split(0.1, 0.08)),  # the test split cannot tell
+                row(["a", "b"], None, split(0.1, 0.02)),  # no validation sample observes the subset
+            ]
+        )
+    )
+    assert "| a+b | n/a | 1.0000 / 0.9000 (+0.1000 ± 0.0200) | 0.25 |" in lines
+    # only a is named (b's test split cannot tell the forms apart)
+    assert "On a the validation split ranks the two forms" in lines and "from_arrays(groups=...)" in lines
+    assert _forms_lines([]) == []
+
+
 def test_the_ensemble_is_calibrated_as_a_mixture(trained):
     """Two members biased in opposite directions (the label's mean moved by half a standard deviation up in one and
     down in the other), each calibrated alone, widen their own spread to cover their bias; their mixture, centred,
