@@ -206,6 +206,9 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bo
             per[obs] = {"metrics": metrics, "score": score[keep]}
             if pred.kind == "categorical":  # the same draws for every seed: the seeds share the test labels
                 per[obs]["ece_draws"] = calibrated_ece_draws(pred.point[keep])
+            elif pred.lower is not None:  # whether each sample's interval holds its label (over a label's outputs)
+                inside = (y >= pred.lower) & (y <= pred.upper)
+                per[obs]["covered"] = inside.reshape(len(y), -1).mean(-1)[keep]
         out.append(per)
         a = result.averaged
         average = f", mean of epochs {a['from_epoch']}-{a['from_epoch'] + a['epochs'] - 1} " if a else ""
@@ -420,6 +423,31 @@ def split_arrays(data, splits=("train", "test")):
     return features, labels, np.concatenate([[s] * len(ds) for s, ds in zip(splits, parts)])
 
 
+def observed_or_not(test, vectors, runs, subsets) -> dict:
+    """For each subset that some labelled test samples observe none of: the MFM's MAE and 90% coverage (means over
+    the seeds of :func:`run_mfm`'s ``runs``) and the ridge's MAE (on the time-averaged ``vectors``, zeros where a
+    modality is missing), on the samples that observe some of the subset and on those that observe none of it (whose
+    prediction is the MFM's prior predictive). ``{subset: {"n": [n_in, n_out], "mfm": [...], "ridge": [...],
+    "coverage": [...]}}``."""
+    keep = np.asarray(test.label_present, bool)
+    y = np.asarray(test.labels)[keep]
+    out = {}
+    for obs in subsets:
+        some = np.any([np.asarray(test.present[m], bool) for m in obs], 0)[keep]
+        if some.all() or not some.any() or "covered" not in runs[0][obs]:
+            continue
+        ridge = np.abs(ridge_baseline(vectors, obs)[keep].reshape(len(y), -1) - y.reshape(len(y), -1)).mean(-1)
+        mfm = np.mean([r[obs]["score"] for r in runs], 0)
+        covered = np.mean([r[obs]["covered"] for r in runs], 0)
+        out[obs] = {
+            "n": [int(some.sum()), int((~some).sum())],
+            "mfm": [float(mfm[some].mean()), float(mfm[~some].mean())],
+            "ridge": [float(ridge[some].mean()), float(ridge[~some].mean())],
+            "coverage": [float(covered[some].mean()), float(covered[~some].mean())],
+        }
+    return out
+
+
 def compare_pom(
     data, config, seeds, num_samples, label, no_valid: bool = False, mlp: dict | None = None, forms: bool = False
 ):
@@ -467,6 +495,16 @@ def compare_pom(
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
+    split_by_presence = observed_or_not(data["test"], vectors, runs, subsets)
+    for obs, v in split_by_presence.items():
+        lines.append(
+            f"- {name(obs)}, on the {v['n'][0]} test samples that observe some of it / the {v['n'][1]} that observe "
+            f"none of it (the prior predictive): MAE MFM {v['mfm'][0]:.4f} / {v['mfm'][1]:.4f}, ridge "
+            f"{v['ridge'][0]:.4f} / {v['ridge'][1]:.4f}; MFM 90% coverage {v['coverage'][0]:.3f} / "
+            f"{v['coverage'][1]:.3f}"
+        )
+    if split_by_presence:
+        record["observed_or_not"] = {name(o): v for o, v in split_by_presence.items()}
     if forms:
         lines += ["", *form_lines(per_form, subsets)]
         if all(per_form):

@@ -188,6 +188,41 @@ def test_pom_comparison_scores_each_form_of_expert_alone_on_the_validation_and_t
                 assert row[split]["difference"] == pytest.approx(row[split]["mlp"] - row[split]["linear"], abs=1e-6)
 
 
+def test_pom_comparison_splits_a_subset_by_whether_the_samples_observe_it(tmp_path):
+    """Where some test samples lack every modality of a subset (video here), ``compare_pom`` scores the MFM and the
+    ridge on the samples that observe it and on those that do not (the MFM's prior predictive) apart."""
+    from pyro_mfm.config import Config
+    from pyro_mfm.data import from_arrays
+
+    script, full = _script(), _two_ratings()
+    features = {
+        m: np.asarray(np.concatenate([full[s].features[m] for s in ("train", "valid", "test")]))
+        for m in full.schema.names
+    }
+    labels = np.concatenate([np.asarray(full[s].labels) for s in ("train", "valid", "test")])
+    split = np.array(["train"] * 60 + ["valid"] * 15 + ["test"] * 15)
+    has_video = np.arange(90) % 3 != 0  # 5 of the 15 test samples lack video
+    data = from_arrays(features, labels, split=split, present={"video": has_video})
+    config = Config.from_dict(
+        {
+            "data": {"source": str(tmp_path)},
+            "model": {"hidden": 8},
+            "train": {"epochs": 1, "kl_warmup": 0, "ensemble": 1},
+        }
+    )
+    text, record = script.compare_pom(data, config, [0], 2, "two ratings")
+    split_by = record["observed_or_not"]
+    assert set(split_by) == {"video"} and split_by["video"]["n"] == [10, 5]  # audio and audio + video: every sample
+    assert "- video, on the 10 test samples that observe some of it / the 5 that observe none of it" in text
+    # the two groups' MAEs make up the subset's MAE over all 15
+    whole = record["mfm"]["video"]["mae"][0]
+    assert whole == pytest.approx((10 * split_by["video"]["mfm"][0] + 5 * split_by["video"]["mfm"][1]) / 15, rel=1e-5)
+    assert record["ridge"]["video"]["mae"] == pytest.approx(
+        (10 * split_by["video"]["ridge"][0] + 5 * split_by["video"]["ridge"][1]) / 15, rel=1e-5
+    )
+    assert all(0 <= c <= 1 for c in split_by["video"]["coverage"])
+
+
 def test_plots_of_pom_draw_mae_and_correlation_and_none_for_the_tasks(tmp_path):
     """POM's record holds the ridge's MAE, MSE and correlation per subset: both metrics are drawn against it; the
     one-rating-at-a-time comparisons record tasks, not subsets, and draw nothing."""
