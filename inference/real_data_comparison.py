@@ -61,6 +61,7 @@ from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.metrics import calibrated_ece_draws, label_metrics, regression_metrics
 from pyro_mfm.infer.predict import predict
+from pyro_mfm.infer.train import with_validation
 from pyro_mfm.nets import step_mean
 from pyro_mfm.outputs import atomic_write
 
@@ -231,10 +232,9 @@ def forms_hook(per_form: list, num_samples: int):
     the run's seed) and on the test split."""
 
     def after(seed, result, data):
-        dc, run_seed = result.config.data, result.config.train.seed
-        held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=run_seed)
-        splits = {"held_out": held[dc.valid_split], "test": data[dc.test_split]}
-        records = analysis.form_scores(result.mfm, splits, num_samples=num_samples, seed=run_seed)
+        dc = result.config.data
+        splits = {"held_out": with_validation(result.config, data)[dc.valid_split], "test": data[dc.test_split]}
+        records = analysis.form_scores(result.mfm, splits, num_samples=num_samples, seed=result.config.train.seed)
         per_form.append({tuple(r["observed"]): r for r in records})
 
     return after
@@ -423,12 +423,12 @@ def split_arrays(data, splits=("train", "test")):
     return features, labels, np.concatenate([[s] * len(ds) for s, ds in zip(splits, parts)])
 
 
-def observed_or_not(test, vectors, runs, subsets) -> dict:
-    """For each subset that some labelled test samples observe none of: the MFM's MAE and 90% coverage (means over
-    the seeds of :func:`run_mfm`'s ``runs``) and the ridge's MAE (on the time-averaged ``vectors``, zeros where a
-    modality is missing), on the samples that observe some of the subset and on those that observe none of it (whose
-    prediction is the MFM's prior predictive). ``{subset: {"n": [n_in, n_out], "mfm": [...], "ridge": [...],
-    "coverage": [...]}}``."""
+def observed_or_not(test, ridge: dict, runs, subsets) -> dict:
+    """For each subset that some labelled test samples observe none of: the MFM's MAE and 90% coverage (means over the
+    seeds of :func:`run_mfm`'s ``runs``) and the ridge's MAE (``ridge``: its test predictions per subset, of
+    :func:`ridge_baseline` on the time-averaged features, zeros where a modality is missing), on the samples that
+    observe some of the subset and on those that observe none of it (whose prediction is the MFM's prior
+    predictive). ``{subset: {"n": [n_in, n_out], "mfm": [...], "ridge": [...], "coverage": [...]}}``."""
     keep = np.asarray(test.label_present, bool)
     y = np.asarray(test.labels)[keep]
     out = {}
@@ -436,13 +436,13 @@ def observed_or_not(test, vectors, runs, subsets) -> dict:
         some = np.any([np.asarray(test.present[m], bool) for m in obs], 0)[keep]
         if some.all() or not some.any() or "covered" not in runs[0][obs]:
             continue
-        ridge = np.abs(ridge_baseline(vectors, obs)[keep].reshape(len(y), -1) - y.reshape(len(y), -1)).mean(-1)
+        errors = np.abs(ridge[obs][keep].reshape(len(y), -1) - y.reshape(len(y), -1)).mean(-1)
         mfm = np.mean([r[obs]["score"] for r in runs], 0)
         covered = np.mean([r[obs]["covered"] for r in runs], 0)
         out[obs] = {
             "n": [int(some.sum()), int((~some).sum())],
             "mfm": [float(mfm[some].mean()), float(mfm[~some].mean())],
-            "ridge": [float(ridge[some].mean()), float(ridge[~some].mean())],
+            "ridge": [float(errors[some].mean()), float(errors[~some].mean())],
             "coverage": [float(covered[some].mean()), float(covered[~some].mean())],
         }
     return out
@@ -454,7 +454,8 @@ def compare_pom(
     subsets = [("audio", "video"), ("audio",), ("video",)]
     y = np.asarray(data["test"].labels)
     vectors = data if not data.schema.modalities[0].is_sequence else time_averaged(data)
-    base = {obs: regression_metrics(y, ridge_baseline(vectors, obs)) for obs in subsets}
+    ridge = {obs: ridge_baseline(vectors, obs) for obs in subsets}  # the test predictions
+    base = {obs: regression_metrics(y, pred) for obs, pred in ridge.items()}
     mlps = {}
     if mlp is not None:
         arrays = split_arrays(vectors)
@@ -495,7 +496,7 @@ def compare_pom(
         "nested": pairs,
         "per_seed": seed_values(runs, subsets, ["mae", "corr", "coverage"]),
     }
-    split_by_presence = observed_or_not(data["test"], vectors, runs, subsets)
+    split_by_presence = observed_or_not(data["test"], ridge, runs, subsets)
     for obs, v in split_by_presence.items():
         lines.append(
             f"- {name(obs)}, on the {v['n'][0]} test samples that observe some of it / the {v['n'][1]} that observe "

@@ -96,7 +96,14 @@ class Ensemble(nn.Module):
         observing ``observed``: masks ``(..., M)`` of the modalities. Each member's ``a + sum over observed m of
         b_m`` (:attr:`~pyro_mfm.model.Model.mixture_log_weight` = [a, b_1 .. b_M]), normalised over the members."""
         coef = torch.stack([m.model.mixture_log_weight for m in self.members])
-        return mixture_log_weights(coef, observed.to(coef.dtype))
+        return mixture_log_weights(coef, observed.to(coef.device, coef.dtype))
+
+    def form_weight(self, observed: torch.Tensor, form: str) -> torch.Tensor:
+        """The weight of the members of ``form`` (:func:`expert_form`) together in the mixture of the label's
+        predictives, ``(...)``, for samples observing ``observed``: masks ``(..., M)`` (:meth:`log_weights`)."""
+        weights = self.log_weights(observed).exp()
+        of_form = torch.tensor([expert_form(m.config) == form for m in self.members], device=weights.device)
+        return weights[of_form].sum(0)
 
 
 def mixture_log_weights(coef: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
-from .infer.train import averaged_what, ensemble_what, held_out_what
+from .infer.train import averaged_what, ensemble_what, held_out_what, with_validation
 from .model import MFM
 from .outputs import atomic_write, write_json
 
@@ -271,7 +271,7 @@ def _form_splits(config: Config, data: MultimodalData) -> dict:
     """The validation split that training weighed the forms on (held out of the training split with the run's
     seed where the data have none, as training held it out) and the test split; ``{}`` without a validation split."""
     dc = config.data
-    held = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
+    held = with_validation(config, data)
     if dc.valid_split not in held:
         return {}
     return {"validation": held[dc.valid_split], "test": data[dc.test_split]}

@@ -48,16 +48,13 @@ def form_scores(
     members = members_of(mfm)
     forms = {f: [m for m in members if expert_form(m.config) == f] for f in FORMS}
     by_form = {f: Ensemble(ms) for f, ms in forms.items()}
-    device = next(mfm.parameters()).device  # the masks where the members' weights are
-    linear = torch.tensor([expert_form(m.config) == "linear" for m in members], device=device)
     names = mfm.schema.names
     subsets = observed_subsets(names) if subsets is None else [tuple(s) for s in subsets]
     metric = "accuracy" if mfm.D.kind == "categorical" else "mae"
     records = []
     for obs in subsets:
-        mask = torch.tensor([m in obs for m in names], device=device)
         rec: dict = {"observed": list(obs), "metric": metric}
-        rec["linear_weight"] = float(mfm.log_weights(mask).exp()[linear].sum())
+        rec["linear_weight"] = float(mfm.form_weight(torch.tensor([m in obs for m in names]), "linear"))
         for split, ds in splits.items():
             # the labelled samples that observe every modality of the subset: where one is missing, neither form
             # reads it, and those samples would only dilute the difference

@@ -370,7 +370,7 @@ def _hold_out(config: Config, data: MultimodalData, group) -> tuple[MultimodalDa
     """``data`` with the validation split held out of the training split where it has none (``data.valid_fraction``,
     seeded by ``train.seed``), and the record of :attr:`TrainResult.held_out`."""
     tc, dc, given = config.train, config.data, data
-    data = data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=tc.seed)
+    data = with_validation(config, data)
     if data is given:
         return data, {}
     valid, n = data[dc.valid_split], len(given[dc.train_split])
@@ -386,6 +386,13 @@ def _hold_out(config: Config, data: MultimodalData, group) -> tuple[MultimodalDa
             f"training samples ({held_out_what(held_out)}) for model selection and calibration"
         )
     return data, held_out
+
+
+def with_validation(config: Config, data: MultimodalData) -> MultimodalData:
+    """``data`` with the validation split that training selects, calibrates and weighs on: the data's own, or
+    ``data.valid_fraction`` of the training split held out with ``train.seed`` (the same samples on every call)."""
+    dc = config.data
+    return data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
 
 
 def held_out_what(held_out: dict) -> str:
@@ -426,8 +433,7 @@ def ensemble_what(result: TrainResult) -> str:
     if len(set(forms)) > 1 and isinstance(result.mfm, Ensemble):
         names = result.mfm.names
         observed = torch.cat([torch.ones(1, len(names)), torch.eye(len(names))])  # every modality, then each alone
-        weights = result.mfm.log_weights(observed).exp()  # (members, 1 + M)
-        linear = weights[[f == "linear" for f in forms]].sum(0).tolist()
+        linear = result.mfm.form_weight(observed, "linear").tolist()
         where = [f"{linear[0]:.2f} with every modality observed"] if len(names) > 1 else []
         where += [f"{linear[1 + i]:.2f} from {m} alone" for i, m in enumerate(names)]
         text += (
