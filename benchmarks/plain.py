@@ -73,11 +73,24 @@ def reconstruction(mfm, batch, f_y, z_a: dict, decode=None) -> torch.Tensor:
     return loss - mfm.config.lambda_y * log_lik_y(mfm, f_y, batch.y, batch.y_present).sum()
 
 
+def recorded(mfm, batch, z_y) -> torch.Tensor:
+    """sum over the batch and the modalities that training lacks of log p(r_m | z_y), r_m whether m is recorded,
+    where it is known (present or absent)."""
+    total = z_y.new_zeros(())
+    for m in mfm.model.recorded:
+        lp = td.Bernoulli(logits=mfm.model.R[m](z_y).squeeze(-1)).log_prob(batch.present[m].to(z_y.dtype))
+        total = total + (lp * (batch.present[m] | batch.absent[m]).to(lp.dtype)).sum()
+    return total
+
+
 def experts(mfm, h, batch, with_label: bool):
     eta, lam, masks = [], [], []
     for m in mfm.names:
         e, p = mfm.guide.q_y[m](h[m])
         eta.append(e), lam.append(p), masks.append(batch.present[m])
+    for m in mfm.guide.absent_names:  # a known absence's expert (model.missingness = "informative")
+        e, p = mfm.guide.q_absent[m]((len(batch),))
+        eta.append(e), lam.append(p), masks.append(batch.absent[m])
     if with_label:
         e, p = mfm.guide.q_label(mfm.guide.y_in(batch.y))
         eta.append(e), lam.append(p), masks.append(batch.y_present)
@@ -108,7 +121,7 @@ def elbo_loss(mfm, batch) -> torch.Tensor:
         z_a[m] = q_a.rsample()
         kl = td.kl_divergence(q_a, td.Normal(0.0, 1.0)).sum(-1)
         loss = loss + (kl * batch.present[m].to(kl.dtype)).sum()
-    loss = loss + reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a)
+    loss = loss + reconstruction(mfm, batch, mfm.model.G_y(z_y), z_a) - recorded(mfm, batch, z_y)
     if mfm.alpha:
         loss = loss - mfm.alpha * log_lik_y(mfm, mfm.model.G_y(disc_z_y), batch.y, batch.y_present).sum()
     return loss / len(batch)

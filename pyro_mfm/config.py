@@ -184,6 +184,13 @@ class ModelConfig(_Table):
             inference: a small MLP per modality maps z_y and the observed modalities' encoder features to the
             missing modality's code, trained with an MSE match to the code the full data give).
         surrogate_weight: weight of the surrogate's MSE term.
+        missingness: ``"informative"`` (the default): for each modality that some training samples lack, whether
+            a sample has it is an observed site of the model, r_m ~ Bernoulli(sigmoid(b_m + w_m . z_y)), and its
+            absence is one more expert of z_y in the guide (a learned Gaussian factor), so that where a modality is
+            missing not at random, its absence informs the label (on POM's sequences, videos without FACET features
+            are rated lower); a modality that no training sample lacks has no such site, and data without missing
+            modalities train as with ``"ignorable"``, as does the MFN (``fusion = "mfn"``). ``"ignorable"``:
+            missing at random, a missing modality's likelihood masked out and nothing else.
         ablation: ``"none"`` (the MFM), ``"no_shared"`` (no z_y: y reads all f_a,m, each decoder its own f_a,m),
             ``"shared_only"`` (no z_a,m: every decoder reads f_y alone) or ``"discriminative"`` (no decoders and no
             prior matching: the label likelihood of the codes alone).
@@ -229,6 +236,7 @@ class ModelConfig(_Table):
     mmd_estimator: Literal["biased", "unbiased"] = "biased"
     missing: Literal["poe", "surrogate"] = "poe"
     surrogate_weight: float = setting(1.0, ge=0)
+    missingness: Literal["informative", "ignorable"] = "informative"
     ablation: Literal["none", "no_shared", "shared_only", "discriminative"] = "none"
 
     @property

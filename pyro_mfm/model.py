@@ -5,14 +5,18 @@ Generative story, for each sample, with modalities m = 1..M::
     z_y    ~ N(0, I)                         shared multimodal discriminative factor
     z_a,m  ~ N(0, I)                         modality-specific generative factor, one per modality
     f_y    = G_y(z_y),   f_a,m = G_m(z_a,m)
+    r_m    ~ Bernoulli(sigmoid(b_m + w_m . z_y))   whether modality m is recorded (modalities that data lack)
     x_m    ~ N(F_m(f_y, f_a,m), s_m^2)       the decoder of modality m sees only f_y and its own f_a,m
     y      ~ p(y | D(f_y))                   the label sees only f_y
 
 A missing modality or label is an unobserved leaf of this graph: masking its likelihood (``.mask(present)``)
 integrates it out exactly, in training and at test time. Imputation and prediction sample those sites from the
-model (``poutine.uncondition`` + ``Predictive``). The guide, q(z_y | x_obs) prod_m q(z_a,m | x_m, z_y), is
-:class:`pyro_mfm.guide.Guide`; :class:`MFM` holds the two and the discriminative term that ties them, a Pyro
-program of its own (:meth:`MFM.classify`, the ss-VAE's ``model_classify``).
+model (``poutine.uncondition`` + ``Predictive``). Whether a modality is recorded, r_m, is observed where the data
+say so (present, or known absent), for each modality that some training samples lack: missing not at random, its
+absence informs z_y (``model.missingness``; "ignorable": missing at random, and no r_m). The guide, q(z_y |
+x_obs) prod_m q(z_a,m | x_m, z_y), is :class:`pyro_mfm.guide.Guide`; :class:`MFM` holds the two and the
+discriminative term that ties them, a Pyro program of its own (:meth:`MFM.classify`, the ss-VAE's
+``model_classify``).
 
 The paper's ablations (``model.ablation``) change which factors exist and what each likelihood reads, fixed once
 when the model is built: no z_y (the label reads every f_a,m), no z_a,m (every decoder reads f_y alone), or no
@@ -33,7 +37,7 @@ from .config import ModelConfig
 from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
-from .guide import Features, Guide
+from .guide import Features, Guide, missing_not_at_random
 from .likelihoods import FeatureLikelihood, LabelLikelihood, resolve_label_kind
 from .nets import FactorNet, make_decoder
 
@@ -71,6 +75,10 @@ class Model(nn.Module):
             self.G_y = FactorNet(config.z_y_dim, config.f_y_dim, g_h["z_y"], dropout)
         if private:
             self.G = nn.ModuleDict({m: FactorNet(z_a[m], f_a[m], g_h[m], dropout) for m in self.names})
+        # whether each modality that the training data lack is recorded: a logistic regression on z_y
+        self.recorded = missing_not_at_random(config, stats, self.names)
+        if self.recorded:
+            self.R = nn.ModuleDict({m: nn.Linear(config.z_y_dim, 1) for m in self.recorded})
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
         decoded = schema.modalities if config.has_decoders else []
         self.F = nn.ModuleDict(
@@ -138,7 +146,10 @@ class Model(nn.Module):
         leaf of the graph, integrated out exactly. ``means`` records the deterministic sites ``x_<m>_mean`` and
         ``y_point`` that prediction reads (the training objectives, which have no use for them, pass ``False``)."""
         with pyro.plate("data", len(batch)):
-            f = {s: self.factor(s, pyro.sample(s, self.prior(s))) for s in self.shared_sites}
+            z = {s: pyro.sample(s, self.prior(s)) for s in self.shared_sites}
+            for m in self.recorded:
+                self.observe_recorded(m, z["z_y"], batch)
+            f = {s: self.factor(s, v) for s, v in z.items()}
             for m in self.names:
                 with poutine.mask(mask=batch.present.get(m, True)):  # where x_m is missing, z_a,m and x_m are leaves
                     for s in self.private_sites[m]:
@@ -147,6 +158,13 @@ class Model(nn.Module):
                         self.observe_x(m, self.F[m](self.read(f"x_{m}", f)), batch, means)
             if self.D is not None:
                 self.observe_y(self.D.distribution(self.read("y", f)), batch, means)
+
+    def observe_recorded(self, m: str, z_y, batch: Batch):
+        """r_m: whether modality m is recorded, observed where the batch knows it (present or known absent)."""
+        present = batch.present[m]
+        known = present | batch.absent.get(m, torch.zeros_like(present))
+        p_r = dist.Bernoulli(logits=self.R[m](z_y).squeeze(-1)).mask(known)
+        pyro.sample(f"present_{m}", p_r, obs=present.to(z_y.dtype))
 
     def read(self, site: str, f: dict):
         """What the likelihood of ``site`` reads: its factors' features, concatenated (one factor's as they are)."""
@@ -226,15 +244,19 @@ class Model(nn.Module):
 SINGLE = 0.5
 
 
-def _random_subset(batch: Batch, single: float | None = None) -> Batch:
+def _random_subset(batch: Batch, single: float | None = None, absent=()) -> Batch:
     """``batch`` with each sample's observed modalities cut down to a random non-empty subset of them, its size
     drawn uniformly from 1 to the number observed (so a single modality is as likely as all of them); with
     ``single``, one modality with that probability and otherwise a size drawn uniformly from 2 to the number
     observed. The members are then drawn uniformly. With two modalities observed, ``single = 0.5`` is the uniform
-    rule, draw for draw."""
+    rule, draw for draw. ``absent``: the modalities whose absence is an observation (``model.missingness``), which
+    count among a sample's observed ones where it is known absent (so that an absence alone is a subset too); the
+    draws are the same where no sample lacks them."""
     names = list(batch.present)
     present = batch.present_masks(names)
-    count = present.sum(-1, keepdim=True)
+    lacking = batch.absent_masks(names) & torch.tensor([m in absent for m in names], device=present.device)
+    known = present | lacking
+    count = known.sum(-1, keepdim=True)
     u = torch.rand(count.shape, device=present.device)
     if single is None:
         size = (u * count).floor().long() + 1
@@ -242,11 +264,14 @@ def _random_subset(batch: Batch, single: float | None = None) -> Batch:
         rest = ((u - single) / (1 - single) * (count - 1)).floor().long() + 2
         size = torch.where(u < single, torch.ones_like(count), rest.minimum(count))
     keys = torch.where(
-        present, torch.rand(present.shape, device=present.device), torch.full_like(present, 2.0, dtype=torch.float)
+        known, torch.rand(known.shape, device=present.device), torch.full_like(known, 2.0, dtype=torch.float)
     )
     rank = keys.argsort(-1).argsort(-1)
-    kept = present & (rank < size)
-    return batch.with_present({m: kept[:, i] for i, m in enumerate(names)})
+    chosen = rank < size
+    kept, gone = present & chosen, lacking & chosen
+    return batch.with_present(
+        {m: kept[:, i] for i, m in enumerate(names)}, {m: gone[:, i] for i, m in enumerate(names)}
+    )
 
 
 # old checkpoints hold one flat module: the guide's parts under these names, the model's under the rest
@@ -409,7 +434,8 @@ class MFM(nn.Module):
             return []
         unlabelled = batch.without_labels()
         features = self.guide.features(unlabelled) if features is None else features
-        batches = [unlabelled] + [_random_subset(unlabelled, SINGLE) for _ in range(self.config.label_subsets)]
+        absent = self.guide.absent_names
+        batches = [unlabelled] + [_random_subset(unlabelled, SINGLE, absent) for _ in range(self.config.label_subsets)]
         shared = self._subsets_share(features)
         return [
             self._label_log_predictive(b, batch.y, features if i == 0 or shared else None)
@@ -451,7 +477,7 @@ class MFM(nn.Module):
         shared = self._subsets_share(features)
         passes = []
         for _ in range(self.config.impute_subsets):
-            subset = _random_subset(unlabelled)
+            subset = _random_subset(unlabelled, absent=self.guide.absent_names)
             z_y = self.posterior_z_y(subset, features if shared else None).rsample()
             f_y, total = self.model.factor("z_y", z_y), z_y.new_zeros(len(batch))
             for m in self.names:

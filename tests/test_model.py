@@ -38,9 +38,13 @@ def test_model_and_guide_have_the_generative_story_sites():
     latents = {"z_y", "z_a_a", "z_a_b", "z_a_s"}
     assert set(guide_tr.stochastic_nodes) - {"data"} == latents  # "data" is the plate
     observed = {n for n in model_tr.observation_nodes if not n.endswith(("_mean", "_point"))}
-    assert observed == {"x_a", "x_b", "x_s", "y"}
+    # every modality is missing for some training samples: whether each is recorded is observed too
+    assert observed == {"x_a", "x_b", "x_s", "y", "present_a", "present_b", "present_s"}
     assert model_tr.nodes["z_y"]["value"].shape == (10, 3)
     assert model_tr.nodes["x_s"]["fn"].event_shape == (5, 2)
+    ignorable = build(data, missingness="ignorable")
+    model_tr = poutine.trace(poutine.replay(ignorable.model, trace=guide_tr)).get_trace(batch)
+    assert {n for n in model_tr.observation_nodes if not n.endswith(("_mean", "_point"))} == {"x_a", "x_b", "x_s", "y"}
 
 
 @pytest.mark.parametrize("model", [{}, {"missing": "surrogate"}, {"ablation": "no_shared"}])
@@ -48,6 +52,7 @@ def test_weights_of_the_flat_layout_load_into_model_and_guide(model):
     """Checkpoints written when the MFM was one flat module (and before the redundancy) load, the encoders' input
     scaling taken from the likelihoods' statistics: the same weights, the same predictions."""
     data = small_data()
+    model = {**model, "missingness": "ignorable"}  # a flat layout's checkpoints predate the absences' sites
     trained, fresh = build(data, **model), build(data, **model)
     flat = {
         k.split(".", 1)[1]: v
@@ -133,7 +138,7 @@ def test_subset_label_terms_reuse_the_observed_modalities_features(model):
     torch.manual_seed(0)
     unlabelled = batch.without_labels()
     features = mfm.guide.features(unlabelled)
-    subsets = [unlabelled] + [_random_subset(unlabelled, SINGLE) for _ in range(2)]
+    subsets = [unlabelled] + [_random_subset(unlabelled, SINGLE, mfm.guide.absent_names) for _ in range(2)]
     anew = [mfm._label_log_predictive(b, batch.y, features if i == 0 else None) for i, b in enumerate(subsets)]
     assert len(shared) == 3
     for a, b in zip(shared, anew):
@@ -157,7 +162,7 @@ def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
     unlabelled = batch.without_labels()
     features = mfm.guide.features(unlabelled)
     for term in terms:
-        subset = _random_subset(unlabelled)
+        subset = _random_subset(unlabelled, absent=mfm.guide.absent_names)
         z_y = mfm.posterior_z_y(subset, features).rsample()
         expected = torch.zeros(len(batch))
         for m in mfm.names:
@@ -171,7 +176,9 @@ def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
         torch.testing.assert_close(term, expected)
     one = np.nonzero(sum(np.asarray(data["train"].present[m], dtype=int) for m in mfm.names) == 1)[0]
     assert len(one) > 0
-    assert all((t == 0).all() for t in mfm.hidden_log_likelihoods(data["train"].batch(one)))
+    # with missingness ignorable; informative, a known absence is an observation that can hide the one modality
+    ignorable = build(data, impute_subsets=2, lambda_x=0.5, missingness="ignorable").eval()
+    assert all((t == 0).all() for t in ignorable.hidden_log_likelihoods(data["train"].batch(one)))
     mfm.train()
     (-sum(t.sum() for t in mfm.hidden_log_likelihoods(batch))).backward()
     for part in (mfm.model.F, mfm.model.G_y, mfm.guide.q_y):

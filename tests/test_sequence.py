@@ -1,5 +1,7 @@
 """Sequence modalities: LSTM encoder and decoder, padding and missing modalities, ablations, surrogate inference."""
 
+import dataclasses
+
 import numpy as np
 import pyro
 import pytest
@@ -92,7 +94,7 @@ def test_encoder_with_step_mean_reads_the_mean_of_the_real_steps_beside_the_last
 
 
 def _batch_with(batch: Batch, x: dict) -> Batch:
-    return Batch(x, batch.present, batch.steps, batch.y, batch.y_present, batch.index)
+    return dataclasses.replace(batch, x=x)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

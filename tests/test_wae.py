@@ -105,7 +105,8 @@ def test_wae_guide_codes_are_deterministic_delta_sites(seq_data):
 
 
 def test_wae_loss_equals_hand_computation(seq_data):
-    """lambda_mmd = 0: the loss is -(sum lambda_x log p(x_m | codes) + lambda_y log p(y | codes)) / B; with
+    """lambda_mmd = 0: the loss is -(sum lambda_x log p(x_m | codes) + lambda_y log p(y | codes) + sum log p(r_m |
+    codes)) / B, r_m whether modality m is recorded; with
     lambda_mmd > 0 it adds lambda_mmd * MMD(codes, prior draws) per factor, from the same random draws."""
     mfm = _mfm(seq_data, "model.lambda_mmd=0.0", "model.lambda_x={'a': 0.5, 'b': 2.0, 'v': 1.0}").eval()
     batch = seq_data["train"][np.arange(32)]
@@ -120,6 +121,10 @@ def test_wae_loss_equals_hand_computation(seq_data):
             lp = mfm.p_x[m].distribution(loc, batch.present[m], batch.steps.get(m)).log_prob(batch.x[m])
             total += lam * float(lp.sum())
         total += float(mfm.D.distribution(f_y).log_prob(batch.y).sum())
+        for m in mfm.model.recorded:  # whether each modality that training lacks is recorded (model.missingness)
+            p_r = torch.distributions.Bernoulli(logits=mfm.model.R[m](c["z_y"]).squeeze(-1))
+            total += float(p_r.log_prob(batch.present[m].float()).sum())
+    assert mfm.model.recorded  # the data lack modalities
     assert loss == pytest.approx(-total / 32, rel=1e-5)
     mfm2 = _mfm(seq_data, "model.lambda_mmd={'z_y': 2.0, 'a': 0.0, 'b': 0.0, 'v': 0.0}").eval()
     obj2 = Objective(mfm2)

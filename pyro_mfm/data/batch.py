@@ -3,14 +3,19 @@ their presence masks, labels and sample indices."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 
 @dataclass
 class Batch:
-    """A minibatch as tensors. ``x[m]`` is zero where ``present[m]`` is False."""
+    """A minibatch as tensors. ``x[m]`` is zero where ``present[m]`` is False.
+
+    ``absent[m]`` marks the samples known to lack modality m: the data say that it was not recorded, which a model
+    of informative missingness reads as an observation (:class:`~pyro_mfm.model.Model`'s ``present_<m>`` sites).
+    A modality hidden on purpose (a subset of the observed ones, :meth:`observe_only`) is neither present nor known
+    absent; a modality without an entry is known absent nowhere."""
 
     x: dict[str, torch.Tensor]
     present: dict[str, torch.Tensor]
@@ -18,6 +23,7 @@ class Batch:
     y: torch.Tensor | None
     y_present: torch.Tensor | None
     index: torch.Tensor
+    absent: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -34,13 +40,15 @@ class Batch:
             y=None if self.y is None else fn(self.y),
             y_present=None if self.y_present is None else fn(self.y_present),
             index=fn(self.index),
+            absent=each(self.absent),
         )
 
     def to(self, device) -> Batch:
         return self.map(lambda t: t.to(device))
 
     def observe_only(self, observed) -> Batch:
-        """The same batch with every modality outside ``observed`` marked missing (and zeroed)."""
+        """The same batch with every modality outside ``observed`` hidden: not present (and zeroed), and not known
+        absent either (what is outside a subset is not observed at all)."""
         present = {}
         x = {}
         for m, p in self.present.items():
@@ -48,13 +56,23 @@ class Batch:
                 present[m], x[m] = p, self.x[m]
             else:
                 present[m], x[m] = torch.zeros_like(p), torch.zeros_like(self.x[m])
-        return replace(self, x=x, present=present)
+        absent = {m: a for m, a in self.absent.items() if m in observed}
+        return replace(self, x=x, present=present, absent=absent)
 
-    def with_present(self, present: dict) -> Batch:
+    def with_present(self, present: dict, absent: dict | None = None) -> Batch:
         """The same batch observing modality m only where ``present[m]`` (a subset of ``self.present[m]``) is True;
-        the hidden entries are zeroed."""
+        the hidden entries are zeroed. ``absent``: where each modality is known absent (a subset of
+        ``self.absent[m]``; default: unchanged)."""
         x = {m: v * present[m].reshape((-1,) + (1,) * (v.dim() - 1)).to(v.dtype) for m, v in self.x.items()}
-        return replace(self, x=x, present=dict(present))
+        return replace(self, x=x, present=dict(present), absent=dict(self.absent if absent is None else absent))
+
+    def absent_masks(self, names) -> torch.Tensor:
+        """``(N, M)`` bool masks of which modalities each sample is known to lack, in the order of ``names``."""
+        none = torch.zeros_like(next(iter(self.present.values())))
+        names = list(names)
+        if not names:
+            return none.unsqueeze(-1)[..., :0]
+        return torch.stack([self.absent.get(m, none) for m in names], -1)
 
     def without_labels(self) -> Batch:
         return replace(self, y=None, y_present=None)

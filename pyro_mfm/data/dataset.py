@@ -254,7 +254,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
             y = torch.as_tensor(_sorted_read(self.labels, idx))
             y = y.long() if self.schema.label.kind == "categorical" else y.float()
             y = torch.where(y_present.reshape((-1,) + (1,) * (y.dim() - 1)), y, torch.zeros_like(y))
-        batch = Batch(x, present, steps, y, y_present, torch.as_tensor(idx))
+        absent = {m: ~p for m, p in present.items()}  # what the data lack, as opposed to what a subset hides
+        batch = Batch(x, present, steps, y, y_present, torch.as_tensor(idx), absent)
         return batch if device is None else batch.to(device)
 
     def loader(

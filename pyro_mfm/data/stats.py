@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,15 +12,33 @@ from .schema import DataError
 
 @dataclass
 class FeatureStats:
-    """Mean and standard deviation of every feature (over observed samples and real steps) and of labels.
+    """Mean and standard deviation of every feature (over observed samples and real steps) and of labels, and the
+    fraction of samples that lack each modality.
 
-    ``label_mean``/``label_std`` are set for regression labels only (zero / one otherwise).
+    ``label_mean``/``label_std`` are set for regression labels only (zero / one otherwise). ``missing``: modality ->
+    the fraction of the split's samples without it (empty in statistics stored before it was recorded: none).
     """
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
     label_mean: np.ndarray
     label_std: np.ndarray
+    missing: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The statistics as a checkpoint stores them (:meth:`from_dict` reads them back)."""
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "label_mean": self.label_mean,
+            "label_std": self.label_std,
+            "missing": dict(self.missing),
+        }
+
+    @classmethod
+    def from_dict(cls, s: dict) -> FeatureStats:
+        """Statistics from :meth:`to_dict` (of this version or an older one, which has no ``missing``)."""
+        return cls(s["mean"], s["std"], s["label_mean"], s["label_std"], dict(s.get("missing", {})))
 
 
 def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float = 1e-3) -> FeatureStats:
@@ -34,6 +52,7 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
     peak = {s.name: np.zeros(s.dim) for s in ds.schema.modalities}
     sq = {s.name: np.zeros(s.dim) for s in ds.schema.modalities}
     counts = {s.name: 0.0 for s in ds.schema.modalities}
+    lacking = {s.name: 0 for s in ds.schema.modalities}
     y_sum = y_sq = 0.0
     y_n = 0
     lab = ds.schema.label
@@ -48,6 +67,7 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
             sums[s.name] += w @ x
             sq[s.name] += w @ (x * x)
             counts[s.name] += w.sum()
+            lacking[s.name] += int((~batch.present[s.name]).sum())
         if lab is not None and lab.kind == "regression":
             yp = batch.y_present.numpy()
             y = batch.y.double().numpy()[yp]
@@ -79,4 +99,5 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
     else:
         label_mean, label_std = np.zeros(k), np.ones(k)
     f32 = lambda d: {m: v.astype(np.float32) for m, v in d.items()}  # noqa: E731
-    return FeatureStats(f32(mean), f32(std), label_mean.astype(np.float32), label_std.astype(np.float32))
+    missing = {m: lacking[m] / max(len(ds), 1) for m in lacking}
+    return FeatureStats(f32(mean), f32(std), label_mean.astype(np.float32), label_std.astype(np.float32), missing)

@@ -164,6 +164,10 @@ class HeldOutNLPD:
         if self.poe:  # per batch: which modality each subset observes for each sample, (S, M, N)
             member = torch.tensor([[m in obs for m in mfm.names] for obs in subsets], device=self.device)
             self.observed = [member[:, :, None] & b.present_masks(mfm.names).T[None] for b, _, _, _ in parts]
+            # and which known absences each observes (model.missingness), (S, A, N): an absence's expert has weight 1
+            lacking = mfm.guide.absent_names
+            member = torch.tensor([[m in obs for m in lacking] for obs in subsets], device=self.device, dtype=bool)
+            self.absent = [member[:, :, None] & b.absent_masks(lacking).T[None] for b, _, _, _ in parts]
             # subsets per step: tensors that fit in cache
             self.chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))
 
@@ -190,8 +194,9 @@ class HeldOutNLPD:
             if self.poe:
                 for s in range(0, len(self.subsets), self.chunk):
                     observed = self.observed[i][s : s + self.chunk]  # (S, M, N)
+                    absent = self.absent[i][s : s + self.chunk]
                     lp = self.log_predictive(
-                        self.product_draws(experts, observed, t, r, eps), y, observed.mT if by_subset else None
+                        self.product_draws(experts, observed, t, r, eps, absent), y, observed.mT if by_subset else None
                     )  # (S, N)
                     total = total - lp[:, keep].sum()
                     count += int(keep.sum()) * lp.shape[0]
@@ -247,7 +252,8 @@ class HeldOutNLPD:
                 if self.poe:
                     for s in range(0, len(self.subsets), self.chunk):
                         observed = self.observed[i][s : s + self.chunk]  # (S, M, N)
-                        z = self.product_draws(experts, observed, fixed_t, fixed_r, eps)
+                        absent = self.absent[i][s : s + self.chunk]
+                        z = self.product_draws(experts, observed, fixed_t, fixed_r, eps, absent)
                         cache.append((model.label_output(z), y, keep, observed.mT))
                 else:
                     for obs in self.subsets:
@@ -257,13 +263,19 @@ class HeldOutNLPD:
             self.fixed.clear()  # the codes behind the cached outputs: every evaluation reads the outputs instead
         return self.cached
 
-    def product_draws(self, experts, observed, t, r, eps):
+    def product_draws(self, experts, observed, t, r, eps, absent=None):
         """Draws (K, S, N, k) of the product of the prior and the tempered experts that each of S subsets observes
-        (``observed``: (S, M, N)), every subset at once."""
+        (``observed``: (S, M, N)), every subset at once, with the experts of the absences that each knows
+        (``absent``: (S, A, N) over the guide's ``absent_names``; none where ``None``)."""
         eta = torch.stack([e for e, _ in experts])  # (M, N, k)
         lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
         eye = torch.eye(eta.shape[-1], dtype=eta.dtype, device=eta.device)
         w = expert_weights(observed.mT, t, r).mT  # (S, M, N): the guide's weights at the values being fitted
+        if absent is not None and absent.shape[1]:
+            extra = self.mfm.guide.absence_experts((eta.shape[1],))
+            eta = torch.cat([eta, torch.stack([e for e, _ in extra])])
+            lam = torch.cat([lam, torch.stack([p for _, p in extra])])
+            w = torch.cat([w, absent.to(w.dtype)], 1)
         chol = torch.linalg.cholesky(eye + torch.einsum("smn,mnij->snij", w, lam))
         loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
         # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps

@@ -180,7 +180,7 @@ def save_run(
         "library_version": __version__,
         "config": config.to_dict(),
         "schema": mfm.schema.to_dict(),
-        "stats": {"mean": stats.mean, "std": stats.std, "label_mean": stats.label_mean, "label_std": stats.label_std},
+        "stats": stats.to_dict(),
         "model": mfm.state_dict(),
         "state": state,
     }
@@ -291,8 +291,7 @@ def load_model(path, device=None) -> tuple[MFM | Ensemble, Config, dict]:
     payload = read_checkpoint(path)
     config = stored_config(payload)
     schema = Schema.from_dict(payload["schema"])
-    s = payload["stats"]
-    stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
+    stats = FeatureStats.from_dict(payload["stats"])
     mfm = MFM(schema, config.model, stats)
     try:
         mfm.load_state_dict(payload["model"])

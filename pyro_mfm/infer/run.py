@@ -153,8 +153,7 @@ def prepare(
             resume_payload(out_dir, data, config, allow_config_change) if group.main else None, group
         )
     if payload is not None:
-        s = payload["stats"]
-        stats = FeatureStats(s["mean"], s["std"], s["label_mean"], s["label_std"])
+        stats = FeatureStats.from_dict(payload["stats"])
     else:
         stats = feature_statistics(train)
     pyro.set_rng_seed(tc.seed)

@@ -1,12 +1,13 @@
 """Networks: encoders for q(z | x), factor networks G, decoders F_m, the label head D, LSTMs and the MFN."""
 
-from .encoders import ExpertEncoder, InformationExpert, LinearExpert, product_of_experts
+from .encoders import AbsenceExpert, ExpertEncoder, InformationExpert, LinearExpert, product_of_experts
 from .mfn import MemoryFusion
 from .mlp import FactorNet, mlp
 from .modalities import ModalityDecoder, ModalityEncoder, make_decoder, make_encoder
 from .sequence import SequenceDecoder, SequenceEncoder, step_mean
 
 __all__ = [
+    "AbsenceExpert",
     "ExpertEncoder",
     "InformationExpert",
     "LinearExpert",

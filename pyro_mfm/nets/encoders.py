@@ -66,6 +66,22 @@ class LinearExpert(nn.Module):
         return self.eta(x), precision.expand(x.shape[:-1] + precision.shape)
 
 
+class AbsenceExpert(nn.Module):
+    """The expert of z_y that a modality's absence contributes: one learned (eta, Lambda = F F^T) for every sample
+    that lacks the modality (an observation of one bit, which carries the same evidence for each of them)."""
+
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.eta = nn.Parameter(torch.zeros(z_dim))
+        # Lambda = 0.01 I at the start: next to no evidence, as a single bit of it should be
+        self.factor = nn.Parameter(0.1 * torch.eye(z_dim))
+
+    def forward(self, batch_shape):
+        precision = self.factor @ self.factor.T
+        return self.eta.expand(*batch_shape, self.z_dim), precision.expand(*batch_shape, *precision.shape)
+
+
 def product_of_experts(etas, precisions, weights) -> dist.MultivariateNormal:
     """The normalised product of the prior N(0, I) and the experts, each expert's eta and Lambda multiplied by its
     weight: 1 (or True) where its modality is observed, 0 (False) where not, or a calibrated weight in between.
