@@ -5,7 +5,7 @@ Generative story, for each sample, with modalities m = 1..M::
     z_y    ~ N(0, I)                         shared multimodal discriminative factor
     z_a,m  ~ N(0, I)                         modality-specific generative factor, one per modality
     f_y    = G_y(z_y),   f_a,m = G_m(z_a,m)
-    r_m    ~ Bernoulli(sigmoid(b_m + w_m . z_y))   whether modality m is recorded (modalities that data lack)
+    r_m    ~ Bernoulli(sigmoid(b_m + w_m . z_y))   whether x_m is recorded (for modalities that data lack)
     x_m    ~ N(F_m(f_y, f_a,m), s_m^2)       the decoder of modality m sees only f_y and its own f_a,m
     y      ~ p(y | D(f_y))                   the label sees only f_y
 
@@ -45,7 +45,8 @@ from .nets import FactorNet, make_decoder
 class Model(nn.Module):
     """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y) for one data-set schema (:meth:`forward`).
 
-    Sample sites: ``z_y``, ``z_a_<m>``, ``x_<m>``, ``y``; deterministic sites ``x_<m>_mean`` (the decoder's mean)
+    Sample sites: ``z_y``, ``z_a_<m>``, ``x_<m>``, ``y``, and ``present_<m>`` for each modality that the training
+    split lacks somewhere (``model.missingness``); deterministic sites ``x_<m>_mean`` (the decoder's mean)
     and ``y_point`` (class probabilities or the label's mean) for Rao-Blackwellised predictions. The ablations drop
     sites: ``no_shared`` has no ``z_y``, ``shared_only`` no ``z_a_<m>``, ``discriminative`` neither ``z_a_<m>`` nor
     ``x_<m>``.
