@@ -76,11 +76,13 @@ def reconstruction(mfm, batch, f_y, z_a: dict, decode=None) -> torch.Tensor:
 def recorded(mfm, batch, z_y) -> torch.Tensor:
     """sum over the batch and the modalities that training lacks of log p(r_m | z_y), r_m whether m is recorded,
     where it is known (present or absent)."""
-    total = z_y.new_zeros(())
-    for m in mfm.model.recorded:
-        lp = td.Bernoulli(logits=mfm.model.R[m](z_y).squeeze(-1)).log_prob(batch.present[m].to(z_y.dtype))
-        total = total + (lp * (batch.present[m] | batch.absent[m]).to(lp.dtype)).sum()
-    return total
+    names = mfm.model.recorded
+    if not names:
+        return z_y.new_zeros(())
+    present = torch.stack([batch.present[m] for m in names], -1)
+    known = present | torch.stack([batch.absent[m] for m in names], -1)
+    lp = td.Bernoulli(logits=mfm.model.R(z_y)).log_prob(present.to(z_y.dtype))
+    return (lp * known.to(lp.dtype)).sum()
 
 
 def experts(mfm, h, batch, with_label: bool):

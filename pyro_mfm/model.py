@@ -5,7 +5,7 @@ Generative story, for each sample, with modalities m = 1..M::
     z_y    ~ N(0, I)                         shared multimodal discriminative factor
     z_a,m  ~ N(0, I)                         modality-specific generative factor, one per modality
     f_y    = G_y(z_y),   f_a,m = G_m(z_a,m)
-    r_m    ~ Bernoulli(sigmoid(b_m + w_m . z_y))   whether x_m is recorded (for modalities that data lack)
+    r      ~ Bernoulli(sigmoid(b + W z_y))   whether each modality that data lack is recorded (r_m: x_m is)
     x_m    ~ N(F_m(f_y, f_a,m), s_m^2)       the decoder of modality m sees only f_y and its own f_a,m
     y      ~ p(y | D(f_y))                   the label sees only f_y
 
@@ -45,11 +45,11 @@ from .nets import FactorNet, make_decoder
 class Model(nn.Module):
     """p(z_y) prod_m p(z_a,m) p(x_m | f_y, f_a,m) p(y | f_y) for one data-set schema (:meth:`forward`).
 
-    Sample sites: ``z_y``, ``z_a_<m>``, ``x_<m>``, ``y``, and ``present_<m>`` for each modality that the training
-    split lacks somewhere (``model.missingness``); deterministic sites ``x_<m>_mean`` (the decoder's mean)
-    and ``y_point`` (class probabilities or the label's mean) for Rao-Blackwellised predictions. The ablations drop
-    sites: ``no_shared`` has no ``z_y``, ``shared_only`` no ``z_a_<m>``, ``discriminative`` neither ``z_a_<m>`` nor
-    ``x_<m>``.
+    Sample sites: ``z_y``, ``z_a_<m>``, ``x_<m>``, ``y``, and ``present`` (whether each of :attr:`recorded`, the
+    modalities that the training split lacks somewhere, is recorded: ``model.missingness``); deterministic sites
+    ``x_<m>_mean`` (the decoder's mean) and ``y_point`` (class probabilities or the label's mean) for
+    Rao-Blackwellised predictions. The ablations drop sites: ``no_shared`` has no ``z_y``, ``shared_only`` no
+    ``z_a_<m>``, ``discriminative`` neither ``z_a_<m>`` nor ``x_<m>``.
     """
 
     def __init__(self, schema: Schema, config: ModelConfig, stats: FeatureStats):
@@ -79,7 +79,7 @@ class Model(nn.Module):
         # whether each modality that the training data lack is recorded: a logistic regression on z_y
         self.recorded = missing_not_at_random(config, stats, self.names)
         if self.recorded:
-            self.R = nn.ModuleDict({m: nn.Linear(config.z_y_dim, 1) for m in self.recorded})
+            self.R = nn.Linear(config.z_y_dim, len(self.recorded))
         f_dim = {"z_y": config.f_y_dim, **{f"z_a_{m}": f_a[m] for m in self.names}}
         decoded = schema.modalities if config.has_decoders else []
         self.F = nn.ModuleDict(
@@ -148,8 +148,8 @@ class Model(nn.Module):
         ``y_point`` that prediction reads (the training objectives, which have no use for them, pass ``False``)."""
         with pyro.plate("data", len(batch)):
             z = {s: pyro.sample(s, self.prior(s)) for s in self.shared_sites}
-            for m in self.recorded:
-                self.observe_recorded(m, z["z_y"], batch)
+            if self.recorded:
+                self.observe_recorded(z["z_y"], batch)
             f = {s: self.factor(s, v) for s, v in z.items()}
             for m in self.names:
                 with poutine.mask(mask=batch.present.get(m, True)):  # where x_m is missing, z_a,m and x_m are leaves
@@ -160,12 +160,13 @@ class Model(nn.Module):
             if self.D is not None:
                 self.observe_y(self.D.distribution(self.read("y", f)), batch, means)
 
-    def observe_recorded(self, m: str, z_y, batch: Batch):
-        """r_m: whether modality m is recorded, observed where the batch knows it (present or known absent)."""
-        present = batch.present[m]
-        known = present | batch.absent.get(m, torch.zeros_like(present))
-        p_r = dist.Bernoulli(logits=self.R[m](z_y).squeeze(-1)).mask(known)
-        pyro.sample(f"present_{m}", p_r, obs=present.to(z_y.dtype))
+    def observe_recorded(self, z_y, batch: Batch):
+        """r: whether each modality of :attr:`recorded` is recorded, one site ``present`` with a value per modality,
+        each observed where the batch knows it (present or known absent)."""
+        present = batch.present_masks(self.recorded)
+        known = present | batch.absent_masks(self.recorded)
+        p_r = dist.Bernoulli(logits=self.R(z_y)).mask(known).to_event(1)
+        pyro.sample("present", p_r, obs=present.to(z_y.dtype))
 
     def read(self, site: str, f: dict):
         """What the likelihood of ``site`` reads: its factors' features, concatenated (one factor's as they are)."""

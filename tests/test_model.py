@@ -39,7 +39,8 @@ def test_model_and_guide_have_the_generative_story_sites():
     assert set(guide_tr.stochastic_nodes) - {"data"} == latents  # "data" is the plate
     observed = {n for n in model_tr.observation_nodes if not n.endswith(("_mean", "_point"))}
     # every modality is missing for some training samples: whether each is recorded is observed too
-    assert observed == {"x_a", "x_b", "x_s", "y", "present_a", "present_b", "present_s"}
+    assert observed == {"x_a", "x_b", "x_s", "y", "present"}
+    assert model_tr.nodes["present"]["value"].shape == (10, 3)
     assert model_tr.nodes["z_y"]["value"].shape == (10, 3)
     assert model_tr.nodes["x_s"]["fn"].event_shape == (5, 2)
     ignorable = build(data, missingness="ignorable")

@@ -121,8 +121,8 @@ def test_wae_loss_equals_hand_computation(seq_data):
             lp = mfm.p_x[m].distribution(loc, batch.present[m], batch.steps.get(m)).log_prob(batch.x[m])
             total += lam * float(lp.sum())
         total += float(mfm.D.distribution(f_y).log_prob(batch.y).sum())
-        for m in mfm.model.recorded:  # whether each modality that training lacks is recorded (model.missingness)
-            p_r = torch.distributions.Bernoulli(logits=mfm.model.R[m](c["z_y"]).squeeze(-1))
+        for i, m in enumerate(mfm.model.recorded):  # whether each modality that training lacks is recorded
+            p_r = torch.distributions.Bernoulli(logits=mfm.model.R(c["z_y"])[:, i])
             total += float(p_r.log_prob(batch.present[m].float()).sum())
     assert mfm.model.recorded  # the data lack modalities
     assert loss == pytest.approx(-total / 32, rel=1e-5)

@@ -13,7 +13,7 @@ class Batch:
     """A minibatch as tensors. ``x[m]`` is zero where ``present[m]`` is False.
 
     ``absent[m]`` marks the samples known to lack modality m: the data say that it was not recorded, which a model
-    of informative missingness reads as an observation (:class:`~pyro_mfm.model.Model`'s ``present_<m>`` sites).
+    of informative missingness reads as an observation (:class:`~pyro_mfm.model.Model`'s ``present`` site).
     A modality hidden on purpose (a subset of the observed ones, :meth:`observe_only`) is neither present nor known
     absent; a modality without an entry is known absent nowhere."""
 
