@@ -184,13 +184,16 @@ class ModelConfig(_Table):
             inference: a small MLP per modality maps z_y and the observed modalities' encoder features to the
             missing modality's code, trained with an MSE match to the code the full data give).
         surrogate_weight: weight of the surrogate's MSE term.
-        missingness: ``"informative"`` (the default): for each modality that some training samples lack, whether
-            a sample has it is an observed site of the model, r_m ~ Bernoulli(sigmoid(b_m + w_m . z_y)), and its
-            absence is one more expert of z_y in the guide (a learned Gaussian factor), so that where a modality is
-            missing not at random, its absence informs the label (on POM's sequences, videos without FACET features
-            are rated lower); a modality that no training sample lacks has no such site, and data without missing
-            modalities train as with ``"ignorable"``, as does the MFN (``fusion = "mfn"``). ``"ignorable"``:
-            missing at random, a missing modality's likelihood masked out and nothing else.
+        missingness: whether a modality's absence is an observation. ``"informative"``: for each modality that some
+            training samples lack, whether a sample has it is an observed site of the model, r_m ~
+            Bernoulli(sigmoid(b_m + W_m z_y)), and a known absence is one more expert of z_y in the guide (a learned
+            Gaussian factor), so that where a modality is missing not at random its absence informs the label (on
+            POM's sequences, videos without FACET features are rated lower). ``"ignorable"``: missing at random, a
+            missing modality's likelihood masked out and nothing else. ``"auto"`` (the default): informative for the
+            modalities whose absence the training split finds dependent on the label (a chi-squared test for a class
+            label, Welch's t-tests otherwise, at level 0.01), ignorable for the others: an absence observed where it
+            tells nothing costs the other subsets a little. Data without missing modalities, and the MFN
+            (``fusion = "mfn"``), train as with ``"ignorable"``.
         ablation: ``"none"`` (the MFM), ``"no_shared"`` (no z_y: y reads all f_a,m, each decoder its own f_a,m),
             ``"shared_only"`` (no z_a,m: every decoder reads f_y alone) or ``"discriminative"`` (no decoders and no
             prior matching: the label likelihood of the codes alone).
@@ -236,7 +239,7 @@ class ModelConfig(_Table):
     mmd_estimator: Literal["biased", "unbiased"] = "biased"
     missing: Literal["poe", "surrogate"] = "poe"
     surrogate_weight: float = setting(1.0, ge=0)
-    missingness: Literal["informative", "ignorable"] = "informative"
+    missingness: Literal["auto", "informative", "ignorable"] = "auto"
     ablation: Literal["none", "no_shared", "shared_only", "discriminative"] = "none"
 
     @property

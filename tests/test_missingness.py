@@ -11,9 +11,11 @@ from pyro import poutine
 from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, MultimodalData
 from pyro_mfm.data.missing import with_present
-from pyro_mfm.data.stats import FeatureStats, feature_statistics
+from pyro_mfm.data.stats import FeatureStats, absence_p_value, feature_statistics
+from pyro_mfm.guide import ABSENCE_LEVEL, missing_not_at_random
 from pyro_mfm.infer import fit, predict
 from pyro_mfm.infer.calibrate import HeldOutNLPD, _encoded, calibration_subsets
+from pyro_mfm.infer.train import missingness_lines
 from pyro_mfm.model import MFM, SINGLE, _random_subset
 from tests.test_model import small_config, small_data
 
@@ -27,9 +29,9 @@ def test_statistics_record_what_each_modality_lacks_and_old_ones_read_as_nothing
         assert 0 < stats.missing[m] < 1
     assert FeatureStats.from_dict(stats.to_dict()).missing == stats.missing
     old = {k: v for k, v in stats.to_dict().items() if k != "missing"}  # a checkpoint written before
-    older = MFM(data.schema, small_config(), FeatureStats.from_dict(old))
+    older = MFM(data.schema, small_config(missingness="informative"), FeatureStats.from_dict(old))
     ignorable = MFM(data.schema, small_config(missingness="ignorable"), stats)
-    informative = MFM(data.schema, small_config(), stats)
+    informative = MFM(data.schema, small_config(missingness="informative"), stats)
     assert older.state_dict().keys() == ignorable.state_dict().keys()
     extra = set(informative.state_dict()) - set(ignorable.state_dict())
     assert "model.R.weight" in extra
@@ -53,7 +55,7 @@ def test_a_known_absence_is_an_expert_of_z_y_and_a_hidden_modality_is_not():
     """q(z_y | x_S, absences in S) is the normalised product of the prior, the observed modalities' experts and the
     absences' learned experts; outside S an absence says nothing."""
     data = small_data(n=64)
-    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"])).eval()
+    mfm = MFM(data.schema, small_config(missingness="informative"), feature_statistics(data["train"])).eval()
     with torch.no_grad():
         for m in mfm.names:
             mfm.guide.q_absent[m].eta.normal_()
@@ -88,7 +90,7 @@ def test_a_known_absence_is_an_expert_of_z_y_and_a_hidden_modality_is_not():
 
 def test_the_model_scores_whether_each_modality_is_recorded_where_it_is_known():
     data = small_data(n=64)
-    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"]))
+    mfm = MFM(data.schema, small_config(missingness="informative"), feature_statistics(data["train"]))
     assert mfm.model.recorded == ["a", "b", "s"]
     batch = data["train"].batch(np.arange(64))
     sub = batch.observe_only(["a"])
@@ -124,7 +126,7 @@ def test_random_subsets_take_absences_as_observations_and_draw_alike_without_the
 
 def test_calibrations_product_of_experts_counts_the_absences_as_the_guide_does():
     data = small_data(n=96)
-    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"])).eval()
+    mfm = MFM(data.schema, small_config(missingness="informative"), feature_statistics(data["train"])).eval()
     with torch.no_grad():
         for m in mfm.names:
             mfm.guide.q_absent[m].eta.normal_()
@@ -158,10 +160,10 @@ def _informatively_missing(seed: int) -> MultimodalData:
 
 def test_an_absence_that_depends_on_the_label_informs_the_prediction():
     """Where ``b`` goes missing with the label, a sample that lacks it, observed through ``b`` alone (its absence),
-    is predicted towards the mean of the label among such samples with missingness informative, and at the prior
-    predictive with it ignorable. The squared errors of the two on the test samples that lack ``b`` are compared by
-    their paired difference: informative is better by more than three paired standard errors (seed 0: 0.29, standard
-    error 0.033)."""
+    is predicted towards the mean of the label among such samples with the default missingness (``"auto"``, which
+    finds the absence informative), and at the prior predictive with it ignorable. The squared errors of the two on
+    the test samples that lack ``b`` are compared by their paired difference: the default is better by more than
+    three paired standard errors (seed 0: 0.29, standard error 0.033)."""
     data = _informatively_missing(0)
     cfg = Config().override(
         ["train.progress=False", "train.ensemble=1", "train.epochs=30", "model.z_y_dim=2", "model.hidden=32"]
@@ -170,14 +172,70 @@ def test_an_absence_that_depends_on_the_label_informs_the_prediction():
     lacking = ~np.asarray(test.present["b"])
     y = np.asarray(test.labels)[:, 0]
     errors = {}
-    for missingness in ("informative", "ignorable"):
+    for missingness in ("auto", "ignorable"):
         mfm = fit(cfg.override([f"model.missingness='{missingness}'"]), data).mfm
         pred = predict(mfm, test, ["b"], num_samples=50)
         errors[missingness] = (pred.point[lacking, 0] - y[lacking]) ** 2
-    diff = errors["ignorable"] - errors["informative"]
+    diff = errors["ignorable"] - errors["auto"]
     se = diff.std(ddof=1) / math.sqrt(len(diff))
     assert diff.mean() > 3 * se, (diff.mean(), se)
     train = data["train"]
     y_train = np.asarray(train.labels)[:, 0]
     shift = y_train[~np.asarray(train.present["b"])].mean() - y_train.mean()
     assert shift > 0.3 * y_train.std()  # the data's own: what the informative model has to find
+
+
+def test_the_test_of_independence_finds_an_absence_that_tells_of_the_label_and_no_other():
+    """Welch's t-tests (regression, Bonferroni over the outputs) and the chi-squared test (classes): a shift of half
+    a standard deviation between 300 samples with and 300 without the modality is found far below the level; an
+    absence drawn independently of the label is not found (fixed seed); too few samples either way cannot be tested."""
+    rng = np.random.default_rng(0)
+    present = rng.random(600) < 0.5
+    y = rng.normal(size=(600, 3))
+    assert absence_p_value(y, present, "regression") > ABSENCE_LEVEL
+    shifted = y + 0.5 * ~present[:, None] * np.array([1.0, 0.0, 0.0])
+    assert absence_p_value(shifted, present, "regression") < 1e-4
+    # one output of three shifted: the Bonferroni correction multiplies its p-value by three
+    one = shifted[:, :1]
+    assert absence_p_value(shifted, present, "regression") == pytest.approx(
+        min(1, 3 * absence_p_value(one, present, "regression"))
+    )
+    classes = rng.integers(0, 4, 600)
+    assert absence_p_value(classes, present, "categorical") > ABSENCE_LEVEL
+    lacking_class_3 = present | (classes != 3)  # only class 3 is ever missing the modality
+    assert absence_p_value(classes, lacking_class_3, "categorical") < 1e-6
+    assert absence_p_value(y, np.r_[True, np.zeros(599, bool)], "regression") == 1.0
+    assert absence_p_value(classes, np.ones(600, bool), "categorical") == 1.0
+
+
+def test_auto_observes_the_absences_that_tell_of_the_label():
+    """``model.missingness = "auto"``: on data whose ``b`` goes missing with the label, b's absence is observed; on
+    the same kind of data missing completely at random, none is; "informative" observes every modality that
+    training lacks; statistics stored before the test, none."""
+    mnar = _informatively_missing(0)
+    stats = feature_statistics(mnar["train"])
+    assert stats.absence_p["b"] < 1e-6 and stats.missing["a"] == 0
+    auto = small_config()
+    assert auto.missingness == "auto"
+    assert missing_not_at_random(auto, stats, ["a", "b"]) == ["b"]
+    mcar = small_data(n=400)
+    stats = feature_statistics(mcar["train"])
+    assert all(p > ABSENCE_LEVEL for p in stats.absence_p.values())
+    assert missing_not_at_random(auto, stats, mcar.schema.names) == []
+    assert missing_not_at_random(small_config(missingness="informative"), stats, mcar.schema.names) == ["a", "b", "s"]
+    old = FeatureStats.from_dict({k: v for k, v in stats.to_dict().items() if k != "absence_p"})
+    assert missing_not_at_random(auto, old, mcar.schema.names) == []
+    mfn = small_config(missingness="informative", fusion="mfn")
+    assert missing_not_at_random(mfn, stats, mcar.schema.names) == []
+
+
+def test_training_says_what_it_takes_each_absence_for():
+    data = _informatively_missing(0)
+    config = Config().override(["train.progress=False"])
+    (line,) = missingness_lines(config, data)
+    assert "'b'" in line and "an observation" in line and "model.missingness = 'auto'" in line
+    lines = missingness_lines(config, small_data(n=400))
+    assert len(lines) == 3 and all("missing at random" in line for line in lines)
+    assert missingness_lines(config.override(["model.missingness='ignorable'"]), data) == []
+    complete = LinearGaussianMFM.random({"a": 2, "b": 2}, seed=0).sample({"train": 50}, seed=0)
+    assert missingness_lines(config, complete) == []

@@ -31,7 +31,7 @@ def build(data, **model):
 
 def test_model_and_guide_have_the_generative_story_sites():
     data = small_data()
-    mfm = build(data)
+    mfm = build(data, missingness="informative")
     batch = data["train"].batch(np.arange(10))
     guide_tr = poutine.trace(mfm.guide).get_trace(batch)
     model_tr = poutine.trace(poutine.replay(mfm.model, trace=guide_tr)).get_trace(batch)
@@ -132,7 +132,7 @@ def test_subset_label_terms_reuse_the_observed_modalities_features(model):
     that equals encoding each subset anew. With dropout each subset is encoded anew, with dropout masks of its own
     (drawn in the same order here)."""
     data = small_data(label="categorical")
-    mfm = build(data, label_subsets=2, **model).train()
+    mfm = build(data, label_subsets=2, missingness="informative", **model).train()
     batch = data["train"].batch(np.arange(32))
     torch.manual_seed(0)
     shared = mfm.label_log_predictives(batch)
@@ -155,7 +155,7 @@ def test_imputation_term_scores_the_hidden_views_at_imputations_draws():
     hidden); it trains the decoders, the factor nets and the experts; and it is in the objective only when asked
     for."""
     data = small_data(label="categorical")
-    mfm = build(data, impute_subsets=2, lambda_x=0.5).eval()
+    mfm = build(data, impute_subsets=2, lambda_x=0.5, missingness="informative").eval()
     batch = data["train"].batch(np.arange(32))
     torch.manual_seed(0)
     terms = mfm.hidden_log_likelihoods(batch)

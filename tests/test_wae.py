@@ -108,7 +108,12 @@ def test_wae_loss_equals_hand_computation(seq_data):
     """lambda_mmd = 0: the loss is -(sum lambda_x log p(x_m | codes) + lambda_y log p(y | codes) + sum log p(r_m |
     codes)) / B, r_m whether modality m is recorded; with
     lambda_mmd > 0 it adds lambda_mmd * MMD(codes, prior draws) per factor, from the same random draws."""
-    mfm = _mfm(seq_data, "model.lambda_mmd=0.0", "model.lambda_x={'a': 0.5, 'b': 2.0, 'v': 1.0}").eval()
+    mfm = _mfm(
+        seq_data,
+        "model.lambda_mmd=0.0",
+        "model.lambda_x={'a': 0.5, 'b': 2.0, 'v': 1.0}",
+        "model.missingness='informative'",
+    ).eval()
     batch = seq_data["train"][np.arange(32)]
     obj = Objective(mfm)
     with torch.no_grad():

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.dataset import Batch, MultimodalData, held_out_groups, sample_groups
-from ..data.stats import FeatureStats
+from ..data.stats import FeatureStats, feature_statistics
 from ..ensemble import Ensemble, expert_form, member_expert, member_seed
+from ..guide import missing_not_at_random
 from ..model import MFM
 from ..outputs import write_json
 from . import distributed
@@ -127,6 +128,9 @@ def fit(
     with cpu_threads(config.train.num_threads):
         group, device = distributed.setup(resolve_device(config.train.device))
         try:
+            if group.main and config.train.progress and model is None:
+                for line in missingness_lines(config, data):
+                    tqdm.write(line)
             if config.train.ensemble > 1:
                 args = (resume, overwrite, group, device, allow_config_change, on_epoch)
                 return _fit_ensemble(config, data, out_dir, *args)
@@ -393,6 +397,31 @@ def with_validation(config: Config, data: MultimodalData) -> MultimodalData:
     ``data.valid_fraction`` of the training split held out with ``train.seed`` (the same samples on every call)."""
     dc = config.data
     return data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
+
+
+def missingness_lines(config: Config, data: MultimodalData) -> list[str]:
+    """What the MFM trained with ``config`` on ``data`` takes a missing modality's absence for
+    (``model.missingness``): a line per modality that the training split lacks somewhere; none where it lacks
+    nothing (which costs no pass over the data) or the model has no such term (the MFN, ``"ignorable"``)."""
+    mc = config.model
+    if mc.missingness == "ignorable" or not mc.has_z_y or mc.fusion != "poe":
+        return []
+    train = with_validation(config, data)[config.data.train_split]
+    names = data.schema.names
+    if all(np.asarray(train.present[m]).all() for m in names):
+        return []
+    stats = feature_statistics(train)
+    observed = missing_not_at_random(mc, stats, names)
+    lines = []
+    for m in names:
+        if stats.missing[m] > 0:
+            what = "an observation" if m in observed else "missing at random"
+            lines.append(
+                f"{config.data.source}: modality {m!r} is missing in {stats.missing[m]:.0%} of the training samples "
+                f"(independence of its absence and the label: p = {stats.absence_p[m]:.2g}); its absence is {what} "
+                f"(model.missingness = {mc.missingness!r})"
+            )
+    return lines
 
 
 def held_out_what(held_out: dict) -> str:
