@@ -191,9 +191,9 @@ class ModelConfig(_Table):
             POM's sequences, videos without FACET features are rated lower). ``"ignorable"``: missing at random, a
             missing modality's likelihood masked out and nothing else. ``"auto"`` (the default): informative for the
             modalities whose absence the training split finds dependent on the label (a chi-squared test for a class
-            label, Welch's t-tests otherwise, at level 0.01), ignorable for the others: an absence observed where it
-            tells nothing costs the other subsets a little. Data without missing modalities, and the MFN
-            (``fusion = "mfn"``), train as with ``"ignorable"``.
+            label, Welch's t-tests otherwise, at level 0.01 over all of them), ignorable for the others: an absence
+            observed where it tells nothing costs the other subsets a little. Data without missing modalities, and
+            the MFN (``fusion = "mfn"``), train as with ``"ignorable"``.
         ablation: ``"none"`` (the MFM), ``"no_shared"`` (no z_y: y reads all f_a,m, each decoder its own f_a,m),
             ``"shared_only"`` (no z_a,m: every decoder reads f_y alone) or ``"discriminative"`` (no decoders and no
             prior matching: the label likelihood of the codes alone).

@@ -225,6 +225,11 @@ def test_auto_observes_the_absences_that_tell_of_the_label():
     assert missing_not_at_random(small_config(missingness="informative"), stats, mcar.schema.names) == ["a", "b", "s"]
     old = FeatureStats.from_dict({k: v for k, v in stats.to_dict().items() if k != "absence_p"})
     assert missing_not_at_random(auto, old, mcar.schema.names) == []
+    # the level holds for all the modalities that training lacks together (Bonferroni)
+    three = FeatureStats(stats.mean, stats.std, stats.label_mean, stats.label_std, stats.missing, {"a": 0.008})
+    assert missing_not_at_random(auto, three, mcar.schema.names) == []
+    one = FeatureStats(stats.mean, stats.std, stats.label_mean, stats.label_std, {"a": 0.3}, {"a": 0.008})
+    assert missing_not_at_random(auto, one, mcar.schema.names) == ["a"]
     mfn = small_config(missingness="informative", fusion="mfn")
     assert missing_not_at_random(mfn, stats, mcar.schema.names) == []
 
