@@ -454,3 +454,31 @@ def test_with_the_experts_the_label_factor_is_fitted_again_with_many_draws():
             assert at <= float(objective(t, r, t_y + step))
     # a label-only fit leaves nothing to fit again
     assert calibrate(mfm, data["valid"], experts=False)["label_refit"] is None
+
+
+def test_the_label_is_calibrated_on_each_outputs_own_predictive():
+    """The calibration's objective scores each output of a regression label by its own mixture over the draws,
+    sum_i log (1/K) sum_k p(y_i | z_k), what each output's interval reads, and not the joint mixture, whose draws of
+    z_y moving every output together stand in for a spread that each output's predictive lacks: the objective equals
+    that sum by hand, and differs from the joint. With one output the two are the same."""
+    from pyro_mfm.infer.calibrate import HeldOutNLPD, _encoded, mixture_log_predictive
+
+    gen = LinearGaussianMFM.random({"a": 3, "b": 4}, z_y_dim=2, label="regression", label_dim=3, seed=0)
+    data = gen.sample({"train": 80}, seed=0)
+    mfm = MFM(data.schema, small_config(), feature_statistics(data["train"])).eval()
+    parts = _encoded(mfm, data["train"], 80, torch.device("cpu"))
+    objective = HeldOutNLPD(mfm, parts, [("a", "b")], 16, seed=0)
+    m, k = len(mfm.names), mfm.D.log_temperature.numel()
+    t_y = torch.linspace(-0.3, 0.3, k)
+    with torch.no_grad():
+        value = objective(torch.zeros(m), torch.zeros(m, m), t_y)
+        batch, y = parts[0][0], parts[0][1]
+        q = mfm.posterior_z_y(batch)
+        z = q.loc + (q.scale_tril @ objective.noise[0].unsqueeze(-1)).squeeze(-1)  # the objective's fixed draws
+        lp = mfm.label_distribution(z).base_dist.log_prob(y)  # (K, N, 3)
+        by_hand = -(torch.logsumexp(lp, 0) - math.log(16)).sum(-1).mean()
+        joint = -(torch.logsumexp(lp.sum(-1), 0) - math.log(16)).mean()
+    torch.testing.assert_close(value, by_hand, rtol=1e-4, atol=1e-4)
+    assert abs(float(value - joint)) > 1e-4  # an untrained model: its draws spread little
+    one = lp[..., :1]
+    torch.testing.assert_close(mixture_log_predictive(one), torch.logsumexp(one.sum(-1), 0) - math.log(16))
