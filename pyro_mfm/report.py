@@ -21,7 +21,14 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
-from .infer.train import averaged_what, ensemble_what, held_out_what, with_validation
+from .infer.train import (
+    averaged_what,
+    ensemble_what,
+    held_out_what,
+    missingness_lines,
+    missingness_record,
+    with_validation,
+)
 from .model import MFM
 from .outputs import atomic_write, write_json
 
@@ -317,7 +324,7 @@ def _forms_lines(forms: list) -> list[str]:
     return md
 
 
-def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
+def _markdown(report: dict, data: MultimodalData, result, config: Config) -> list[str]:
     """The lines of ``report.md``: the metrics of ``report`` (the content of ``metrics.json``) as text and tables."""
     mean_baseline, written = report["mean_imputation_baseline"], report["plots"]
     md = [
@@ -328,6 +335,9 @@ def _markdown(report: dict, data: MultimodalData, result) -> list[str]:
         METRIC_NOTES + "\n",
         table(report["subsets"], baseline=mean_baseline),
     ]
+    if report.get("missingness"):
+        md += ["\n## Missing modalities (training split)\n"]
+        md += [f"- {line}" for line in missingness_lines(config, data, report["missingness"])]
     md += _baseline_lines(data, report["linear_baselines"], report["nested_pairs"])
     md += _forms_lines(report.get("forms", []))
     md += [
@@ -375,6 +385,8 @@ def write_report(
         for obs, b in by_subset.items()
         if len(obs) == 1
     }
+    # which modalities the training split lacks, and whether the model observes their absence (model.missingness)
+    missingness = missingness_record(config, data)
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
     written = write_plots(
@@ -421,12 +433,13 @@ def write_report(
         "linear_baselines": linear,
         "nested_pairs": pairs,
         **({"forms": forms} if forms else {}),
+        **({"missingness": missingness} if missingness else {}),
         "mean_imputation_baseline": mean_baseline,
         "history": result.history,
         "plots": written,
         "config": config.to_dict(),
     }
     write_json(out / "metrics.json", report)
-    md = _markdown(report, data, result)
+    md = _markdown(report, data, result, config)
     atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
     return report

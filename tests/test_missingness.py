@@ -244,3 +244,26 @@ def test_training_says_what_it_takes_each_absence_for():
     assert missingness_lines(config.override(["model.missingness='ignorable'"]), data) == []
     complete = LinearGaussianMFM.random({"a": 2, "b": 2}, seed=0).sample({"train": 50}, seed=0)
     assert missingness_lines(config, complete) == []
+
+
+def test_the_main_job_reports_what_it_takes_each_absence_for(tmp_path, capsys):
+    """``pyro-mfm run`` on data whose ``b`` goes missing with the label: ``metrics.json`` records the fraction
+    missing, the test's p-value and that the absence is observed, and ``report.md`` says so in a section of its own;
+    the console says it before training."""
+    import json
+
+    from pyro_mfm.cli import main
+    from pyro_mfm.data import save
+    from tests.test_cli_model import CONFIG
+
+    save(_informatively_missing(0), tmp_path / "mnar.h5")
+    (tmp_path / "mnar.toml").write_text(CONFIG.format(data="mnar.h5").replace("progress = false", "progress = true"))
+    out = tmp_path / "job"
+    assert main(["run", str(tmp_path / "mnar.toml"), "--out", str(out), "--set", "train.calibrate='none'"]) == 0
+    (record,) = json.loads((out / "metrics.json").read_text())["missingness"]
+    train = _informatively_missing(0)["train"]
+    assert record["modality"] == "b" and record["observed"] is True and record["absence_p"] < 1e-6
+    assert record["missing"] == pytest.approx(1 - np.mean(train.present["b"]))  # the data's own validation split
+    report = (out / "report.md").read_text()
+    assert "## Missing modalities (training split)" in report and "its absence is an observation" in report
+    assert "modality 'b' is missing in" in capsys.readouterr().out

@@ -399,10 +399,13 @@ def with_validation(config: Config, data: MultimodalData) -> MultimodalData:
     return data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
 
 
-def missingness_lines(config: Config, data: MultimodalData) -> list[str]:
+def missingness_record(config: Config, data: MultimodalData) -> list[dict]:
     """What the MFM trained with ``config`` on ``data`` takes a missing modality's absence for
-    (``model.missingness``): a line per modality that the training split lacks somewhere; none where it lacks
-    nothing (which costs no pass over the data) or the model has no such term (the MFN, ``"ignorable"``)."""
+    (``model.missingness``): per modality that the training split (after the validation split is held out) lacks
+    somewhere, ``{"modality", "missing"`` (the fraction of training samples without it), ``"absence_p"`` (the
+    p-value of its absence's independence from the label), ``"observed"`` (whether the model observes the
+    absence)``}``; empty where the split lacks nothing (which costs no pass over the data) or the model has no such
+    term (the MFN, ``"ignorable"``)."""
     mc = config.model
     if mc.missingness == "ignorable" or not mc.has_z_y or mc.fusion != "poe":
         return []
@@ -412,16 +415,23 @@ def missingness_lines(config: Config, data: MultimodalData) -> list[str]:
         return []
     stats = feature_statistics(train)
     observed = missing_not_at_random(mc, stats, names)
-    lines = []
-    for m in names:
-        if stats.missing[m] > 0:
-            what = "an observation" if m in observed else "missing at random"
-            lines.append(
-                f"{config.data.source}: modality {m!r} is missing in {stats.missing[m]:.0%} of the training samples "
-                f"(independence of its absence and the label: p = {stats.absence_p[m]:.2g}); its absence is {what} "
-                f"(model.missingness = {mc.missingness!r})"
-            )
-    return lines
+    return [
+        {"modality": m, "missing": stats.missing[m], "absence_p": stats.absence_p[m], "observed": m in observed}
+        for m in names
+        if stats.missing[m] > 0
+    ]
+
+
+def missingness_lines(config: Config, data: MultimodalData, record: list | None = None) -> list[str]:
+    """:func:`missingness_record` (or the given ``record``) as one line per modality."""
+    record = missingness_record(config, data) if record is None else record
+    return [
+        f"{config.data.source}: modality {r['modality']!r} is missing in {r['missing']:.0%} of the training samples "
+        f"(independence of its absence and the label: p = {r['absence_p']:.2g}); its absence is "
+        f"{'an observation' if r['observed'] else 'missing at random'} "
+        f"(model.missingness = {config.model.missingness!r})"
+        for r in record
+    ]
 
 
 def held_out_what(held_out: dict) -> str:
