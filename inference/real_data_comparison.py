@@ -56,7 +56,8 @@ import torch
 from pyro_mfm import analysis
 from pyro_mfm.analysis.baselines import nested_differences
 from pyro_mfm.config import Config
-from pyro_mfm.data import from_arrays, load_data
+from pyro_mfm.data import MultimodalData, from_arrays, load_data
+from pyro_mfm.data.missing import hide_at_random, with_present
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.metrics import calibrated_ece_draws, label_metrics, regression_metrics
@@ -337,12 +338,26 @@ def write_plots(which: str, entry: dict, folder) -> list[Path]:
     return written
 
 
-def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid: bool = False):
+def hidden_at_random(data, rate: float, seed: int = 0):
+    """``data`` with each view of each sample hidden with probability ``rate`` (missing completely at random), in
+    every split, each sample keeping at least one view; drawn once, split after split, with ``seed``."""
+    rng = np.random.default_rng(seed)
+    names = data.schema.names
+    splits = {}
+    for split, ds in data.splits.items():
+        kept = hide_at_random(np.stack([np.asarray(ds.present[m]) for m in names], 1), rate, rng)
+        splits[split] = with_present(ds, {m: kept[:, i] for i, m in enumerate(names)})
+    return MultimodalData(data.schema, splits, source=data.source)
+
+
+def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid: bool = False, hide: float = 0.0):
     if defaults:  # Config with nothing but the data, as a new user with their own class-labelled vectors gets
         config = Config.from_dict({"data": {"source": "embedded:uci_mfeat"}}).override(overrides)
     else:
         config = Config.load(ROOT / "models" / "uci_mfeat.toml", overrides)
     data = load_data(config)
+    if hide:
+        data = hidden_at_random(data, hide)
     subsets = observed_subsets(data.schema.names)
     y = np.asarray(data["test"].labels)
     base = {obs: logistic_baseline(data, obs) for obs in subsets}
@@ -358,7 +373,9 @@ def compare_uci(seeds, overrides, num_samples, defaults: bool = False, no_valid:
     floor = {obs: np.mean([r[obs]["ece_draws"] for r in runs], 0) for obs in subsets}
     ece_p = {obs: float(np.mean(floor[obs] >= s[obs]["ece"][0] - 1e-12)) for obs in subsets}
     lines = [
-        f"UCI Multiple Features ({'the library defaults' if defaults else 'models/uci_mfeat.toml'}), test accuracy, "
+        f"UCI Multiple Features ({'the library defaults' if defaults else 'models/uci_mfeat.toml'}"
+        + (f"; {hide:.0%} of the views hidden at random in every split" if hide else "")
+        + "), test accuracy, "
         f"MFM mean ± sd over seeds {list(seeds)}; logistic regression per "
         "subset (C on validation); the paired difference is averaged over seeds, its standard error over the test "
         "samples; a calibrated model's ECE is the mean over the seeds of the ECE that labels drawn from each "
@@ -656,9 +673,22 @@ def main(argv=None):
         help="POM (pom-vectors, pom-sequences-defaults): score each form of expert's members alone on the validation "
         "and the test split, beside their weight (model.expert = 'both')",
     )
+    ap.add_argument(
+        "--hide",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="UCI: hide each view of each sample at random with this probability, in every split (drawn once), as "
+        "data missing completely at random",
+    )
     ap.add_argument("--plots", metavar="FOLDER", help="write each data set's comparison as PNGs into this folder")
     ap.add_argument("--set", action="append", default=[], metavar="table.key=value")
     args = ap.parse_args(argv)
+    not_uci = [w for w in args.data.split(",") if w not in ("uci", "uci-defaults")]
+    if args.hide and not_uci:
+        ap.error(
+            f"--hide: UCI's views only; --data {','.join(not_uci)} is POM, whose videos lack FACET features already"
+        )
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(1)
     tables, record = [], {"seeds": seeds, "overrides": args.set}
@@ -668,7 +698,12 @@ def main(argv=None):
             if args.train_size:
                 ap.error(f"--train-size: POM's training videos only; --data {which} trains on UCI's split as it is")
             text, record[which] = compare_uci(
-                seeds, args.set, args.num_samples, defaults=which == "uci-defaults", no_valid=args.no_valid
+                seeds,
+                args.set,
+                args.num_samples,
+                defaults=which == "uci-defaults",
+                no_valid=args.no_valid,
+                hide=args.hide,
             )
         elif which in DATA:
             pom = Path(args.datasets) / "pom"

@@ -245,3 +245,26 @@ def test_plots_of_pom_draw_mae_and_correlation_and_none_for_the_tasks(tmp_path):
     tasks = {"metric": "mae", "columns": subsets, "per_task": [[0.9, 0.95, 0.97]]}
     assert _script().write_plots("pom-one-rating", tasks, tmp_path / "tasks") == []
     assert not (tmp_path / "tasks").exists()
+
+
+def test_hidden_views_are_missing_at_random_in_every_split_and_keep_one_view():
+    """``--hide``: each view of each sample is hidden with the given probability, in every split, drawn once (the
+    same data on every call), every sample keeping at least one view; the features of a hidden view are zeroed."""
+    from pyro_mfm.data import load_embedded
+
+    script = _script()
+    data = load_embedded()
+    hidden, again = script.hidden_at_random(data, 0.3), script.hidden_at_random(data, 0.3)
+    names = data.schema.names
+    for split, ds in hidden.splits.items():
+        present = np.stack([np.asarray(ds.present[m]) for m in names], 1)
+        assert present.any(1).all()
+        n = present.size
+        # hidden with probability 0.3, less the few a sample keeps: within four binomial standard errors of 0.3
+        assert abs((1 - present.mean()) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n) + 0.3**6, split
+        assert np.array_equal(present, np.stack([np.asarray(again[split].present[m]) for m in names], 1))
+        for i, m in enumerate(names):
+            assert not np.asarray(ds.features[m])[~present[:, i]].any()
+    with pytest.raises(SystemExit) as e:  # POM's own missingness is the data's
+        script.main(["--data", "uci,pom-vectors", "--hide", "0.3"])
+    assert e.value.code == 2
