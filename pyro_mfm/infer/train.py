@@ -128,7 +128,8 @@ def fit(
     with cpu_threads(config.train.num_threads):
         group, device = distributed.setup(resolve_device(config.train.device))
         try:
-            if group.main and config.train.progress and model is None:
+            # what the model takes each missing modality's absence for (a resumed run follows its checkpoint's)
+            if group.main and config.train.progress and model is None and not resume:
                 for line in missingness_lines(config, data):
                     tqdm.write(line)
             if config.train.ensemble > 1:
