@@ -90,7 +90,7 @@ def experts(mfm, h, batch, with_label: bool):
     for m in mfm.names:
         e, p = mfm.guide.q_y[m](h[m])
         eta.append(e), lam.append(p), masks.append(batch.present[m])
-    for m in mfm.guide.absent_names:  # a known absence's expert (model.missingness = "informative")
+    for m in mfm.guide.absent_names:  # a known absence's expert, where the model observes it (model.missingness)
         e, p = mfm.guide.q_absent[m]((len(batch),))
         eta.append(e), lam.append(p), masks.append(batch.absent[m])
     if with_label:

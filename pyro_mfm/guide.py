@@ -10,9 +10,9 @@ The product of experts takes any subset of observed modalities by construction. 
 as informative (``model.missingness``), a modality's absence is an observation too, with a learned expert of its
 own. In training, an observed label is one more expert (q(z_y | x_obs, y)): a guide blind to y would make the
 label's scale absorb the posterior spread of z_y, which prediction then counts a second time (too-wide predictive
-intervals). The modality factor's
-encoder also reads the drawn z_y, as the true posterior does: given x_m, what z_a,m must explain is what f_y does
-not (a guide blind to z_y would pull the model towards explaining x_m with z_a,m alone).
+intervals). The modality factor's encoder also reads the drawn z_y, as the true posterior does: given x_m, what
+z_a,m must explain is what f_y does not (a guide blind to z_y would pull the model towards explaining x_m with z_a,m
+alone).
 
 Options: the Memory Fusion Network reads every modality's sequence and gives a diagonal Gaussian q(z_y | x_obs)
 (``fusion = "mfn"``); the ``wae`` objective's deterministic codes (the handler :class:`point_codes`: Delta sites at
