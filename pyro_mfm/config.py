@@ -253,6 +253,13 @@ class ModelConfig(_Table):
         return self.ablation in ("none", "no_shared")
 
     @property
+    def observes_absences(self) -> bool:
+        """A missing modality's absence may be an observation of the model (``missingness`` not ``"ignorable"``,
+        with z_y and a product of experts, to which an absence adds its expert); which absences it observes depends on
+        the training split (:func:`pyro_mfm.guide.missing_not_at_random`)."""
+        return self.missingness != "ignorable" and self.has_z_y and self.fusion == "poe"
+
+    @property
     def has_decoders(self) -> bool:
         """The model has the modalities' likelihoods x_m (every ablation but ``discriminative``)."""
         return self.ablation != "discriminative"

@@ -324,7 +324,7 @@ def missing_not_at_random(config: ModelConfig, stats: FeatureStats, names) -> li
     missing modality's zeroed states, from which a code without a cost of its own (``wae``) can spell out every
     absence, at the expense of what it carries of the rest (imputation on the sequence oracle lost a third of its
     gain over the training mean)."""
-    if config.missingness == "ignorable" or not config.has_z_y or config.fusion != "poe":
+    if not config.observes_absences:
         return []
     lacking = [m for m in names if stats.missing.get(m, 0.0) > 0]
     if config.missingness == "informative":

@@ -19,6 +19,7 @@ from .analysis.baselines import against_linear, nested_gains, subset_baselines
 from .analysis.forms import OPPOSITE_SE, form_scores, has_both_forms
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
+from .ensemble import members_of
 from .infer.evaluate import format_cell, table
 from .infer.predict import predict
 from .infer.train import (
@@ -385,8 +386,11 @@ def write_report(
         for obs, b in by_subset.items()
         if len(obs) == 1
     }
-    # which modalities the training split lacks, and whether the model observes their absence (model.missingness)
-    missingness = missingness_record(config, data)
+    # which modalities the training split lacks, and whether the trained model observes their absence
+    # (model.missingness): from the statistics training kept, with no pass over the data
+    missingness = []
+    if config.model.observes_absences:
+        missingness = missingness_record(result.stats, members_of(mfm)[0].guide.absent_names, mfm.schema.names)
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
     written = write_plots(

@@ -400,32 +400,35 @@ def with_validation(config: Config, data: MultimodalData) -> MultimodalData:
     return data.hold_out(dc.valid_fraction, dc.train_split, dc.valid_split, seed=config.train.seed)
 
 
-def missingness_record(config: Config, data: MultimodalData) -> list[dict]:
-    """What the MFM trained with ``config`` on ``data`` takes a missing modality's absence for
-    (``model.missingness``): per modality that the training split (after the validation split is held out) lacks
-    somewhere, ``{"modality", "missing"`` (the fraction of training samples without it), ``"absence_p"`` (the
-    p-value of its absence's independence from the label), ``"observed"`` (whether the model observes the
-    absence)``}``; empty where the split lacks nothing (which costs no pass over the data) or the model has no such
-    term (the MFN, ``"ignorable"``)."""
-    mc = config.model
-    if mc.missingness == "ignorable" or not mc.has_z_y or mc.fusion != "poe":
-        return []
-    train = with_validation(config, data)[config.data.train_split]
-    names = data.schema.names
-    if all(np.asarray(train.present[m]).all() for m in names):
-        return []
-    stats = feature_statistics(train)
-    observed = missing_not_at_random(mc, stats, names)
+def missingness_record(stats: FeatureStats, observed, names) -> list[dict]:
+    """What a model takes a missing modality's absence for (``model.missingness``): per modality that the training
+    split of ``stats`` lacks somewhere, ``{"modality", "missing"`` (the fraction of training samples without it),
+    ``"absence_p"`` (the p-value of its absence's independence from the label), ``"observed"`` (whether it is in
+    ``observed``, the modalities whose absence the model observes)``}``."""
     return [
-        {"modality": m, "missing": stats.missing[m], "absence_p": stats.absence_p[m], "observed": m in observed}
+        {
+            "modality": m,
+            "missing": stats.missing[m],
+            "absence_p": stats.absence_p.get(m, 1.0),
+            "observed": m in observed,
+        }
         for m in names
-        if stats.missing[m] > 0
+        if stats.missing.get(m, 0.0) > 0
     ]
 
 
 def missingness_lines(config: Config, data: MultimodalData, record: list | None = None) -> list[str]:
-    """:func:`missingness_record` (or the given ``record``) as one line per modality."""
-    record = missingness_record(config, data) if record is None else record
+    """``record`` (:func:`missingness_record`) as one line per modality; without it, that of the MFM that ``config``
+    would train on ``data``, from the training split as training holds the validation split out of it: none where
+    the split lacks nothing (which costs no pass over the data) or the model observes no absence (the MFN,
+    ``"ignorable"``)."""
+    if record is None:
+        record = []
+        names = data.schema.names
+        train = with_validation(config, data)[config.data.train_split] if config.model.observes_absences else None
+        if train is not None and not all(np.asarray(train.present[m]).all() for m in names):
+            stats = feature_statistics(train)
+            record = missingness_record(stats, missing_not_at_random(config.model, stats, names), names)
     return [
         f"{config.data.source}: modality {r['modality']!r} is missing in {r['missing']:.0%} of the training samples "
         f"(independence of its absence and the label: p = {r['absence_p']:.2g}); its absence is "
