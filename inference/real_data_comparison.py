@@ -54,10 +54,9 @@ import numpy as np
 import torch
 
 from pyro_mfm import analysis
-from pyro_mfm.analysis.baselines import nested_differences
+from pyro_mfm.analysis.baselines import nested_differences, with_missing
 from pyro_mfm.config import Config
 from pyro_mfm.data import MultimodalData, from_arrays, load_data
-from pyro_mfm.data.missing import hide_at_random, with_present
 from pyro_mfm.infer import fit
 from pyro_mfm.infer.evaluate import observed_subsets
 from pyro_mfm.infer.metrics import calibrated_ece_draws, label_metrics, regression_metrics
@@ -340,13 +339,9 @@ def write_plots(which: str, entry: dict, folder) -> list[Path]:
 
 def hidden_at_random(data, rate: float, seed: int = 0):
     """``data`` with each view of each sample hidden with probability ``rate`` (missing completely at random), in
-    every split, each sample keeping at least one view; drawn once, split after split, with ``seed``."""
-    rng = np.random.default_rng(seed)
-    names = data.schema.names
-    splits = {}
-    for split, ds in data.splits.items():
-        kept = hide_at_random(np.stack([np.asarray(ds.present[m]) for m in names], 1), rate, rng)
-        splits[split] = with_present(ds, {m: kept[:, i] for i, m in enumerate(names)})
+    every split, each sample keeping at least one view (:func:`pyro_mfm.analysis.baselines.with_missing`, split k
+    drawn with ``seed + k``)."""
+    splits = {split: with_missing(ds, rate, seed=seed + k) for k, (split, ds) in enumerate(data.splits.items())}
     return MultimodalData(data.schema, splits, source=data.source)
 
 
