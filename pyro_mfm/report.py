@@ -180,7 +180,8 @@ METRIC_NOTES = "\n".join(
     [
         "- Label metrics are on the test samples with a label, predicted from the observed modalities alone.",
         "- ECE (expected calibration error): the gap between confidence and accuracy, averaged over confidence bins "
-        "(0 is perfectly calibrated). On a finite test set a calibrated model's ECE is not 0: ece_floor is the mean "
+        "(0 is perfectly calibrated; of a multilabel target, each label's own, averaged over the labels). On a "
+        "finite test set a calibrated model's ECE is not 0: ece_floor is the mean "
         "ECE of labels drawn from the model's own probabilities (consistency resampling), calibration_p the fraction "
         "of those draws at or above the observed ECE (small: more miscalibration than the sample size explains).",
         "- NLPD (negative log predictive density): -log p(true label | observed modalities), averaged over samples, "

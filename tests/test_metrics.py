@@ -9,6 +9,7 @@ from pyro_mfm.infer.metrics import (
     columnwise_pearson,
     imputation_metrics,
     interval_coverage,
+    multilabel_metrics,
     regression_metrics,
     sentiment_metrics,
 )
@@ -39,6 +40,23 @@ def test_regression_and_classification_metrics():
     assert c["accuracy"] == 0.75
     assert c["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
     assert interval_coverage(np.array([0.0, 1.0, 2.0]), np.array([-1, 1.5, 1]), np.array([1, 2, 3])) == 2 / 3
+
+
+def test_multilabel_ece_is_each_labels_own_averaged():
+    """A multilabel target's ECE is the mean over its labels of each label's binary ECE: label 0's probabilities
+    0.9 with 3 of 4 right (|0.75 - 0.9|), label 1's 0.5 (|0.5 - 0.5| in one bin, by the confidence 0.5); accuracy over
+    every entry."""
+    y = np.array([[1, 1], [1, 0], [1, 1], [0, 0]])
+    probs = np.array([[0.9, 0.5], [0.9, 0.5], [0.9, 0.5], [0.9, 0.5]])
+    m = multilabel_metrics(y, probs)
+    assert m["ece"] == pytest.approx((0.15 + 0.0) / 2)
+    assert m["accuracy"] == pytest.approx(5 / 8)  # label 0 predicted 1 everywhere (3 right), label 1 0 (2 right)
+    assert 0 < m["ece_floor"] < 0.5 and 0 <= m["calibration_p"] <= 1
+    labels = (np.random.default_rng(0).random((400, 3)) < [0.2, 0.5, 0.8]).astype(int)  # drawn from the probs
+    calibrated = multilabel_metrics(labels, np.tile([0.2, 0.5, 0.8], (400, 1)))
+    assert calibrated["calibration_p"] > 0.05
+    overconfident = multilabel_metrics(labels, np.tile([0.02, 0.5, 0.98], (400, 1)))
+    assert overconfident["calibration_p"] < 0.01 and overconfident["ece"] > calibrated["ece"]
 
 
 def test_calibrated_ece_is_the_binomial_expectation():

@@ -83,6 +83,31 @@ def test_each_rating_becomes_a_task_of_its_own(tmp_path):
     assert record["per_task"][1][4] == pytest.approx(np.abs(ridge - ratings["test"]).mean())
 
 
+def test_the_ratings_above_their_medians_become_one_multilabel_target(tmp_path):
+    """``multilabel`` takes every rating above its training median as one 0/1 label of a multilabel target;
+    ``compare_pom_multilabel`` scores one MFM against a logistic regression per subset and label, whose accuracy is
+    that of the per-label fits by hand."""
+    from pyro_mfm.config import Config
+
+    script, data = _script(), _two_ratings()
+    task = script.multilabel(data)
+    median = np.median(np.asarray(data["train"].labels), 0)
+    assert task.schema.label.kind == "multilabel" and task.schema.label.dim == 2
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(np.asarray(task[s].labels), np.asarray(data[s].labels) > median)
+    config = Config.from_dict(
+        {"data": {"source": str(tmp_path)}, "model": {"hidden": 8}, "train": {"epochs": 1, "kl_warmup": 0}}
+    )
+    text, record = script.compare_pom_multilabel(data, config, [0, 1], num_samples=2)
+    y = np.asarray(task["test"].labels)
+    by_hand = np.stack([script.logistic_baseline(task, ("audio",), k)[:, 1] > 0.5 for k in range(2)], 1)
+    assert record["logistic_regression"]["audio"]["accuracy"] == pytest.approx((by_hand == y).mean())
+    for obs in ("audio + video", "audio", "video"):
+        assert 0 <= record["mfm"][obs]["accuracy"][0] <= 1 and len(record["per_seed"][obs]["accuracy"]) == 2
+        assert 0 <= record["mfm"][obs]["ece"][0] <= 1
+    assert text.count("\n| ") == 1 + 3 and len(record["nested"]) == 2  # the header and a row per subset
+
+
 def test_a_smaller_training_split_keeps_the_validation_and_test_samples():
     """``fewer_training`` keeps N training samples (distinct, the same on every call) with their features, steps and
     labels, and every validation and test sample; a size outside 1 to the training split's is an error."""

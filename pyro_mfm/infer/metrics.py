@@ -90,12 +90,25 @@ def class_f1(y_true, pred) -> tuple[float, float]:
 
 
 def multilabel_metrics(y_true, probs) -> dict:
+    """Independent 0/1 labels ``(N, k)`` from their probabilities ``(N, k)``: accuracy over every entry, macro and
+    weighted F1 over the k labels, and each label's own expected calibration error (a binary problem), averaged
+    over the labels, with a calibrated model's (``ece_floor``, the mean over the labels of
+    :func:`calibrated_ece_draws`' mean) and ``calibration_p``, the fraction of calibrated draws of all k labels
+    whose mean ECE reaches the observed one."""
     y_true = np.asarray(y_true).astype(int)
-    pred = (np.asarray(probs) > 0.5).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    pred = (probs > 0.5).astype(int)
+    if not len(y_true):
+        return {k: math.nan for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "ece_floor", "calibration_p")}
+    ece = float(np.mean([expected_calibration_error(probs[:, k], y_true[:, k]) for k in range(probs.shape[1])]))
+    floor = np.mean([calibrated_ece_draws(probs[:, k], seed=k) for k in range(probs.shape[1])], 0)
     return {
         "accuracy": float((y_true == pred).mean()),
         "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, pred, average="weighted", zero_division=0)),
+        "ece": ece,
+        "ece_floor": float(floor.mean()),
+        "calibration_p": float(np.mean(floor >= ece - 1e-12)),
     }
 
 
