@@ -665,28 +665,31 @@ def compare_pom_multilabel(data, config, seeds, num_samples, no_valid: bool = Fa
         base[obs] = multilabel_metrics(y, probs)
         base_right[obs] = ((probs > 0.5) == y).mean(-1)
     runs = run_mfm(config, task, subsets, seeds, num_samples, no_valid)
-    s = summary(runs, subsets, ["accuracy", "macro_f1", "ece", "ece_floor"])
+    s = summary(runs, subsets, ["accuracy", "macro_f1", "ece", "ece_floor", "calibration_p"])
     pairs = nested(runs, subsets, higher_is_better=True)
     lines = [
         f"POM, the ratings each above its training median as one multilabel target ({y.shape[1]} labels), test "
         f"accuracy over the labels, MFM (the library's defaults) mean ± sd over seeds {list(seeds)}; a logistic "
         "regression per subset and label on time-averaged features (C on validation accuracy); the paired "
         "difference per test sample (the fraction of its labels right), averaged over the seeds, its standard error "
-        "over the test samples; ECE: each label's, averaged over the labels (a calibrated model's in brackets)",
+        "over the test samples; ECE: each label's, averaged over the labels (in brackets a calibrated model's and the "
+        "fraction of its draws at or above the MFM's, each the mean over the seeds)",
         "",
         "| observed | MFM accuracy | logistic regression | paired difference (se) | MFM macro F1 | logistic "
-        "regression | MFM ECE (calibrated) | logistic regression ECE |",
+        "regression | MFM ECE (a calibrated model's; p) | logistic regression ECE |",
         "|---|---|---|---|---|---|---|---|",
     ]
     record = {"subsets": [list(o) for o in subsets], "mfm": {}, "logistic_regression": {}, "paired": {}}
     for obs in subsets:
         d = np.mean([r[obs]["score"] for r in runs], 0) - base_right[obs][np.asarray(task["test"].label_present)]
         se = float(d.std(ddof=1) / np.sqrt(len(d)))
-        (acc, sd), (f1, _), (ece, _), (floor, _) = (s[obs][k] for k in ("accuracy", "macro_f1", "ece", "ece_floor"))
+        (acc, sd), (f1, _), (ece, _), (floor, _), (p, _) = (
+            s[obs][k] for k in ("accuracy", "macro_f1", "ece", "ece_floor", "calibration_p")
+        )
         b = base[obs]
         lines.append(
             f"| {name(obs)} | {acc:.4f} ± {sd:.4f} | {b['accuracy']:.4f} | {d.mean():+.4f} ({se:.4f}) | {f1:.4f} | "
-            f"{b['macro_f1']:.4f} | {ece:.4f} ({floor:.4f}) | {b['ece']:.4f} |"
+            f"{b['macro_f1']:.4f} | {ece:.4f} ({floor:.4f}; {p:.2f}) | {b['ece']:.4f} |"
         )
         record["mfm"][name(obs)], record["logistic_regression"][name(obs)] = s[obs], b
         record["paired"][name(obs)] = [float(d.mean()), se]
