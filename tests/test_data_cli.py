@@ -47,6 +47,50 @@ def test_convert_pickle_needs_trust(tmp_path, capsys):
     assert native.load(tmp_path / "d.h5")["test"].n == 4
 
 
+def test_convert_declares_the_label_range_of_npz_and_native_files(tmp_path, capsys):
+    """``--label-range`` reaches the schema of npz and native inputs too; a label outside it, or a range of class
+    labels, is one line with exit status 2 and no file written."""
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-3, 3, size=12)
+    np.savez(tmp_path / "d.npz", text=rng.normal(size=(12, 4)), label=y)
+    out = tmp_path / "d.h5"
+    assert (
+        main(
+            ["data", "convert", "--from", "npz", str(tmp_path / "d.npz"), "--out", str(out), "--label-range", "-3", "3"]
+        )
+        == 0
+    )
+    assert (native.load(out).schema.label.low, native.load(out).schema.label.high) == (-3.0, 3.0)
+    ranged = tmp_path / "r.h5"
+    assert (
+        main(["data", "convert", "--from", "native", str(out), "--out", str(ranged), "--label-range", "-5", "5"]) == 0
+    )
+    assert native.load(ranged).schema.label.high == 5.0
+    capsys.readouterr()
+    tight = tmp_path / "t.h5"
+    assert main(["data", "convert", "--from", "native", str(out), "--out", str(tight), "--label-range", "0", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of range" in err and "[0.0, 3.0]" in err and not tight.exists()
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--from",
+                "native",
+                str(embedded_path()),
+                "--out",
+                str(tight),
+                "--label-range",
+                "0",
+                "9",
+            ]
+        )
+        == 2
+    )
+    assert "the label is categorical" in capsys.readouterr().err and not tight.exists()
+
+
 def test_convert_csd_with_named_feature_file(tmp_path, capsys):
     write_csd(tmp_path / "labels.csd", "L", {"v": (np.array([[1.0], [2.0]]), np.array([[0.0, 1.0], [1.0, 2.0]]))})
     t = np.arange(0, 2, 0.25)

@@ -235,3 +235,32 @@ def test_new_file_gets_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.h5").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_from_arrays_declares_the_label_range_and_names():
+    """``label_range`` and ``label_names`` reach the schema of the data and of every split; a label outside the
+    range, a range of a class label, a bad range and names of the wrong count are one-line errors; a sentiment
+    label in [-3, 3] is scored with the field's metrics."""
+    from pyro_mfm.infer.metrics import label_metrics
+    from pyro_mfm.infer.predict import Prediction
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.uniform(-3, 3, size=20)
+    data = from_arrays({"a": x}, y, label_range=(-3, 3), label_names=["sentiment"])
+    for schema in (data.schema, data["train"].schema):
+        assert (schema.label.low, schema.label.high, schema.label.names) == (-3.0, 3.0, ("sentiment",))
+    with pytest.raises(DataError, match=r"split 'train', key 'labels': 1 label\(s\) out of range, first at sample 4"):
+        from_arrays({"a": x}, np.where(np.arange(20) == 4, 3.5, y), label_range=(-3, 3))
+    with pytest.raises(DataError, match=r"label_range: the label is categorical"):
+        from_arrays({"a": x}, np.arange(20) % 2, label_range=(0, 1))
+    with pytest.raises(DataError, match=r"label_range = \(3, -3\): expected \(low, high\)"):
+        from_arrays({"a": x}, y, label_range=(3, -3))
+    with pytest.raises(DataError, match=r"label_names: 2 names; expected 3, one per class"):
+        from_arrays({"a": x}, np.arange(20) % 3, label_names=["no", "yes"])
+    classes = from_arrays({"a": x}, np.arange(20) % 3, label_names=["neg", "neu", "pos"])
+    assert classes.schema.label.names == ("neg", "neu", "pos")
+    point, nan = (y + 0.1)[:, None], np.full((20, 1), np.nan)
+    pred = Prediction(point, nan, nan, None, np.zeros(20), None, ("a",), interval=0.9, kind="normal")
+    scored = label_metrics(pred, y[:, None], np.ones(20, bool), data.schema.label)
+    unranged = label_metrics(pred, y[:, None], np.ones(20, bool), from_arrays({"a": x}, y).schema.label)
+    assert "acc2_has0" in scored and "acc7" in scored and "acc7" not in unranged

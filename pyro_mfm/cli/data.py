@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import native
+from ..data.build import declare_label
 from ..data.builtin import EMBEDDED, embedded_path
 from ..data.dataset import MultimodalData
 from ..data.importers import align_csd, convert_uci_mfeat, load_csv, load_mfn, load_npz, load_pickle
@@ -218,10 +219,17 @@ def _named(items) -> dict:
     return out
 
 
+def _ranged(data: MultimodalData, rng) -> MultimodalData:
+    """``data`` with the declared range of ``--label-range`` (:func:`declare_label`), where given."""
+    return data if rng is None else declare_label(data, rng)
+
+
 def convert(args) -> MultimodalData:
     """The data set that ``data convert`` writes, from the parsed arguments."""
     rng = tuple(args.label_range) if args.label_range else None
     if args.source == "uci-mfeat":
+        if rng is not None:
+            raise DataError("--label-range: uci-mfeat's labels are classes; a range applies to regression labels only")
         kwargs = {} if args.seed is None else {"seed": args.seed}
         data = convert_uci_mfeat(_one(args), **kwargs)
         return data.validate_values(args.nan_as_missing)
@@ -232,11 +240,12 @@ def convert(args) -> MultimodalData:
             _one(args), trust=args.trust_pickle, label_range=rng, name=args.name, nan_as_missing=args.nan_as_missing
         )
     if args.source == "native":
-        return native.load(_one(args), nan_as_missing=args.nan_as_missing)
+        return _ranged(native.load(_one(args), nan_as_missing=args.nan_as_missing), rng)
     if args.source == "npz":
-        return load_npz(_one(args), label_kind=args.label_kind, name=args.name, nan_as_missing=args.nan_as_missing)
+        data = load_npz(_one(args), label_kind=args.label_kind, name=args.name, nan_as_missing=args.nan_as_missing)
+        return _ranged(data, rng)
     if args.source == "csv":
-        return load_csv(
+        data = load_csv(
             _named(args.src),
             id_column=args.id_column,
             label_column=args.label_column,
@@ -247,6 +256,7 @@ def convert(args) -> MultimodalData:
             name=args.name or "",
             nan_as_missing=args.nan_as_missing,
         )
+        return _ranged(data, rng)
     if len(args.src) < 2:
         raise DataError("--from csd: expected the labels .csd then at least one feature .csd (PATH or NAME=PATH)")
     features = _named(args.src[1:])

@@ -1,7 +1,7 @@
 """Data layer: the data set type, the native HDF5 format, importers, the embedded default data set, synthetic data."""
 
 from . import native
-from .build import from_arrays
+from .build import declare_label, from_arrays
 from .builtin import EMBEDDED, embedded_path, load_embedded
 from .dataset import Batch, MultimodalData, MultimodalDataset
 from .native import load, save
@@ -17,6 +17,7 @@ __all__ = [
     "MultimodalData",
     "MultimodalDataset",
     "Schema",
+    "declare_label",
     "from_arrays",
     "LinearGaussianMFM",
     "LinearGaussianModality",

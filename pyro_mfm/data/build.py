@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -99,6 +100,8 @@ def from_arrays(
     nan_as_missing: bool = False,
     ids: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    label_range: tuple[float, float] | None = None,
+    label_names=None,
 ) -> MultimodalData:
     """Build a data set from numpy arrays (bring your own data).
 
@@ -117,6 +120,10 @@ def from_arrays(
         groups: optional ``(N,)`` group of each sample (the speaker, or the video a segment comes from): where the
             data have no validation split, training holds one out of the training split by whole groups
             (``data.valid_fraction``), so that model selection sees new speakers as the test split does.
+        label_range: optional declared ``(low, high)`` of regression labels: labels outside are rejected, and
+            ``(-3, 3)`` of one output is CMU-MOSI's sentiment, which evaluation scores with the field's metrics
+            (Acc-2 both ways, Acc-7, F1) as well (:func:`declare_label`).
+        label_names: optional names of the label's outputs (regression, multilabel) or classes (categorical).
 
     Raises:
         DataError: naming the modality or key and what was expected (wrong shapes or lengths, masks of unknown
@@ -147,7 +154,38 @@ def from_arrays(
     data = MultimodalData(schema, {s: full.subset(idx) for s, idx in assignment.items()})
     for s, ds in data.splits.items():
         ds.split = s
+    if label_range is not None or label_names is not None:
+        data = declare_label(data, label_range, label_names)
     return data.validate_values(nan_as_missing)
+
+
+def declare_label(data: MultimodalData, label_range=None, label_names=None) -> MultimodalData:
+    """``data`` (changed in place, and returned) with its label's declared range ``(low, high)`` (regression labels
+    only) and the names of its outputs or classes, in its schema and every split's; each split's labels are checked
+    against the range (a :class:`DataError` naming the split, the first sample out of it and its value)."""
+    lab = data.schema.label
+    if lab is None:
+        raise DataError(f"{data.source or 'data'}: label_range or label_names given, but the data have no label")
+    low, high = lab.low, lab.high
+    if label_range is not None:
+        if lab.kind != "regression":
+            raise DataError(f"label_range: the label is {lab.kind}; a range applies to regression labels only")
+        values = tuple(label_range) if np.ndim(label_range) == 1 else ()
+        if len(values) != 2 or not all(np.isfinite(v) for v in np.asarray(values, float)) or values[0] >= values[1]:
+            raise DataError(f"label_range = {label_range!r}: expected (low, high), two finite numbers, low < high")
+        low, high = float(values[0]), float(values[1])
+    names = lab.names if label_names is None else tuple(str(n) for n in label_names)
+    if names is not None and len(names) != lab.dim:
+        raise DataError(
+            f"label_names: {len(names)} names; expected {lab.dim}, one per "
+            + ("class" if lab.kind == "categorical" else "output")
+        )
+    schema = replace(data.schema, label=LabelSpec(lab.kind, lab.dim, names, low, high))
+    data.schema = schema
+    for ds in data.splits.values():
+        ds.schema = schema
+        ds.validate_labels()
+    return data
 
 
 def _check_features(features: dict, present, steps) -> tuple[int, dict, dict]:
