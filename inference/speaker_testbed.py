@@ -206,6 +206,7 @@ def main(argv=None):
     except ValueError as e:
         ap.error(f"--modalities: {e}")
     print(text)
+    record = {"seeds": seeds, "overrides": args.set, **record}
     if args.plots:
         for path in write_plots("testbed", record, args.plots):
             print(f"plot {path}", file=sys.stderr, flush=True)
