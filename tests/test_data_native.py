@@ -253,8 +253,11 @@ def test_from_arrays_declares_the_label_range_and_names():
         from_arrays({"a": x}, np.where(np.arange(20) == 4, 3.5, y), label_range=(-3, 3))
     with pytest.raises(DataError, match=r"label_range: the label is categorical"):
         from_arrays({"a": x}, np.arange(20) % 2, label_range=(0, 1))
-    with pytest.raises(DataError, match=r"label_range = \(3, -3\): expected \(low, high\)"):
-        from_arrays({"a": x}, y, label_range=(3, -3))
+    for bad in ((3, -3), ("low", "high"), 3, (0, np.inf), (0, 1, 2)):
+        with pytest.raises(DataError, match=r"label_range = .*: expected \(low, high\), two finite numbers"):
+            from_arrays({"a": x}, y, label_range=bad)
+    with pytest.raises(DataError, match=r"label_range or label_names given, but the data have no label"):
+        from_arrays({"a": x}, label_names=["y"])
     with pytest.raises(DataError, match=r"label_names: 2 names; expected 3, one per class"):
         from_arrays({"a": x}, np.arange(20) % 3, label_names=["no", "yes"])
     classes = from_arrays({"a": x}, np.arange(20) % 3, label_names=["neg", "neu", "pos"])

@@ -170,10 +170,13 @@ def declare_label(data: MultimodalData, label_range=None, label_names=None) -> M
     if label_range is not None:
         if lab.kind != "regression":
             raise DataError(f"label_range: the label is {lab.kind}; a range applies to regression labels only")
-        values = tuple(label_range) if np.ndim(label_range) == 1 else ()
-        if len(values) != 2 or not all(np.isfinite(v) for v in np.asarray(values, float)) or values[0] >= values[1]:
+        try:
+            values = tuple(float(v) for v in label_range)
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) != 2 or not np.isfinite(values).all() or values[0] >= values[1]:
             raise DataError(f"label_range = {label_range!r}: expected (low, high), two finite numbers, low < high")
-        low, high = float(values[0]), float(values[1])
+        low, high = values
     names = lab.names if label_names is None else tuple(str(n) for n in label_names)
     if names is not None and len(names) != lab.dim:
         raise DataError(
