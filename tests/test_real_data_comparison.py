@@ -106,6 +106,14 @@ def test_the_ratings_above_their_medians_become_one_multilabel_target(tmp_path):
         assert 0 <= record["mfm"][obs]["accuracy"][0] <= 1 and len(record["per_seed"][obs]["accuracy"]) == 2
         assert 0 <= record["mfm"][obs]["ece"][0] <= 1
     assert text.count("\n| ") == 1 + 3 and len(record["nested"]) == 2  # the header and a row per subset
+    label, metrics, _ = script.baseline_values(record)  # the plot's points: the regressions' accuracy per subset
+    assert label == "logistic regression"
+    assert metrics == {"accuracy": {o: record["logistic_regression"][o]["accuracy"] for o in record["mfm"]}}
+    paths = script.write_plots("pom-multilabel", record, tmp_path / "plots")
+    assert [p.name for p in paths] == [
+        "pom-multilabel-accuracy-against-logistic-regression.png",
+        "pom-multilabel-nested-pairs.png",
+    ]
 
 
 def test_a_smaller_training_split_keeps_the_validation_and_test_samples():
