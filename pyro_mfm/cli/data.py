@@ -79,7 +79,8 @@ def register(subparsers) -> None:
         type=float,
         nargs=2,
         metavar=("LOW", "HIGH"),
-        help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment)",
+        help="declared range of regression labels (e.g. -3 3 for CMU-MOSI sentiment, whose evaluation then gives the "
+        "field's Acc-2, Acc-7 and F1); a label outside it is an error",
     )
     conv.add_argument("--seed", type=int, default=None, help="uci-mfeat: seed of the stratified split")
     conv.add_argument("--name", default=None, help="data set name stored in the schema")
