@@ -21,6 +21,7 @@ from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .ensemble import members_of
 from .infer.evaluate import format_cell, table
+from .infer.metrics import output_metrics
 from .infer.predict import predict
 from .infer.train import (
     averaged_what,
@@ -326,6 +327,23 @@ def _forms_lines(forms: list) -> list[str]:
     return md
 
 
+def _output_lines(entry: dict | None) -> list[str]:
+    """The section on each output of a label of several (``metrics.json``'s ``label_outputs``), or nothing."""
+    if not entry:
+        return []
+    keys = [k for k in entry["outputs"][0] if k not in ("output", "n")]
+    what = {"positive": "positive (share of the true labels)", "f1": "f1 (positive class)"}
+    lines = [
+        f"\n## Each output of the label (test split, {' + '.join(entry['observed'])} observed)\n",
+        "| output | " + " | ".join(what.get(k, k) for k in keys) + " | n |",
+        "|" + "---|" * (len(keys) + 2),
+    ]
+    for row in entry["outputs"]:
+        cells = [format_cell(row[k], ".4g") for k in keys]
+        lines.append(f"| {row['output']} | " + " | ".join(cells) + f" | {row['n']} |")
+    return lines
+
+
 def _markdown(report: dict, data: MultimodalData, result, config: Config) -> list[str]:
     """The lines of ``report.md``: the metrics of ``report`` (the content of ``metrics.json``) as text and tables."""
     mean_baseline, written = report["mean_imputation_baseline"], report["plots"]
@@ -340,6 +358,7 @@ def _markdown(report: dict, data: MultimodalData, result, config: Config) -> lis
     if report.get("missingness"):
         md += ["\n## Missing modalities (training split)\n"]
         md += [f"- {line}" for line in missingness_lines(config, data, report["missingness"])]
+    md += _output_lines(report.get("label_outputs"))
     md += _baseline_lines(data, report["linear_baselines"], report["nested_pairs"])
     md += _forms_lines(report.get("forms", []))
     md += [
@@ -392,6 +411,14 @@ def write_report(
     missingness = []
     if config.model.observes_absences:
         missingness = missingness_record(result.stats, members_of(mfm)[0].guide.absent_names, mfm.schema.names)
+    # a label of several outputs: each output from every modality, as the field reports POM's traits and
+    # IEMOCAP's emotions
+    everything = tuple(mfm.schema.names)
+    outputs = []
+    if mfm.D is not None and everything in (predictions or {}):
+        outputs = output_metrics(
+            predictions[everything], np.asarray(test.labels), test.label_present, test.schema.label
+        )
     # the headline label metric of the robustness plot, whatever metric model selection used
     metric = ("accuracy" if mfm.D.is_discrete else "mae") if mfm.D is not None else None
     written = write_plots(
@@ -439,6 +466,7 @@ def write_report(
         "nested_pairs": pairs,
         **({"forms": forms} if forms else {}),
         **({"missingness": missingness} if missingness else {}),
+        **({"label_outputs": {"observed": list(everything), "outputs": outputs}} if outputs else {}),
         "mean_imputation_baseline": mean_baseline,
         "history": result.history,
         "plots": written,

@@ -153,6 +153,40 @@ def label_metrics(prediction, y_true, y_present, label_spec) -> dict:
     return out
 
 
+def output_metrics(prediction, y_true, y_present, label_spec) -> list[dict]:
+    """Each output of a label of several (a multilabel target's labels, a multi-output regression's values: POM's
+    traits, IEMOCAP's emotions, as the field reports them one by one), on the labelled samples: ``{"output": name,
+    ...}`` with a multilabel label's accuracy, F1 of its positive class, ECE and positive share among the true
+    labels, or a regression output's MAE, correlation and interval coverage. Empty for a class label or one
+    output."""
+    if label_spec.kind == "categorical" or label_spec.dim < 2:
+        return []
+    keep = np.asarray(y_present, bool)
+    yt = np.asarray(y_true, dtype=float)[keep].reshape(int(keep.sum()), -1)
+    point = np.asarray(prediction.point, dtype=float)[keep].reshape(yt.shape)
+    names = label_spec.names or tuple(str(i) for i in range(label_spec.dim))
+    out = []
+    for k, name in enumerate(names):
+        t, p = yt[:, k], point[:, k]
+        if prediction.kind == "bernoulli":
+            row = {
+                "accuracy": float(np.mean((p > 0.5) == t)) if len(t) else math.nan,
+                "f1": float(f1_score(t.astype(int), (p > 0.5).astype(int), zero_division=0)) if len(t) else math.nan,
+                "ece": expected_calibration_error(p, t.astype(int)),
+                "positive": float(t.mean()) if len(t) else math.nan,
+            }
+        else:
+            lo = np.asarray(prediction.lower, dtype=float)[keep].reshape(yt.shape)[:, k]
+            hi = np.asarray(prediction.upper, dtype=float)[keep].reshape(yt.shape)[:, k]
+            row = {
+                "mae": float(np.abs(p - t).mean()) if len(t) else math.nan,
+                "corr": pearson(t, p),
+                "coverage": interval_coverage(t, lo, hi),
+            }
+        out.append({"output": str(name), **row, "n": int(len(t))})
+    return out
+
+
 def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     """Top-label confidence and whether the top label is right.
 
