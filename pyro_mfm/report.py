@@ -213,12 +213,13 @@ def best_epoch_line(result) -> str:
 
 
 LINEAR_NOTES = (
-    "A linear model fitted on each subset's modalities alone (logistic regression for classes, ridge regression "
-    "otherwise; features standardised with the training moments, a sequence averaged over its real steps; trained "
-    "on the labelled training samples that have every modality of the subset, its penalty chosen on the validation "
-    "split's), and the MFM, both scored on the labelled test samples that have every modality of the subset (n). "
-    "Gain: the MFM's accuracy minus the linear model's, or the linear model's MAE minus the MFM's (positive: the "
-    "MFM is better), with its paired standard error over those samples."
+    "A linear model fitted on each subset's modalities alone (logistic regression for classes, one per label of a "
+    "multilabel target, ridge regression otherwise; features standardised with the training moments, a sequence "
+    "averaged over its real steps; trained on the labelled training samples that have every modality of the subset, "
+    "its penalty chosen on the validation split's), and the MFM, both scored on the labelled test samples that have "
+    "every modality of the subset (n). Gain: the MFM's accuracy (of a multilabel target, the share of its labels "
+    "that are right) minus the linear model's, or the linear model's MAE minus the MFM's (positive: the MFM is "
+    "better), with its paired standard error over those samples."
 )
 
 
@@ -245,10 +246,11 @@ def _baseline_lines(data: MultimodalData, linear: list, pairs: list) -> list[str
         ]
     scored = {"+".join(r["observed"]) for r in linear}
     singles = [m for m in data.schema.names if m not in scored]
-    if data.schema.label is not None and data.schema.label.kind in ("categorical", "regression") and singles:
+    if data.schema.label is not None and singles:
         md += [
             f"\nNo linear model for {', '.join(singles)} alone: too few labelled samples with the modality "
-            "(a training sample of two classes at least, or of the regression label, and a test sample)."
+            "(a training sample of two classes at least, of both values of every label of a multilabel target, or "
+            "of the regression label, and a test sample)."
         ]
     if pairs:
         worse = sorted((p for p in pairs if p["worse"]), key=lambda p: p["gain"] / max(p["se"], 1e-12))

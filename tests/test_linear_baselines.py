@@ -115,11 +115,15 @@ def test_nested_pairs_find_the_subset_that_adding_a_modality_made_worse():
     d[:20] = -1
     assert worse["gain"] == pytest.approx(-20 / n) and worse["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(n))
     assert worse["worse"] and not pairs[("b",), ("a", "b")]["worse"]
-    # a regression label: the score is minus the absolute error; a multilabel prediction has no pairs
+    # a regression label: the score is minus the absolute error; a multilabel target's, the share of right labels
     reg = {
         ("a",): _prediction(np.zeros((len(y), 1)), "normal"),
         ("a", "b"): _prediction(np.ones((len(y), 1)), "normal"),
     }
     labels = SimpleNamespace(labels=np.zeros(len(y)), label_present=keep)
     assert nested_gains(reg, labels)[0]["gain"] == -1.0
-    assert nested_gains({("a",): _prediction(np.zeros((len(y), 2)), "bernoulli")}, labels) == []
+    multi = SimpleNamespace(labels=np.zeros((len(y), 2)), label_present=keep)
+    half = np.tile([0.8, 0.2], (len(y), 1))  # the first label wrong (above 0.5), the second right
+    ml = {("a",): _prediction(np.full((len(y), 2), 0.2), "bernoulli"), ("a", "b"): _prediction(half, "bernoulli")}
+    (pair,) = nested_gains(ml, multi)
+    assert pair["gain"] == pytest.approx(-0.5) and pair["worse"]

@@ -95,7 +95,8 @@ def _complete(ds: MultimodalDataset, observed) -> np.ndarray:
 
 def subset_baselines(data: MultimodalData, config: Config, subsets: Sequence[Sequence[str]]) -> dict:
     """Per subset S of observed modalities, a linear model fitted on S's modalities alone, concatenated: a logistic
-    regression for a class label, a ridge regression for a regression label, on features standardised with the
+    regression for a class label (one per label of a multilabel target, with one C for all of them), a ridge
+    regression for a regression label, on features standardised with the
     training moments (a sequence averaged over its real steps), trained on the labelled training samples that have
     every modality of S. Its penalty is the one of :data:`LOGISTIC_C` or :data:`RIDGE_ALPHA` that scores best
     (accuracy, MAE) on the validation split's such samples; without any, cross-validation on the training samples
@@ -106,11 +107,12 @@ def subset_baselines(data: MultimodalData, config: Config, subsets: Sequence[Seq
 
     Returns ``{S: {"rows": test rows scored, "pred": their predicted classes or values, metric: value, "penalty":
     value, "chosen_on": "validation", "cross-validation" or "default"}}`` with ``metric`` ``"accuracy"`` or
-    ``"mae"`` (the mean over a label's outputs); empty for other labels."""
+    ``"mae"`` (the mean over a label's outputs; a multilabel target's accuracy over every label); a multilabel
+    subset whose training samples lack either value of some label is left out."""
     from threadpoolctl import threadpool_limits
 
     lab = data.schema.label
-    if lab is None or lab.kind not in ("categorical", "regression"):
+    if lab is None:
         return {}
     # one BLAS thread: these fits are many small products, which a pool of threads slows several times over (UCI's
     # 63 subsets on 2 cores: 89 s against 13 s)
@@ -119,11 +121,11 @@ def subset_baselines(data: MultimodalData, config: Config, subsets: Sequence[Seq
 
 
 def _subset_baselines(data: MultimodalData, config: Config, subsets) -> dict:
-    from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
+    from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.model_selection import GridSearchCV
 
     lab = data.schema.label
-    classes = lab.kind == "categorical"
+    classes, multilabel = lab.kind == "categorical", lab.kind == "multilabel"
     train, test = data[config.data.train_split], data[config.data.test_split]
     valid = data[config.data.valid_split] if config.data.valid_split in data else None
     names = {m for obs in subsets for m in obs}
@@ -143,33 +145,51 @@ def _subset_baselines(data: MultimodalData, config: Config, subsets) -> dict:
         va = _complete(valid, obs) if valid is not None else None
         if va is not None and va.any():
             y_va, x_va = np.asarray(valid.labels)[va], z(valid, va)
-            if classes:
-                fits = {c: LogisticRegression(C=c, max_iter=3000).fit(z_tr, y_tr) for c in LOGISTIC_C}
+            if classes or multilabel:
+                fits = {c: _logistic(c, multilabel).fit(z_tr, y_tr) for c in LOGISTIC_C}
                 penalty = max(fits, key=lambda c: np.mean(fits[c].predict(x_va) == y_va))
             else:
                 fits = {a: Ridge(alpha=a).fit(z_tr, y_tr) for a in RIDGE_ALPHA}
                 penalty = min(fits, key=lambda a: np.mean(np.abs(fits[a].predict(x_va) - y_va)))
             model, chosen = fits[penalty], "validation"
-        elif classes:
-            folds = int(min(5, np.unique(y_tr, return_counts=True)[1].min()))
+        elif classes or multilabel:
+            # folds as many as the rarest value (a class, or a label's 0 or 1) allows, at most 5
+            counts = [np.unique(c, return_counts=True)[1].min() for c in np.reshape(y_tr, (len(y_tr), -1)).T]
+            folds = int(min(5, *counts))
+            key = "estimator__C" if multilabel else "C"
             if folds >= 2:
-                search = GridSearchCV(LogisticRegression(max_iter=3000), {"C": list(LOGISTIC_C)}, cv=folds)
+                search = GridSearchCV(_logistic(1.0, multilabel), {key: list(LOGISTIC_C)}, cv=folds, scoring=_accuracy)
                 model = search.fit(z_tr, y_tr).best_estimator_
-                penalty, chosen = float(search.best_params_["C"]), "cross-validation"
-            else:  # a class with a single training sample: no folds to choose on
+                penalty, chosen = float(search.best_params_[key]), "cross-validation"
+            else:  # a value with a single training sample: no folds to choose on
                 penalty, chosen = 1.0, "default"
-                model = LogisticRegression(C=penalty, max_iter=3000).fit(z_tr, y_tr)
+                model = _logistic(penalty, multilabel).fit(z_tr, y_tr)
         else:
             model = RidgeCV(alphas=RIDGE_ALPHA).fit(z_tr, y_tr)
             penalty, chosen = float(model.alpha_), "cross-validation"
         pred = model.predict(z(test, te))
         y_te = np.asarray(test.labels)[te]
-        if classes:
+        if classes or multilabel:
             value = {"accuracy": float(np.mean(pred == y_te))}
         else:
             value = {"mae": float(np.mean(np.abs(pred.reshape(y_te.shape) - y_te)))}
         out[obs] = {"rows": np.flatnonzero(te), "pred": pred, **value, "penalty": float(penalty), "chosen_on": chosen}
     return out
+
+
+def _logistic(c: float, multilabel: bool):
+    """A logistic regression of penalty ``c``; for a multilabel target, one per label (scikit-learn's
+    ``MultiOutputClassifier``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multioutput import MultiOutputClassifier
+
+    model = LogisticRegression(C=c, max_iter=3000)
+    return MultiOutputClassifier(model) if multilabel else model
+
+
+def _accuracy(model, x, y) -> float:
+    """The share of right labels (of every label, for a multilabel target), what the baselines are scored on."""
+    return float(np.mean(model.predict(x) == y))
 
 
 def single_view_baselines(data: MultimodalData, config: Config) -> dict:
@@ -204,15 +224,20 @@ def baseline_possible(label, train_labels, n_test: int) -> bool:
     samples with it of at least two classes (classes) or at least one (regression)."""
     if n_test == 0 or len(train_labels) == 0:
         return False
+    if label.kind == "multilabel":  # both values of every label
+        return all(len(np.unique(c)) == 2 for c in np.reshape(train_labels, (len(train_labels), -1)).T)
     return label.kind != "categorical" or len(np.unique(train_labels)) >= 2
 
 
 def _scores(pred, y: np.ndarray) -> np.ndarray:
     """Per sample, what a prediction scores on labels ``y`` (higher is better): 1 where the most probable class is
-    right (else 0), or minus the absolute error, averaged over a regression label's outputs."""
+    right (else 0), the share of a multilabel target's labels that are right, or minus the absolute error, averaged
+    over a regression label's outputs."""
     point = np.asarray(pred.point)
     if pred.kind == "categorical":
         return (point.argmax(-1) == y).astype(float)
+    if pred.kind == "bernoulli":
+        return ((point > 0.5) == np.asarray(y)).reshape(len(y), -1).mean(-1)
     err = np.abs(point.reshape(len(y), -1) - np.asarray(y, float).reshape(len(y), -1))
     return -err.mean(-1)
 
@@ -237,8 +262,8 @@ def against_linear(baselines: dict, predictions: dict, test: MultimodalDataset) 
         idx, y = base["rows"], y_all[base["rows"]]
         metric = "accuracy" if "accuracy" in base else "mae"
         mfm = _scores(predictions[obs], y_all)[idx]
-        if metric == "accuracy":
-            linear = (np.asarray(base["pred"]) == y).astype(float)
+        if metric == "accuracy":  # the share of a sample's labels that are right (one, for a class label)
+            linear = (np.asarray(base["pred"]) == y).reshape(len(y), -1).mean(-1)
         else:
             linear = -np.abs(np.asarray(base["pred"], float).reshape(len(y), -1) - np.reshape(y, (len(y), -1)))
             linear = linear.mean(-1)
@@ -264,7 +289,7 @@ def nested_gains(predictions: dict, test: MultimodalDataset) -> list[dict]:
     and whether S' is worse by more than that standard error. ``predictions``: ``{subset: Prediction}``."""
     keep = np.asarray(test.label_present, bool)
     kinds = {p.kind for p in predictions.values()}
-    if not keep.any() or not kinds <= {"categorical", "normal", "laplace"}:  # a class, or a regression label
+    if not keep.any() or not kinds <= {"categorical", "bernoulli", "normal", "laplace"}:
         return []
     y = np.asarray(test.labels)
     return nested_differences({tuple(obs): _scores(p, y)[keep] for obs, p in predictions.items()})
