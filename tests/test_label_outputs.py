@@ -112,3 +112,24 @@ def test_a_multilabel_target_has_a_logistic_regression_per_label_for_each_subset
     assert row["accuracy"]["mfm"] == 1.0 and row["gain"] == pytest.approx(1.0 - right.mean())
     one_valued = from_arrays({"a": a, "b": b}, np.stack([y[:, 0], np.ones(n, np.int64)], 1), split=split)
     assert subset_baselines(one_valued, cfg, [("a",)]) == {}
+
+
+def test_over_seeds_each_output_is_the_seeds_mean_and_spread(tmp_path):
+    from pyro_mfm.infer.seeds import run_seeds
+
+    rng = np.random.default_rng(2)
+    n = 100
+    a, b = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+    y = np.stack([a[:, 0] + rng.normal(size=n), b[:, 0] + rng.normal(size=n)], 1)
+    split = np.array(["train"] * 60 + ["valid"] * 20 + ["test"] * 20)
+    save(from_arrays({"a": a, "b": b}, y, split=split, label_names=["x", "z"]), tmp_path / "d.h5")
+    cfg = Config.from_dict({"data": {"source": str(tmp_path / "d.h5")}}).override(TINY + ["train.epochs=1"])
+    summary = run_seeds(cfg, tmp_path / "seeds", [0, 1])
+    per_seed = [json.loads((tmp_path / "seeds" / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    rows = summary["label_outputs"]["outputs"]
+    assert [r["output"] for r in rows] == ["x", "z"]
+    for k, row in enumerate(rows):
+        values = [p["label_outputs"]["outputs"][k]["mae"] for p in per_seed]
+        assert row["mae"]["values"] == pytest.approx(values) and row["mae"]["mean"] == pytest.approx(np.mean(values))
+    report = (tmp_path / "seeds" / "report.md").read_text()
+    assert "## Each output of the label (test split, a + b observed)" in report and "| x | " in report

@@ -57,6 +57,34 @@ def aggregate_subsets(per_seed: list[list[dict]]) -> list[dict]:
     return subsets
 
 
+def aggregate_outputs(per_seed: list[dict]) -> dict:
+    """Each output of the label (the reports' ``label_outputs``, one per seed) with its metrics as :func:`summary`
+    dicts over the seeds."""
+    first = per_seed[0]
+    outputs = []
+    for i, row in enumerate(first["outputs"]):
+        rows = [e["outputs"][i] for e in per_seed]
+        outputs.append(
+            {"output": row["output"], **_merge([{k: v for k, v in r.items() if k != "output"} for r in rows])}
+        )
+    return {"observed": first["observed"], "outputs": outputs}
+
+
+def outputs_lines(summary_: dict) -> list[str]:
+    """The summary's section on each output of the label, or nothing."""
+    entry = summary_.get("label_outputs")
+    if not entry:
+        return []
+    keys = [k for k in entry["outputs"][0] if k not in ("output", "n")]
+    lines = [
+        f"\n## Each output of the label (test split, {' + '.join(entry['observed'])} observed)\n",
+        "| output | " + " | ".join(keys) + " |",
+        "|" + "---|" * (len(keys) + 1),
+    ]
+    lines += [f"| {r['output']} | " + " | ".join(_cell(r[k]) for k in keys) + " |" for r in entry["outputs"]]
+    return lines
+
+
 def aggregate_linear(per_seed: list[list[dict]]) -> list[dict]:
     """The MFM against a linear model per subset (the reports' ``linear_baselines``, one list per seed) over the
     seeds: per subset the MFM's metric, the linear model's and the gain as :func:`summary` dicts, and how many seeds
@@ -153,6 +181,11 @@ def aggregate(reports: list[dict], seeds) -> dict:
             if first.get("nested_pairs")
             else {}
         ),
+        **(
+            {"label_outputs": aggregate_outputs([r["label_outputs"] for r in reports])}
+            if "label_outputs" in first
+            else {}
+        ),
         "train_seconds": summary([r["train_seconds"] for r in reports]),
         "per_seed": [f"seed-{s}" for s in seeds],
         "config": first["config"],
@@ -191,6 +224,7 @@ def markdown(summary_: dict) -> str:
         "## Every subset of observed modalities (test split)\n",
     ]
     lines += subsets_table(subsets)
+    lines += outputs_lines(summary_)
     lines += linear_lines(summary_)
     base = summary_["mean_imputation_baseline"]
     lines += [
