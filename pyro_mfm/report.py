@@ -20,7 +20,7 @@ from .analysis.forms import OPPOSITE_SE, form_scores, has_both_forms
 from .config import Config
 from .data.dataset import MultimodalData, MultimodalDataset
 from .ensemble import members_of
-from .infer.evaluate import format_cell, table
+from .infer.evaluate import format_cell, output_table, table
 from .infer.metrics import output_metrics
 from .infer.predict import predict
 from .infer.train import (
@@ -329,23 +329,6 @@ def _forms_lines(forms: list) -> list[str]:
     return md
 
 
-def _output_lines(entry: dict | None) -> list[str]:
-    """The section on each output of a label of several (``metrics.json``'s ``label_outputs``), or nothing."""
-    if not entry:
-        return []
-    keys = [k for k in entry["outputs"][0] if k not in ("output", "n")]
-    what = {"positive": "positive (share of the true labels)", "f1": "f1 (positive class)"}
-    lines = [
-        f"\n## Each output of the label (test split, {' + '.join(entry['observed'])} observed)\n",
-        "| output | " + " | ".join(what.get(k, k) for k in keys) + " | n |",
-        "|" + "---|" * (len(keys) + 2),
-    ]
-    for row in entry["outputs"]:
-        cells = [format_cell(row[k], ".4g") for k in keys]
-        lines.append(f"| {row['output']} | " + " | ".join(cells) + f" | {row['n']} |")
-    return lines
-
-
 def _markdown(report: dict, data: MultimodalData, result, config: Config) -> list[str]:
     """The lines of ``report.md``: the metrics of ``report`` (the content of ``metrics.json``) as text and tables."""
     mean_baseline, written = report["mean_imputation_baseline"], report["plots"]
@@ -360,7 +343,7 @@ def _markdown(report: dict, data: MultimodalData, result, config: Config) -> lis
     if report.get("missingness"):
         md += ["\n## Missing modalities (training split)\n"]
         md += [f"- {line}" for line in missingness_lines(config, data, report["missingness"])]
-    md += _output_lines(report.get("label_outputs"))
+    md += output_table(report["label_outputs"]) if report.get("label_outputs") else []
     md += _baseline_lines(data, report["linear_baselines"], report["nested_pairs"])
     md += _forms_lines(report.get("forms", []))
     md += [

@@ -142,6 +142,22 @@ def table(records: list[dict], metrics=None, baseline: dict | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+def output_table(entry: dict, cell=None) -> list[str]:
+    """The Markdown section on each output of a label of several (``label_outputs``: ``{"observed": [...],
+    "outputs": [{"output": name, metric: value, ...}]}``), each value written by ``cell`` (default: 4 significant
+    digits)."""
+    cell = cell or (lambda v: format_cell(v, ".4g"))
+    keys = [k for k in entry["outputs"][0] if k != "output"]
+    what = {"positive": "positive (share of the true labels)", "f1": "f1 (positive class)"}
+    lines = [
+        f"\n## Each output of the label (test split, {' + '.join(entry['observed'])} observed)\n",
+        "| output | " + " | ".join(what.get(k, k) for k in keys) + " |",
+        "|" + "---|" * (len(keys) + 1),
+    ]
+    lines += [f"| {row['output']} | " + " | ".join(cell(row[k]) for k in keys) + " |" for row in entry["outputs"]]
+    return lines
+
+
 def format_cell(v, spec: str) -> str:
     """A table cell: the number, or ``-`` where there is none (nothing to score, or not finite)."""
     return f"{v:{spec}}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"

@@ -18,6 +18,7 @@ from ..config import Config
 from ..data.schema import DataError
 from ..outputs import atomic_write, write_json
 from .checkpoint import folder_lock, prepare_folder
+from .evaluate import output_table
 
 
 def summary(values) -> dict:
@@ -68,21 +69,6 @@ def aggregate_outputs(per_seed: list[dict]) -> dict:
             {"output": row["output"], **_merge([{k: v for k, v in r.items() if k != "output"} for r in rows])}
         )
     return {"observed": first["observed"], "outputs": outputs}
-
-
-def outputs_lines(summary_: dict) -> list[str]:
-    """The summary's section on each output of the label, or nothing."""
-    entry = summary_.get("label_outputs")
-    if not entry:
-        return []
-    keys = [k for k in entry["outputs"][0] if k not in ("output", "n")]
-    lines = [
-        f"\n## Each output of the label (test split, {' + '.join(entry['observed'])} observed)\n",
-        "| output | " + " | ".join(keys) + " |",
-        "|" + "---|" * (len(keys) + 1),
-    ]
-    lines += [f"| {r['output']} | " + " | ".join(_cell(r[k]) for k in keys) + " |" for r in entry["outputs"]]
-    return lines
 
 
 def aggregate_linear(per_seed: list[list[dict]]) -> list[dict]:
@@ -224,7 +210,7 @@ def markdown(summary_: dict) -> str:
         "## Every subset of observed modalities (test split)\n",
     ]
     lines += subsets_table(subsets)
-    lines += outputs_lines(summary_)
+    lines += output_table(summary_["label_outputs"], _cell) if summary_.get("label_outputs") else []
     lines += linear_lines(summary_)
     base = summary_["mean_imputation_baseline"]
     lines += [
