@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from pyro_mfm import analysis
-from pyro_mfm.analysis.baselines import nested_differences, with_missing
+from pyro_mfm.analysis.baselines import nested_differences, sample_scores, with_missing
 from pyro_mfm.config import Config
 from pyro_mfm.data import MultimodalData, from_arrays, load_data
 from pyro_mfm.infer import fit
@@ -205,12 +205,8 @@ def run_mfm(config: Config, data, subsets, seeds, num_samples: int, no_valid: bo
                 result.mfm, test, obs, num_samples=num_samples, interval=config.evaluate.interval, keep_samples=False
             )
             metrics = label_metrics(pred, y, keep, data.schema.label)
-            if pred.kind == "categorical":
-                score = (pred.label == y).astype(float)
-            elif pred.kind == "bernoulli":  # the fraction of a sample's labels that are right
-                score = (pred.label == y).reshape(len(y), -1).mean(-1)
-            else:
-                score = np.abs(pred.point - y).mean(-1)
+            # right (a class), the share of the labels right (multilabel), or the absolute error (regression)
+            score = sample_scores(pred, y) if pred.kind in ("categorical", "bernoulli") else -sample_scores(pred, y)
             per[obs] = {"metrics": metrics, "score": score[keep]}
             if pred.kind == "categorical":  # the same draws for every seed: the seeds share the test labels
                 per[obs]["ece_draws"] = calibrated_ece_draws(pred.point[keep])

@@ -229,7 +229,7 @@ def baseline_possible(label, train_labels, n_test: int) -> bool:
     return label.kind != "categorical" or len(np.unique(train_labels)) >= 2
 
 
-def _scores(pred, y: np.ndarray) -> np.ndarray:
+def sample_scores(pred, y: np.ndarray) -> np.ndarray:
     """Per sample, what a prediction scores on labels ``y`` (higher is better): 1 where the most probable class is
     right (else 0), the share of a multilabel target's labels that are right, or minus the absolute error, averaged
     over a regression label's outputs."""
@@ -261,7 +261,7 @@ def against_linear(baselines: dict, predictions: dict, test: MultimodalDataset) 
             continue
         idx, y = base["rows"], y_all[base["rows"]]
         metric = "accuracy" if "accuracy" in base else "mae"
-        mfm = _scores(predictions[obs], y_all)[idx]
+        mfm = sample_scores(predictions[obs], y_all)[idx]
         if metric == "accuracy":  # the share of a sample's labels that are right (one, for a class label)
             linear = (np.asarray(base["pred"]) == y).reshape(len(y), -1).mean(-1)
         else:
@@ -292,7 +292,7 @@ def nested_gains(predictions: dict, test: MultimodalDataset) -> list[dict]:
     if not keep.any() or not kinds <= {"categorical", "bernoulli", "normal", "laplace"}:
         return []
     y = np.asarray(test.labels)
-    return nested_differences({tuple(obs): _scores(p, y)[keep] for obs, p in predictions.items()})
+    return nested_differences({tuple(obs): sample_scores(p, y)[keep] for obs, p in predictions.items()})
 
 
 def nested_differences(scores: dict) -> list[dict]:

@@ -18,7 +18,7 @@ from ..data.dataset import MultimodalDataset
 from ..ensemble import FORMS, Ensemble, expert_form, members_of
 from ..infer.evaluate import observed_subsets
 from ..infer.predict import predict
-from .baselines import _paired, _scores
+from .baselines import _paired, sample_scores
 
 OPPOSITE_SE = 2.0
 """How many paired standard errors each split's difference between the forms must exceed for :func:`form_scores`
@@ -65,7 +65,7 @@ def form_scores(
             scores = {}
             for f, sub in by_form.items():
                 pred = predict(sub, ds, obs, num_samples, batch_size=batch_size, keep_samples=False, seed=seed)
-                scores[f] = _scores(pred, y)[keep]
+                scores[f] = sample_scores(pred, y)[keep]
             d, se = _paired(scores["linear"] - scores["mlp"])
             sign = 1.0 if metric == "accuracy" else -1.0
             rec[split] = {f: sign * float(s.mean()) for f, s in scores.items()}

@@ -183,10 +183,8 @@ def declare_label(data: MultimodalData, label_range=None, label_names=None) -> M
             f"label_names: {len(names)} names; expected {lab.dim}, one per "
             + ("class" if lab.kind == "categorical" else "output")
         )
-    schema = replace(data.schema, label=LabelSpec(lab.kind, lab.dim, names, low, high))
-    data.schema = schema
+    data.adopt(replace(data.schema, label=LabelSpec(lab.kind, lab.dim, names, low, high)))
     for ds in data.splits.values():
-        ds.schema = schema
         ds.validate_labels()
     return data
 

@@ -340,6 +340,18 @@ class MultimodalData:
             self.handle.close()
             self.handle = None
 
+    def adopt(self, schema: Schema, source=None) -> MultimodalData:
+        """This data set (changed in place, and returned) with ``schema``, and ``source`` where given, in it and in
+        every split."""
+        self.schema = schema
+        for ds in self.splits.values():
+            ds.schema = schema
+            if source is not None:
+                ds.source = str(source)
+        if source is not None:
+            self.source = str(source)
+        return self
+
     def __enter__(self) -> MultimodalData:
         return self
 

@@ -96,14 +96,14 @@ def feature_statistics(ds: MultimodalDataset, chunk: int = 4096, min_std: float 
             sq[s.name] += w @ (x * x)
             counts[s.name] += w.sum()
             lacking[s.name] += int((~batch.present[s.name]).sum())
-        if lab is not None:
-            yp = batch.y_present.numpy()
-            labels.append(batch.y.numpy()[yp])
-            for s in ds.schema.modalities:
-                labelled_present[s.name].append(batch.present[s.name].numpy()[yp])
-        if lab is not None and lab.kind == "regression":
-            yp = batch.y_present.numpy()
-            y = batch.y.double().numpy()[yp]
+        if lab is None:
+            continue
+        yp = batch.y_present.numpy()
+        labels.append(batch.y.numpy()[yp])
+        for s in ds.schema.modalities:
+            labelled_present[s.name].append(batch.present[s.name].numpy()[yp])
+        if lab.kind == "regression":
+            y = labels[-1].astype(np.float64)
             if y.size and np.abs(y).max() > MAX_MAGNITUDE:
                 raise DataError(
                     f"split {ds.split!r}: a regression label reaches {np.abs(y).max():.3g}; expected "

@@ -140,6 +140,12 @@ def output_log_probs(p_y, y) -> torch.Tensor:
     return p_y.log_prob(y).unsqueeze(-1)
 
 
+def output_mixtures(lp) -> torch.Tensor:
+    """Each output's own mixture over the K draws, log (1/K) sum_k p(y_i | z_k), (..., N, d), from the log densities
+    ``lp`` of the label's outputs, (K, ..., N, d)."""
+    return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+
 def mixture_log_predictive(lp) -> torch.Tensor:
     """The log predictive density of the label from the log densities ``lp`` of its outputs at K draws, (K, ..., N,
     d): the sum over the outputs of each output's own mixture, sum_i log (1/K) sum_k p(y_i | z_k), (..., N). Each
@@ -147,7 +153,7 @@ def mixture_log_predictive(lp) -> torch.Tensor:
     z_k), lets draws of z_y that move every output together stand in for a spread that each output's predictive
     then lacks (on POM's 17 ratings, the joint fit left 90% intervals covering 0.86 of the validation labels that
     it was fitted on, `docs/quality.md`). The same for one output."""
-    return (torch.logsumexp(lp, 0) - math.log(lp.shape[0])).sum(-1)
+    return output_mixtures(lp).sum(-1)
 
 
 def _mean_nlpd(parts) -> torch.Tensor:
@@ -609,7 +615,7 @@ def calibrate_ensemble(
         for parts, obs in zip(zip(*per_member), observed):
             keep = parts[0][1]
             # each member's mixture over its K draws, weighted by the member's log weight for the observed subset
-            own = torch.stack([torch.logsumexp(lp, 0) - math.log(lp.shape[0]) for lp, _ in parts])  # (J, ..., N, d)
+            own = torch.stack([output_mixtures(lp) for lp, _ in parts])  # (J, ..., N, d)
             # each output's mixture over the members (:func:`mixture_log_predictive`), summed over the outputs
             lp = torch.logsumexp(own + mixture_log_weights(coef, obs).unsqueeze(-1), 0).sum(-1)
             total = total - lp[..., keep].sum()

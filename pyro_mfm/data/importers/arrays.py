@@ -49,12 +49,7 @@ def _finish(data: MultimodalData, source, label_names=None, feature_names=None) 
         schema = replace(
             schema, modalities=tuple(replace(m, feature_names=feature_names.get(m.name)) for m in schema.modalities)
         )
-    data.schema = schema
-    data.source = str(source)
-    for ds in data.splits.values():
-        ds.schema = schema
-        ds.source = str(source)
-    return data
+    return data.adopt(schema, source)
 
 
 # ------------------------------------------------------------------------------------------------------------- NPZ

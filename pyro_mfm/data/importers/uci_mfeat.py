@@ -124,9 +124,4 @@ def convert_uci_mfeat(folder, seed: int = SEED, fractions=FRACTIONS) -> Multimod
             },
         },
     )
-    data.schema = schema
-    for ds in data.splits.values():
-        ds.schema = schema
-        ds.source = str(folder)
-    data.source = str(folder)
-    return data
+    return data.adopt(schema, folder)
