@@ -8,6 +8,7 @@ import torch
 from pyro.infer import JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_mfm.data.builtin import load_embedded
+from pyro_mfm.infer.device import matmul_precision
 from pyro_mfm.infer.evaluate import evaluate
 from pyro_mfm.infer.objective import Objective
 from pyro_mfm.infer.predict import impute, predict
@@ -197,16 +198,29 @@ def inference(device, reps, warmup, quick) -> list:
 def test_split(device, reps, quick) -> list:
     """The UCI test split as the main job sees it (400 samples, every view recorded, 100 draws): prediction from all
     views, imputation of fou and pix from the rest, and :func:`evaluate` of all 63 subsets against one subset of
-    five views (the ratio is the cost of sharing, or not, the work across subsets)."""
+    five views (the ratio is the cost of sharing, or not, the work across subsets). Prediction and imputation also
+    with ``train.matmul_precision = "medium"`` (the rows marked so)."""
     s = setups.uci(device=device, quick=quick)
     mfm = s.mfm.eval()
     ds = load_embedded()["test"]
     draws = 4 if quick else 100
     rest = [m for m in ds.schema.names if m not in ("fou", "pix")]
     one = [tuple(ds.schema.names[:5])]
+
+    def medium(fn):
+        def run():
+            with matmul_precision("medium"):
+                fn()
+
+        return run
+
     fns = {
         "predict, observed all (100 draws)": lambda: predict(mfm, ds, None, num_samples=draws, keep_samples=False),
         "impute fou, pix (100 draws)": lambda: impute(mfm, ds, rest, num_samples=draws),
+        "predict, observed all (100 draws), medium": medium(
+            lambda: predict(mfm, ds, None, num_samples=draws, keep_samples=False)
+        ),
+        "impute fou, pix (100 draws), medium": medium(lambda: impute(mfm, ds, rest, num_samples=draws)),
         "evaluate 1 subset (5 views)": lambda: evaluate(mfm, ds, one, num_samples=draws, progress=False),
         "evaluate all 63 subsets": lambda: evaluate(mfm, ds, num_samples=draws, progress=False),
     }

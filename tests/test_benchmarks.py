@@ -36,6 +36,7 @@ def test_quick_benchmark_prints_every_table_and_the_equalities_hold():
         assert heading in text
     assert "| UCI vectors | Pyro objective (library), validation off |" in text
     assert "| MOSI sequences (wae) | plain PyTorch, validation on |" in text
+    assert "| predict, observed all (100 draws), medium |" in text  # train.matmul_precision = "medium" too
     assert "| MMSA's sizes | total |" in text and "| the paper's sizes | batch 16 |" in text
     assert text.count("relative difference") == 5  # section 1's three setups, section 2's two configurations
     assert "ALL EQUALITY CHECKS PASSED" in text

@@ -115,10 +115,10 @@ def load_for_inference(args, only_split: bool = False):
     overrides = getattr(args, "overrides", [])
     for item in overrides:  # a trained model's architecture and training are fixed; how it is evaluated is not
         key = item.split("=", 1)[0].strip()
-        if not (key.startswith(("data.", "evaluate.")) or key == "train.num_threads"):
+        if not (key.startswith(("data.", "evaluate.")) or key in ("train.num_threads", "train.matmul_precision")):
             raise ConfigError(
-                f"--set {item}: only [data] and [evaluate] fields and train.num_threads apply to a "
-                f"trained model; expected e.g. --set evaluate.num_samples=50"
+                f"--set {item}: only [data] and [evaluate] fields, train.num_threads and train.matmul_precision apply "
+                "to a trained model; expected e.g. --set evaluate.num_samples=50"
             )
     if overrides:  # before the data are loaded: --set data.test_split=valid applies
         config = config.override(overrides)

@@ -69,14 +69,14 @@ def checkpoint_in(path) -> bool:
 
 
 def _evaluate_one(args):
+    from ..infer.device import compute
     from ..infer.evaluate import evaluate
     from ..infer.predict import refuse_imputed
-    from ..infer.train import cpu_threads
 
     mfm, config, ds, payload = load_for_inference(args)
     refuse_imputed(ds)
     subsets = [parse_observed(o) or list(mfm.schema.names) for o in args.observed] or None
-    with cpu_threads(config.train.num_threads):
+    with compute(config.train):
         records = evaluate(
             mfm,
             ds,

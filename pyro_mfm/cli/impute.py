@@ -19,8 +19,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data import native
+    from ..infer.device import compute
     from ..infer.predict import impute, imputed_data
-    from ..infer.train import cpu_threads
     from ..outputs import check_output_file
 
     check_output_file(args.out, "--out")
@@ -28,7 +28,7 @@ def run(args) -> int:
         raise DataError(f"--out {args.out}: already exists; expected a new file name (or --overwrite)")
     mfm, config, ds, payload = load_for_inference(args)
     num_samples = config.evaluate.num_samples
-    with cpu_threads(config.train.num_threads):
+    with compute(config.train):
         imp = impute(
             mfm,
             ds,

@@ -132,8 +132,8 @@ def write_h5(path: Path, pred, ds, lab, attrs: dict) -> None:
 
 
 def run(args) -> int:
+    from ..infer.device import compute
     from ..infer.predict import predict
-    from ..infer.train import cpu_threads
     from ..outputs import check_output_file
 
     out = Path(args.out)
@@ -147,7 +147,7 @@ def run(args) -> int:
         raise DataError(f"{payload['path']}: the model has no label to predict")
     observed = parse_observed(args.observed)
     ev = config.evaluate
-    with cpu_threads(config.train.num_threads):
+    with compute(config.train):
         pred = predict(
             mfm,
             ds,

@@ -1,4 +1,5 @@
-"""The compute a run uses: the PyTorch CPU thread count for a block, and the device ``train.device`` names."""
+"""The compute a run uses: the PyTorch CPU thread count and float32 matrix products' precision for a block, and the
+device ``train.device`` names."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ def cpu_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def matmul_precision(name: str):
+    """Run a block with float32 matrix products at ``name``'s internal precision (``"highest"``, ``"high"`` or
+    ``"medium"``: :func:`torch.set_float32_matmul_precision`), restoring the setting afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@contextmanager
+def compute(train, threads: int | None = None):
+    """Run a block with the CPU threads (``threads``, else ``train.num_threads``) and the matrix products'
+    precision that the training configuration ``train`` asks for."""
+    with cpu_threads(train.num_threads if threads is None else threads), matmul_precision(train.matmul_precision):
+        yield
 
 
 def resolve_device(name: str) -> torch.device:

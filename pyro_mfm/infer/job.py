@@ -19,10 +19,11 @@ from ..data.dataset import MultimodalData
 from ..data.schema import DataError
 from ..data.sources import load_data
 from .checkpoint import folder_lock, prepare_folder
+from .device import compute
 from .evaluate import evaluate, mean_imputation_baseline
 from .faults import StopRequested
 from .predict import impute, imputed_data
-from .train import cpu_threads, fit
+from .train import fit
 
 REPORT_FILES = ("checkpoint", "metrics.json", "report.md", "imputed_*.h5", "plots", ".*.tmp")
 """What a report folder holds (``overwrite`` deletes only these)."""
@@ -39,7 +40,7 @@ def run(
     ``{"interrupted": "SIGTERM", "checkpoint": ...}`` when a signal stopped the job (no report is written then).
     ``resume``, ``overwrite`` and ``allow_config_change`` as in :func:`pyro_mfm.infer.train.fit`."""
     out = Path(out_dir)
-    with cpu_threads(config.train.num_threads), folder_lock(out, "report folder"):
+    with compute(config.train), folder_lock(out, "report folder"):
         prepare_folder(out, resume, overwrite, REPORT_FILES, "report folder")
         for name in ("report.md", "metrics.json"):  # a report of the run being continued is no longer true
             (out / name).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ RESUME_FREE = frozenset(
         "train.patience",
         "train.progress",
         "train.num_threads",
+        "train.matmul_precision",
         "train.ensemble_processes",
         "train.keep_last",
         "train.device",

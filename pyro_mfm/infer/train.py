@@ -32,7 +32,7 @@ from ..outputs import write_json
 from . import distributed
 from .calibrate import calibrate, calibrate_ensemble, calibration_mode
 from .checkpoint import folder_lock, prepare_folder, update_weights
-from .device import cpu_threads, resolve_device
+from .device import compute, resolve_device
 from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
 from .processes import ProcessEnded, run_in_processes, unguarded_main_script
@@ -125,7 +125,7 @@ def fit(
     if scheduler is not None and optimizer is None:
         raise ValueError("fit: a scheduler needs the optimizer it schedules (optimizer=...)")
     built = {"model": model, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
-    with cpu_threads(config.train.num_threads):
+    with compute(config.train):
         group, device = distributed.setup(resolve_device(config.train.device))
         try:
             # what the model takes each missing modality's absence for (a resumed run follows its checkpoint's)
@@ -288,7 +288,7 @@ def _built_by_config() -> dict:
 
 def _train_member(data: bytes, config: Config, out_dir, resume, overwrite, device, allow_config_change, threads):
     """One ensemble member trained in a process of its own (:func:`~pyro_mfm.infer.processes.run_in_processes`)."""
-    with cpu_threads(threads):
+    with compute(config.train, threads):
         args = (resume, overwrite, distributed.Dist(), device, allow_config_change, None, _built_by_config())
         return _fit_in_folder(config, pickle.loads(data), out_dir, *args)
 
