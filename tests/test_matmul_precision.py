@@ -13,23 +13,7 @@ from pyro_mfm.infer.device import compute, matmul_precision
 from pyro_mfm.infer.predict import predict
 from pyro_mfm.infer.resume import RESUME_FREE
 from pyro_mfm.infer.train import fit
-
-TINY = [
-    "train.progress=False",
-    "train.ensemble=1",
-    "model.z_y_dim=2",
-    "model.z_a_dim=2",
-    "model.hidden=8",
-    "model.f_y_dim=4",
-    "model.f_a_dim=4",
-    "train.epochs=2",
-    "train.kl_warmup=1",
-    "train.batch_size=16",
-    "train.valid_samples=2",
-    "train.num_threads=1",
-    "train.device='cpu'",
-    "train.calibrate='none'",
-]
+from tests.test_hardening import TINY
 
 
 def test_the_block_runs_at_the_precision_asked_and_the_callers_is_restored():
