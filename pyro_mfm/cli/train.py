@@ -8,7 +8,8 @@ Under ``torchrun --nproc_per_node N`` the same command trains data-parallel; onl
 OUT is locked while training (a second training into it fails at once). A non-empty OUT is refused unless
 ``--resume`` (continue the run in it) or ``--overwrite`` (delete its run files first). ``--resume`` refuses a
 configuration that changes the run's result (anything but train.epochs, train.patience, train.device, train.progress,
-train.num_threads, train.keep_last, train.validate, data.source, [evaluate]) unless ``--allow-config-change``, which
+train.num_threads, train.matmul_precision, train.ensemble_processes, train.keep_last, train.validate, data.source,
+[evaluate]) unless ``--allow-config-change``, which
 records the change in ``log.jsonl``; it says where it resumed.
 """
 
