@@ -32,7 +32,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import MAX_REFIT_MODALITIES, ConfigError, ModelConfig
 from .data.dataset import Batch
 from .data.schema import Schema
 from .data.stats import FeatureStats
@@ -43,6 +43,7 @@ from .nets import (
     InformationExpert,
     LinearExpert,
     MemoryFusion,
+    SubsetPosteriors,
     make_encoder,
     mlp,
     product_of_experts,
@@ -107,6 +108,14 @@ class Guide(nn.Module):
         elif self.shared and config.expert == "linear":
             linear = {s.name: LinearExpert(self._linear_dim(s), config.z_y_dim) for s in schema.modalities}
             self.q_y = nn.ModuleDict(linear)
+            if config.linear_refit:  # each subset's own posterior, fitted after training (infer/refit.py)
+                if len(self.names) > MAX_REFIT_MODALITIES:
+                    raise ConfigError(
+                        f"model.linear_refit: {schema.name or 'the data'} has {len(self.names)} modalities; expected "
+                        f"at most {MAX_REFIT_MODALITIES} (one posterior per subset of them)"
+                    )
+                dims = [self._linear_dim(s) for s in schema.modalities]
+                self.subset_posteriors = SubsetPosteriors(dims, config.z_y_dim)
         elif self.shared:
             self.q_y = nn.ModuleDict(
                 {m: InformationExpert(enc_h[m], config.z_y_dim, h, dropout, layers) for m in self.names}
@@ -255,10 +264,20 @@ class Guide(nn.Module):
         if self.absent_names:  # each known absence, with weight 1
             experts += self.absence_experts(weights.shape[:-1])
             weights = torch.cat([weights, batch.absent_masks(self.absent_names).to(weights.dtype)], -1)
-        if self.y_in is not None and batch.y is not None:
+        labelled = self.y_in is not None and batch.y is not None
+        if labelled:
             experts.append(self.q_label(self.y_in(batch.y)))
             weights = torch.cat([weights, batch.y_present.unsqueeze(-1).to(weights.dtype)], -1)
-        return product_of_experts([e[0] for e in experts], [e[1] for e in experts], weights)
+        q = product_of_experts([e[0] for e in experts], [e[1] for e in experts], weights)
+        refit = getattr(self, "subset_posteriors", None)
+        if refit is None or self.training or labelled:
+            return q
+        # model.linear_refit: each observed subset's own posterior, where a sample has no known absence
+        keep = torch.ones(len(batch), dtype=torch.bool, device=q.loc.device)
+        if self.absent_names:
+            keep = ~batch.absent_masks(self.absent_names).any(-1)
+        inputs = self.linear_inputs(batch, self.inputs(batch))
+        return refit.posterior([inputs[m] for m in self.names], batch.present_masks(self.names), keep, q)
 
     def absence_experts(self, batch_shape) -> list:
         """(eta, Lambda) of each modality's absence (in the order of :attr:`absent_names`), expanded to

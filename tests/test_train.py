@@ -90,13 +90,14 @@ def test_checkpoint_reloads_and_corruption_is_detected(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("expert", ["mlp", "linear"])
+@pytest.mark.parametrize("expert", ["mlp", "linear", "linear-refit"])
 def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle(expert):
     """3 modalities, 20% of modalities missing at random in training. For every observed subset on 2,000 held-out
     samples: label MSE and imputation MSE within 15% of the exact Bayes-optimal values, and 90% predictive
     intervals covering between 85% and 95% (the coverage estimate's standard error is sqrt(.9 * .1 / 2000) = 0.7%,
     a relative MSE's about sqrt(2 / 2000) = 3%). With MLP experts of z_y, and with linear ones (``model.expert =
-    "linear"``), the form of these modalities' exact experts.
+    "linear"``), the form of these modalities' exact experts, alone and with each subset's posterior refitted to the
+    full one (``model.linear_refit``; the missing modalities' samples fit the subsets they observe).
 
     The label's spread is calibrated on the validation split with 256 draws of z_y per sample and subset. With 16, the
     Monte Carlo estimate of the held-out log predictive density, biased low most where q(z_y | x_S) is wide, was
@@ -108,7 +109,7 @@ def test_linear_gaussian_predictions_and_imputations_match_the_bayes_oracle(expe
     cfg = Config().override(
         SMALL
         + ["train.epochs=150", "train.patience=30", "train.select_metric='loss'", "model.alpha=0.0"]
-        + [f"model.expert='{expert}'"]
+        + [f"model.expert='{expert.split('-')[0]}'", f"model.linear_refit={expert.endswith('refit')}"]
     )
     mfm = fit(cfg, data).mfm
     y = test.labels[:, 0]

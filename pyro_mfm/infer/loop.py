@@ -459,12 +459,16 @@ class Checkpointer:
         if self.writer:
             self._write_log(history)
 
+    def save_weights(self) -> None:
+        """Put the model's weights and buffers as they stand into ``best.pt`` (what ``evaluate`` loads)."""
+        if self.writer and self.best_file.exists():
+            update_weights(self.best_file, self.mfm)
+
     def save_calibration(self, calibration: dict) -> None:
         """Put the calibrated weights into ``best.pt`` (what ``evaluate`` loads) and write ``calibration.json``."""
         if not (calibration and self.writer):
             return
-        if self.best_file.exists():
-            update_weights(self.best_file, self.mfm)
+        self.save_weights()
         text = json.dumps(strict(calibration), indent=2, allow_nan=False).encode()
         atomic_write(self.out_dir / "calibration.json", lambda f: f.write(text))
 

@@ -37,6 +37,7 @@ from .faults import DivergenceError, StopRequested, is_finite
 from .loop import drop_modalities, validation_score
 from .processes import ProcessEnded, run_in_processes, unguarded_main_script
 from .progress import bars_enabled
+from .refit import refit_subsets
 from .resume import RESUME_FREE, config_changes  # noqa: F401  (re-exported)
 from .run import Run, prepare
 from .tensorboard import TrainingLog
@@ -357,6 +358,9 @@ def _fit(
         result.averaged = _keep_average(run)
     result.history, result.best, result.skipped = run.selection.history, run.selection.best, run.guard.reports
     run.mfm.eval()
+    if not result.interrupted and getattr(run.mfm.guide, "subset_posteriors", None) is not None:
+        refit_subsets(run.mfm, run.train, config.evaluate.batch_size)  # model.linear_refit
+        ckpt.save_weights()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
         mode = calibration_mode(tc.calibrate, run.mfm)
         result.calibration = calibrate(

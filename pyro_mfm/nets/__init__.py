@@ -1,6 +1,13 @@
 """Networks: encoders for q(z | x), factor networks G, decoders F_m, the label head D, LSTMs and the MFN."""
 
-from .encoders import AbsenceExpert, ExpertEncoder, InformationExpert, LinearExpert, product_of_experts
+from .encoders import (
+    AbsenceExpert,
+    ExpertEncoder,
+    InformationExpert,
+    LinearExpert,
+    SubsetPosteriors,
+    product_of_experts,
+)
 from .mfn import MemoryFusion
 from .mlp import FactorNet, mlp
 from .modalities import ModalityDecoder, ModalityEncoder, make_decoder, make_encoder
@@ -17,6 +24,7 @@ __all__ = [
     "ModalityEncoder",
     "SequenceDecoder",
     "SequenceEncoder",
+    "SubsetPosteriors",
     "make_decoder",
     "make_encoder",
     "mlp",

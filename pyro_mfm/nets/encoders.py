@@ -66,6 +66,43 @@ class LinearExpert(nn.Module):
         return self.eta(x), precision.expand(x.shape[:-1] + precision.shape)
 
 
+class SubsetPosteriors(nn.Module):
+    """One affine Gaussian posterior of z_y per observed subset S of the modalities (``model.linear_refit``): mean
+    A_S x_S + c_S of the subset's linear inputs, concatenated in the modalities' order, and one Cholesky factor L_S,
+    as buffers (fitted after training by :func:`pyro_mfm.infer.refit.refit_subsets`); a subset whose factor is zero
+    is not fitted and keeps the product of experts."""
+
+    def __init__(self, dims: list[int], z_dim: int):
+        super().__init__()
+        self.subsets = 2 ** len(dims) - 1
+        for code in range(1, self.subsets + 1):
+            d = sum(w for i, w in enumerate(dims) if code >> i & 1)
+            self.register_buffer(f"weight_{code}", torch.zeros(z_dim, d))
+            self.register_buffer(f"bias_{code}", torch.zeros(z_dim))
+            self.register_buffer(f"scale_tril_{code}", torch.zeros(z_dim, z_dim))
+
+    def parts(self, code: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return getattr(self, f"weight_{code}"), getattr(self, f"bias_{code}"), getattr(self, f"scale_tril_{code}")
+
+    def fitted(self, code: int) -> bool:
+        return bool(getattr(self, f"scale_tril_{code}").diagonal().gt(0).all())
+
+    def posterior(self, inputs: list, present: torch.Tensor, keep: torch.Tensor, q: dist.MultivariateNormal):
+        """``q`` (the product of experts of a batch) with the rows where ``keep`` and the subset that ``present``
+        ``(B, M)`` marks is fitted replaced by that subset's posterior. ``inputs``: each modality's linear inputs."""
+        codes = (present.long() << torch.arange(present.shape[-1], device=present.device)).sum(-1)
+        loc, tril = q.loc.clone(), q.scale_tril.expand(q.loc.shape + q.loc.shape[-1:]).clone()
+        for code in codes[keep].unique().tolist():
+            if code == 0 or not self.fitted(code):
+                continue
+            rows = keep & (codes == code)
+            weight, bias, factor = self.parts(code)
+            x = torch.cat([inputs[i][rows] for i in range(present.shape[-1]) if code >> i & 1], -1)
+            loc[rows] = x @ weight.T + bias
+            tril[rows] = factor
+        return Posterior(loc, scale_tril=tril)
+
+
 class AbsenceExpert(nn.Module):
     """The expert of z_y that a modality's absence contributes: one learned (eta, Lambda = F F^T) for every sample
     that lacks the modality (an observation of one bit, which carries the same evidence for each of them)."""

@@ -1,0 +1,88 @@
+"""``model.linear_refit``: each observed subset's posterior of z_y fitted in closed form, after training, to the
+model's own full posterior on the training split.
+
+For a sample observing the subset S, the posterior the model implies is its full posterior q(z_y | every observed
+modality) with the modalities outside S integrated out. In the linear form of the experts that mixture's mean is
+estimated by a ridge regression of the full posteriors' means on S's linear inputs (law of total expectation; the
+penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the regression's residual covariance
+plus the full posteriors' mean covariance (law of total variance). Trained by steps, with early stopping and the
+mean of the weights, a linear expert's direction in its features is the weaker one on near-linear noisy data
+(``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the regression reaches its
+optimum in one solve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.dataset import MultimodalDataset
+
+# the fewest training samples observing a subset for its posterior to be refitted (else: the product of experts)
+MIN_SAMPLES = 20
+# the ridge penalties searched by leave-one-out, on standardised inputs
+ALPHAS = np.logspace(-2, 5, 15)
+
+
+@torch.no_grad()
+def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
+    """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``ds``, the
+    training split; ``{subset: chosen penalty}`` for the subsets fitted (none without them). Samples with a known
+    absence are left out, as prediction keeps their product of experts."""
+    from sklearn.linear_model import RidgeCV
+
+    guide = mfm.guide
+    refit = getattr(guide, "subset_posteriors", None)
+    if refit is None:
+        return {}
+    for buf in refit.buffers():  # the targets are the product of experts, not an earlier refit
+        buf.zero_()
+    was = mfm.training
+    mfm.eval()
+    names = list(guide.names)
+    device = refit.bias_1.device
+    means, inputs, present = [], {m: [] for m in names}, []
+    cov_sum: dict[int, torch.Tensor] = {}
+    count: dict[int, int] = {}
+    for batch in ds.loader(batch_size, device=device):
+        b = batch.without_labels()
+        keep = torch.ones(len(b), dtype=torch.bool, device=device)
+        if guide.absent_names:
+            keep = ~b.absent_masks(guide.absent_names).any(-1)
+        q = guide.posterior_z_y(b)
+        mask = b.present_masks(names)[keep]
+        codes = (mask.long() << torch.arange(len(names), device=device)).sum(-1)
+        cov = q.covariance_matrix.expand(q.loc.shape + q.loc.shape[-1:])[keep].double()
+        for code in codes.unique().tolist():
+            rows = codes == code
+            cov_sum[code] = cov_sum.get(code, 0) + cov[rows].sum(0).cpu()
+            count[code] = count.get(code, 0) + int(rows.sum())
+        means.append(q.mean[keep].double().cpu())
+        lin = guide.linear_inputs(b, guide.inputs(b))
+        for m in names:
+            inputs[m].append(lin[m][keep].double().cpu())
+        present.append(mask.cpu())
+    mfm.train(was)
+    if not means:
+        return {}
+    mean = torch.cat(means).numpy()
+    x = {m: torch.cat(v).numpy() for m, v in inputs.items()}
+    observed = torch.cat(present).numpy()
+    chosen = {}
+    for code in range(1, refit.subsets + 1):
+        subset = [i for i in range(len(names)) if code >> i & 1]
+        rows = observed[:, subset].all(-1)
+        if rows.sum() < MIN_SAMPLES:
+            continue
+        features = np.concatenate([x[names[i]][rows] for i in subset], -1)
+        reg = RidgeCV(alphas=ALPHAS).fit(features, mean[rows])
+        residual = mean[rows] - reg.predict(features)
+        # the full posteriors' mean covariance over the samples observing the subset (each code's sum counted)
+        within = sum(cov_sum[c] for c in cov_sum if c & code == code) / sum(count[c] for c in count if c & code == code)
+        covariance = np.cov(residual.T, bias=True) + within.numpy()
+        weight, bias, factor = refit.parts(code)
+        weight.copy_(torch.as_tensor(np.atleast_2d(reg.coef_), dtype=weight.dtype))
+        bias.copy_(torch.as_tensor(np.atleast_1d(reg.intercept_), dtype=bias.dtype))
+        factor.copy_(torch.as_tensor(np.linalg.cholesky(covariance), dtype=factor.dtype))
+        chosen["+".join(names[i] for i in subset)] = float(reg.alpha_)
+    return chosen

@@ -1,0 +1,78 @@
+"""``model.linear_refit``: each observed subset's posterior of z_y refitted after training to the model's own full
+posterior (:mod:`pyro_mfm.infer.refit`), stored with the model, used by prediction, and left out where a sample
+has a known absence. Its accuracy on the linear-Gaussian oracle: ``tests/test_train.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_mfm.config import Config, ConfigError
+from pyro_mfm.data import LinearGaussianMFM, from_arrays
+from pyro_mfm.data.stats import feature_statistics
+from pyro_mfm.infer.checkpoint import load_model
+from pyro_mfm.infer.predict import predict
+from pyro_mfm.infer.train import fit
+from pyro_mfm.model import MFM
+from tests.test_hardening import TINY
+
+REFIT = ["model.expert='linear'", "model.linear_refit=true"]
+
+
+def product_of_experts(guide, batch):
+    """The guide's posterior with every refitted subset set aside (their buffers zeroed: the state before fitting)."""
+    for buf in guide.subset_posteriors.buffers():
+        buf.zero_()
+    return guide.posterior_z_y(batch)
+
+
+def test_every_subset_takes_its_own_posterior_stored_with_the_model(tmp_path):
+    gen = LinearGaussianMFM.random({"a": 4, "b": 6, "c": 5}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
+    data = gen.sample({"train": 600, "valid": 200}, missing=0.0, seed=1)
+    config = Config().override(TINY + REFIT + ["train.epochs=3"])
+    mfm = fit(config, data, out_dir=tmp_path / "run").mfm
+    guide = mfm.guide
+    assert all(guide.subset_posteriors.fitted(code) for code in range(1, 8))  # 600 samples observe every subset
+    # best.pt carries the refit: the reloaded model predicts the same numbers
+    reloaded = load_model(tmp_path / "run")[0]
+    assert reloaded.guide.subset_posteriors.fitted(1)
+    a = predict(mfm, data["valid"], ["a"], num_samples=10, seed=0, keep_samples=False)
+    b = predict(reloaded, data["valid"], ["a"], num_samples=10, seed=0, keep_samples=False)
+    np.testing.assert_array_equal(a.point, b.point)
+    batch = data["valid"].batch(np.arange(100)).without_labels()
+    with torch.no_grad():
+        full, one = guide.posterior_z_y(batch), guide.posterior_z_y(batch.observe_only(["a"]))
+        poe_full, poe_one = product_of_experts(guide, batch), guide.posterior_z_y(batch.observe_only(["a"]))
+    # a linear member's full posterior is affine in its inputs: its regression on them gives it back (up to the
+    # ridge's penalty, chosen by leave-one-out); a subset's own posterior is not the product of its experts
+    torch.testing.assert_close(full.loc, poe_full.loc, atol=0.02 * float(poe_full.loc.abs().max()), rtol=0)
+    assert float((one.loc - poe_one.loc).abs().max()) > 1e-3
+
+
+def test_a_known_absence_keeps_the_product_of_experts():
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.normal(size=n)
+    present = {"a": np.ones(n, bool), "b": rng.random(n) > 0.5}
+    x_b = rng.normal(size=(n, 3)) * present["b"][:, None]
+    data = from_arrays({"a": y[:, None] + rng.normal(size=(n, 2)), "b": x_b}, y + 2.0 * ~present["b"], present=present)
+    mfm = fit(Config().override(TINY + REFIT + ["model.missingness='informative'"]), data).mfm
+    guide = mfm.guide
+    assert guide.absent_names == ["b"] and guide.subset_posteriors.fitted(1)
+    batch = data["train"].batch(np.arange(len(data["train"]))).without_labels()
+    absent = batch.absent["b"]
+    with torch.no_grad():
+        q, q_a = guide.posterior_z_y(batch), guide.posterior_z_y(batch.observe_only(["a"]))
+        poe = product_of_experts(guide, batch)
+        poe_a = guide.posterior_z_y(batch.observe_only(["a"]))
+    torch.testing.assert_close(q.loc[absent], poe.loc[absent])  # their absence's expert counts, as trained
+    # with b hidden on purpose (neither present nor known absent) every sample takes the subset's own posterior
+    assert float((q_a.loc - poe_a.loc).abs().max()) > 1e-3
+
+
+def test_more_modalities_than_subsets_can_be_kept_is_a_one_line_configuration_error():
+    rng = np.random.default_rng(0)
+    data = from_arrays({f"m{i}": rng.normal(size=(30, 1)) for i in range(9)}, rng.normal(size=30), name="nine")
+    with pytest.raises(ConfigError, match=r"model\.linear_refit: nine has 9 modalities; expected at most 8"):
+        MFM(data.schema, Config().override(REFIT).model, feature_statistics(data["train"]))
