@@ -181,8 +181,9 @@ class ModelConfig(_Table):
             posterior is affine in its inputs, so the subset of every modality keeps its own). Samples with a known
             absence (``missingness``) keep the product of experts. At most :data:`MAX_REFIT_MODALITIES` modalities.
             Off by default while it is measured: with ``expert = "both"`` it took the speaker testbed's weak subsets
-            0.013-0.021 MAE closer to the ridge and POM's audio alone 0.002 lower, and left UCI level
-            (`docs/quality.md`, "Each subset's posterior refitted").
+            0.013-0.014 MAE closer to the ridge (0.015-0.021 for audio and video with whole speakers held out) and
+            POM's audio alone 0.002 lower, and left UCI level (`docs/quality.md`, "Each subset's posterior
+            refitted").
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
