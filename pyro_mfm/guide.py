@@ -250,6 +250,8 @@ class Guide(nn.Module):
         Product of experts: the prior times the experts of what is observed; where the batch carries labels, the
         label is an expert too (the posterior of z_y given x and y); prediction passes batches without labels.
         MFN: a diagonal Gaussian read from the MFN's [h_T of all; u_T] (missing modalities have zero states).
+        With ``model.linear_refit``, outside training and without labels, a sample with no known absence takes its
+        observed subset's own refitted posterior (:class:`~pyro_mfm.nets.SubsetPosteriors`) where one was fitted.
         """
         features = self.features(batch) if features is None else features
         if self.config.fusion == "mfn":

@@ -82,9 +82,11 @@ class SubsetPosteriors(nn.Module):
             self.register_buffer(f"scale_tril_{code}", torch.zeros(z_dim, z_dim))
 
     def parts(self, code: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A_S, c_S, L_S) of the subset whose modalities are the set bits of ``code`` (bit i: modality i)."""
         return getattr(self, f"weight_{code}"), getattr(self, f"bias_{code}"), getattr(self, f"scale_tril_{code}")
 
     def fitted(self, code: int) -> bool:
+        """Whether the subset ``code`` has a posterior of its own (a positive Cholesky factor)."""
         return bool(getattr(self, f"scale_tril_{code}").diagonal().gt(0).all())
 
     def posterior(self, inputs: list, present: torch.Tensor, keep: torch.Tensor, q: dist.MultivariateNormal):
