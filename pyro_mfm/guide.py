@@ -275,11 +275,16 @@ class Guide(nn.Module):
         if refit is None or self.training or labelled:
             return q
         # model.linear_refit: each observed subset's own posterior, where a sample has no known absence
-        keep = torch.ones(len(batch), dtype=torch.bool, device=q.loc.device)
-        if self.absent_names:
-            keep = ~batch.absent_masks(self.absent_names).any(-1)
         inputs = self.linear_inputs(batch, self.inputs(batch))
-        return refit.posterior([inputs[m] for m in self.names], batch.present_masks(self.names), keep, q)
+        present = batch.present_masks(self.names)
+        return refit.posterior([inputs[m] for m in self.names], present, self.without_absence(batch), q)
+
+    def without_absence(self, batch: Batch) -> torch.Tensor:
+        """``(B,)``: the samples with no known absence among :attr:`absent_names` (those that
+        ``model.linear_refit``'s subset posteriors serve)."""
+        if not self.absent_names:
+            return torch.ones(len(batch), dtype=torch.bool, device=batch.index.device)
+        return ~batch.absent_masks(self.absent_names).any(-1)
 
     def absence_experts(self, batch_shape) -> list:
         """(eta, Lambda) of each modality's absence (in the order of :attr:`absent_names`), expanded to

@@ -22,8 +22,7 @@ REFIT = ["model.expert='linear'", "model.linear_refit=true"]
 
 def product_of_experts(guide, batch):
     """The guide's posterior with every refitted subset set aside (their buffers zeroed: the state before fitting)."""
-    for buf in guide.subset_posteriors.buffers():
-        buf.zero_()
+    guide.subset_posteriors.reset()
     return guide.posterior_z_y(batch)
 
 

@@ -35,8 +35,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     refit = getattr(guide, "subset_posteriors", None)
     if refit is None:
         return {}
-    for buf in refit.buffers():  # the targets are the product of experts, not an earlier refit
-        buf.zero_()
+    refit.reset()  # the targets are the product of experts, not an earlier refit
     was = mfm.training
     mfm.eval()
     names = list(guide.names)
@@ -46,12 +45,10 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     count: dict[int, int] = {}
     for batch in ds.loader(batch_size, device=device):
         b = batch.without_labels()
-        keep = torch.ones(len(b), dtype=torch.bool, device=device)
-        if guide.absent_names:
-            keep = ~b.absent_masks(guide.absent_names).any(-1)
+        keep = guide.without_absence(b)
         q = guide.posterior_z_y(b)
         mask = b.present_masks(names)[keep]
-        codes = (mask.long() << torch.arange(len(names), device=device)).sum(-1)
+        codes = refit.codes(mask)
         cov = q.covariance_matrix.expand(q.loc.shape + q.loc.shape[-1:])[keep].double()
         for code in codes.unique().tolist():
             rows = codes == code

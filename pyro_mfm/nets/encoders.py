@@ -81,6 +81,16 @@ class SubsetPosteriors(nn.Module):
             self.register_buffer(f"bias_{code}", torch.zeros(z_dim))
             self.register_buffer(f"scale_tril_{code}", torch.zeros(z_dim, z_dim))
 
+    @staticmethod
+    def codes(present: torch.Tensor) -> torch.Tensor:
+        """Each row's subset code of ``present`` ``(..., M)``: bit i set where modality i is observed."""
+        return (present.long() << torch.arange(present.shape[-1], device=present.device)).sum(-1)
+
+    def reset(self) -> None:
+        """Every subset back to unfitted (its posterior the product of experts)."""
+        for buf in self.buffers():
+            buf.zero_()
+
     def parts(self, code: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(A_S, c_S, L_S) of the subset whose modalities are the set bits of ``code`` (bit i: modality i)."""
         return getattr(self, f"weight_{code}"), getattr(self, f"bias_{code}"), getattr(self, f"scale_tril_{code}")
@@ -92,7 +102,7 @@ class SubsetPosteriors(nn.Module):
     def posterior(self, inputs: list, present: torch.Tensor, keep: torch.Tensor, q: dist.MultivariateNormal):
         """``q`` (the product of experts of a batch) with the rows where ``keep`` and the subset that ``present``
         ``(B, M)`` marks is fitted replaced by that subset's posterior. ``inputs``: each modality's linear inputs."""
-        codes = (present.long() << torch.arange(present.shape[-1], device=present.device)).sum(-1)
+        codes = self.codes(present)
         loc, tril = q.loc.clone(), q.scale_tril.expand(q.loc.shape + q.loc.shape[-1:]).clone()
         for code in codes[keep].unique().tolist():
             if code == 0 or not self.fitted(code):
