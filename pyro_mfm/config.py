@@ -173,17 +173,18 @@ class ModelConfig(_Table):
             ``train.calibrate = "none"``), so that the data decide which form each subset takes (on the testbed the
             weak modalities' gap to the ridge halves; on POM's sequences it costs 0.01 MAE). With ``fusion = "mfn"``
             (no experts) every member is the MLP form.
-        linear_refit: for the linear form's experts (``expert = "linear"``, and the linear members of ``"both"``):
-            after training, each observed subset's posterior of z_y is refitted in closed form to the model's own
-            full posterior on the training split, the full posterior with the hidden modalities integrated out: a
-            ridge regression of its mean on the subset's inputs (penalty by leave-one-out), with the regression's
-            residual covariance plus the full posterior's mean covariance as the covariance (a linear member's full
-            posterior is affine in its inputs, so the subset of every modality keeps its own). Samples with a known
-            absence (``missingness``) keep the product of experts. At most :data:`MAX_REFIT_MODALITIES` modalities.
-            Off by default while it is measured: with ``expert = "both"`` it took the speaker testbed's weak subsets
-            0.013-0.014 MAE closer to the ridge (0.015-0.021 for audio and video with whole speakers held out) and
-            POM's audio alone 0.002 lower, and left UCI level (`docs/quality.md`, "Each subset's posterior
-            refitted").
+        linear_refit: for the linear form's experts (``expert = "linear"``, and the linear members of ``"both"``;
+            on by default): after training, each observed subset's posterior of z_y is refitted in closed form to the
+            model's own full posterior on the training split, the full posterior with the hidden modalities
+            integrated out: a ridge regression of its mean on the subset's inputs (penalty by leave-one-out), with
+            the covariance of its leave-one-out residuals plus the full posterior's mean covariance as the
+            covariance (a linear member's full posterior is affine in its inputs, so the subset of every modality
+            keeps its own). Samples with a known absence (``missingness``) keep the product of experts. With more
+            than :data:`MAX_REFIT_MODALITIES` modalities it is left out, with a warning. Trained by steps, a linear
+            expert reads less of the label's direction than a ridge regression on near-linear noisy features; the
+            refit took the speaker testbed's weak subsets (audio, video, audio + video) 0.013-0.021 MAE closer to
+            the ridge and POM's audio alone 0.001-0.003 lower, and left UCI level (`docs/quality.md`, "Each subset's
+            posterior refitted").
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
@@ -254,7 +255,7 @@ class ModelConfig(_Table):
     surrogate_weight: float = setting(1.0, ge=0)
     missingness: Literal["auto", "informative", "ignorable"] = "auto"
     ablation: Literal["none", "no_shared", "shared_only", "discriminative"] = "none"
-    linear_refit: bool = False
+    linear_refit: bool = True
 
     @property
     def has_z_y(self) -> bool:

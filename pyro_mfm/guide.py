@@ -22,6 +22,7 @@ observed ones (``missing = "surrogate"``).
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import pyro
@@ -108,12 +109,14 @@ class Guide(nn.Module):
         elif self.shared and config.expert == "linear":
             linear = {s.name: LinearExpert(self._linear_dim(s), config.z_y_dim) for s in schema.modalities}
             self.q_y = nn.ModuleDict(linear)
-            if config.linear_refit:  # each subset's own posterior, fitted after training (infer/refit.py)
-                if len(self.names) > MAX_REFIT_MODALITIES:
-                    raise ConfigError(
-                        f"model.linear_refit: {schema.name or 'the data'} has {len(self.names)} modalities; expected "
-                        f"at most {MAX_REFIT_MODALITIES} (one posterior per subset of them)"
-                    )
+            if config.linear_refit and len(self.names) > MAX_REFIT_MODALITIES:
+                warnings.warn(
+                    f"model.linear_refit: {schema.name or 'the data'} has {len(self.names)} modalities, more than "
+                    f"{MAX_REFIT_MODALITIES} (one posterior per subset of them): the product of experts is kept",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            elif config.linear_refit:  # each subset's own posterior, fitted after training (infer/refit.py)
                 dims = [self._linear_dim(s) for s in schema.modalities]
                 self.subset_posteriors = SubsetPosteriors(dims, config.z_y_dim)
         elif self.shared:

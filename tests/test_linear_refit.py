@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_mfm.config import Config, ConfigError
+from pyro_mfm.config import Config
 from pyro_mfm.data import LinearGaussianMFM, from_arrays
 from pyro_mfm.data.stats import feature_statistics
 from pyro_mfm.infer.checkpoint import load_model
 from pyro_mfm.infer.predict import predict
+from pyro_mfm.infer.refit import refit_subsets
 from pyro_mfm.infer.train import fit
 from pyro_mfm.model import MFM
 from tests.test_hardening import TINY
@@ -70,8 +71,32 @@ def test_a_known_absence_keeps_the_product_of_experts():
     assert float((q_a.loc - poe_a.loc).abs().max()) > 1e-3
 
 
-def test_more_modalities_than_subsets_can_be_kept_is_a_one_line_configuration_error():
+def test_more_modalities_than_subsets_can_be_kept_keep_the_product_of_experts_with_a_one_line_warning():
     rng = np.random.default_rng(0)
     data = from_arrays({f"m{i}": rng.normal(size=(30, 1)) for i in range(9)}, rng.normal(size=30), name="nine")
-    with pytest.raises(ConfigError, match=r"model\.linear_refit: nine has 9 modalities; expected at most 8"):
-        MFM(data.schema, Config().override(REFIT).model, feature_statistics(data["train"]))
+    with pytest.warns(RuntimeWarning, match=r"model\.linear_refit: nine has 9 modalities, more than 8") as caught:
+        mfm = MFM(data.schema, Config().override(REFIT).model, feature_statistics(data["train"]))
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert getattr(mfm.guide, "subset_posteriors", None) is None
+    assert refit_subsets(mfm, data["train"]) == {}
+
+
+def test_leave_one_out_residuals_are_those_of_refits_without_the_sample():
+    """The subset posterior's spread is the regression's error on unseen samples: the shortcut through the leverages
+    gives, to float64 rounding, the residual of a ridge regression refitted without each sample in turn."""
+    from sklearn.linear_model import Ridge
+
+    from pyro_mfm.infer.refit import loo_residuals
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    y = x @ rng.normal(size=(6, 3)) + rng.normal(size=(40, 3))
+    alpha = 3.0
+    fitted = y - Ridge(alpha=alpha).fit(x, y).predict(x)
+    shortcut = loo_residuals(x, fitted, alpha)
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        held_out = y[i] - Ridge(alpha=alpha).fit(x[keep], y[keep]).predict(x[i : i + 1])[0]
+        np.testing.assert_allclose(shortcut[i], held_out, rtol=1e-9, atol=1e-12)
+    # and they are larger than the fitted residuals, which the regression has seen
+    assert (np.abs(shortcut) > np.abs(fitted)).all()

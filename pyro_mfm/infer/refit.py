@@ -4,11 +4,11 @@ model's own full posterior on the training split.
 For a sample observing the subset S, the posterior the model implies is its full posterior q(z_y | every observed
 modality) with the modalities outside S integrated out. In the linear form of the experts that mixture's mean is
 estimated by a ridge regression of the full posteriors' means on S's linear inputs (law of total expectation; the
-penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the regression's residual covariance
-plus the full posteriors' mean covariance (law of total variance). Trained by steps, with early stopping and the
-mean of the weights, a linear expert's direction in its features is the weaker one on near-linear noisy data
-(``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the regression reaches its
-optimum in one solve.
+penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the covariance of the regression's
+leave-one-out residuals plus the full posteriors' mean covariance (law of total variance). Trained by steps, with
+early stopping and the mean of the weights, a linear expert's direction in its features is the weaker one on
+near-linear noisy data (``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the
+regression reaches its optimum in one solve.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ from ..data.dataset import MultimodalDataset
 MIN_SAMPLES = 20
 # the ridge penalties searched by leave-one-out, on standardised inputs
 ALPHAS = np.logspace(-2, 5, 15)
+
+
+def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> np.ndarray:
+    """The leave-one-out residuals of a ridge regression with an unpenalised intercept, from its residuals on the
+    samples it was fitted to: each divided by one minus the sample's leverage, 1/n + x_c' (X_c' X_c + alpha I)^-1 x_c
+    with x_c the centred features. The posterior's spread is the regression's error on samples it was not fitted
+    to: the fitted residuals understate it, by about p/n for p features and n samples."""
+    xc = features - features.mean(0)
+    gram = xc.T @ xc + alpha * np.eye(xc.shape[1])
+    leverage = np.einsum("ij,ji->i", xc, np.linalg.solve(gram, xc.T)) + 1.0 / len(xc)
+    return residual / (1.0 - leverage)[:, None]
 
 
 @torch.no_grad()
@@ -73,7 +84,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
             continue
         features = np.concatenate([x[names[i]][rows] for i in subset], -1)
         reg = RidgeCV(alphas=ALPHAS).fit(features, mean[rows])
-        residual = mean[rows] - reg.predict(features)
+        residual = loo_residuals(features, mean[rows] - reg.predict(features), reg.alpha_)
         # the full posteriors' mean covariance over the samples observing the subset (each code's sum counted)
         within = sum(cov_sum[c] for c in cov_sum if c & code == code) / sum(count[c] for c in count if c & code == code)
         covariance = np.cov(residual.T, bias=True) + within.numpy()
