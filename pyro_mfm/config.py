@@ -178,9 +178,9 @@ class ModelConfig(_Table):
             model's own full posterior on the training split, the full posterior with the hidden modalities
             integrated out: a ridge regression of its mean on the subset's inputs (penalty by leave-one-out), with
             the covariance of its leave-one-out residuals plus the full posterior's mean covariance as the
-            covariance (a linear member's full posterior is affine in its inputs, so the subset of every modality
-            keeps its own). Samples with a known absence (``missingness``) keep the product of experts. With more
-            than :data:`MAX_REFIT_MODALITIES` modalities it is left out, with a warning. Trained by steps, a linear
+            covariance (the subset of every modality keeps the product of experts, the model's own posterior).
+            Samples with a known absence (``missingness``) keep the product of experts. With more than
+            :data:`MAX_REFIT_MODALITIES` modalities it is left out, with a warning. Trained by steps, a linear
             expert reads less of the label's direction than a ridge regression on near-linear noisy features; the
             refit took the speaker testbed's weak subsets (audio, video, audio + video) 0.013-0.021 MAE closer to
             the ridge and POM's audio alone 0.001-0.003 lower, and left UCI level (`docs/quality.md`, "Each subset's

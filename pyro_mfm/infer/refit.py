@@ -8,7 +8,8 @@ penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the 
 leave-one-out residuals plus the full posteriors' mean covariance (law of total variance). Trained by steps, with
 early stopping and the mean of the weights, a linear expert's direction in its features is the weaker one on
 near-linear noisy data (``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the
-regression reaches its optimum in one solve.
+regression reaches its optimum in one solve. The subset of every modality keeps the product of experts: that is the
+model's own posterior, which the regression would only estimate (with more features than samples, loosely).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> n
     """The leave-one-out residuals of a ridge regression with an unpenalised intercept, from its residuals on the
     samples it was fitted to: each divided by one minus the sample's leverage, 1/n + x_c' (X_c' X_c + alpha I)^-1 x_c
     with x_c the centred features. The posterior's spread is the regression's error on samples it was not fitted
-    to: the fitted residuals understate it, by about p/n for p features and n samples."""
+    to: the fitted residuals understate it, by about p/n for p features and n samples. With more features than
+    samples the leverages come from the n x n kernel instead, X_c (X_c' X_c + alpha I)^-1 X_c' = I - alpha
+    (X_c X_c' + alpha I)^-1, so that wide features (image or text embeddings) never build a p x p matrix."""
     xc = features - features.mean(0)
-    gram = xc.T @ xc + alpha * np.eye(xc.shape[1])
-    leverage = np.einsum("ij,ji->i", xc, np.linalg.solve(gram, xc.T)) + 1.0 / len(xc)
-    return residual / (1.0 - leverage)[:, None]
+    n, p = xc.shape
+    if p <= n:
+        gram = xc.T @ xc + alpha * np.eye(p)
+        leverage = np.einsum("ij,ji->i", xc, np.linalg.solve(gram, xc.T))
+    else:
+        kernel = xc @ xc.T + alpha * np.eye(n)
+        leverage = 1.0 - alpha * np.diag(np.linalg.inv(kernel))
+    return residual / (1.0 - leverage - 1.0 / n)[:, None]
 
 
 @torch.no_grad()
@@ -77,7 +85,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     x = {m: torch.cat(v).numpy() for m, v in inputs.items()}
     observed = torch.cat(present).numpy()
     chosen = {}
-    for code in range(1, refit.subsets + 1):
+    for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
         subset = [i for i in range(len(names)) if code >> i & 1]
         rows = observed[:, subset].all(-1)
         if rows.sum() < MIN_SAMPLES:
