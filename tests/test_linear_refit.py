@@ -103,3 +103,25 @@ def test_leave_one_out_residuals_are_those_of_refits_without_the_sample():
             np.testing.assert_allclose(shortcut[i], held_out, rtol=1e-8, atol=1e-10)
         # and they are larger than the fitted residuals, which the regression has seen
         assert (np.abs(shortcut) > np.abs(fitted)).all()
+
+
+def test_where_samples_name_their_groups_the_spread_is_the_error_on_new_groups():
+    """Features that tell a training speaker apart predict that speaker's offset within the training split but not
+    on a new speaker: leave-one-out sees the speaker's other samples and reports a small error, folds of whole
+    speakers the error the regression makes on speakers it has not seen. With the offset's variance four times the
+    noise's, that error is about five times the noise's, so the grouped spread is well above twice the other."""
+    from pyro_mfm.infer.refit import group_folds, held_out_regression
+
+    rng = np.random.default_rng(0)
+    speakers, per = 30, 20
+    g = np.repeat(np.arange(speakers), per)
+    identity = rng.normal(size=(speakers, 40))[g] + 0.3 * rng.normal(size=(speakers * per, 40))  # a code per speaker
+    target = 2.0 * rng.normal(size=(speakers, 2))[g] + rng.normal(size=(speakers * per, 2))
+    _, by_sample = held_out_regression(identity, target)
+    _, by_group = held_out_regression(identity, target, g.astype(str))
+    assert (by_group**2).mean() > 2 * (by_sample**2).mean()
+    # no folds where the samples name no groups, each sample its own, or fewer groups than folds
+    assert group_folds(None) is None and group_folds(np.arange(50).astype(str)) is None
+    assert group_folds(np.repeat(["a", "b", "c"], 10)) is None
+    for train, test in group_folds(g):  # a speaker is never on both sides of a fold
+        assert not set(g[train]) & set(g[test])

@@ -5,7 +5,9 @@ For a sample observing the subset S, the posterior the model implies is its full
 modality) with the modalities outside S integrated out. In the linear form of the experts that mixture's mean is
 estimated by a ridge regression of the full posteriors' means on S's linear inputs (law of total expectation; the
 penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the covariance of the regression's
-leave-one-out residuals plus the full posteriors' mean covariance (law of total variance). Trained by steps, with
+leave-one-out residuals plus the full posteriors' mean covariance (law of total variance); where the samples
+name their groups (speakers, videos, as the validation split holds them out), the penalty and the residuals come
+from folds of whole groups instead. Trained by steps, with
 early stopping and the mean of the weights, a linear expert's direction in its features is the weaker one on
 near-linear noisy data (``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the
 regression reaches its optimum in one solve. The subset of every modality keeps the product of experts: that is the
@@ -17,12 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.dataset import MultimodalDataset
+from ..data.dataset import MultimodalDataset, held_out_groups
 
 # the fewest training samples observing a subset for its posterior to be refitted (else: the product of experts)
 MIN_SAMPLES = 20
 # the ridge penalties searched by leave-one-out, on standardised inputs
 ALPHAS = np.logspace(-2, 5, 15)
+# where the training samples name their groups (speakers, videos): folds of whole groups instead of leave-one-out
+GROUP_FOLDS = 5
 
 
 def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> np.ndarray:
@@ -43,13 +47,40 @@ def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> n
     return residual / (1.0 - leverage - 1.0 / n)[:, None]
 
 
+def group_folds(groups, folds: int = GROUP_FOLDS):
+    """The (train, test) index pairs of :data:`GROUP_FOLDS`-fold cross-validation by whole groups (scikit-learn's
+    ``GroupKFold``), or ``None`` where the samples name no groups (:func:`~pyro_mfm.data.dataset.held_out_groups`:
+    every sample a group of its own) or fewer groups than folds."""
+    from sklearn.model_selection import GroupKFold
+
+    count = 0 if groups is None else len(np.unique(groups))
+    if count < folds or count == len(groups):  # no groups, too few, or every sample a group of its own
+        return None
+    return list(GroupKFold(n_splits=folds).split(groups, groups=groups))
+
+
+def held_out_regression(features: np.ndarray, target: np.ndarray, groups=None):
+    """The ridge regression of ``target`` on ``features`` (scikit-learn's ``RidgeCV``, the penalty among
+    :data:`ALPHAS`) and its residuals on held-out samples: the penalty and the residuals by leave-one-out
+    (:func:`loo_residuals`), or, where ``groups`` names groups of several samples (speakers, videos), by
+    :data:`GROUP_FOLDS` folds of whole groups (:func:`group_folds`), so that the spread is the error on new groups,
+    which features that tell a training group apart do not carry over to."""
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import cross_val_predict
+
+    folds = group_folds(groups)
+    if folds is None:
+        reg = RidgeCV(alphas=ALPHAS).fit(features, target)
+        return reg, loo_residuals(features, target - reg.predict(features), reg.alpha_)
+    reg = RidgeCV(alphas=ALPHAS, cv=folds, scoring="neg_mean_squared_error").fit(features, target)
+    return reg, target - cross_val_predict(Ridge(alpha=reg.alpha_), features, target, cv=folds)
+
+
 @torch.no_grad()
 def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``ds``, the
     training split; ``{subset: chosen penalty}`` for the subsets fitted (none without them). Samples with a known
     absence are left out, as prediction keeps their product of experts."""
-    from sklearn.linear_model import RidgeCV
-
     guide = mfm.guide
     refit = getattr(guide, "subset_posteriors", None)
     if refit is None:
@@ -59,7 +90,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     mfm.eval()
     names = list(guide.names)
     device = refit.bias_1.device
-    means, inputs, present = [], {m: [] for m in names}, []
+    means, inputs, present, kept = [], {m: [] for m in names}, [], []
     cov_sum: dict[int, torch.Tensor] = {}
     count: dict[int, int] = {}
     for batch in ds.loader(batch_size, device=device):
@@ -78,12 +109,17 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
         for m in names:
             inputs[m].append(lin[m][keep].double().cpu())
         present.append(mask.cpu())
+        kept.append(keep.cpu())
     mfm.train(was)
     if not means:
         return {}
     mean = torch.cat(means).numpy()
     x = {m: torch.cat(v).numpy() for m, v in inputs.items()}
     observed = torch.cat(present).numpy()
+    # the samples' groups (speakers, videos; as the validation split holds them out), in the order of the rows kept
+    # (the loader goes through ds in order)
+    groups = held_out_groups(ds)
+    groups = None if groups is None else groups[torch.cat(kept).numpy()]
     chosen = {}
     for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
         subset = [i for i in range(len(names)) if code >> i & 1]
@@ -91,8 +127,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
         if rows.sum() < MIN_SAMPLES:
             continue
         features = np.concatenate([x[names[i]][rows] for i in subset], -1)
-        reg = RidgeCV(alphas=ALPHAS).fit(features, mean[rows])
-        residual = loo_residuals(features, mean[rows] - reg.predict(features), reg.alpha_)
+        reg, residual = held_out_regression(features, mean[rows], None if groups is None else groups[rows])
         # the full posteriors' mean covariance over the samples observing the subset (each code's sum counted)
         within = sum(cov_sum[c] for c in cov_sum if c & code == code) / sum(count[c] for c in count if c & code == code)
         covariance = np.cov(residual.T, bias=True) + within.numpy()
