@@ -125,3 +125,24 @@ def test_where_samples_name_their_groups_the_spread_is_the_error_on_new_groups()
     assert group_folds(np.repeat(["a", "b", "c"], 10)) is None
     for train, test in group_folds(g):  # a speaker is never on both sides of a fold
         assert not set(g[train]) & set(g[test])
+
+
+def test_a_split_larger_than_the_cap_is_refitted_from_a_fixed_random_subset_of_it(monkeypatch):
+    """The regressions hold their inputs in memory: a larger training split is read through a subset of
+    ``MAX_SAMPLES`` samples, the same every time, and the refit is the one that subset alone gives."""
+    import pyro_mfm.infer.refit as refit
+
+    gen = LinearGaussianMFM.random({"a": 4, "b": 6}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
+    train = gen.sample({"train": 600}, missing=0.0, seed=1)["train"]
+    mfm = MFM(train.schema, Config().override(REFIT).model, feature_statistics(train))
+    monkeypatch.setattr(refit, "MAX_SAMPLES", 250)
+    capped = refit.refit_subsets(mfm, train)
+    state = {k: v.clone() for k, v in mfm.guide.subset_posteriors.state_dict().items()}
+    assert refit.refit_subsets(mfm, train) == capped  # the same subset every time
+    monkeypatch.setattr(refit, "MAX_SAMPLES", 10_000)
+    sub = train.subset(np.random.default_rng(0).choice(600, 250, replace=False))
+    assert refit.refit_subsets(mfm, sub) == capped
+    for key, value in mfm.guide.subset_posteriors.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    refit.refit_subsets(mfm, train)  # all 600 samples: another fit
+    assert any(not torch.equal(v, state[k]) for k, v in mfm.guide.subset_posteriors.state_dict().items())

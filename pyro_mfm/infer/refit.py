@@ -27,6 +27,9 @@ MIN_SAMPLES = 20
 ALPHAS = np.logspace(-2, 5, 15)
 # where the training samples name their groups (speakers, videos): folds of whole groups instead of leave-one-out
 GROUP_FOLDS = 5
+# the most training samples the regressions read (a random subset of a larger split, the same every time): their
+# inputs are held in memory in float64, and a ridge regression of a few hundred features is settled long before
+MAX_SAMPLES = 50_000
 
 
 def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> np.ndarray:
@@ -79,13 +82,16 @@ def held_out_regression(features: np.ndarray, target: np.ndarray, groups=None):
 @torch.no_grad()
 def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``ds``, the
-    training split; ``{subset: chosen penalty}`` for the subsets fitted (none without them). Samples with a known
-    absence are left out, as prediction keeps their product of experts."""
+    training split (at most :data:`MAX_SAMPLES` of its samples); ``{subset: chosen penalty}`` for the subsets
+    fitted (none without them). Samples with a known absence are left out, as prediction keeps their product of
+    experts."""
     guide = mfm.guide
     refit = getattr(guide, "subset_posteriors", None)
     if refit is None:
         return {}
     refit.reset()  # the targets are the product of experts, not an earlier refit
+    if ds.n > MAX_SAMPLES:
+        ds = ds.subset(np.random.default_rng(0).choice(ds.n, MAX_SAMPLES, replace=False))
     was = mfm.training
     mfm.eval()
     names = list(guide.names)
