@@ -146,3 +146,19 @@ def test_a_split_larger_than_the_cap_is_refitted_from_a_fixed_random_subset_of_i
         torch.testing.assert_close(value, state[key])
     refit.refit_subsets(mfm, train)  # all 600 samples: another fit
     assert any(not torch.equal(v, state[k]) for k, v in mfm.guide.subset_posteriors.state_dict().items())
+
+
+def test_the_refit_of_several_splits_is_that_of_their_samples_together():
+    """Training refits on the training and the validation split at once (features and posteriors, no labels): the
+    result is the regression on all their samples, whichever part each sample comes from."""
+    from pyro_mfm.infer.refit import refit_subsets
+
+    gen = LinearGaussianMFM.random({"a": 4, "b": 6}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
+    train = gen.sample({"train": 500}, missing=0.0, seed=1)["train"]
+    mfm = MFM(train.schema, Config().override(REFIT).model, feature_statistics(train))
+    whole = refit_subsets(mfm, train)
+    state = {k: v.clone() for k, v in mfm.guide.subset_posteriors.state_dict().items()}
+    order = np.random.default_rng(1).permutation(500)
+    assert refit_subsets(mfm, [train.subset(order[:380]), train.subset(order[380:])]) == whole
+    for key, value in mfm.guide.subset_posteriors.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=1e-5, atol=1e-6)

@@ -80,18 +80,22 @@ def held_out_regression(features: np.ndarray, target: np.ndarray, groups=None):
 
 
 @torch.no_grad()
-def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
-    """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``ds``, the
-    training split (at most :data:`MAX_SAMPLES` of its samples); ``{subset: chosen penalty}`` for the subsets
-    fitted (none without them). Samples with a known absence are left out, as prediction keeps their product of
-    experts."""
+def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
+    """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``data``, a
+    :class:`MultimodalDataset` or a list of them (training calls it with the training and the validation split: the
+    regressions read features and the model's posteriors, never labels), at most :data:`MAX_SAMPLES` samples in
+    all; ``{subset: chosen penalty}`` for the subsets fitted (none without them). Samples with a known absence are
+    left out, as prediction keeps their product of experts."""
     guide = mfm.guide
     refit = getattr(guide, "subset_posteriors", None)
     if refit is None:
         return {}
     refit.reset()  # the targets are the product of experts, not an earlier refit
-    if ds.n > MAX_SAMPLES:
-        ds = ds.subset(np.random.default_rng(0).choice(ds.n, MAX_SAMPLES, replace=False))
+    parts = [d for d in ([data] if isinstance(data, MultimodalDataset) else data) if d is not None and d.n]
+    total = sum(d.n for d in parts)
+    if total > MAX_SAMPLES:  # each part its share of the cap
+        rng = np.random.default_rng(0)
+        parts = [d.subset(rng.choice(d.n, max(1, d.n * MAX_SAMPLES // total), replace=False)) for d in parts]
     was = mfm.training
     mfm.eval()
     names = list(guide.names)
@@ -99,7 +103,7 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     means, inputs, present, kept = [], {m: [] for m in names}, [], []
     cov_sum: dict[int, torch.Tensor] = {}
     count: dict[int, int] = {}
-    for batch in ds.loader(batch_size, device=device):
+    for batch in (batch for ds in parts for batch in ds.loader(batch_size, device=device)):
         b = batch.without_labels()
         keep = guide.without_absence(b)
         q = guide.posterior_z_y(b)
@@ -123,9 +127,15 @@ def refit_subsets(mfm, ds: MultimodalDataset, batch_size: int = 512) -> dict:
     x = {m: torch.cat(v).numpy() for m, v in inputs.items()}
     observed = torch.cat(present).numpy()
     # the samples' groups (speakers, videos; as the validation split holds them out), in the order of the rows kept
-    # (the loader goes through ds in order)
-    groups = held_out_groups(ds)
-    groups = None if groups is None else groups[torch.cat(kept).numpy()]
+    # (each loader goes through its part in order); a part that names none, each sample a group of its own
+    named = [held_out_groups(ds) for ds in parts]
+    groups = None
+    if any(g is not None for g in named):
+        groups = np.concatenate(
+            [(g if g is not None else np.arange(ds.n).astype(str)).astype(str) for g, ds in zip(named, parts)]
+        )
+        groups = np.char.add(np.repeat([f"{i}:" for i in range(len(parts))], [ds.n for ds in parts]), groups)
+        groups = groups[torch.cat(kept).numpy()]
     chosen = {}
     for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
         subset = [i for i in range(len(names)) if code >> i & 1]

@@ -359,7 +359,9 @@ def _fit(
     result.history, result.best, result.skipped = run.selection.history, run.selection.best, run.guard.reports
     run.mfm.eval()
     if not result.interrupted and getattr(run.mfm.guide, "subset_posteriors", None) is not None:
-        refit_subsets(run.mfm, run.train, config.evaluate.batch_size)  # model.linear_refit
+        # model.linear_refit, on the training and the validation split's features (the latter out of sample)
+        valid = data[config.data.valid_split] if run.has_valid else None
+        refit_subsets(run.mfm, [run.train, valid], config.evaluate.batch_size)
         ckpt.save_weights()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
         mode = calibration_mode(tc.calibrate, run.mfm)
