@@ -1,17 +1,19 @@
 """``model.linear_refit``: each observed subset's posterior of z_y fitted in closed form, after training, to the
-model's own full posterior on the training split.
+model's own full posterior on the training and the validation split (features and posteriors; no labels).
 
 For a sample observing the subset S, the posterior the model implies is its full posterior q(z_y | every observed
 modality) with the modalities outside S integrated out. In the linear form of the experts that mixture's mean is
 estimated by a ridge regression of the full posteriors' means on S's linear inputs (law of total expectation; the
 penalty by leave-one-out, as scikit-learn's ``RidgeCV``), its covariance by the covariance of the regression's
-leave-one-out residuals plus the full posteriors' mean covariance (law of total variance); where the samples
-name their groups (speakers, videos, as the validation split holds them out), the penalty and the residuals come
-from folds of whole groups instead. Trained by steps, with
-early stopping and the mean of the weights, a linear expert's direction in its features is the weaker one on
-near-linear noisy data (``docs/quality.md``, "What the weak modalities' predictions read on the testbed"); the
-regression reaches its optimum in one solve. The subset of every modality keeps the product of experts: that is the
-model's own posterior, which the regression would only estimate (with more features than samples, loosely).
+leave-one-out residuals plus the full posteriors' mean covariance (law of total variance); where the samples name
+their groups (speakers, videos, as the validation split holds them out), the penalty and the residuals come from
+folds of whole groups instead. Trained by steps, with early stopping and the mean of the weights, a linear expert's
+direction in its features is the weaker one on near-linear noisy data (``docs/quality.md``, "What the weak
+modalities' predictions read on the testbed"); the regression reaches its optimum in one solve. The validation
+split's posteriors are out of sample: on its own training samples the full posterior fits what features that tell
+the training speakers apart then predict, which does not carry over to new ones. The subset of every modality keeps
+the product of experts: that is the model's own posterior, which the regression would only estimate (with more
+features than samples, loosely).
 """
 
 from __future__ import annotations
@@ -130,11 +132,9 @@ def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
     # (each loader goes through its part in order); a part that names none, each sample a group of its own
     named = [held_out_groups(ds) for ds in parts]
     groups = None
-    if any(g is not None for g in named):
-        groups = np.concatenate(
-            [(g if g is not None else np.arange(ds.n).astype(str)).astype(str) for g, ds in zip(named, parts)]
-        )
-        groups = np.char.add(np.repeat([f"{i}:" for i in range(len(parts))], [ds.n for ds in parts]), groups)
+    if any(g is not None for g in named):  # each prefixed with its part, so that no two parts share a group
+        own = [np.arange(ds.n) if g is None else g for g, ds in zip(named, parts)]
+        groups = np.concatenate([np.char.add(f"{i}:", g.astype(str)) for i, g in enumerate(own)])
         groups = groups[torch.cat(kept).numpy()]
     chosen = {}
     for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
