@@ -183,8 +183,8 @@ class ModelConfig(_Table):
             product of experts, the model's own posterior, and so do samples with a known absence
             (``missingness``). With more than :data:`MAX_REFIT_MODALITIES` modalities it is left out, with a
             warning. On the speaker testbed it took audio, video and audio + video 0.014-0.044 MAE closer to the
-            ridge (within 0.002-0.017 of it with whole speakers held out) and POM's audio alone 0.001-0.003 lower,
-            and left UCI level (`docs/quality.md`, "Each subset's posterior refitted").
+            ridge (within 0.009-0.026 of it with whole speakers held out, over six seeds) and POM's audio alone
+            0.001-0.003 lower, and left UCI level (`docs/quality.md`, "Each subset's posterior refitted").
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
