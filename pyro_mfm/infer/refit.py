@@ -34,24 +34,6 @@ GROUP_FOLDS = 5
 MAX_SAMPLES = 50_000
 
 
-def loo_residuals(features: np.ndarray, residual: np.ndarray, alpha: float) -> np.ndarray:
-    """The leave-one-out residuals of a ridge regression with an unpenalised intercept, from its residuals on the
-    samples it was fitted to: each divided by one minus the sample's leverage, 1/n + x_c' (X_c' X_c + alpha I)^-1 x_c
-    with x_c the centred features. The posterior's spread is the regression's error on samples it was not fitted
-    to: the fitted residuals understate it, by about p/n for p features and n samples. With more features than
-    samples the leverages come from the n x n kernel instead, X_c (X_c' X_c + alpha I)^-1 X_c' = I - alpha
-    (X_c X_c' + alpha I)^-1, so that wide features (image or text embeddings) never build a p x p matrix."""
-    xc = features - features.mean(0)
-    n, p = xc.shape
-    if p <= n:
-        gram = xc.T @ xc + alpha * np.eye(p)
-        leverage = np.einsum("ij,ji->i", xc, np.linalg.solve(gram, xc.T))
-    else:
-        kernel = xc @ xc.T + alpha * np.eye(n)
-        leverage = 1.0 - alpha * np.diag(np.linalg.inv(kernel))
-    return residual / (1.0 - leverage - 1.0 / n)[:, None]
-
-
 def group_folds(groups, folds: int = GROUP_FOLDS):
     """The (train, test) index pairs of :data:`GROUP_FOLDS`-fold cross-validation by whole groups (scikit-learn's
     ``GroupKFold``), or ``None`` where the samples name no groups (:func:`~pyro_mfm.data.dataset.held_out_groups`:
@@ -66,17 +48,19 @@ def group_folds(groups, folds: int = GROUP_FOLDS):
 
 def held_out_regression(features: np.ndarray, target: np.ndarray, groups=None):
     """The ridge regression of ``target`` on ``features`` (scikit-learn's ``RidgeCV``, the penalty among
-    :data:`ALPHAS`) and its residuals on held-out samples: the penalty and the residuals by leave-one-out
-    (:func:`loo_residuals`), or, where ``groups`` names groups of several samples (speakers, videos), by
-    :data:`GROUP_FOLDS` folds of whole groups (:func:`group_folds`), so that the spread is the error on new groups,
-    which features that tell a training group apart do not carry over to."""
+    :data:`ALPHAS`) and its residuals on held-out samples: the penalty and the residuals by leave-one-out (the
+    closed form ``RidgeCV`` scores every penalty with, its predictions kept by ``store_cv_results``; with more
+    features than samples it works on the n x n kernel), or, where ``groups`` names groups of several samples
+    (speakers, videos), by :data:`GROUP_FOLDS` folds of whole groups (:func:`group_folds`), so that the spread is the
+    error on new groups, which features that tell a training group apart do not carry over to. The fitted residuals
+    would understate the spread, by about p/n for p features and n samples."""
     from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.model_selection import cross_val_predict
 
     folds = group_folds(groups)
-    if folds is None:
-        reg = RidgeCV(alphas=ALPHAS).fit(features, target)
-        return reg, loo_residuals(features, target - reg.predict(features), reg.alpha_)
+    if folds is None:  # with a scoring, RidgeCV keeps each sample's leave-one-out prediction under every penalty
+        reg = RidgeCV(alphas=ALPHAS, scoring="neg_mean_squared_error", store_cv_results=True).fit(features, target)
+        return reg, target - reg.cv_results_[..., int(np.flatnonzero(ALPHAS == reg.alpha_)[0])]
     reg = RidgeCV(alphas=ALPHAS, cv=folds, scoring="neg_mean_squared_error").fit(features, target)
     return reg, target - cross_val_predict(Ridge(alpha=reg.alpha_), features, target, cv=folds)
 
