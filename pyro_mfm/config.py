@@ -184,7 +184,9 @@ class ModelConfig(_Table):
             (``missingness``). With more than :data:`MAX_REFIT_MODALITIES` modalities it is left out, with a
             warning. On the speaker testbed it took audio, video and audio + video 0.014-0.044 MAE closer to the
             ridge (within 0.009-0.026 of it with whole speakers held out, over six seeds) and POM's audio alone
-            0.001-0.003 lower, and left UCI level (`docs/quality.md`, "Each subset's posterior refitted").
+            0.001-0.003 lower, and left UCI level (`docs/quality.md`, "Each subset's posterior refitted"). The
+            calibration (``train.calibrate``) scores the refitted posteriors, with the validation samples'
+            held-out means, and fits one factor on their covariances.
         fusion: the encoder of z_y: ``"poe"`` (product of the modalities' Gaussian experts) or ``"mfn"`` (the
             Memory Fusion Network over all sequence modalities; every modality must be a sequence of the same T).
         mfn_memory: size of the MFN's multi-view gated memory u_t.
@@ -387,7 +389,8 @@ class TrainConfig(_Table):
             discount of both experts where both are observed), the experts' temperatures left at 1; ``"auto"``:
             ``"pairs"`` for a class label, ``"label"`` for a regression label; ``"none"``. With a class label every
             mode also fits each modality's own offset of the label's temperature where it is observed alone (kept
-            where it gains more than one nat on the validation split). Stored in ``best.pt`` and written to
+            where it gains more than one nat on the validation split). With ``model.linear_refit``, every mode also
+            fits one factor on the refitted posteriors' covariances. Stored in ``best.pt`` and written to
             ``calibration.json``.
         average_weights: stochastic weight averaging over the patience window (Izmailov et al., UAI 2018): keep
             the mean of the weights at the end of the best epoch and of every epoch trained after it, where that

@@ -314,6 +314,9 @@ def upgrade_state_dict(state: dict) -> dict:
         state["model.mixture_log_weight"] = torch.zeros(m + 1)
     if "model.label_empty_log_temperature" not in state:  # written before the offset where nothing is observed
         state["model.label_empty_log_temperature"] = torch.zeros(())
+    refit = any(k.startswith("guide.subset_posteriors.") for k in state)
+    if refit and "guide.subset_posteriors.log_scale" not in state:  # written before the refit's covariance scale
+        state["guide.subset_posteriors.log_scale"] = torch.zeros(())
     return state
 
 

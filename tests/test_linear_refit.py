@@ -4,6 +4,8 @@ has a known absence. Its accuracy on the linear-Gaussian oracle: ``tests/test_tr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,121 @@ def test_the_refit_of_several_splits_is_that_of_their_samples_together():
     assert refit_subsets(mfm, [train.subset(order[:380]), train.subset(order[380:])]) == whole
     for key, value in mfm.guide.subset_posteriors.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_calibration_draws_from_each_subsets_refitted_posterior_as_prediction_does():
+    # the held-out objective that fits the label's temperatures and the ensemble's weights scores the predictive
+    # that prediction reports: a refitted subset's own posterior where one serves the sample, else the product
+    from pyro_mfm.infer.calibrate import HeldOutNLPD, _encoded, calibration_subsets
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.normal(size=n)
+    present = {"a": np.ones(n, bool), "b": rng.random(n) > 0.3, "c": np.ones(n, bool)}
+    x_b = (y[:, None] + rng.normal(size=(n, 3))) * present["b"][:, None]
+    features = {"a": y[:, None] + rng.normal(size=(n, 2)), "b": x_b, "c": rng.normal(size=(n, 4)) + y[:, None]}
+    data = from_arrays(features, y + 2.0 * ~present["b"], present=present)
+    mfm = fit(Config().override(TINY + REFIT + ["model.missingness='informative'"]), data).mfm
+    guide = mfm.guide
+    assert guide.absent_names == ["b"] and guide.subset_posteriors.fitted(1)
+    mfm.eval()
+    parts = _encoded(mfm, data["train"], 64, torch.device("cpu"))
+    subsets = calibration_subsets(mfm.names)
+    objective = HeldOutNLPD(mfm, parts, subsets, 3, seed=0)
+    k = mfm.config.z_y_dim
+    t, r = guide.expert_log_temperature, guide.expert_redundancy
+    served = 0
+    for i, (batch, _, _, experts) in enumerate(parts):
+        noise = torch.randn(3, len(batch), k, generator=torch.Generator().manual_seed(i))
+        for s in range(0, len(subsets), objective.chunk):
+            observed, absent = (
+                objective.observed[i][s : s + objective.chunk],
+                objective.absent[i][s : s + objective.chunk],
+            )
+            refitted = objective._refitted_chunk(i, s)
+            with torch.no_grad():  # at zero noise the posteriors' means; with noise, the refitted rows' draws
+                centre = objective.product_draws(experts, observed, t, r, torch.zeros_like(noise[:1]), absent, refitted)
+                z = objective.product_draws(experts, observed, t, r, noise, absent, refitted)
+            for j, obs in enumerate(subsets[s : s + objective.chunk]):
+                with torch.no_grad():
+                    q = guide.posterior_z_y(batch.observe_only(obs))
+                torch.testing.assert_close(centre[0, j], q.loc, rtol=1e-4, atol=1e-4)
+                rows = torch.zeros(len(batch), dtype=torch.bool) if refitted is None else refitted[0][j]
+                draws = q.loc + (q.scale_tril @ noise.unsqueeze(-1)).squeeze(-1)  # as Posterior.rsample draws
+                torch.testing.assert_close(z[:, j, rows], draws[:, rows], rtol=1e-4, atol=1e-4)
+                served += int(rows.sum())
+    assert served > 0  # some rows drew from a refitted posterior
+    # with the refit's held-out means (here: 5 for every other sample, none for the rest), a row that a refitted
+    # posterior serves is centred on its held-out mean where it has one, else on the refit's own mean
+    n_train = len(data["train"])
+    held = {1: torch.full((n_train, k), float("nan"), dtype=torch.float64)}
+    held[1][::2] = 5.0
+    objective = HeldOutNLPD(mfm, parts, subsets, 3, seed=0, held_out=held)
+    assert subsets[0] == ("a",)
+    for i, (batch, _, _, experts) in enumerate(parts):
+        rows, loc, codes, table = objective._refitted_chunk(i, 0)
+        first = (rows[:1], loc[:1], codes[:1], table)  # the subset of a alone
+        with torch.no_grad():
+            zero = torch.zeros(1, len(batch), k)
+            centre = objective.product_draws(
+                experts, objective.observed[i][:1], t, r, zero, objective.absent[i][:1], first
+            )[0, 0]
+            q = guide.posterior_z_y(batch.observe_only(["a"]))
+        even = batch.index % 2 == 0
+        torch.testing.assert_close(centre[even], torch.full_like(centre[even], 5.0))
+        torch.testing.assert_close(centre[~even], q.loc[~even], rtol=1e-4, atol=1e-4)
+    guide.subset_posteriors.reset()  # with nothing refitted, every row is the product of experts, as before
+    assert HeldOutNLPD(mfm, parts, subsets, 3, seed=0).refitted == [None] * len(parts)
+
+
+def test_each_samples_held_out_mean_is_the_refit_without_it():
+    """The calibration scores the validation split, which the refit read, with each sample's held-out means: the
+    regression without that sample (leave-one-out where the samples name no groups), NaN where a sample does not
+    observe the subset."""
+    gen = LinearGaussianMFM.random({"a": 4, "b": 6}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
+    data = gen.sample({"train": 300, "valid": 120}, missing=0.3, seed=1)
+    train, valid = data["train"], data["valid"]
+    mfm = MFM(train.schema, Config().override(REFIT).model, feature_statistics(train))
+    mfm.eval()
+    chosen, held_out = refit_subsets(mfm, [train, valid], return_held_out=True)
+    assert set(held_out[1]) == {1, 2} and set(held_out[0]) == {1, 2}  # a alone, b alone; both keep the product
+    k = mfm.config.z_y_dim
+    assert held_out[0][1].shape == (300, k) and held_out[1][2].shape == (120, k)
+    for code, name in ((1, "a"), (2, "b")):  # NaN exactly where a sample does not observe the subset
+        np.testing.assert_array_equal(np.isfinite(held_out[1][code].numpy()).all(-1), np.asarray(valid.present[name]))
+    observing = np.flatnonzero(np.asarray(valid.present["a"]))
+    for j in observing[:3]:
+        rest = valid.subset(np.setdiff1d(np.arange(120), [j]))
+        assert refit_subsets(mfm, [train, rest]) == chosen  # the same penalties: the same regression, less sample j
+        with torch.no_grad():
+            q = mfm.guide.posterior_z_y(valid.batch([j]).without_labels().observe_only(["a"]))
+        torch.testing.assert_close(held_out[1][1][j], q.loc[0].double(), rtol=1e-4, atol=1e-5)
+        # and it differs from the refit's own mean there, which read sample j
+    refit_subsets(mfm, [train, valid])
+    with torch.no_grad():
+        q = mfm.guide.posterior_z_y(valid.batch(observing).without_labels().observe_only(["a"]))
+    assert float((held_out[1][1][observing] - q.loc.double()).abs().max()) > 1e-4
+
+
+def test_the_refitted_covariances_scale_is_fitted_with_the_label_and_kept_with_the_model(tmp_path):
+    """The calibration fits one factor on the refitted posteriors' covariances (held-out labels); prediction and a
+    reloaded model use it; a checkpoint written before it loads with the factor 1."""
+    gen = LinearGaussianMFM.random({"a": 4, "b": 6}, z_y_dim=2, z_a_dims=2, label="regression", seed=0)
+    data = gen.sample({"train": 400, "valid": 200}, missing=0.0, seed=1)
+    result = fit(
+        Config().override(TINY + REFIT + ["train.epochs=3", "train.calibrate='label'"]), data, out_dir=tmp_path / "run"
+    )
+    mfm, refit = result.mfm, result.mfm.guide.subset_posteriors
+    assert result.calibration["refit_log_scale"] == pytest.approx(float(refit.log_scale))
+    assert result.calibration["refit_log_scale"] != 0.0  # fitted, not the default
+    batch = data["valid"].batch(np.arange(50)).without_labels().observe_only(["a"])
+    with torch.no_grad():
+        fitted = mfm.guide.posterior_z_y(batch).covariance_matrix
+        refit.log_scale.fill_(0.0)
+        unscaled = mfm.guide.posterior_z_y(batch).covariance_matrix
+    torch.testing.assert_close(fitted, unscaled * math.exp(result.calibration["refit_log_scale"]))
+    reloaded = load_model(tmp_path / "run")[0]  # best.pt holds the calibrated scale
+    assert float(reloaded.guide.subset_posteriors.log_scale) == pytest.approx(result.calibration["refit_log_scale"])
+    state = {k: v for k, v in reloaded.state_dict().items() if k != "guide.subset_posteriors.log_scale"}
+    reloaded.load_state_dict(state)  # as written before the scale: none
+    assert float(reloaded.guide.subset_posteriors.log_scale) == 0.0

@@ -35,6 +35,11 @@ on training residuals is too small for new samples.
   overconfident (UCI: mor alone confidence 0.62 against accuracy 0.74, fou + zer 0.918 against 0.895): one
   temperature cannot move both ways. An offset is kept where it gains more than :data:`SINGLE_GAIN` nat of held-out
   log density; the subsets of two or more modalities are not touched (UCI: mor alone ECE 0.123 -> 0.053),
+* with ``model.linear_refit``, in every mode, one factor on the covariances of the refitted posteriors of z_y
+  (:mod:`pyro_mfm.infer.refit`), fitted with the label's factor. The Gaussian of a subset's refit has the
+  regression's residual spread: where the full posteriors of a class label cluster by class, it spans the classes
+  and its predictive is flatter than the evidence (UCI: the linear members' mor alone 0.43 mean confidence against
+  0.66 accuracy); on a regression label it is about right, and the factor stays near 1,
 
 by maximising the posterior predictive log density of the labels, each output's own, sum_i log p(y_i | x_S) =
 sum_i log E_q(z_y | x_S)[p(y_i | z_y)] (one term for a class label; for several outputs, what each output's
@@ -43,6 +48,12 @@ six modalities, else the single modalities, all of them and random others), with
 numbers, so the objective is smooth and the result deterministic). These are the temperature scaling of Guo et al.
 (ICML 2017) applied to each expert of the product as well as to the label; they leave the training objective, and
 any fit with t = 0, unchanged.
+
+Each draw comes from the posterior that prediction reports for the subset: the product of the tempered experts, or,
+where a refitted posterior serves the sample (``model.linear_refit``), that posterior. The refit read the validation
+split's features, so there each sample's refitted mean is the regression's held-out one (leave-one-out, or its
+group's fold; ``held_out``): fitted in sample, the refitted posteriors score better on the validation split than on
+new samples, and the ensemble's stacking then gives the linear members more weight than the test split wants.
 """
 
 from __future__ import annotations
@@ -171,10 +182,20 @@ def _mean_nlpd(parts) -> torch.Tensor:
 class HeldOutNLPD:
     """The objective of :func:`calibrate`: the mean negative log predictive density of the labels of ``parts``
     (:func:`_encoded`) over ``subsets``, as a function of the experts' log temperatures ``t`` (M,), the pairs'
-    redundancies ``r`` (M, M) and the label's log temperature, with ``num_samples`` fixed draws of z_y per sample."""
+    redundancies ``r`` (M, M) and the label's log temperature, with ``num_samples`` fixed draws of z_y per sample.
+    ``held_out``: with ``model.linear_refit``, the refit's held-out means of the samples of the split that ``parts``
+    encode (:func:`~pyro_mfm.infer.refit.refit_subsets`), which the refitted posteriors' draws are centred on."""
 
     def __init__(
-        self, mfm: MFM, parts: list, subsets: list, num_samples: int, seed: int, cache: bool = False, fixed=None
+        self,
+        mfm: MFM,
+        parts: list,
+        subsets: list,
+        num_samples: int,
+        seed: int,
+        cache: bool = False,
+        fixed=None,
+        held_out: dict | None = None,
     ):
         self.mfm, self.parts, self.subsets, self.num_samples = mfm, parts, subsets, num_samples
         self.draws = num_samples  # the first ``draws`` of the fixed draws enter the objective (see :func:`calibrate`)
@@ -197,6 +218,48 @@ class HeldOutNLPD:
             self.absent = [member[:, :, None] & b.absent_masks(lacking).T[None] for b, _, _, _ in parts]
             # subsets per step: tensors that fit in cache
             self.chunk = max(1, 16_384 // (num_samples * max(len(b) for b, _, _, _ in parts)))
+            # model.linear_refit: where a subset's refitted posterior serves a sample, it is what prediction draws
+            # from, in place of the product of experts, so it is what the calibration scores there
+            self.refitted = [
+                self._refitted(b, obs, ab, held_out) for (b, _, _, _), obs, ab in zip(parts, self.observed, self.absent)
+            ]
+
+    @torch.no_grad()
+    def _refitted(self, batch, observed, absent, held_out=None):
+        """For one batch, the rows (S, N) of each subset that a refitted posterior serves (the guide's
+        ``subset_posteriors``: a fitted subset, no known absence) with their means (S, N, k), each row's subset code
+        (S, N) and the Cholesky factors by code (2^M, k, k); ``None`` where no row is served. A row's mean is its
+        held-out mean where ``held_out`` (``{code: (n, k)}`` over the split's samples) has one, so that the split
+        that the refit read scores the refitted posteriors as new samples meet them."""
+        refit = getattr(self.mfm.guide, "subset_posteriors", None)
+        if refit is None:
+            return None
+        guide = self.mfm.guide
+        inputs = guide.linear_inputs(batch, guide.inputs(batch))
+        inputs = [inputs[m] for m in self.mfm.names]
+        keep = ~absent.any(1)  # (S, N): a sample that knows an absence keeps its product of experts, as in the guide
+        served = [refit.fitted_rows(inputs, obs.T, kept)[:2] for obs, kept in zip(observed, keep)]
+        rows = torch.stack([r for r, _ in served])
+        if not bool(rows.any()):
+            return None
+        loc, codes = torch.stack([loc for _, loc in served]), refit.codes(observed.mT)  # (S, N, k), (S, N)
+        if held_out:
+            means = loc.new_full((refit.subsets + 1,) + loc.shape[1:], float("nan"))  # (2^M, N, k)
+            for code, table in held_out.items():
+                means[code] = table[batch.index.cpu()].to(means)
+            means = means[codes, torch.arange(codes.shape[1], device=codes.device)]  # (S, N, k)
+            loc = torch.where((rows & means.isfinite().all(-1))[..., None], means, loc)
+        table = [torch.zeros_like(refit.scale_tril_1)] + [refit.parts(c)[2] for c in range(1, refit.subsets + 1)]
+        return rows, loc, codes, torch.stack(table)
+
+    def _refitted_chunk(self, i: int, s: int):
+        """:meth:`_refitted` of batch ``i`` for the subsets ``s`` to ``s + chunk``."""
+        found = self.refitted[i] if self.poe else None
+        if found is None:
+            return None
+        rows, loc, codes, table = found
+        end = s + self.chunk
+        return rows[s:end], loc[s:end], codes[s:end], table
 
     def log_predictive(self, latents, y, observed=None):
         """sum_i log (1/K) sum_k p(y_i | z_k) over the label's outputs (:func:`mixture_log_predictive`) for draws
@@ -204,11 +267,18 @@ class HeldOutNLPD:
         of the label's log temperature (and single modalities' offsets of it) then apply."""
         return mixture_log_predictive(output_log_probs(self.mfm.label_distribution(latents, observed=observed), y))
 
-    def __call__(self, t, r, t_y, shares=None, singles=None):
+    def __call__(self, t, r, t_y, shares=None, singles=None, refit_log_scale=None):
         """The objective at the experts' log temperatures ``t``, redundancies ``r``, the label's log temperature
-        ``t_y`` and, if given, the observed modalities' ``shares`` of it (M,) and the single modalities' offsets of
-        it, ``singles`` (M,: where a modality is observed alone)."""
+        ``t_y`` and, if given, the observed modalities' ``shares`` of it (M,), the single modalities' offsets of
+        it, ``singles`` (M,: where a modality is observed alone), and the log of the factor on the refitted
+        posteriors' covariances, ``refit_log_scale`` (``model.linear_refit``; else as the model holds it)."""
         by_subset = self._set_label(t_y, shares, singles)
+        if refit_log_scale is not None:
+            if self.cache:
+                raise ValueError(
+                    "HeldOutNLPD(cache=True): the refit's scale is the model's, at which its draws were taken"
+                )
+            self.mfm.guide.subset_posteriors.log_scale = refit_log_scale
         total, count = 0.0, 0
         if self.cache:
             fixed_t, fixed_r = self.experts_fixed()
@@ -222,7 +292,9 @@ class HeldOutNLPD:
                     observed = self.observed[i][s : s + self.chunk]  # (S, M, N)
                     absent = self.absent[i][s : s + self.chunk]
                     lp = self.log_predictive(
-                        self.product_draws(experts, observed, t, r, eps, absent), y, observed.mT if by_subset else None
+                        self.product_draws(experts, observed, t, r, eps, absent, self._refitted_chunk(i, s)),
+                        y,
+                        observed.mT if by_subset else None,
                     )  # (S, N)
                     total = total - lp[:, keep].sum()
                     count += int(keep.sum()) * lp.shape[0]
@@ -279,7 +351,9 @@ class HeldOutNLPD:
                     for s in range(0, len(self.subsets), self.chunk):
                         observed = self.observed[i][s : s + self.chunk]  # (S, M, N)
                         absent = self.absent[i][s : s + self.chunk]
-                        z = self.product_draws(experts, observed, fixed_t, fixed_r, eps, absent)
+                        z = self.product_draws(
+                            experts, observed, fixed_t, fixed_r, eps, absent, self._refitted_chunk(i, s)
+                        )
                         cache.append((model.label_output(z), y, keep, observed.mT))
                 else:
                     for obs in self.subsets:
@@ -289,10 +363,11 @@ class HeldOutNLPD:
             self.fixed.clear()  # the codes behind the cached outputs: every evaluation reads the outputs instead
         return self.cached
 
-    def product_draws(self, experts, observed, t, r, eps, absent=None):
+    def product_draws(self, experts, observed, t, r, eps, absent=None, refitted=None):
         """Draws (K, S, N, k) of the product of the prior and the tempered experts that each of S subsets observes
         (``observed``: (S, M, N)), every subset at once, with the experts of the absences that each knows
-        (``absent``: (S, A, N) over the guide's ``absent_names``; none where ``None``)."""
+        (``absent``: (S, A, N) over the guide's ``absent_names``; none where ``None``); in the rows that
+        ``refitted`` (:meth:`_refitted_chunk`) marks, draws of their refitted posteriors with the same noise."""
         eta = torch.stack([e for e, _ in experts])  # (M, N, k)
         lam = torch.stack([p for _, p in experts])  # (M, N, k, k)
         eye = torch.eye(eta.shape[-1], dtype=eta.dtype, device=eta.device)
@@ -306,7 +381,13 @@ class HeldOutNLPD:
         loc = torch.cholesky_solve(torch.einsum("smn,mni->sni", w, eta).unsqueeze(-1), chol)
         # z = loc + L^-T eps has covariance (L L^T)^-1: a draw of the product, for each of the K eps
         root = torch.linalg.solve_triangular(chol.mT, eye, upper=True)
-        return loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
+        z = loc.squeeze(-1) + torch.einsum("snij,knj->ksni", root, eps)
+        if refitted is None:
+            return z
+        rows, fit_loc, codes, table = refitted
+        tril = table[codes].to(z.dtype) * self.mfm.guide.subset_posteriors.factor_scale().to(z.dtype)
+        fit = fit_loc.to(z.dtype) + torch.einsum("snij,knj->ksni", tril, eps)
+        return torch.where(rows[None, :, :, None], fit, z)
 
     def codes(self, i, batch, obs, eps):
         if (i, obs, len(eps)) not in self.fixed:
@@ -358,6 +439,7 @@ def calibrate(
     max_iter: int = 100,
     experts: bool = True,
     redundancies: bool | None = None,
+    held_out: dict | None = None,
 ) -> dict:
     """Fit the experts' and the label's temperatures on ``ds`` (held-out, labelled) and store them in ``mfm``.
 
@@ -373,8 +455,9 @@ def calibrate(
     and with them the offset e where a sample observes none of a subset's modalities (its prior predictive, to which
     no share applies). ``redundancies`` (default: as ``experts``) fits the pairs' redundancies r_mn; ``experts =
     False`` with ``redundancies = True`` (``train.calibrate = "pairs"``) fits them and the label's factor (and
-    shares), the experts' temperatures kept at 0. Does nothing (and returns ``{}``) when the model has no label or
-    ``ds`` no labelled sample.
+    shares), the experts' temperatures kept at 0. ``held_out``: with ``model.linear_refit``, the refit's held-out
+    means of ``ds``'s samples (``{code: (n, k)}``, :func:`~pyro_mfm.infer.refit.refit_subsets`), where the refit
+    read ``ds``. Does nothing (and returns ``{}``) when the model has no label or ``ds`` no labelled sample.
     """
     if mfm.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
@@ -385,12 +468,18 @@ def calibrate(
     temperatures_on = experts and poe
     pairs_on = (experts if redundancies is None else redundancies) and poe and m > 1
     experts_on = temperatures_on or pairs_on  # the product of experts changes with what is fitted
+    # model.linear_refit: the log of a factor on the refitted posteriors' covariances, fitted with the label's
+    # factor in the second fit below, with its many draws (the first fit's few bias any spread of z_y narrow)
+    refit = getattr(mfm.guide, "subset_posteriors", None) if poe else None
+    scale_on = refit is not None and any(refit.fitted(code) for code in range(1, refit.subsets))
+    if scale_on:
+        refit.log_scale = torch.zeros_like(refit.log_scale)  # the refit as fitted, the factor 1
     parts, subsets = _encoded(mfm, ds, batch_size, device), calibration_subsets(names, seed=seed)
     outputs = len(subsets) * sum(len(b) for b, _, _, _ in parts) * mfm.D.label.dim  # the head's, per draw
     if num_samples is None:
         num_samples = EXPERT_DRAWS if experts_on else label_draws(outputs)
     cache = not experts_on and num_samples * outputs <= OUTPUT_BUDGET  # else drawn anew at each evaluation
-    objective = HeldOutNLPD(mfm, parts, subsets, num_samples, seed, cache=cache)
+    objective = HeldOutNLPD(mfm, parts, subsets, num_samples, seed, cache=cache, held_out=held_out)
     # the label's spread ("label"): its log temperature and, for a regression label and two or more modalities,
     # each modality's share of it where observed (a subset of weak modalities wider than one with a strong
     # modality; the point predictions unchanged); "pairs": with the pairs' redundancies; "all": the label's log
@@ -419,7 +508,7 @@ def calibrate(
     frozen = [p for p in mfm.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    x, label_refit = np.zeros(sum(sizes)), None
+    x, label_refit, scale = np.zeros(sum(sizes)), None, 0.0
     singles, singles_gain = torch.zeros(m, dtype=dtype, device=device), {}
     try:
         with torch.no_grad():  # the model as trained: t = 0, r = 0
@@ -441,20 +530,24 @@ def calibrate(
             after = float(nlpd(x))
         if not (math.isfinite(after) and after <= before):  # never keep a worse (or broken) fit
             x, after = np.zeros_like(x), before
-        refit = label_draws(outputs)
-        if experts_on and refit > num_samples and refit * outputs <= OUTPUT_BUDGET:
+        more, n_scale = label_draws(outputs), int(scale_on)
+        if (experts_on and more > num_samples or scale_on) and more * outputs <= OUTPUT_BUDGET:
             # the label's factor (and shares) again, at the experts' fitted values, with the draws of a label-only
             # fit: the experts' EXPERT_DRAWS bias the label wide (LABEL_DRAWS), and with the experts fixed the draws
-            # are too
+            # are too (computed once, unless the refit's scale is fitted with it: that moves the draws)
             t_y, t_x, r, shares = unpack(x)
             fixed = (t_x, _symmetric(r, m))
-            label_objective = HeldOutNLPD(mfm, parts, subsets, refit, seed, cache=True, fixed=fixed)
-            label_part = torch.as_tensor(np.concatenate([x[:k_y], x[len(x) - sizes[3] :]]), dtype=dtype)
-            label_part = label_part.double().numpy()  # the values as the model holds them
+            label_objective = HeldOutNLPD(
+                mfm, parts, subsets, more, seed, cache=not scale_on, fixed=fixed, held_out=held_out
+            )
+            # the label's log temperature, the refit's log scale (starting at 0), the shares
+            label_part = torch.as_tensor(np.concatenate([x[:k_y], [0.0] * n_scale, x[len(x) - sizes[3] :]]))
+            label_part = label_part.to(dtype).double().numpy()  # the values as the model holds them
 
             def label_nlpd(v):
                 v = torch.as_tensor(v, dtype=dtype, device=device)
-                return label_objective(*fixed, v[:k_y], v[k_y:] if shares_on else None)
+                shares = v[k_y + n_scale :] if shares_on else None
+                return label_objective(*fixed, v[:k_y], shares, refit_log_scale=v[k_y] if scale_on else None)
 
             with torch.no_grad():
                 refit_before = float(label_nlpd(label_part))
@@ -463,16 +556,21 @@ def calibrate(
             with torch.no_grad():
                 refit_after = float(label_nlpd(v))
             if math.isfinite(refit_after) and refit_after <= refit_before:
-                x[:k_y], x[len(x) - sizes[3] :] = v[:k_y], v[k_y:]
-                label_refit = {"draws": refit, "nlpd_before": refit_before, "nlpd_after": refit_after}
+                x[:k_y], x[len(x) - sizes[3] :] = v[:k_y], v[k_y + n_scale :]
+                scale = float(v[k_y]) if scale_on else 0.0
+                label_refit = {"draws": more, "nlpd_before": refit_before, "nlpd_after": refit_after}
+            if scale_on:  # what the single modalities' fixed draws below are taken at
+                refit.log_scale = torch.tensor(scale, dtype=refit.log_scale.dtype, device=device)
         if singles_on:  # with everything else as fitted, each single modality's offset on its own
             t_y, t_x, r, shares = unpack(x)
-            singles, singles_gain = _fit_singles(mfm, parts, (t_x, _symmetric(r, m)), t_y, lbfgs, seed)
+            singles, singles_gain = _fit_singles(mfm, parts, (t_x, _symmetric(r, m)), t_y, lbfgs, seed, held_out)
     finally:  # whatever stopped the fit, the model holds plain tensors of one fit (the last accepted, or none)
         for p in frozen:
             p.requires_grad_(True)
         t_y, t_x, r_fit, shares = unpack(x)
         t_y, t_x, r_fit = t_y.detach(), t_x.detach(), r_fit.detach()
+        if scale_on:
+            refit.log_scale = torch.tensor(scale, dtype=refit.log_scale.dtype, device=device)
         shares = torch.zeros(m + 1, dtype=dtype, device=device) if shares is None else shares.detach()
         singles = singles.detach()
         mfm.D.log_temperature = t_y.clone()
@@ -497,8 +595,10 @@ def calibrate(
         "nlpd_before": before,
         "nlpd_after": after,
         "subsets": len(objective.subsets),
-        # with the experts: the label's factor fitted again at their values with more draws (None: not refitted)
+        # with the experts or the refit's scale: the label's factor fitted again with more draws (None: not refitted)
         "label_refit": label_refit,
+        # model.linear_refit: the log of the factor on the refitted posteriors' covariances (None: none refitted)
+        "refit_log_scale": float(refit.log_scale) if scale_on else None,
     }
 
 
@@ -508,7 +608,7 @@ def calibrate(
 SINGLE_GAIN = 1.0
 
 
-def _fit_singles(mfm: MFM, parts, fixed, t_y, lbfgs, seed: int):
+def _fit_singles(mfm: MFM, parts, fixed, t_y, lbfgs, seed: int, held_out=None):
     """Each single modality's offset u_m of the label's log temperature, fitted on the labelled samples of ``parts``
     where m is observed alone, with the experts at ``fixed`` = (t, r) and the label's log temperature at ``t_y``, from
     a label-only fit's fixed draws of z_y; kept where it raises that held-out log predictive density by more than
@@ -520,7 +620,9 @@ def _fit_singles(mfm: MFM, parts, fixed, t_y, lbfgs, seed: int):
     outputs = sum(len(b) for b, _, _, _ in parts) * mfm.D.label.dim
     singles, gains = torch.zeros(m, dtype=dtype, device=device), {}
     for i, name in enumerate(mfm.names):
-        alone = HeldOutNLPD(mfm, parts, [(name,)], label_draws(outputs), seed, cache=True, fixed=fixed)
+        alone = HeldOutNLPD(
+            mfm, parts, [(name,)], label_draws(outputs), seed, cache=True, fixed=fixed, held_out=held_out
+        )
         place = torch.zeros(m, dtype=dtype, device=device)
         place[i] = 1.0
 
@@ -539,7 +641,12 @@ def _fit_singles(mfm: MFM, parts, fixed, t_y, lbfgs, seed: int):
 
 
 def calibrate_ensemble(
-    ensemble, ds: MultimodalDataset, seed: int = 0, batch_size: int = 512, max_iter: int = 100
+    ensemble,
+    ds: MultimodalDataset,
+    seed: int = 0,
+    batch_size: int = 512,
+    max_iter: int = 100,
+    held_out: list | None = None,
 ) -> dict:
     """Fit, on ``ds`` (held out from every member), one offset of the label's log temperature common to the members
     of ``ensemble`` (and, for a regression label and two or more modalities, one of each modality's share of it),
@@ -564,8 +671,9 @@ def calibrate_ensemble(
     "label_empty_log_temperature_offset": ..., "nlpd_before": ..., "nlpd_after": ..., "draws": K, "members": J,
     "subsets": ...}`` and, with forms that differ, ``"mixture_log_weight": {form: [a, b_1, ..., b_M]}`` (``{}``
     where the model has no label or ``ds`` no labelled sample); a fit that does not lower the objective is not
-    kept."""
+    kept. ``held_out``: per member, :func:`calibrate`'s ``held_out`` (``None`` for one without)."""
     members = list(ensemble.members)
+    held_out = [None] * len(members) if held_out is None else held_out
     first = members[0]
     if first.D is None or ds.labels is None or not np.asarray(ds.label_present).any():
         return {}
@@ -575,12 +683,12 @@ def calibrate_ensemble(
         member.eval()
     subsets = calibration_subsets(names, seed=seed)
     objectives, base = [], []
-    for member in members:
+    for member, means in zip(members, held_out):
         parts = _encoded(member, ds, batch_size, device)
         outputs = len(subsets) * sum(len(b) for b, _, _, _ in parts) * member.D.label.dim
         fixed = (member.expert_log_temperature.detach().clone(), member.expert_redundancy.detach().clone())
         draws = label_draws(outputs * len(members))
-        objectives.append(HeldOutNLPD(member, parts, subsets, draws, seed, cache=True, fixed=fixed))
+        objectives.append(HeldOutNLPD(member, parts, subsets, draws, seed, cache=True, fixed=fixed, held_out=means))
         # the label's log temperature, and its modalities' shares followed by the offset where none is observed
         model = member.model
         shares = torch.cat([model.label_observed_log_temperature, model.label_empty_log_temperature[None]])

@@ -66,22 +66,35 @@ def held_out_regression(features: np.ndarray, target: np.ndarray, groups=None):
 
 
 @torch.no_grad()
-def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
+def refit_subsets(mfm, data, batch_size: int = 512, return_held_out: bool = False):
     """Fit ``mfm.guide.subset_posteriors`` (present with ``model.linear_refit`` and linear experts) on ``data``, a
     :class:`MultimodalDataset` or a list of them (training calls it with the training and the validation split: the
     regressions read features and the model's posteriors, never labels), at most :data:`MAX_SAMPLES` samples in
     all; ``{subset: chosen penalty}`` for the subsets fitted (none without them). Samples with a known absence are
-    left out, as prediction keeps their product of experts."""
+    left out, as prediction keeps their product of experts.
+
+    With ``return_held_out``, also each sample's held-out means: per part of ``data`` (``None`` for a missing or
+    empty one), ``{code: (n, k) tensor}`` for each fitted subset (bit i of ``code``: modality i), the refitted mean
+    of z_y of each of the part's samples that observe the subset, from the regression that held the sample out
+    (:func:`held_out_regression`: leave-one-out, or the fold of its group), NaN for the others (not observing it,
+    a known absence, left out by the cap). The calibration (:func:`~pyro_mfm.infer.calibrate.calibrate`) scores
+    the validation split's predictions with them: the refit read that split's samples, so its own means there are
+    fitted in sample, and rate the refitted posteriors above what they predict for new samples."""
     guide = mfm.guide
     refit = getattr(guide, "subset_posteriors", None)
+    given = [data] if isinstance(data, MultimodalDataset) else list(data)
+    empty = ({}, [None] * len(given)) if return_held_out else {}
     if refit is None:
-        return {}
+        return empty
     refit.reset()  # the targets are the product of experts, not an earlier refit
-    parts = [d for d in ([data] if isinstance(data, MultimodalDataset) else data) if d is not None and d.n]
+    which = [i for i, d in enumerate(given) if d is not None and d.n]
+    parts = [given[i] for i in which]
+    index = [np.arange(d.n) for d in parts]  # each row's sample in its part of ``data``
     total = sum(d.n for d in parts)
     if total > MAX_SAMPLES:  # each part its share of the cap
         rng = np.random.default_rng(0)
-        parts = [d.subset(rng.choice(d.n, max(1, d.n * MAX_SAMPLES // total), replace=False)) for d in parts]
+        index = [rng.choice(d.n, max(1, d.n * MAX_SAMPLES // total), replace=False) for d in parts]
+        parts = [d.subset(i) for d, i in zip(parts, index)]
     was = mfm.training
     mfm.eval()
     names = list(guide.names)
@@ -108,7 +121,7 @@ def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
         kept.append(keep.cpu())
     mfm.train(was)
     if not means:
-        return {}
+        return empty
     mean = torch.cat(means).numpy()
     x = {m: torch.cat(v).numpy() for m, v in inputs.items()}
     observed = torch.cat(present).numpy()
@@ -120,6 +133,10 @@ def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
         own = [np.arange(ds.n) if g is None else g for g, ds in zip(named, parts)]
         groups = np.concatenate([np.char.add(f"{i}:", g.astype(str)) for i, g in enumerate(own)])
         groups = groups[torch.cat(kept).numpy()]
+    # each row's part of ``data`` and sample there
+    part_of = np.concatenate([np.full(len(i), p) for p, i in enumerate(index)])[torch.cat(kept).numpy()]
+    sample_of = np.concatenate(index)[torch.cat(kept).numpy()]
+    held_out = [None if d is None or not d.n else {} for d in given]
     chosen = {}
     for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
         subset = [i for i in range(len(names)) if code >> i & 1]
@@ -136,4 +153,10 @@ def refit_subsets(mfm, data, batch_size: int = 512) -> dict:
         bias.copy_(torch.as_tensor(np.atleast_1d(reg.intercept_), dtype=bias.dtype))
         factor.copy_(torch.as_tensor(np.linalg.cholesky(covariance), dtype=factor.dtype))
         chosen["+".join(names[i] for i in subset)] = float(reg.alpha_)
-    return chosen
+        if return_held_out:
+            for j, p in enumerate(which):
+                here = part_of[rows] == j
+                table = torch.full((given[p].n, mean.shape[1]), float("nan"), dtype=torch.float64)
+                table[sample_of[rows][here]] = torch.as_tensor((mean[rows] - residual)[here])
+                held_out[p][code] = table
+    return (chosen, held_out) if return_held_out else chosen

@@ -72,6 +72,10 @@ class TrainResult:
     the mean's validation score s, the best epoch's b and the window's median m, and whether the mean was kept (the
     returned model and ``best.pt``); empty where there was nothing to average (an interrupted run, no validation
     split, the best epoch the last)."""
+    refit_held_out: dict | None = None
+    """With ``model.linear_refit``: the refit's held-out means of z_y of the validation split's samples, ``{code:
+    (n, k)}`` (:func:`~pyro_mfm.infer.refit.refit_subsets`), with which the validation split calibrates the refitted
+    posteriors; ``None`` otherwise."""
     members: list = field(default_factory=list)
     """An ensemble's (``train.ensemble`` > 1) members' own results, in order; ``mfm`` is then their
     :class:`~pyro_mfm.ensemble.Ensemble`, and the other fields are the first member's. Empty for a single MFM."""
@@ -233,7 +237,13 @@ def _fit_ensemble(config, data, out_dir, resume, overwrite, group, device, allow
     ensemble = Ensemble([r.mfm for r in results])
     calibration, valid = {}, config.data.valid_split
     if not interrupted and tc.calibrate != "none" and valid in data and len(data[valid]) and group.main:
-        calibration = calibrate_ensemble(ensemble, data[valid], seed=tc.seed, batch_size=config.evaluate.batch_size)
+        calibration = calibrate_ensemble(
+            ensemble,
+            data[valid],
+            seed=tc.seed,
+            batch_size=config.evaluate.batch_size,
+            held_out=[r.refit_held_out for r in results],
+        )
         if out is not None and calibration:  # the members' best.pt hold their share of it (what loading reads)
             for result in results:
                 update_weights(result.out_dir / "best.pt", result.mfm)
@@ -361,7 +371,8 @@ def _fit(
     if not result.interrupted and getattr(run.mfm.guide, "subset_posteriors", None) is not None:
         # model.linear_refit, on the training and the validation split's features (the latter out of sample)
         valid = data[config.data.valid_split] if run.has_valid else None
-        refit_subsets(run.mfm, [run.train, valid], config.evaluate.batch_size)
+        _, held_out = refit_subsets(run.mfm, [run.train, valid], config.evaluate.batch_size, return_held_out=True)
+        result.refit_held_out = held_out[1]
         ckpt.save_weights()
     if not result.interrupted and tc.calibrate != "none" and run.has_valid and group.main:
         mode = calibration_mode(tc.calibrate, run.mfm)
@@ -372,6 +383,7 @@ def _fit(
             batch_size=config.evaluate.batch_size,
             experts=mode == "all",
             redundancies=mode in ("all", "pairs"),
+            held_out=result.refit_held_out,
         )
         ckpt.save_calibration(result.calibration)
     return result

@@ -70,7 +70,8 @@ class SubsetPosteriors(nn.Module):
     """One affine Gaussian posterior of z_y per observed subset S of the modalities (``model.linear_refit``): mean
     A_S x_S + c_S of the subset's linear inputs, concatenated in the modalities' order, and one Cholesky factor L_S,
     as buffers (fitted after training by :func:`pyro_mfm.infer.refit.refit_subsets`); a subset whose factor is zero
-    is not fitted and keeps the product of experts."""
+    is not fitted and keeps the product of experts. ``log_scale``: the log of a factor on every fitted subset's
+    covariance, fitted on held-out labels by :func:`~pyro_mfm.infer.calibrate.calibrate` (0 before)."""
 
     def __init__(self, dims: list[int], z_dim: int):
         super().__init__()
@@ -80,6 +81,7 @@ class SubsetPosteriors(nn.Module):
             self.register_buffer(f"weight_{code}", torch.zeros(z_dim, d))
             self.register_buffer(f"bias_{code}", torch.zeros(z_dim))
             self.register_buffer(f"scale_tril_{code}", torch.zeros(z_dim, z_dim))
+        self.register_buffer("log_scale", torch.zeros(()))
 
     @staticmethod
     def codes(present: torch.Tensor) -> torch.Tensor:
@@ -87,13 +89,17 @@ class SubsetPosteriors(nn.Module):
         return (present.long() << torch.arange(present.shape[-1], device=present.device)).sum(-1)
 
     def reset(self) -> None:
-        """Every subset back to unfitted (its posterior the product of experts)."""
+        """Every subset back to unfitted (its posterior the product of experts), the covariances' scale to 1."""
         for buf in self.buffers():
             buf.zero_()
 
     def parts(self, code: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(A_S, c_S, L_S) of the subset whose modalities are the set bits of ``code`` (bit i: modality i)."""
         return getattr(self, f"weight_{code}"), getattr(self, f"bias_{code}"), getattr(self, f"scale_tril_{code}")
+
+    def factor_scale(self) -> torch.Tensor:
+        """The factor on every fitted subset's Cholesky factor: exp(``log_scale`` / 2)."""
+        return (0.5 * self.log_scale).exp()
 
     def fitted(self, code: int) -> bool:
         """Whether the subset ``code`` has a posterior of its own (a positive Cholesky factor)."""
@@ -102,17 +108,31 @@ class SubsetPosteriors(nn.Module):
     def posterior(self, inputs: list, present: torch.Tensor, keep: torch.Tensor, q: dist.MultivariateNormal):
         """``q`` (the product of experts of a batch) with the rows where ``keep`` and the subset that ``present``
         ``(B, M)`` marks is fitted replaced by that subset's posterior. ``inputs``: each modality's linear inputs."""
+        rows, loc, tril = self.fitted_rows(inputs, present, keep)
+        loc = torch.where(rows[:, None], loc, q.loc)
+        tril = torch.where(rows[:, None, None], tril, q.scale_tril.expand(q.loc.shape + q.loc.shape[-1:]))
+        return Posterior(loc, scale_tril=tril)
+
+    def fitted_rows(self, inputs: list, present: torch.Tensor, keep: torch.Tensor):
+        """The rows that a fitted subset's posterior serves (``keep``, and the subset that ``present`` ``(B, M)`` marks
+        fitted), ``(B,)``, and their posteriors' means ``(B, k)`` and Cholesky factors ``(B, k, k)`` (zero in the
+        other rows), the covariances scaled (``log_scale``): what :meth:`posterior` puts in place of the product of
+        experts, and what the calibration (:mod:`pyro_mfm.infer.calibrate`) draws from for those rows."""
         codes = self.codes(present)
-        loc, tril = q.loc.clone(), q.scale_tril.expand(q.loc.shape + q.loc.shape[-1:]).clone()
+        b, k = present.shape[0], self.bias_1.shape[0]
+        rows = torch.zeros(b, dtype=torch.bool, device=present.device)
+        loc = self.bias_1.new_zeros(b, k)
+        tril = self.bias_1.new_zeros(b, k, k)
         for code in codes[keep].unique().tolist():
             if code == 0 or not self.fitted(code):
                 continue
-            rows = keep & (codes == code)
+            here = keep & (codes == code)
             weight, bias, factor = self.parts(code)
-            x = torch.cat([inputs[i][rows] for i in range(present.shape[-1]) if code >> i & 1], -1)
-            loc[rows] = x @ weight.T + bias
-            tril[rows] = factor
-        return Posterior(loc, scale_tril=tril)
+            x = torch.cat([inputs[i][here] for i in range(present.shape[-1]) if code >> i & 1], -1)
+            loc[here] = (x @ weight.T + bias).to(loc.dtype)
+            tril[here] = factor
+            rows |= here
+        return rows, loc, tril * self.factor_scale().to(tril.dtype)
 
 
 class AbsenceExpert(nn.Module):
