@@ -139,10 +139,18 @@ def test_a_split_larger_than_the_cap_is_refitted_from_a_fixed_random_subset_of_i
     monkeypatch.setattr(refit, "MAX_SAMPLES", 250)
     capped = refit.refit_subsets(mfm, train)
     state = {k: v.clone() for k, v in mfm.guide.subset_posteriors.state_dict().items()}
-    assert refit.refit_subsets(mfm, train) == capped  # the same subset every time
+    capped_again, held_out = refit.refit_subsets(mfm, train, return_held_out=True)
+    assert capped_again == capped  # the same subset every time
     monkeypatch.setattr(refit, "MAX_SAMPLES", 10_000)
-    sub = train.subset(np.random.default_rng(0).choice(600, 250, replace=False))
+    chosen = np.sort(np.random.default_rng(0).choice(600, 250, replace=False))
+    sub = train.subset(chosen)
     assert refit.refit_subsets(mfm, sub) == capped
+    # the held-out means of the samples read are the subset's own, each at its place in the whole split; NaN
+    # for the samples the cap left out
+    _, own = refit.refit_subsets(mfm, sub, return_held_out=True)
+    for code, table in held_out[0].items():
+        torch.testing.assert_close(table[chosen], own[0][code])
+        assert torch.isnan(table[np.setdiff1d(np.arange(600), chosen)]).all()
     for key, value in mfm.guide.subset_posteriors.state_dict().items():
         torch.testing.assert_close(value, state[key])
     refit.refit_subsets(mfm, train)  # all 600 samples: another fit
@@ -251,7 +259,7 @@ def test_each_samples_held_out_mean_is_the_refit_without_it():
         assert refit_subsets(mfm, [train, rest]) == chosen  # the same penalties: the same regression, less sample j
         with torch.no_grad():
             q = mfm.guide.posterior_z_y(valid.batch([j]).without_labels().observe_only(["a"]))
-        torch.testing.assert_close(held_out[1][1][j], q.loc[0].double(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(held_out[1][1][j], q.loc[0], rtol=1e-4, atol=1e-5)
         # and it differs from the refit's own mean there, which read sample j
     refit_subsets(mfm, [train, valid])
     with torch.no_grad():

@@ -93,7 +93,8 @@ def refit_subsets(mfm, data, batch_size: int = 512, return_held_out: bool = Fals
     total = sum(d.n for d in parts)
     if total > MAX_SAMPLES:  # each part its share of the cap
         rng = np.random.default_rng(0)
-        index = [rng.choice(d.n, max(1, d.n * MAX_SAMPLES // total), replace=False) for d in parts]
+        # sorted, as the subset holds them
+        index = [np.sort(rng.choice(d.n, max(1, d.n * MAX_SAMPLES // total), replace=False)) for d in parts]
         parts = [d.subset(i) for d, i in zip(parts, index)]
     was = mfm.training
     mfm.eval()
@@ -156,7 +157,7 @@ def refit_subsets(mfm, data, batch_size: int = 512, return_held_out: bool = Fals
         if return_held_out:
             for j, p in enumerate(which):
                 here = part_of[rows] == j
-                table = torch.full((given[p].n, mean.shape[1]), float("nan"), dtype=torch.float64)
-                table[sample_of[rows][here]] = torch.as_tensor((mean[rows] - residual)[here])
+                table = torch.full((given[p].n, mean.shape[1]), float("nan"))  # float32: what z_y's draws hold
+                table[sample_of[rows][here]] = torch.as_tensor((mean[rows] - residual)[here], dtype=table.dtype)
                 held_out[p][code] = table
     return (chosen, held_out) if return_held_out else chosen
