@@ -306,8 +306,9 @@ def test_calibration_stays_within_its_bounds_and_steps_around_points_it_cannot_f
 
     draws = cal.HeldOutNLPD.product_draws
 
-    def fragile(self, experts, observed, t, r, eps, absent=None, refitted=None):  # as if float32 failed where a
-        if float(t.detach().max()) > 0.5:  # weight is over e^0.5
+    # as if float32 failed where a weight is over e^0.5
+    def fragile(self, experts, observed, t, r, eps, absent=None, refitted=None):
+        if float(t.detach().max()) > 0.5:
             raise torch.linalg.LinAlgError("not positive-definite")
         return draws(self, experts, observed, t, r, eps, absent, refitted)
 

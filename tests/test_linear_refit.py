@@ -260,7 +260,7 @@ def test_each_samples_held_out_mean_is_the_refit_without_it():
         with torch.no_grad():
             q = mfm.guide.posterior_z_y(valid.batch([j]).without_labels().observe_only(["a"]))
         torch.testing.assert_close(held_out[1][1][j], q.loc[0], rtol=1e-4, atol=1e-5)
-        # and it differs from the refit's own mean there, which read sample j
+    # and they differ from the refit's own means there, which read those samples
     refit_subsets(mfm, [train, valid])
     with torch.no_grad():
         q = mfm.guide.posterior_z_y(valid.batch(observing).without_labels().observe_only(["a"]))
@@ -276,6 +276,8 @@ def test_the_refitted_covariances_scale_is_fitted_with_the_label_and_kept_with_t
         Config().override(TINY + REFIT + ["train.epochs=3", "train.calibrate='label'"]), data, out_dir=tmp_path / "run"
     )
     mfm, refit = result.mfm, result.mfm.guide.subset_posteriors
+    assert set(result.refit_held_out) == {1, 2}  # the validation split's held-out means, which it calibrated with
+    assert result.refit_held_out[1].shape[0] == len(data["valid"])
     assert result.calibration["refit_log_scale"] == pytest.approx(float(refit.log_scale))
     assert result.calibration["refit_log_scale"] != 0.0  # fitted, not the default
     batch = data["valid"].batch(np.arange(50)).without_labels().observe_only(["a"])
