@@ -137,7 +137,7 @@ def refit_subsets(mfm, data, batch_size: int = 512, return_held_out: bool = Fals
     # each row's part of ``data`` and sample there
     part_of = np.concatenate([np.full(len(i), p) for p, i in enumerate(index)])[torch.cat(kept).numpy()]
     sample_of = np.concatenate(index)[torch.cat(kept).numpy()]
-    held_out = [None if d is None or not d.n else {} for d in given]
+    held_out = [{} if i in which else None for i in range(len(given))]
     chosen = {}
     for code in range(1, refit.subsets):  # not the last code, every modality's: its posterior is the product
         subset = [i for i in range(len(names)) if code >> i & 1]
